@@ -1,0 +1,155 @@
+"""The settings of one EComp run: one frozen dataclass, validated with clear messages.
+
+Only the command-line layer (``experiments/``) reads argv; everything below it takes
+an ``EcompConfig``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+from .errors import ConfigError
+
+OBJECTIVES = ("accuracy", "similarity", "compression")  # the order of the weights
+SELECTIONS = ("weighted", "nsga2")
+KERNELS = ("gaussian", "student_t")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class EcompConfig:
+    """One EComp run. Defaults are the reference settings (``weighting121``)."""
+
+    weights: tuple[float, float, float] = (1.0, 2.0, 1.0)
+    """Objective weights in the order accuracy, similarity, compression. Weighted mode:
+    fitness = wa*a - ws*s + wc*(1 - c). NSGA-II: a zero weight drops that objective."""
+    selection: str = "weighted"
+    """'weighted' (softmax roulette, the reference) or 'nsga2' (Pareto selection)."""
+    pop_size: int = 100
+    generations: int = 100
+    """Generations (= training batches) per epoch; the evolution subset holds generations * batch_size images."""
+    epochs: int = 1
+    batch_size: int = 100
+    mutation_rate: float = 0.01
+    """Probability per child of the reference weight mutation (every weight of the
+    recombination layers times its own factor from U(mutation_low, mutation_high))."""
+    mutation_low: float = 0.9
+    mutation_high: float = 1.1
+    mask_flip_prob: float = 0.002
+    """Per-unit probability that a child's mask bit flips (never emptying a layer).
+    0.002 is about one flip per child per generation for 512 hidden units: enough to
+    leave the nested L1-norm masks of the initial population, small enough not to
+    swamp what crossover inherits."""
+    cx_prob: float = 1.0
+    """Probability that a pair of selected parents is recombined (the reference: always)."""
+    embedding_layers: tuple[str, ...] | None = ("layer_1_act", "layer_2_act")
+    """Layers whose activations enter the similarity loss; None = every hidden activation."""
+    recombination_layers: tuple[str, ...] | None = ("layer_1_linear", "layer_2_linear", "output")
+    """Linear layers recombined (and weight-mutated); None = every Linear layer."""
+    perplexity: float = 30.0
+    kernel: str = "gaussian"
+    init_prune_low: float = 0.1
+    init_prune_high: float = 0.8
+    """Initial population: L1-norm prunings at rates evenly spaced over [low, high)."""
+    selection_temperature: float = 1.0
+    """Weighted mode: roulette probabilities softmax(fitness / T). T = 1 is the reference
+    (almost uniform for fitnesses a few hundredths apart); smaller T, more pressure."""
+    elitism: int = 0
+    """Weighted mode: the best `elitism` individuals survive unchanged (0 = the reference)."""
+    val_size: int = 5000
+    """Class-balanced validation images (disjoint from the evolution subset), for final selection."""
+    seed: int = 0
+    device: str = "auto"
+    eval_chunk: int = 0
+    """Individuals evaluated per batched forward; 0 = automatic (bounded memory)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        for name in ("embedding_layers", "recombination_layers"):
+            v = getattr(self, name)
+            if v is not None:
+                object.__setattr__(self, name, tuple(v))
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def active_objectives(self) -> tuple[str, ...]:
+        return tuple(o for o, w in zip(OBJECTIVES, self.weights) if w != 0)
+
+    @property
+    def subset_size(self) -> int:
+        return self.generations * self.batch_size
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EcompConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "EcompConfig":
+        return replace(self, **changes)
+
+    # --------------------------------------------------------------- validation
+    def validate(self) -> "EcompConfig":
+        """Check every setting that needs no parent or data; raise ConfigError with what is allowed."""
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ConfigError(msg)
+
+        need(len(self.weights) == 3, f"weights must be 3 numbers (accuracy, similarity, compression), got {len(self.weights)}")
+        need(all(math.isfinite(w) for w in self.weights), f"weights must be finite, got {list(self.weights)}")
+        need(all(w >= 0 for w in self.weights), f"weights must be non-negative, got {list(self.weights)}")
+        need(any(w > 0 for w in self.weights), "weights are all zero: at least one objective needs a positive weight")
+        need(self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        need(isinstance(self.pop_size, int) and self.pop_size >= 2, f"pop_size must be an integer >= 2, got {self.pop_size}")
+        if self.selection == "nsga2":
+            need(self.pop_size % 4 == 0, f"pop_size must be a multiple of 4 for NSGA-II (its DCD tournament picks in fours), got {self.pop_size}")
+        for name in ("generations", "epochs", "batch_size"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and v >= 1, f"{name} must be an integer >= 1, got {v}")
+        for name in ("mutation_rate", "mask_flip_prob", "cx_prob"):
+            v = getattr(self, name)
+            need(math.isfinite(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
+        need(0 < self.mutation_low <= self.mutation_high, f"mutation factors need 0 < low <= high, got [{self.mutation_low}, {self.mutation_high}]")
+        need(0.0 <= self.init_prune_low < self.init_prune_high <= 1.0,
+             f"initial pruning rates need 0 <= low < high <= 1, got [{self.init_prune_low}, {self.init_prune_high})")
+        need(self.kernel in KERNELS, f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        need(math.isfinite(self.perplexity) and self.perplexity > 0, f"perplexity must be > 0, got {self.perplexity}")
+        need(self.perplexity < self.batch_size, f"perplexity ({self.perplexity}) must be smaller than the batch size ({self.batch_size})")
+        need(math.isfinite(self.selection_temperature) and self.selection_temperature > 0,
+             f"selection_temperature must be > 0, got {self.selection_temperature}")
+        need(isinstance(self.elitism, int) and 0 <= self.elitism < self.pop_size,
+             f"elitism must be an integer in [0, pop_size), got {self.elitism}")
+        need(isinstance(self.val_size, int) and self.val_size >= 0, f"val_size must be an integer >= 0, got {self.val_size}")
+        need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        need(isinstance(self.eval_chunk, int) and self.eval_chunk >= 0, f"eval_chunk must be an integer >= 0, got {self.eval_chunk}")
+        if self.device == "cuda":
+            import torch
+
+            need(torch.cuda.is_available(), "device 'cuda' was asked for but no CUDA device is available (use --device cpu or auto)")
+        return self
+
+    def validate_for(self, arch) -> "EcompConfig":
+        """Check the layer names against a parent architecture."""
+        names = ", ".join(arch.layer_names)
+        for layer in self.embedding_layers or ():
+            try:
+                arch.embedding_index(layer)
+            except KeyError:
+                raise ConfigError(f"embedding layer {layer!r} is not a hidden layer of the parent; its layers are: {names}") from None
+        for layer in self.recombination_layers or ():
+            if layer not in arch.linear_names:
+                raise ConfigError(f"recombination layer {layer!r} is not a Linear layer of the parent; "
+                                  f"its Linear layers are: {', '.join(arch.linear_names)}")
+        return self
+
+    def resolved_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device

@@ -1,0 +1,135 @@
+"""One whole EComp run from a config: the library entry point.
+
+    from ecomp_deap.ecomp import run_ecomp
+    result = run_ecomp(EcompConfig(), parent_model, data)   # data: FashionMNISTData-like
+    result.best_module, result.to_json()
+
+``data`` needs ``train_x, train_y, test_x, test_y`` tensors (images or flat rows).
+"""
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from . import __version__
+from .algorithm import HV_REFERENCE, Evolution, EvolutionResult, EvolutionState, seed_everything
+from .architecture import MLPArchitecture, parent_tensors
+from .config import EcompConfig
+from .data import BatchStream, make_splits
+from .evaluate import Measures, PopulationEvaluator
+from .export import export_individual, individual_widths, linear_sizes
+from .indicators import hypervolume_2d
+from .toolbox import build_toolbox
+
+
+def _batches(x, y, batch_size):
+    for i in range(0, len(x) - batch_size + 1, batch_size):
+        yield x[i:i + batch_size], y[i:i + batch_size]
+
+
+def versions() -> dict:
+    import deap
+
+    return {"ecomp_deap": __version__, "torch": torch.__version__, "deap": deap.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+@dataclass
+class RunResult:
+    config: EcompConfig
+    arch: MLPArchitecture
+    evolution: EvolutionResult
+    best: dict
+    front: list[dict]
+    parent: dict
+    test_hypervolume: float
+    wall_time_s: float
+    best_module: torch.nn.Sequential
+    extremes: dict = field(default_factory=dict)
+
+    @property
+    def logbook(self):
+        from .algorithm import logbook_rows
+
+        return logbook_rows(self.evolution.logbook)
+
+    def to_json(self) -> dict:
+        """The result-file body (without name/run, which the experiment layer adds)."""
+        cfg = self.config
+        return {"selection": cfg.selection, "objectives": list(cfg.active_objectives),
+                "config": cfg.to_dict(), "versions": versions(), "seed": cfg.seed,
+                "logbook": self.logbook, "parent": self.parent, "best": self.best, "extremes": self.extremes,
+                "front": self.front, "test_hypervolume": self.test_hypervolume,
+                "hypervolume_reference": dict(HV_REFERENCE), "wall_time_s": self.wall_time_s}
+
+
+class EcompRun:
+    """Set-up shared by a fresh run and a resumed one."""
+
+    def __init__(self, config: EcompConfig, parent_model: torch.nn.Module, data, progress: bool = True,
+                 parent_test_accuracy: float | None = None):
+        config.validate()
+        self.arch = MLPArchitecture.from_module(parent_model)
+        config.validate_for(self.arch)
+        self.config, self.data, self.progress = config, data, progress
+        self.parent_model = parent_model
+        self.parent_test_accuracy = parent_test_accuracy
+        self.weights, self.biases = parent_tensors(parent_model, self.arch)
+        self.gen = seed_everything(config.seed)
+        splits = make_splits(data.train_y, config.subset_size, config.val_size, config.seed)
+        self.stream = BatchStream(data.train_x, data.train_y, splits.subset, config.batch_size, config.seed)
+        self.val_batches = list(_batches(data.train_x[splits.validation], data.train_y[splits.validation],
+                                         config.batch_size)) if config.val_size >= config.batch_size else []
+        self.evaluator = PopulationEvaluator(self.arch, self.weights, self.biases, config, config.resolved_device())
+        self.toolbox = build_toolbox(config, self.arch, self.weights, self.biases, self.gen)
+        self.evolution = Evolution(config, self.toolbox, self.evaluator, self.stream, self.gen, progress)
+
+    def describe(self, ind, m: Measures, i: int) -> dict:
+        widths = individual_widths(ind, self.arch)
+        params, macs = linear_sizes(widths)
+        return {"test_accuracy": float(m.accuracy[i]), "compression": float(m.compression[i]),
+                "similarity": float(m.similarity[i]), "hidden_units": widths[1:-1],
+                "parameters": params, "macs": macs}
+
+    def test_measures(self, individuals) -> Measures:
+        """Measures on the whole test set, in batches of the run's batch size (the
+        similarity is a per-batch quantity, averaged like the training measure)."""
+        batches = list(_batches(self.data.test_x, self.data.test_y, self.config.batch_size))
+        return Measures.mean([self.evaluator.measure(individuals, x, y, key=("test", i))
+                              for i, (x, y) in enumerate(batches)])
+
+    def run(self, state: EvolutionState | None = None, on_generation=None, started: float | None = None) -> RunResult:
+        t0 = time.perf_counter() if started is None else started
+        state = self.evolution.run(state, on_generation)
+        evo = self.evolution.finish(state, self.val_batches)
+        pop = evo.population
+        chosen = sorted(set(evo.front_indices) | {evo.best_index} | set(evo.extremes.values()))
+        test = self.test_measures([pop[i] for i in chosen])
+        row = {idx: self.describe(pop[idx], test, j) for j, idx in enumerate(chosen)}
+        for idx in chosen:
+            row[idx]["train_accuracy"] = float(evo.train_measures.accuracy[idx])
+            row[idx]["train_similarity"] = float(evo.train_measures.similarity[idx])
+        best = dict(row[evo.best_index], selected_by=evo.selected_by)
+        front = [row[i] for i in evo.front_indices]
+        hv = hypervolume_2d(np.array([[f["test_accuracy"], f["compression"]] for f in front]),
+                            (HV_REFERENCE["accuracy"], HV_REFERENCE["compression"]))
+        params, macs = linear_sizes(self.arch.widths)
+        if self.parent_test_accuracy is None:
+            from .parent import accuracy
+
+            self.parent_test_accuracy = accuracy(self.parent_model, self.data.test_x, self.data.test_y)
+        parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.arch.hidden_widths),
+                  "parameters": params, "macs": macs}
+        extremes = {k: row[i] for k, i in evo.extremes.items()}
+        return RunResult(self.config, self.arch, evo, best, front, parent, hv, time.perf_counter() - t0,
+                         export_individual(pop[evo.best_index], self.arch), extremes)
+
+
+def run_ecomp(config: EcompConfig, parent_model: torch.nn.Module, data, progress: bool = True,
+              parent_test_accuracy: float | None = None) -> RunResult:
+    """Run EComp once: evolve, select, measure on the test set, export the chosen network."""
+    return EcompRun(config, parent_model, data, progress, parent_test_accuracy).run()

@@ -1,0 +1,19 @@
+"""User-facing errors: each one becomes a single line on stderr and exit code 2."""
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad setting, missing data, unusable file)."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError, ValueError):
+    """An invalid setting."""
+
+
+class DataError(UserError):
+    """The dataset cannot be found, provisioned or read."""
+
+
+class ParentError(UserError):
+    """A parent network file or module that cannot be used."""

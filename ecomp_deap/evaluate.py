@@ -1,0 +1,171 @@
+"""The population evaluator: one batched tensor program for a whole population.
+
+The population's masked weights are stacked (``(P, out, in)`` per layer) and run as
+one forward pass, giving ``(P, B, H)`` activations per hidden layer. From them come,
+per individual, accuracy ``a``, compression ``c`` (kept hidden units / parent hidden
+units) and similarity ``s`` (the t-SNE KL loss summed over the embedding layers).
+The parent's side of the similarity (its joint probabilities) is computed once per
+batch and shared by every individual.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .architecture import MLPArchitecture
+from .config import EcompConfig
+from .similarity import joint_probabilities, squared_distances, tsne_similarity_loss
+
+CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
+
+
+class NonFiniteError(ArithmeticError):
+    """A measure came out NaN or infinite."""
+
+    def __init__(self, index: int, measure: str, value: float):
+        super().__init__(f"individual {index}: {measure} is {value} (not finite)")
+        self.index, self.measure, self.value = index, measure, value
+
+
+@dataclass
+class Measures:
+    """Per-individual measures, float64 numpy arrays of shape (P,)."""
+
+    accuracy: np.ndarray
+    compression: np.ndarray
+    similarity: np.ndarray
+
+    def __len__(self):
+        return len(self.accuracy)
+
+    def as_rows(self) -> list[tuple[float, float, float]]:
+        return list(zip(self.accuracy.tolist(), self.compression.tolist(), self.similarity.tolist()))
+
+    def check_finite(self) -> None:
+        for name in ("accuracy", "compression", "similarity"):
+            values = getattr(self, name)
+            bad = np.flatnonzero(~np.isfinite(values))
+            if len(bad):
+                raise NonFiniteError(int(bad[0]), name, float(values[bad[0]]))
+
+    @staticmethod
+    def mean(parts: Sequence["Measures"]) -> "Measures":
+        return Measures(*(np.mean([getattr(m, f) for m in parts], axis=0)
+                          for f in ("accuracy", "compression", "similarity")))
+
+
+def weighted_fitness(m: Measures, weights) -> np.ndarray:
+    """f = wa*a - ws*s + wc*(1 - c), (P,)."""
+    wa, ws, wc = weights
+    return wa * m.accuracy - ws * m.similarity + wc * (1.0 - m.compression)
+
+
+def fitness_tuples(m: Measures, selection: str, weights) -> list[tuple[float, ...]]:
+    """Weighted mode: 1-tuples of the scalar (DEAP compares fitnesses lexicographically,
+    so the scalar is computed here). NSGA-II: (a, s, c) restricted to non-zero weights."""
+    if selection == "weighted":
+        return [(float(f),) for f in weighted_fitness(m, weights)]
+    cols = [col for col, w in zip((m.accuracy, m.similarity, m.compression), weights) if w != 0]
+    return [tuple(float(c[i]) for c in cols) for i in range(len(m))]
+
+
+class PopulationEvaluator:
+    def __init__(self, arch: MLPArchitecture, parent_weights, parent_biases, config: EcompConfig,
+                 device: str | torch.device = "cpu"):
+        self.arch = arch
+        self.config = config
+        self.device = torch.device(device)
+        self.parent_weights = [w.to(self.device) for w in parent_weights]
+        self.parent_biases = [b.to(self.device) for b in parent_biases]
+        emb = config.embedding_layers if config.embedding_layers is not None else arch.act_names
+        self.embeddings = [arch.embedding_index(name) for name in emb]  # [(hidden index, kind)]
+        self.total_hidden = sum(arch.hidden_widths)
+        bytes_per_ind = sum(w.numel() + b.numel() for w, b in zip(parent_weights, parent_biases)) * 4
+        self.chunk = config.eval_chunk or max(1, CHUNK_BYTES // bytes_per_ind)
+        self._parent_cache: dict = {}
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, weights, biases, masks, x: torch.Tensor):
+        """Masked batched forward.
+
+        weights[k]: (C, out_k, in_k), biases[k]: (C, out_k), masks[l]: (C, H_l) float;
+        x: (B, ...) inputs. Returns logits (C, B, K) and, per hidden layer, the masked
+        pre-activations and activations (C, B, H_l).
+        """
+        h = x.reshape(x.shape[0], -1)  # (B, in)
+        C = weights[0].shape[0]
+        pre, post = [], []
+        for k, (w, b) in enumerate(zip(weights, biases)):
+            if k == 0:  # one GEMM for the whole population: (B, in) @ (in, C*out)
+                out = w.shape[1]
+                z = (h @ w.reshape(C * out, -1).T).view(h.shape[0], C, out).transpose(0, 1)  # (C, B, out)
+                z = z + b[:, None, :]
+            else:
+                z = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))  # (C, B, out)
+            if k == len(weights) - 1:
+                return z, pre, post
+            m = masks[k][:, None, :]  # (C, 1, H)
+            h = self.arch.activations[k](z) * m  # a masked unit's activation is 0
+            pre.append(z * m)
+            post.append(h)
+        raise AssertionError("unreachable")
+
+    def _stack(self, population):
+        dev = self.device
+        weights = [torch.stack([ind.weights[k] for ind in population]).to(dev, non_blocking=True)
+                   for k in range(len(self.arch.linear_names))]
+        biases = [torch.stack([ind.biases[k] for ind in population]).to(dev, non_blocking=True)
+                  for k in range(len(self.arch.linear_names))]
+        masks = [torch.stack([ind.masks[l] for ind in population]).to(dev, torch.float32)
+                 for l in range(self.arch.n_hidden)]
+        return weights, biases, masks
+
+    def parent_reference(self, x: torch.Tensor, key=None):
+        """Per embedding layer: the parent's embedding (B, H) and its joint P (B, B)."""
+        if key is not None and key in self._parent_cache:
+            return self._parent_cache[key]
+        w = [t[None] for t in self.parent_weights]
+        b = [t[None] for t in self.parent_biases]
+        m = [torch.ones(1, h, device=self.device) for h in self.arch.hidden_widths]
+        _, pre, post = self.forward(w, b, m, x)
+        refs = []
+        for layer, kind in self.embeddings:
+            e = (post if kind == "act" else pre)[layer][0]  # (B, H)
+            refs.append((e, joint_probabilities(squared_distances(e), self.config.perplexity)))
+        if key is not None:
+            self._parent_cache[key] = refs
+        return refs
+
+    def clear_cache(self):
+        self._parent_cache.clear()
+
+    # ----------------------------------------------------------------- measures
+    @torch.inference_mode()
+    def measure(self, population, x: torch.Tensor, y: torch.Tensor, key=None) -> Measures:
+        """Accuracy, compression and similarity of every individual on one batch."""
+        x = x.to(self.device)
+        y = y.to(self.device)
+        refs = self.parent_reference(x, key)
+        acc, comp, sim = [], [], []
+        for start in range(0, len(population), self.chunk):
+            chunk = population[start:start + self.chunk]
+            weights, biases, masks = self._stack(chunk)
+            logits, pre, post = self.forward(weights, biases, masks, x)
+            acc.append((logits.argmax(-1) == y).double().mean(1))  # (C,)
+            comp.append(sum(m.sum(1, dtype=torch.float64) for m in masks) / self.total_hidden)
+            s = torch.zeros(len(chunk), dtype=torch.float64, device=self.device)
+            for (layer, kind), (parent_e, parent_p) in zip(self.embeddings, refs):
+                child = (post if kind == "act" else pre)[layer]  # (C, B, H)
+                s = s + tsne_similarity_loss(parent_e, child, self.config.perplexity, self.config.kernel,
+                                             parent_p=parent_p, dof=masks[layer].sum(1))
+            sim.append(s)
+        return Measures(*(torch.cat(v).cpu().numpy() for v in (acc, comp, sim)))
+
+    def measure_batches(self, population, batches, key_prefix=None) -> Measures:
+        """Mean measures over an iterable of (x, y) batches."""
+        parts = [self.measure(population, x, y, key=None if key_prefix is None else (key_prefix, i))
+                 for i, (x, y) in enumerate(batches)]
+        return Measures.mean(parts)

@@ -1,0 +1,76 @@
+"""The individual: a mask over the parent's hidden units plus its own weights.
+
+Unit ``j`` of hidden layer ``l`` is the parent's unit ``j`` in every individual, so
+crossover swaps corresponding neurons and a population stacks into one tensor.
+
+Tensors in a genome are never modified in place: operators replace them. That makes
+cloning cheap (lists are copied, tensors shared) and lets the initial population
+share the parent's weights.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from deap import base, creator
+
+from .config import OBJECTIVES
+
+
+class Genome:
+    """masks[l]: (H_l,) bool per hidden layer; weights[k]: (out_k, in_k) float32 and
+    biases[k]: (out_k,) float32 per Linear layer (the output layer last), parent-shaped."""
+
+    def __init__(self, masks, weights, biases):
+        self.masks = list(masks)
+        self.weights = list(weights)
+        self.biases = list(biases)
+        self.measures = None  # (accuracy, compression, similarity) of the last evaluation
+
+    def hidden_units(self) -> list[int]:
+        return [int(m.sum()) for m in self.masks]
+
+    def clone(self):
+        """New individual sharing the (immutable) tensors, with its own fitness."""
+        other = copy.copy(self)
+        other.masks = list(self.masks)
+        other.weights = list(self.weights)
+        other.biases = list(self.biases)
+        if hasattr(self, "fitness"):
+            other.fitness = copy.deepcopy(self.fitness)
+        return other
+
+    def __deepcopy__(self, memo):
+        return self.clone()
+
+    def __repr__(self):
+        return f"{type(self).__name__}(hidden_units={self.hidden_units()})"
+
+
+def fitness_weights(selection: str, weights) -> tuple[float, ...]:
+    """DEAP fitness weights: weighted mode maximises one scalar; NSGA-II maximises
+    accuracy and minimises similarity and compression, for the non-zero objectives."""
+    if selection == "weighted":
+        return (1.0,)
+    sense = {"accuracy": 1.0, "similarity": -1.0, "compression": -1.0}
+    return tuple(sense[o] for o, w in zip(OBJECTIVES, weights) if w != 0)
+
+
+def make_types(fitness_w: tuple[float, ...]):
+    """The DEAP Fitness and Individual classes for these fitness weights, created once.
+
+    A second call returns the existing classes: no warning, no redefinition.
+    """
+    tag = "_".join(("max" if w > 0 else "min") for w in fitness_w)
+    fit_name, ind_name = f"EcompFitness_{tag}", f"EcompIndividual_{tag}"
+    if not hasattr(creator, fit_name):
+        creator.create(fit_name, base.Fitness, weights=tuple(fitness_w))
+    if not hasattr(creator, ind_name):
+        creator.create(ind_name, Genome, fitness=getattr(creator, fit_name))
+    return getattr(creator, fit_name), getattr(creator, ind_name)
+
+
+def full_genome(ind_cls, weights, biases):
+    """An individual keeping every unit, sharing the given tensors."""
+    masks = [torch.ones(w.shape[0], dtype=torch.bool) for w in weights[:-1]]
+    return ind_cls(masks, weights, biases)

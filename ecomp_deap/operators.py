@@ -1,0 +1,99 @@
+"""Variation operators: ``init_*``, ``cx_*``, ``mut_*``.
+
+Pure functions in DEAP's style: they change the individuals they are given (by
+replacing tensors, never writing into them) and return a tuple. Randomness comes
+from the ``torch.Generator`` passed in; nothing global is read.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+
+def l1_keep_mask(weight: torch.Tensor, keep: int) -> torch.Tensor:
+    """(H,) bool: the ``keep`` units with the largest L1 norm of their incoming weights."""
+    norms = weight.abs().sum(dim=1)  # (H,)
+    order = torch.argsort(norms, descending=True, stable=True)
+    mask = torch.zeros(weight.shape[0], dtype=torch.bool)
+    mask[order[:keep]] = True
+    return mask
+
+
+def init_l1_pruned(ind_cls, weights, biases, rate: float):
+    """One structured L1-norm pruning of the parent: every hidden layer keeps
+    ``round((1 - rate) * H)`` units (at least one); weights shared with the parent."""
+    masks = [l1_keep_mask(w, max(1, int(round((1.0 - rate) * w.shape[0])))) for w in weights[:-1]]
+    return ind_cls(masks, weights, biases)
+
+
+def init_l1_population(ind_cls, weights, biases, n: int, low: float = 0.1, high: float = 0.8) -> list:
+    """``n`` L1-norm prunings at rates evenly spaced over [low, high)."""
+    rates = [low + (high - low) * i / n for i in range(n)]
+    return [init_l1_pruned(ind_cls, weights, biases, r) for r in rates]
+
+
+def ensure_nonempty(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """A mask with at least one unit: an empty one gets one random unit back."""
+    if bool(mask.any()):
+        return mask
+    mask = mask.clone()
+    mask[int(torch.randint(len(mask), (1,), generator=gen))] = True
+    return mask
+
+
+def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
+    """Layer-wise one-point crossover with weight inheritance.
+
+    For each Linear layer index ``k`` in ``layers``, a cut ``c`` in [1, out_k - 1]:
+    child 1 takes output units [0, c) from ``ind1`` and [c, out_k) from ``ind2``,
+    child 2 the opposite. A unit carries its mask bit (hidden layers), its incoming
+    weight row and its bias. A hidden layer left empty gets one random unit back.
+    """
+    n_hidden = len(ind1.masks)
+    for k in layers:
+        out = ind1.weights[k].shape[0]
+        if out < 2:
+            continue
+        cut = int(torch.randint(1, out, (1,), generator=gen))
+        w1, w2 = ind1.weights[k], ind2.weights[k]
+        b1, b2 = ind1.biases[k], ind2.biases[k]
+        ind1.weights[k], ind2.weights[k] = torch.cat([w1[:cut], w2[cut:]]), torch.cat([w2[:cut], w1[cut:]])
+        ind1.biases[k], ind2.biases[k] = torch.cat([b1[:cut], b2[cut:]]), torch.cat([b2[:cut], b1[cut:]])
+        if k < n_hidden:
+            m1, m2 = ind1.masks[k], ind2.masks[k]
+            ind1.masks[k] = ensure_nonempty(torch.cat([m1[:cut], m2[cut:]]), gen)
+            ind2.masks[k] = ensure_nonempty(torch.cat([m2[:cut], m1[cut:]]), gen)
+    return ind1, ind2
+
+
+def mut_scale_weights(ind, layers: Sequence[int], low: float, high: float, gen: torch.Generator):
+    """The reference mutation: every weight of the given Linear layers times its own
+    factor drawn from U(low, high). Biases are left as they are."""
+    for k in layers:
+        w = ind.weights[k]
+        factors = torch.empty(w.shape, dtype=w.dtype).uniform_(low, high, generator=gen)
+        ind.weights[k] = w * factors
+    return (ind,)
+
+
+def mut_flip_units(ind, flip_prob: float, gen: torch.Generator):
+    """Flip each hidden unit's mask bit with probability ``flip_prob``; a layer that
+    would become empty keeps one random unit."""
+    if flip_prob <= 0:
+        return (ind,)
+    for l, m in enumerate(ind.masks):
+        flips = torch.rand(m.shape, generator=gen) < flip_prob
+        if bool(flips.any()):
+            ind.masks[l] = ensure_nonempty(m ^ flips, gen)
+    return (ind,)
+
+
+def sel_softmax_roulette(individuals, k: int, temperature: float, gen: torch.Generator) -> list:
+    """The reference selection: ``k`` draws with replacement, probabilities
+    softmax(fitness / temperature) over the 1-tuple fitnesses. Returns references
+    (the caller clones)."""
+    f = torch.tensor([ind.fitness.values[0] for ind in individuals], dtype=torch.float64)  # (N,)
+    probs = torch.softmax(f / temperature, dim=0)
+    idx = torch.multinomial(probs, k, replacement=True, generator=gen)
+    return [individuals[i] for i in idx.tolist()]

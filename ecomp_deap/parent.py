@@ -1,0 +1,181 @@
+"""Parent networks: the MLP factory, training, and the weights cache.
+
+The cache key hashes the architecture, the training settings, the seed and the
+data fingerprint, so a second run with the same settings loads instead of training.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .architecture import MLPArchitecture
+from .errors import ParentError
+from .results import save_torch
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+               "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}
+
+
+@dataclass(frozen=True)
+class ParentSpec:
+    """How to build and train a parent MLP (the reference: 784-256-256-10, ReLU, Adam 1e-3, 4 epochs)."""
+
+    hidden: tuple[int, ...] = (256, 256)
+    activation: str = "relu"
+    in_features: int = 784
+    n_classes: int = 10
+    epochs: int = 4
+    lr: float = 1e-3
+    batch_size: int = 100
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ParentError(f"hidden widths must be positive integers, got {list(self.hidden)}")
+        if self.activation not in ACTIVATIONS:
+            raise ParentError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ParentError("parent training needs epochs >= 1, batch size >= 1 and lr > 0")
+
+
+def build_mlp(hidden=(256, 256), in_features: int = 784, n_classes: int = 10,
+              activation: str = "relu") -> nn.Sequential:
+    """``flatten, layer_1_linear, layer_1_act, ..., output`` as a named nn.Sequential."""
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    width = in_features
+    for i, h in enumerate(hidden, start=1):
+        layers += [(f"layer_{i}_linear", nn.Linear(width, h)), (f"layer_{i}_act", ACTIVATIONS[activation]())]
+        width = h
+    layers.append(("output", nn.Linear(width, n_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i:i + batch_size].to(device))
+        correct += int((logits.argmax(1).cpu() == y[i:i + batch_size]).sum())
+    return correct / len(x)
+
+
+def train_parent(spec: ParentSpec, train_x: torch.Tensor, train_y: torch.Tensor, progress: bool = True) -> nn.Sequential:
+    """Adam, cross-entropy, shuffled mini-batches; deterministic for one seed on CPU."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(spec.seed)
+    random.seed(spec.seed)
+    np.random.seed(spec.seed % 2**32)
+    model = build_mlp(spec.hidden, spec.in_features, spec.n_classes, spec.activation)
+    opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(spec.seed)
+    n = len(train_x)
+    steps = (n + spec.batch_size - 1) // spec.batch_size
+    model.train()
+    for epoch in range(spec.epochs):
+        perm = torch.randperm(n, generator=g)
+        bar = tqdm(range(steps), desc=f"parent epoch {epoch + 1}/{spec.epochs}", disable=not progress,
+                   leave=False, unit="batch")
+        for s in bar:
+            idx = perm[s * spec.batch_size:(s + 1) * spec.batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(train_x[idx]), train_y[idx])
+            loss.backward()
+            opt.step()
+            if s % 100 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    return model
+
+
+def cache_key(spec: ParentSpec, data_fingerprint: str) -> str:
+    blob = json.dumps({"spec": asdict(spec), "data": data_fingerprint, "format": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ParentInfo:
+    model: nn.Sequential
+    test_accuracy: float
+    cached: bool
+    path: Path | None = None
+    spec: ParentSpec | None = None
+    notes: dict = field(default_factory=dict)
+
+
+def load_parent_file(path, spec: ParentSpec | None = None) -> nn.Sequential:
+    """Load a parent: a pickled ``nn.Sequential``, a state dict of a ``build_mlp`` network
+    (widths inferred), or this toolkit's cache file. Clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParentError(f"{path}: parent weights file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise ParentError(f"{path}: cannot read parent weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                          "the file is truncated or not a torch file") from None
+    if isinstance(obj, nn.Sequential):
+        MLPArchitecture.from_module(obj)
+        return obj.eval()
+    if isinstance(obj, dict) and "state_dict" in obj:
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ParentError(f"{path}: not a state dict or nn.Sequential (found {type(obj).__name__})")
+    return model_from_state_dict(obj, spec, source=str(path))
+
+
+def model_from_state_dict(state: dict, spec: ParentSpec | None = None, source: str = "state dict") -> nn.Sequential:
+    names = [k[:-len(".weight")] for k in state if k.endswith(".weight")]
+    if not names:
+        raise ParentError(f"{source}: state dict holds no Linear weights")
+    hidden = [state[f"{n}.weight"].shape[0] for n in names[:-1]]
+    weight0 = state[f"{names[0]}.weight"]
+    if weight0.dim() != 2:
+        raise ParentError(f"{source}: {names[0]}.weight has shape {tuple(weight0.shape)}, expected a 2-d Linear weight")
+    activation = spec.activation if spec else "relu"
+    model = build_mlp(hidden, weight0.shape[1], state[f"{names[-1]}.weight"].shape[0], activation)
+    if spec is not None and (tuple(hidden) != spec.hidden or weight0.shape[1] != spec.in_features):
+        raise ParentError(f"{source}: parent has hidden widths {hidden} and {weight0.shape[1]} inputs, "
+                          f"expected {list(spec.hidden)} and {spec.in_features}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ParentError(f"{source}: state dict does not fit a {'-'.join(map(str, [weight0.shape[1], *hidden]))} "
+                          f"MLP with layers {', '.join(names)} ({first})") from None
+    return model.eval()
+
+
+def load_or_train_parent(spec: ParentSpec, data, cache_dir, progress: bool = True, log=print) -> ParentInfo:
+    """The cached parent for ``spec`` and ``data``, training and caching it on a miss."""
+    key = cache_key(spec, data.fingerprint)
+    path = Path(cache_dir) / "parents" / f"mlp-{'-'.join(map(str, spec.hidden))}-{spec.activation}-{key}.pt"
+    if path.exists():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            model = model_from_state_dict(blob["state_dict"], spec, source=str(path))
+            acc = float(blob["test_accuracy"])
+            log(f"parent: loaded cached weights {path} (test accuracy {acc:.4f}; no training)")
+            return ParentInfo(model, acc, cached=True, path=path, spec=spec)
+        except Exception as e:  # a corrupt cache entry is rebuilt, not fatal
+            log(f"parent: cache file {path} unusable ({type(e).__name__}); retraining")
+    log(f"parent: training {spec.in_features}-{'-'.join(map(str, spec.hidden))}-{spec.n_classes} "
+        f"({spec.activation}, {spec.epochs} epochs, Adam lr {spec.lr}, batch {spec.batch_size}, seed {spec.seed})")
+    model = train_parent(spec, data.train_x, data.train_y, progress=progress)
+    acc = accuracy(model, data.test_x, data.test_y)
+    save_torch(path, {"state_dict": model.state_dict(), "spec": asdict(spec), "test_accuracy": acc,
+                      "data_fingerprint": data.fingerprint})
+    log(f"parent: test accuracy {acc:.4f}; cached at {path}")
+    return ParentInfo(model, acc, cached=False, path=path, spec=spec)

@@ -1,0 +1,138 @@
+"""Result files: atomic writers and the loaders that plots and comparisons use.
+
+Every file is written to a temporary file in the destination folder, flushed and
+fsynced, then renamed over the destination, so a reader (or a process killed at
+any moment) never sees a partial file.
+
+One run of an experiment is ``OUT/NAME/run_K.json`` (schema ``RUN_SCHEMA``) plus
+the chosen network's weights ``run_K.pt``; ``summary.json``/``summary.csv``
+aggregate the runs of one experiment.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+RUN_SCHEMA = "ecomp_deap.run/1"
+SUMMARY_SCHEMA = "ecomp_deap.summary/1"
+
+
+class ResultsError(ValueError):
+    """A results folder or file that cannot be used (missing, empty, wrong schema)."""
+
+
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def _json_default(obj: Any):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no NaN/inf: store them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def save_json(path, data: Any) -> None:
+    text = json.dumps(_finite_or_none(json.loads(json.dumps(data, default=_json_default))), indent=1)
+    _atomic_write(Path(path), lambda f: f.write(text.encode() + b"\n"))
+
+
+def save_text(path, text: str) -> None:
+    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+
+
+def save_csv(path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    fieldnames = fieldnames or (list(rows[0].keys()) if rows else [])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    save_text(path, buf.getvalue())
+
+
+def save_torch(path, obj: Any) -> None:
+    import torch
+
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def load_json(path) -> Any:
+    path = Path(path)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ResultsError(f"{path}: not valid JSON ({e})") from None
+
+
+def run_files(folder) -> list[Path]:
+    """The ``run_K.json`` files of one experiment folder, ordered by K."""
+    folder = Path(folder)
+    files = [p for p in folder.glob("run_*.json") if p.stem[4:].isdigit()]
+    return sorted(files, key=lambda p: int(p.stem[4:]))
+
+
+def load_run(path) -> dict:
+    data = load_json(path)
+    if not isinstance(data, dict) or data.get("schema") != RUN_SCHEMA:
+        raise ResultsError(f"{path}: not an ecomp_deap run result (expected schema {RUN_SCHEMA!r})")
+    return data
+
+
+def load_experiment(folder) -> list[dict]:
+    """All runs of one experiment folder; a clear error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ResultsError(f"{folder}: no such results folder")
+    files = run_files(folder)
+    if not files:
+        raise ResultsError(f"{folder}: no run_K.json results in this folder (run experiments/run.py first)")
+    return [load_run(p) for p in files]
+
+
+def experiment_name(folder, runs: list[dict] | None = None) -> str:
+    if runs:
+        return str(runs[0].get("name") or Path(folder).name)
+    return Path(folder).resolve().name

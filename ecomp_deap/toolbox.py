@@ -1,0 +1,38 @@
+"""The one place where the DEAP toolbox is assembled: settings bound at register time."""
+from __future__ import annotations
+
+import torch
+from deap import base, tools
+
+from .architecture import MLPArchitecture
+from .config import EcompConfig
+from .genome import Genome, fitness_weights, make_types
+from .operators import (cx_layerwise, init_l1_population, mut_flip_units, mut_scale_weights,
+                        sel_softmax_roulette)
+
+
+def recombination_indices(config: EcompConfig, arch: MLPArchitecture) -> list[int]:
+    names = config.recombination_layers if config.recombination_layers is not None else arch.linear_names
+    return [arch.linear_names.index(n) for n in names]
+
+
+def build_toolbox(config: EcompConfig, arch: MLPArchitecture, parent_weights, parent_biases,
+                  gen: torch.Generator) -> base.Toolbox:
+    """Registers: population, clone, mate, mutate, mutate_mask, select (and, for NSGA-II,
+    select_parents). Evaluation is batched over the population and lives in
+    :class:`ecomp_deap.evaluate.PopulationEvaluator`, not in a per-individual function."""
+    _, ind_cls = make_types(fitness_weights(config.selection, config.weights))
+    rec = recombination_indices(config, arch)
+    tb = base.Toolbox()
+    tb.register("population", init_l1_population, ind_cls, parent_weights, parent_biases,
+                low=config.init_prune_low, high=config.init_prune_high)
+    tb.register("clone", Genome.clone)
+    tb.register("mate", cx_layerwise, layers=rec, gen=gen)
+    tb.register("mutate", mut_scale_weights, layers=rec, low=config.mutation_low, high=config.mutation_high, gen=gen)
+    tb.register("mutate_mask", mut_flip_units, flip_prob=config.mask_flip_prob, gen=gen)
+    if config.selection == "weighted":
+        tb.register("select", sel_softmax_roulette, temperature=config.selection_temperature, gen=gen)
+    else:
+        tb.register("select", tools.selNSGA2)
+        tb.register("select_parents", tools.selTournamentDCD)
+    return tb

@@ -1,0 +1,132 @@
+"""Run an EComp experiment: N runs of a preset (or custom) configuration.
+
+    python experiments/run.py --runs 10 --name weighting121
+    python experiments/run.py --runs 10 --name weighting121 pareto121    # the weighted-vs-Pareto pair
+    python experiments/run.py --name mine --weights 1 2 1 --selection nsga2 --pop-size 40
+    python experiments/run.py --list-presets
+
+Results go to OUT/NAME/run_K.json (+ run_K.pt, the chosen network) and
+OUT/NAME/summary.{json,csv}; compare experiments with experiments/compare.py and
+draw them with plots/*.py.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ecomp_deap.cli import HelpFormatter, OneLineParser, finite_float, non_negative_int, positive_int, run_main
+from ecomp_deap.config import DEVICES, KERNELS, SELECTIONS
+from ecomp_deap.errors import ConfigError
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="run.py", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--name", nargs="+", metavar="NAME",
+                   help="experiment name(s); a preset name applies its settings (see --list-presets). "
+                        "Several names run one after the other with the same options")
+    p.add_argument("--runs", type=positive_int, default=1, help="independent runs per experiment")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="base seed; run K uses seed 1000*SEED+K")
+    p.add_argument("--out", default="results", help="results folder; each experiment writes OUT/NAME/")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results of the same name")
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    g = p.add_argument_group("evolution (override the preset)")
+    g.add_argument("--weights", nargs=3, type=finite_float, metavar=("WA", "WS", "WC"),
+                   help="objective weights: accuracy, similarity, compression (required for a non-preset name)")
+    g.add_argument("--selection", choices=SELECTIONS, help="weighted (softmax roulette) or nsga2 (Pareto)")
+    g.add_argument("--pop-size", type=positive_int, help="population size (preset: 100; NSGA-II needs a multiple of 4)")
+    g.add_argument("--generations", type=positive_int, help="generations = training batches per epoch (preset: 100)")
+    g.add_argument("--epochs", type=positive_int, help="passes over the evolution subset (preset: 1)")
+    g.add_argument("--batch-size", type=positive_int, help="images per generation batch (preset: 100)")
+    g.add_argument("--mutation-rate", type=finite_float, help="probability per child of the weight mutation (preset: 0.01)")
+    g.add_argument("--mask-flip-prob", type=finite_float, help="per-unit mask flip probability per child (preset: 0.002)")
+    g.add_argument("--temperature", type=finite_float, dest="selection_temperature",
+                   help="weighted mode: softmax temperature of the roulette (preset: 1, the reference)")
+    g.add_argument("--elitism", type=non_negative_int, help="weighted mode: best individuals kept unchanged (preset: 0)")
+    g.add_argument("--kernel", choices=KERNELS, help="child similarity kernel (preset: gaussian)")
+    g.add_argument("--perplexity", type=finite_float, help="t-SNE perplexity (preset: 30)")
+    g.add_argument("--val-size", type=non_negative_int, help="validation images for final selection (preset: 5000)")
+    g.add_argument("--device", choices=DEVICES, help="cpu, cuda, or auto (cuda when available; preset: auto)")
+    d = p.add_argument_group("data and parent")
+    d.add_argument("--data-dir", help="FashionMNIST root (default: $ECOMP_DATA_DIR or ~/.cache/ecomp_deap/data)")
+    d.add_argument("--no-download", action="store_true", help="never try torchvision's download")
+    d.add_argument("--cache-dir", help="parent weights cache (default: ~/.cache/ecomp_deap)")
+    d.add_argument("--hidden", nargs="+", type=positive_int, metavar="W", help="parent hidden widths (default 256 256)")
+    d.add_argument("--parent-epochs", type=positive_int, default=4, help="parent training epochs")
+    d.add_argument("--parent", metavar="PATH", help="load this parent (saved nn.Sequential or state dict) instead")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+OVERRIDES = ("weights", "selection", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
+             "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device")
+
+
+def experiment_configs(args):
+    from ecomp_deap.config import EcompConfig
+    from ecomp_deap.presets import PRESETS, preset_config
+
+    overrides = {k: getattr(args, k) for k in OVERRIDES}
+    configs = {}
+    for name in args.name:
+        if name in PRESETS:
+            cfg = preset_config(name, **overrides)
+        elif args.weights is not None:
+            cfg = EcompConfig(**{k: v for k, v in overrides.items() if v is not None})
+        else:
+            raise ConfigError(f"unknown preset {name!r} and no --weights given; known presets: {', '.join(PRESETS)}")
+        configs[name] = cfg.validate()
+    return configs
+
+
+def main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_presets:
+        from ecomp_deap.presets import describe_presets
+
+        print(describe_presets())
+        return 0
+    if not args.name:
+        raise ConfigError("give --name NAME (a preset, or any name with --weights); see --list-presets")
+    if len(set(args.name)) != len(args.name):
+        raise ConfigError("each --name may appear once")
+    configs = experiment_configs(args)
+
+    from ecomp_deap.experiment import Experiment, check_output_folder
+
+    out = Path(args.out)
+    experiments = [Experiment(name, cfg, args.runs, args.seed, out) for name, cfg in configs.items()]
+    for exp in experiments:  # refuse before any work
+        check_output_folder(exp.folder, args.overwrite)
+
+    from ecomp_deap.data import default_cache_dir, load_fashion_mnist
+    from ecomp_deap.parent import ParentSpec, accuracy, load_or_train_parent, load_parent_file
+
+    data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
+    print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")
+    spec = ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs)
+    if args.parent:
+        model = load_parent_file(args.parent)
+        parent_acc = accuracy(model, data.test_x, data.test_y)
+        print(f"parent: loaded {args.parent} (test accuracy {parent_acc:.4f})")
+    else:
+        info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
+                                    progress=not args.quiet)
+        model, parent_acc = info.model, info.test_accuracy
+    for exp in experiments:
+        for layer_check in (exp.config.validate_for,):
+            from ecomp_deap.architecture import MLPArchitecture
+
+            layer_check(MLPArchitecture.from_module(model))
+    for exp in experiments:
+        t0 = time.perf_counter()
+        print(f"== {exp.name}: {exp.runs} run(s), {exp.config.selection}, weights {list(exp.config.weights)}, "
+              f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations -> {exp.folder}")
+        exp.run(model, data, parent_acc, overwrite=args.overwrite, progress=not args.quiet)
+        print(f"== {exp.name}: done in {time.perf_counter() - t0:.1f} s; results in {exp.folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
