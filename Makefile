@@ -1,0 +1,60 @@
+# ecomp_deap: `make run` runs the main job, `make test` runs the tests.
+# Both create .venv (Python 3.10+) and install what they need on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= results
+RUNS   ?= 2
+# Where FashionMNIST is looked for (ecomp_deap/data.py uses the same default).
+DATA_ROOT := $(or $(ECOMP_DATA_DIR),$(HOME)/.cache/ecomp_deap/data)
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist
+
+.PHONY: run test test-slow data install bench clean help
+
+help:
+	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each), compare, plot"
+	@echo "make test       install and run the test suite"
+	@echo "make test-slow  also the slow tests"
+	@echo "make bench      the speed benchmark"
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The Debian/Ubuntu package is installed when apt is there and the data is missing;
+# otherwise ecomp_deap falls back to torchvision's download.
+data:
+	@if [ ! -f "$(DATA_ROOT)/FashionMNIST/raw/train-images-idx3-ubyte" ] && [ ! -d "$(DEBIAN_DATA)" ] \
+	    && command -v apt-get >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "installing the Debian package dataset-fashion-mnist"; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+	    || echo "could not install dataset-fashion-mnist; torchvision's download will be tried"; \
+	fi
+
+run: $(STAMP) data
+	$(BIN)/python experiments/run.py --name weighting121 pareto121 --runs $(RUNS) --out $(OUT) --overwrite
+	$(BIN)/python experiments/compare.py $(OUT)/weighting121 $(OUT)/pareto121
+	$(BIN)/python plots/pareto.py $(OUT)/weighting121 $(OUT)/pareto121
+	$(BIN)/python plots/curves.py $(OUT)/weighting121 $(OUT)/pareto121
+	$(BIN)/python plots/boxplots.py $(OUT)/weighting121 $(OUT)/pareto121
+	$(BIN)/python plots/hypervolume.py $(OUT)/weighting121 $(OUT)/pareto121
+	@echo "results: $(OUT)/weighting121 $(OUT)/pareto121; comparison: $(OUT)/comparison.md; plots: $(OUT)/weighting121/plots/"
+
+test: $(STAMP) data
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP) data
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: $(STAMP) data
+	$(BIN)/python benchmarks/bench_generation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from ecomp_deap.architecture import MLPArchitecture, parent_tensors
+from ecomp_deap.config import EcompConfig
+from ecomp_deap.evaluate import PopulationEvaluator, fitness_tuples, weighted_fitness
+from ecomp_deap.export import count_parameters, export_individual, individual_widths, linear_sizes
+from ecomp_deap.genome import fitness_weights, make_types
+from ecomp_deap.operators import cx_layerwise, init_l1_population, mut_flip_units, mut_scale_weights
+from ecomp_deap.parent import build_mlp
+from ecomp_deap.similarity import tsne_similarity_loss
+
+
+def varied_population(model, n=6, seed=0):
+    arch = MLPArchitecture.from_module(model)
+    w, b = parent_tensors(model, arch)
+    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
+    pop = init_l1_population(ind_cls, w, b, n)
+    g = torch.Generator().manual_seed(seed)
+    for i in range(0, n - 1, 2):
+        cx_layerwise(pop[i], pop[i + 1], range(len(w)), g)
+    for ind in pop:
+        mut_scale_weights(ind, range(len(w)), 0.9, 1.1, g)
+        mut_flip_units(ind, 0.1, g)
+    return arch, w, b, pop
+
+
+@pytest.mark.parametrize("hidden,act", [((24, 16), "relu"), ((20, 9, 13), "gelu"), ((12, 30), "tanh"),
+                                        ((10,), "sigmoid")])
+def test_batched_evaluator_equals_exported_networks_one_at_a_time(hidden, act):
+    torch.manual_seed(0)
+    model = build_mlp(hidden, in_features=15, n_classes=4, activation=act)
+    arch, w, b, pop = varied_population(model)
+    cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=40)
+    ev = PopulationEvaluator(arch, w, b, cfg)
+    x, y = torch.randn(40, 15), torch.randint(0, 4, (40,))
+    m = ev.measure(pop, x, y)
+    with torch.no_grad():
+        parent_embs = _activations(model, x)
+    for i, ind in enumerate(pop):
+        net = export_individual(ind, arch)
+        with torch.no_grad():
+            logits = net(x)
+        assert m.accuracy[i] == (logits.argmax(1) == y).double().mean().item()
+        assert m.compression[i] == sum(ind.hidden_units()) / sum(hidden)
+        with torch.no_grad():
+            child_embs = _activations(net, x)
+        s = sum(tsne_similarity_loss(p, c, 5.0) for p, c in zip(parent_embs, child_embs))
+        assert m.similarity[i] == pytest.approx(s, rel=1e-5, abs=1e-9)
+
+
+def _activations(net, x):
+    out, h = [], x
+    for name, mod in net.named_children():
+        h = mod(h)
+        if name.endswith("_act"):
+            out.append(h)
+    return out
+
+
+def test_export_matches_masked_forward_and_counts_parameters():
+    torch.manual_seed(1)
+    model = build_mlp((32, 8, 16), in_features=12, n_classes=3)
+    arch, w, b, pop = varied_population(model, n=4, seed=1)
+    ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
+    x = torch.randn(7, 12)
+    ws, bs, ms = ev._stack(pop)
+    logits, _, _ = ev.forward(ws, bs, ms, x)
+    for i, ind in enumerate(pop):
+        net = export_individual(ind, arch)
+        with torch.no_grad():
+            assert torch.allclose(net(x), logits[i], atol=1e-5)
+        assert count_parameters(net) == linear_sizes(individual_widths(ind, arch))[0]
+        assert [m.out_features for m in net if isinstance(m, torch.nn.Linear)][:-1] == ind.hidden_units()
+
+
+def test_masked_unit_activation_is_zero_even_when_activation_of_zero_is_not():
+    torch.manual_seed(2)
+    model = build_mlp((6,), in_features=4, n_classes=2, activation="sigmoid")
+    arch, w, b, pop = varied_population(model, n=2)
+    ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
+    ws, bs, ms = ev._stack(pop)
+    _, _, post = ev.forward(ws, bs, ms, torch.randn(5, 4))
+    for i, ind in enumerate(pop):
+        assert torch.all(post[0][i][:, ~ind.masks[0]] == 0)
+
+
+def test_fitness_weighted_formula_and_nsga2_tuples():
+    from ecomp_deap.evaluate import Measures
+
+    m = Measures(np.array([0.8, 0.5]), np.array([0.25, 1.0]), np.array([0.1, 0.3]))
+    assert np.allclose(weighted_fitness(m, (1, 2, 1)), [0.8 - 0.2 + 0.75, 0.5 - 0.6 + 0.0])
+    assert fitness_tuples(m, "weighted", (1, 2, 1))[0] == pytest.approx((1.35,))
+    assert fitness_tuples(m, "nsga2", (1, 2, 1))[1] == (0.5, 0.3, 1.0)
+    assert fitness_tuples(m, "nsga2", (1, 0, 1))[0] == (0.8, 0.25)
