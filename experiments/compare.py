@@ -1,0 +1,67 @@
+"""Compare experiments: summary statistics and pairwise Mann-Whitney U tests.
+
+    python experiments/compare.py OUT/weighting121 OUT/pareto121 [...] [--out DIR]
+
+Each argument is one experiment folder (``OUT/NAME`` holding ``run_0.json``,
+``run_1.json``, ...). Prints two Markdown tables and writes them, atomically, to
+``DIR``:
+
+* ``comparison.md``        both tables;
+* ``comparison.csv``       one row per experiment: name, selection mode, runs,
+                           median and interquartile range (q25-q75) of the best
+                           network's test accuracy, compression and similarity,
+                           median test hypervolume;
+* ``comparison_pairs.csv`` one row per pair of experiments: two-sided
+                           Mann-Whitney U p-values on test hypervolume and on
+                           best test accuracy ("n/a" with fewer than 2 runs).
+
+The written paths are printed last, one per line. Only saved results are read.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ecomp_deap import comparison
+from ecomp_deap.plotting import add_common_args, load_experiments, make_parser, run_cli
+from ecomp_deap.results import save_csv, save_text
+
+
+def parent_folder(folder) -> Path:
+    """``OUT`` for ``OUT/NAME`` (as typed, so printed paths stay relative)."""
+    p = Path(os.path.normpath(folder))
+    return p.resolve().parent if p.name in ("", ".", "..") else p.parent
+
+
+def build_parser():
+    parser = make_parser(__doc__, prog="experiments/compare.py")
+    parser.add_argument("folders", nargs="+", metavar="FOLDER",
+                        help="experiment results folders (OUT/NAME with run_K.json files)")
+    add_common_args(parser, "the parent folder of the first FOLDER", figures=False)
+    return parser
+
+
+def main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    exps = load_experiments(args.folders)
+    groups = [(e.name, e.runs) for e in exps]
+    summary = comparison.summary_rows(groups)
+    pairs = comparison.pairwise_rows(groups)
+    report = comparison.format_report(summary, pairs)
+
+    out = Path(args.out) if args.out else parent_folder(args.folders[0])
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out}: exists and is not a folder")
+    paths = [out / "comparison.md", out / "comparison.csv", out / "comparison_pairs.csv"]
+    save_text(paths[0], report)
+    save_csv(paths[1], comparison.csv_rows(summary, comparison.SUMMARY_FIELDS), comparison.SUMMARY_FIELDS)
+    save_csv(paths[2], comparison.csv_rows(pairs, comparison.PAIRWISE_FIELDS), comparison.PAIRWISE_FIELDS)
+
+    print(report)
+    for p in paths:
+        print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
