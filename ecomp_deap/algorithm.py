@@ -17,7 +17,6 @@ picks its knee (accuracy vs compression) as "best".
 """
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -26,19 +25,12 @@ import torch
 from deap import tools
 
 from .config import EcompConfig
-from .evaluate import Measures, PopulationEvaluator, fitness_tuples, weighted_fitness
+from .evaluate import Measures, NonFiniteError, PopulationEvaluator, fitness_tuples, weighted_fitness
 from .indicators import hypervolume_2d, knee_point, non_dominated_mask
+from .rng import rng_snapshot
 
 HV_REFERENCE = {"accuracy": 0.0, "compression": 1.0}
 MEASURE_SENSES = {"accuracy": 1, "similarity": -1, "compression": -1}
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed random, numpy and torch once per run; return the run's own torch generator."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
 
 
 def objective_matrix(m: Measures, objectives) -> tuple[np.ndarray, tuple[int, ...]]:
@@ -172,7 +164,12 @@ class Evolution:
         return EvolutionState(0, self.toolbox.population(n=self.config.pop_size), tools.Logbook(), self.gen)
 
     def run(self, state: EvolutionState | None = None,
-            on_generation: Callable[[EvolutionState], None] | None = None) -> EvolutionState:
+            on_generation: Callable[[EvolutionState], None] | None = None,
+            on_failure: Callable[[EvolutionState, dict], None] | None = None) -> EvolutionState:
+        """Run generations until the budget is spent. ``on_generation(state)`` follows
+        every generation (checkpoints, interruption); if a measure is not finite,
+        ``on_failure(state, rng)`` gets the state and random states of the start of
+        the failed generation before the error propagates."""
         from tqdm.auto import tqdm
 
         state = state or self.initial_state()
@@ -180,7 +177,13 @@ class Evolution:
                    desc=f"{self.config.selection} pop {self.config.pop_size}", leave=False)
         with bar:
             while state.t < self.total:
-                info = self.step(state)
+                before = rng_snapshot(self.gen) if on_failure is not None else None
+                try:
+                    info = self.step(state)
+                except NonFiniteError:
+                    if on_failure is not None:
+                        on_failure(state, before)
+                    raise
                 bar.update(1)
                 bar.set_postfix(acc=f"{info['acc']:.3f}", comp=f"{info['comp']:.3f}")
                 if on_generation is not None:

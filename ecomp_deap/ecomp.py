@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .algorithm import HV_REFERENCE, Evolution, EvolutionResult, EvolutionState, seed_everything
+from .algorithm import HV_REFERENCE, Evolution, EvolutionResult, EvolutionState
+from .rng import seed_everything
 from .architecture import MLPArchitecture, parent_tensors
 from .config import EcompConfig
 from .data import BatchStream, make_splits
@@ -102,9 +103,11 @@ class EcompRun:
         return Measures.mean([self.evaluator.measure(individuals, x, y, key=("test", i))
                               for i, (x, y) in enumerate(batches)])
 
-    def run(self, state: EvolutionState | None = None, on_generation=None, started: float | None = None) -> RunResult:
-        t0 = time.perf_counter() if started is None else started
-        state = self.evolution.run(state, on_generation)
+    def run(self, state: EvolutionState | None = None, on_generation=None, on_failure=None,
+            elapsed_before_s: float = 0.0) -> RunResult:
+        """Evolve (from ``state`` when resuming), select, measure on the test set, export."""
+        t0 = time.perf_counter() - elapsed_before_s
+        state = self.evolution.run(state, on_generation, on_failure)
         evo = self.evolution.finish(state, self.val_batches)
         pop = evo.population
         chosen = sorted(set(evo.front_indices) | {evo.best_index} | set(evo.extremes.values()))

@@ -29,6 +29,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--seed", type=non_negative_int, default=0, help="base seed; run K uses seed 1000*SEED+K")
     p.add_argument("--out", default="results", help="results folder; each experiment writes OUT/NAME/")
     p.add_argument("--overwrite", action="store_true", help="replace existing results of the same name")
+    p.add_argument("--resume", action="store_true",
+                   help="skip finished runs and continue unfinished ones from their checkpoints (same options)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=25,
+                   help="generations between checkpoints (0: only when interrupted by Ctrl-C / SIGTERM)")
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     g = p.add_argument_group("evolution (override the preset)")
     g.add_argument("--weights", nargs=3, type=finite_float, metavar=("WA", "WS", "WC"),
@@ -96,9 +100,11 @@ def main(argv) -> int:
     from ecomp_deap.experiment import Experiment, check_output_folder
 
     out = Path(args.out)
-    experiments = [Experiment(name, cfg, args.runs, args.seed, out) for name, cfg in configs.items()]
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other")
+    experiments = [Experiment(name, cfg, args.runs, args.seed, out, args.checkpoint_every) for name, cfg in configs.items()]
     for exp in experiments:  # refuse before any work
-        check_output_folder(exp.folder, args.overwrite)
+        check_output_folder(exp.folder, args.overwrite, args.resume)
 
     from ecomp_deap.data import default_cache_dir, load_fashion_mnist
     from ecomp_deap.parent import ParentSpec, accuracy, load_or_train_parent, load_parent_file
@@ -114,16 +120,22 @@ def main(argv) -> int:
         info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
                                     progress=not args.quiet)
         model, parent_acc = info.model, info.test_accuracy
-    for exp in experiments:
-        for layer_check in (exp.config.validate_for,):
-            from ecomp_deap.architecture import MLPArchitecture
+    from ecomp_deap.architecture import MLPArchitecture
+    from ecomp_deap.experiment import RunInterrupted
 
-            layer_check(MLPArchitecture.from_module(model))
+    arch = MLPArchitecture.from_module(model)
+    for exp in experiments:
+        exp.config.validate_for(arch)
     for exp in experiments:
         t0 = time.perf_counter()
         print(f"== {exp.name}: {exp.runs} run(s), {exp.config.selection}, weights {list(exp.config.weights)}, "
               f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations -> {exp.folder}")
-        exp.run(model, data, parent_acc, overwrite=args.overwrite, progress=not args.quiet)
+        try:
+            exp.run(model, data, parent_acc, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
+        except RunInterrupted as e:
+            again = " ".join(a for a in argv if a != "--overwrite")
+            print(f"{e}\nresume with: python experiments/run.py {again} --resume", file=sys.stderr)
+            return 128 + e.signum
         print(f"== {exp.name}: done in {time.perf_counter() - t0:.1f} s; results in {exp.folder}")
     return 0
 
