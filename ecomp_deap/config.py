@@ -125,6 +125,8 @@ class EcompConfig:
         need(isinstance(self.elitism, int) and 0 <= self.elitism < self.pop_size,
              f"elitism must be an integer in [0, pop_size), got {self.elitism}")
         need(isinstance(self.val_size, int) and self.val_size >= 0, f"val_size must be an integer >= 0, got {self.val_size}")
+        need(self.val_size == 0 or self.val_size >= self.batch_size,
+             f"val_size must be 0 (no validation) or at least one batch ({self.batch_size}), got {self.val_size}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         need(isinstance(self.eval_chunk, int) and self.eval_chunk >= 0, f"eval_chunk must be an integer >= 0, got {self.eval_chunk}")
         if self.device == "cuda":
@@ -145,6 +147,13 @@ class EcompConfig:
             if layer not in arch.linear_names:
                 raise ConfigError(f"recombination layer {layer!r} is not a Linear layer of the parent; "
                                   f"its Linear layers are: {', '.join(arch.linear_names)}")
+        return self
+
+    def validate_data(self, n_train: int) -> "EcompConfig":
+        """Check that the evolution subset and the validation split fit the training data."""
+        if self.subset_size + self.val_size > n_train:
+            raise ConfigError(f"generations x batch size ({self.generations} x {self.batch_size} = {self.subset_size}) "
+                              f"plus val_size ({self.val_size}) exceed the {n_train} training images")
         return self
 
     def resolved_device(self) -> str:

@@ -76,6 +76,7 @@ class EcompRun:
         config.validate()
         self.arch = MLPArchitecture.from_module(parent_model)
         config.validate_for(self.arch)
+        config.validate_data(len(data.train_y))
         self.config, self.data, self.progress = config, data, progress
         self.parent_model = parent_model
         self.parent_test_accuracy = parent_test_accuracy

@@ -7,9 +7,9 @@ A run's JSON is written last, so its presence marks the run complete.
 """
 from __future__ import annotations
 
-import os
 import signal
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +46,11 @@ def check_output_folder(folder: Path, overwrite: bool, resume: bool = False) -> 
     anchor = nearest_existing(folder)
     if not anchor.is_dir():
         raise ConfigError(f"output folder {folder}: {anchor} is not a folder")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise ConfigError(f"output folder {folder} is not writable (no write permission on {anchor})")
+    try:  # a real probe: permissions alone miss read-only and pseudo file systems
+        with tempfile.TemporaryFile(dir=anchor):
+            pass
+    except OSError as e:
+        raise ConfigError(f"output folder {folder} is not writable ({anchor}: {e.strerror})") from None
     if overwrite or resume or not folder.exists():
         return
     if run_files(folder):

@@ -47,6 +47,10 @@ def build_parser() -> OneLineParser:
     g.add_argument("--temperature", type=finite_float, dest="selection_temperature",
                    help="weighted mode: softmax temperature of the roulette (preset: 1, the reference)")
     g.add_argument("--elitism", type=non_negative_int, help="weighted mode: best individuals kept unchanged (preset: 0)")
+    g.add_argument("--embedding-layers", nargs="+", metavar="LAYER",
+                   help="layers entering the similarity loss (preset: layer_1_act layer_2_act)")
+    g.add_argument("--recombination-layers", nargs="+", metavar="LAYER",
+                   help="Linear layers recombined and mutated (preset: layer_1_linear layer_2_linear output)")
     g.add_argument("--kernel", choices=KERNELS, help="child similarity kernel (preset: gaussian)")
     g.add_argument("--perplexity", type=finite_float, help="t-SNE perplexity (preset: 30)")
     g.add_argument("--val-size", type=non_negative_int, help="validation images for final selection (preset: 5000)")
@@ -64,7 +68,8 @@ def build_parser() -> OneLineParser:
 
 
 OVERRIDES = ("weights", "selection", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
-             "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device")
+             "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
+             "embedding_layers", "recombination_layers")
 
 
 def experiment_configs(args):
@@ -111,6 +116,8 @@ def main(argv) -> int:
 
     data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
     print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")
+    for exp in experiments:
+        exp.config.validate_data(len(data.train_y))
     spec = ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs)
     if args.parent:
         model = load_parent_file(args.parent)

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from ecomp_deap import parent as P
+from ecomp_deap.architecture import MLPArchitecture
+from ecomp_deap.errors import ParentError
+
+
+def test_build_mlp_has_the_reference_layer_names():
+    model = P.build_mlp()
+    assert [n for n, _ in model.named_children()] == ["flatten", "layer_1_linear", "layer_1_act",
+                                                     "layer_2_linear", "layer_2_act", "output"]
+    arch = MLPArchitecture.from_module(model)
+    assert arch.widths == (784, 256, 256, 10)
+
+
+def test_training_is_deterministic_under_one_seed(tiny_data):
+    spec = P.ParentSpec(hidden=(8, 6), in_features=20, n_classes=4, epochs=1, batch_size=100, seed=5)
+    a = P.train_parent(spec, tiny_data.train_x, tiny_data.train_y, progress=False)
+    b = P.train_parent(spec, tiny_data.train_x, tiny_data.train_y, progress=False)
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(v, w), k
+    c = P.train_parent(P.ParentSpec(**{**spec.__dict__, "seed": 6}), tiny_data.train_x, tiny_data.train_y, progress=False)
+    assert not torch.equal(a.state_dict()["output.weight"], c.state_dict()["output.weight"])
+
+
+def test_cache_hit_on_second_call_does_not_train(tiny_data, tmp_path, monkeypatch):
+    spec = P.ParentSpec(hidden=(8,), in_features=20, n_classes=4, epochs=1, batch_size=100)
+    first = P.load_or_train_parent(spec, tiny_data, tmp_path, progress=False, log=lambda s: None)
+    assert not first.cached and first.path.exists()
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(P, "train_parent", no_training)
+    logs = []
+    second = P.load_or_train_parent(spec, tiny_data, tmp_path, progress=False, log=logs.append)
+    assert second.cached and second.test_accuracy == first.test_accuracy
+    assert "no training" in logs[0]
+    for v, w in zip(first.model.state_dict().values(), second.model.state_dict().values()):
+        assert torch.equal(v, w)
+    # another seed or other data is another cache entry
+    assert P.cache_key(spec, "a") != P.cache_key(spec, "b")
+    assert P.cache_key(spec, "a") != P.cache_key(P.ParentSpec(**{**spec.__dict__, "seed": 1}), "a")
+
+
+def test_parent_files_bad_input_gives_clear_errors(tmp_path):
+    with pytest.raises(ParentError, match="not found"):
+        P.load_parent_file(tmp_path / "missing.pt")
+    model = P.build_mlp((16, 8), in_features=20, n_classes=4)
+    good = tmp_path / "good.pt"
+    torch.save(model.state_dict(), good)
+    assert MLPArchitecture.from_module(P.load_parent_file(good)).widths == (20, 16, 8, 4)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:100])
+    with pytest.raises(ParentError, match="truncated"):
+        P.load_parent_file(truncated)
+    other = tmp_path / "other.pt"
+    torch.save({"a": 1}, other)
+    with pytest.raises(ParentError, match="not a state dict"):
+        P.load_parent_file(other)
+    with pytest.raises(ParentError, match="hidden widths"):
+        P.load_parent_file(good, P.ParentSpec(hidden=(256, 256)))
+    whole = tmp_path / "whole.pt"
+    torch.save(model, whole)
+    assert isinstance(P.load_parent_file(whole), torch.nn.Sequential)
+
+
+def test_unsupported_architectures_are_refused():
+    with pytest.raises(ParentError, match="expected an elementwise activation"):
+        MLPArchitecture.from_module(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(), torch.nn.Linear(4, 2)))
+    with pytest.raises(ParentError, match="no hidden layer"):
+        MLPArchitecture.from_module(torch.nn.Sequential(torch.nn.Linear(4, 2)))
