@@ -128,6 +128,7 @@ def main(argv) -> int:
                                     progress=not args.quiet)
         model, parent_acc = info.model, info.test_accuracy
     from ecomp_deap.architecture import MLPArchitecture
+    from ecomp_deap.evaluate import NonFiniteError
     from ecomp_deap.experiment import RunInterrupted
 
     arch = MLPArchitecture.from_module(model)
@@ -143,6 +144,10 @@ def main(argv) -> int:
             again = " ".join(a for a in argv if a != "--overwrite")
             print(f"{e}\nresume with: python experiments/run.py {again} --resume", file=sys.stderr)
             return 128 + e.signum
+        except NonFiniteError as e:
+            print(f"error: {exp.name}: run stopped, {e}; a checkpoint of the generation before it was written "
+                  f"in {exp.folder}", file=sys.stderr)
+            return 1
         print(f"== {exp.name}: done in {time.perf_counter() - t0:.1f} s; results in {exp.folder}")
     return 0
 
