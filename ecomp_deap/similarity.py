@@ -1,0 +1,338 @@
+"""t-SNE similarity loss between a parent layer and a child (compressed) layer.
+
+For one layer, let X (B x H) be the parent's activations and Y (B x h) the
+child's activations on the same batch.  Only pairwise squared Euclidean
+distances enter, so H and h may differ.
+
+* Joint probabilities (exactly as scikit-learn's exact t-SNE):
+
+  - conditional  p_{j|i} = exp(-D_ij beta_i) / sum_{k != i} exp(-D_ik beta_i),
+    p_{i|i} = 0, with beta_i chosen so that the row entropy
+    H_i = -sum_j p_{j|i} log p_{j|i} equals log(perplexity);
+  - joint        P = (P_cond + P_cond^T) / sum(P_cond + P_cond^T)   (= / 2B),
+    off-diagonal entries floored at eps = float64 machine epsilon,
+    zero diagonal.
+
+* Student-t option for the child:
+  q_ij ∝ (1 + D_ij / dof)^(-(dof + 1) / 2), i != j, normalised so the full
+  matrix sums to 1 (condensed upper triangle to 1/2), floored at eps.
+
+* Loss = 2 * sum_{i<j} P_ij log(max(P_ij, eps) / Q_ij)
+       = sum_{i != j} P_ij log(max(P_ij, eps) / Q_ij)   (KL of the full matrices).
+
+Everything is vectorised over arbitrary leading (population) dimensions.  The
+precision search uses safeguarded Newton steps on the entropy in log(beta)
+(dH/dlog(beta) = -beta^2 Var_p(D)) inside a per-row bisection bracket.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "EPS",
+    "squared_distances",
+    "joint_probabilities",
+    "student_t_probabilities",
+    "kl_divergence",
+    "count_active_units",
+    "tsne_similarity_loss",
+]
+
+EPS = float(np.finfo(np.float64).eps)  # floor for probabilities (= sklearn's MACHINE_EPSILON)
+_ROW_SUM_FLOOR = 1e-8  # sklearn's EPSILON_DBL floor of the row sum (never hit after the shift)
+_ENTROPY_TOL = 1e-9  # |H_i - log(perplexity)| convergence threshold
+_MAX_ITER = 100  # same step budget as sklearn's binary search
+
+
+# --------------------------------------------------------------------------- #
+# helpers
+# --------------------------------------------------------------------------- #
+def _as_float64(x) -> Tensor:
+    if isinstance(x, Tensor):
+        return x.to(torch.float64)
+    return torch.as_tensor(np.asarray(x), dtype=torch.float64)
+
+
+def _offdiag(x: Tensor) -> Tensor:
+    """(..., B, B) -> (..., B, B-1): row i without its diagonal entry."""
+    B = x.shape[-1]
+    lead = x.shape[:-2]
+    flat = x.reshape(*lead, B * B)[..., 1:]  # (..., B*B-1) = (..., (B-1)(B+1))
+    return flat.reshape(*lead, B - 1, B + 1)[..., :-1].reshape(*lead, B, B - 1)
+
+
+def _from_offdiag(o: Tensor) -> Tensor:
+    """(..., B, B-1) -> (..., B, B) with a zero diagonal (inverse of _offdiag)."""
+    B = o.shape[-2]
+    lead = o.shape[:-2]
+    o = o.reshape(*lead, B - 1, B)
+    o = torch.cat([o, o.new_zeros(*lead, B - 1, 1)], dim=-1)  # (..., B-1, B+1)
+    flat = torch.cat([o.new_zeros(*lead, 1), o.reshape(*lead, (B - 1) * (B + 1))], dim=-1)
+    return flat.reshape(*lead, B, B)
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """(n, M), (n, M) -> (n,): sum_j a_ij b_ij without a full-size temporary."""
+    return torch.einsum("nm,nm->n", a, b)
+
+
+# --------------------------------------------------------------------------- #
+# distances
+# --------------------------------------------------------------------------- #
+def squared_distances(x: Tensor) -> Tensor:
+    """Pairwise squared Euclidean distances D_ij = ||x_i - x_j||^2.
+
+    x: (..., B, D) -> (..., B, B), float64, symmetric, clamped >= 0, exact zero
+    diagonal.  Rows are centred over the batch first (D is translation
+    invariant; this limits cancellation in the Gram formula).
+    """
+    x = torch.as_tensor(x)
+    x64 = x.to(torch.float64)
+    if x64.data_ptr() == x.data_ptr():  # already float64: do not modify the caller's tensor
+        x64 = x64.clone()
+    x64 -= x64.mean(dim=-2, keepdim=True)  # (..., B, D)
+    lead, (B, F) = x64.shape[:-2], x64.shape[-2:]
+    x3 = x64.reshape(-1, B, F)  # (N, B, D)
+    gram = torch.bmm(x3, x3.transpose(-1, -2))  # (N, B, B)
+    sq = torch.diagonal(gram, dim1=-2, dim2=-1).clone()  # (N, B); same product, so duplicates give exactly 0
+    norms = sq.unsqueeze(-1) + sq.unsqueeze(-2)  # (N, B, B)
+    d = gram.mul_(-2.0).add_(norms)  # (N, B, B)
+    d = d.add_(d.transpose(-1, -2).clone()).mul_(0.5)  # exact symmetry
+    d.clamp_(min=0.0)
+    d.diagonal(dim1=-2, dim2=-1).zero_()
+    d = d.reshape(*lead, B, B)
+    return d
+
+
+# --------------------------------------------------------------------------- #
+# perplexity search
+# --------------------------------------------------------------------------- #
+def _conditional_probabilities(
+    d: Tensor,
+    perplexity: float,
+    tol: float = _ENTROPY_TOL,
+    max_iter: int = _MAX_ITER,
+) -> tuple[Tensor, Tensor]:
+    """Row-wise Gaussian conditionals with entropy log(perplexity).
+
+    d: (N, M) float64 squared distances of each row to its M = B-1 neighbours
+    (self already removed).  Returns (p, n_iter): p (N, M) with rows summing
+    to 1, p_j = exp(-beta d_j) / sum_k exp(-beta d_k); n_iter (N,) the number
+    of entropy evaluations each row used (0 for rows solved in closed form).
+
+    With the row minimum subtracted (p and H are invariant to the shift),
+    Z = sum_k exp(-beta d_k) >= 1 and H = log Z + beta * E_p[d].
+    H decreases monotonically from log(M) (beta = 0, uniform) to
+    log(#nearest ties) (beta -> inf); targets outside that range are
+    returned at the corresponding limit (sklearn walks to the same limit by
+    halving / doubling beta 100 times).
+    """
+    N, M = d.shape
+    target = math.log(perplexity)
+    d = d - d.amin(dim=1, keepdim=True)  # (N, M), row minimum is 0
+    out = torch.empty_like(d)
+    n_iter = torch.zeros(N, dtype=torch.long, device=d.device)
+
+    # beta = 0 limit: every row's maximal entropy log(M) is already <= target.
+    if math.log(M) <= target + tol:
+        out.fill_(1.0 / M)
+        return out, n_iter
+
+    # beta -> inf limit: uniform over the nearest (tied) neighbours.
+    is_min = d == 0  # (N, M)
+    n_ties = is_min.sum(dim=1)  # (N,) >= 1
+    tie_rows = torch.log(n_ties.to(d.dtype)) >= target - tol  # (N,)
+    if tie_rows.any():
+        out[tie_rows] = is_min[tie_rows].to(d.dtype) / n_ties[tie_rows].unsqueeze(1).to(d.dtype)
+        idx = torch.nonzero(~tie_rows).squeeze(1)  # rows still to solve
+        if idx.numel() == 0:
+            return out, n_iter
+        dw = d.index_select(0, idx)  # (n, M) working set
+    else:
+        idx = torch.arange(N, device=d.device)
+        dw = d
+    d2w = dw * dw  # (n, M)
+    buf = torch.empty_like(dw)  # (n, M) reused for exp(-beta d)
+
+    # Initial guess from the second-order cumulant expansion around beta = 0:
+    # H(beta) ~= log M - beta^2 Var_uniform(d) / 2.
+    mean_u = dw.mean(dim=1)  # (n,)
+    var_u = (d2w.mean(dim=1) - mean_u * mean_u).clamp_min(1e-300)  # (n,) uniform-weight variance
+    t = 0.5 * torch.log(2.0 * (math.log(M) - target) / var_u)  # (n,) t = log(beta)
+    lo = torch.full_like(t, -math.inf)  # bracket on log(beta)
+    hi = torch.full_like(t, math.inf)
+    step = torch.full_like(t, 2.0)  # unbracketed fallback step on log(beta), doubled at each use
+    active = torch.ones_like(t, dtype=torch.bool)  # rows of the working set still searching
+
+    for it in range(max_iter):
+        n = dw.shape[0]
+        beta = torch.exp(t)  # (n,)
+        w = torch.mul(dw, -beta.unsqueeze(1), out=buf[:n]).exp_()  # (n, M), max entry == 1
+        z = w.sum(dim=1).clamp_min_(_ROW_SUM_FLOOR)  # (n,) >= 1
+        m = _rowdot(w, dw) / z  # (n,) E_p[d]
+        v = (_rowdot(w, d2w) / z - m * m).clamp_min_(0.0)  # (n,) Var_p[d]
+        h = torch.log(z) + beta * m  # (n,) entropy
+        err = h - target  # > 0: need larger beta
+
+        # bracket update (H is decreasing in beta)
+        lo = torch.where(err > 0, t, lo)
+        hi = torch.where(err < 0, t, hi)
+
+        if it == max_iter - 1:
+            done = active
+        else:
+            done = active & ((err.abs() < tol) | (hi - lo <= 1e-14 * t.abs().clamp_min(1.0)))
+        if done.any():
+            sel = torch.nonzero(done).squeeze(1)
+            rows = idx.index_select(0, sel)
+            out.index_copy_(0, rows, w.index_select(0, sel) / z.index_select(0, sel).unsqueeze(1))
+            n_iter.index_fill_(0, rows, it + 1)
+            active = active & ~done
+            n_active = int(active.sum())
+            if n_active == 0:
+                break
+            if n_active <= 0.75 * n:  # compact the working set
+                keep = torch.nonzero(active).squeeze(1)
+                idx, dw, d2w = idx[keep], dw.index_select(0, keep), d2w.index_select(0, keep)
+                t, lo, hi, step = t[keep], lo[keep], hi[keep], step[keep]
+                err, beta, v = err[keep], beta[keep], v[keep]
+                active = active[keep]
+
+        # safeguarded Newton step in log(beta): dH/dt = -beta^2 Var_p(d)
+        slope = beta.square() * v  # (n,) = -dH/dt >= 0
+        t_newton = t + err / slope
+        ok = (slope > 1e-300) & torch.isfinite(t_newton) & (t_newton > lo) & (t_newton < hi)
+        both = torch.isfinite(lo) & torch.isfinite(hi)
+        expand = torch.where(err > 0, t + step, t - step)  # geometric expansion when unbracketed
+        use_expand = ~ok & ~both
+        step = torch.where(use_expand, 2.0 * step, step)
+        t_next = torch.where(ok, t_newton, torch.where(both, 0.5 * (lo + hi), expand))
+        t = torch.where(active, t_next, t)
+
+    return out, n_iter
+
+
+def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0) -> Tensor:
+    """Symmetric t-SNE joint probabilities from squared distances.
+
+    sq_dist: (..., B, B).  Returns P (..., B, B) float64 with
+    P = (P_cond + P_cond^T) / sum(P_cond + P_cond^T), off-diagonal floored at
+    eps, zero diagonal; its condensed upper triangle equals sklearn's
+    ``_joint_probabilities(sq_dist, perplexity, 0)`` (sums to ~1/2).
+    """
+    if perplexity <= 0:
+        raise ValueError("perplexity must be positive")
+    d = _as_float64(sq_dist)
+    B = d.shape[-1]
+    if d.shape[-2] != B:
+        raise ValueError(f"expected (..., B, B) distances, got {tuple(d.shape)}")
+    lead = d.shape[:-2]
+    if B < 2:
+        return torch.zeros_like(d)
+    off = _offdiag(d).reshape(-1, B - 1)  # (N = prod(lead) * B, B-1)
+    cond, _ = _conditional_probabilities(off, perplexity)
+    cond = _from_offdiag(cond.reshape(*lead, B, B - 1))  # (..., B, B)
+    p = cond + cond.transpose(-1, -2)  # (..., B, B)
+    p.div_(p.sum(dim=(-2, -1), keepdim=True).clamp_min(EPS))
+    p.clamp_(min=EPS)
+    p.diagonal(dim1=-2, dim2=-1).zero_()
+    return p
+
+
+def student_t_probabilities(sq_dist: Tensor, dof: Tensor | float) -> Tensor:
+    """Student-t joint probabilities q_ij ∝ (1 + D_ij/dof)^(-(dof+1)/2), i != j.
+
+    sq_dist: (..., B, B); dof: float or tensor broadcast over the leading dims
+    (e.g. (P,) for a (P, B, B) batch).  Normalised over the full matrix (sum 1,
+    condensed sum 1/2), floored at eps, zero diagonal, float64.  Computed in
+    log space with the maximum subtracted, so nothing underflows to 0/0.
+    """
+    d = _as_float64(sq_dist)
+    B = d.shape[-1]
+    dof = torch.as_tensor(dof, dtype=torch.float64, device=d.device)
+    dof = dof.reshape(*dof.shape, 1, 1)  # (..., 1, 1)
+    if B < 2:
+        return torch.zeros(torch.broadcast_shapes(d.shape, dof.shape), dtype=torch.float64, device=d.device)
+    off = _offdiag(d)  # (..., B, B-1)
+    logw = -0.5 * (dof + 1.0) * torch.log1p(off / dof)  # (..., B, B-1)
+    logw = logw - logw.amax(dim=(-2, -1), keepdim=True)
+    w = torch.exp(logw)
+    q = w / w.sum(dim=(-2, -1), keepdim=True)
+    return _from_offdiag(q.clamp_min(EPS))
+
+
+def kl_divergence(p: Tensor, q: Tensor) -> Tensor:
+    """KL(P || Q) = sum_{i != j} P_ij log(max(P_ij, eps) / Q_ij).
+
+    p, q: (..., B, B) (broadcastable) -> (...,).  Zero-probability entries
+    (e.g. the diagonal) contribute 0; q is floored at eps as well.
+    """
+    p = _as_float64(p)
+    q = _as_float64(q)
+    shape = torch.broadcast_shapes(p.shape, q.shape)
+    log_ratio = torch.log(q.clamp_min(EPS)).expand(shape).neg()  # (..., B, B) = -log q
+    log_ratio.add_(torch.log(p.clamp_min(EPS)))  # log max(p, eps) - log max(q, eps)
+    return torch.linalg.vecdot(p.flatten(-2), log_ratio.flatten(-2))  # (...,)
+
+
+def count_active_units(x: Tensor) -> Tensor:
+    """Number of columns of x (..., B, h) not identically zero over the batch, at least 1 -> (...,)."""
+    x = torch.as_tensor(x)
+    return (x != 0).any(dim=-2).sum(dim=-1).clamp_min(1)
+
+
+# --------------------------------------------------------------------------- #
+# loss
+# --------------------------------------------------------------------------- #
+def tsne_similarity_loss(
+    parent_embeddings,
+    child_embeddings,
+    perplexity: float = 30.0,
+    kernel: str = "gaussian",
+    parent_p: Tensor | None = None,
+    dof: Tensor | float | None = None,
+):
+    """t-SNE similarity loss KL(P_parent || Q_child).
+
+    parent_embeddings: (B, H) (may be None when ``parent_p`` is given);
+    child_embeddings: (B, h) -> python float, or (P, B, h) -> (P,) float64 tensor.
+    parent_p: optional precomputed ``joint_probabilities(squared_distances(parent))``
+    (B, B), reused for every individual of the population.
+    kernel: "gaussian" (Q built like P, same perplexity) or "student_t"
+    (q_ij ∝ (1 + D_ij/dof)^(-(dof+1)/2), dof default = number of active child
+    units, i.e. columns not identically zero over the batch, at least 1).
+
+    Loss = 2 sum_{i<j} P_ij log(max(P_ij, eps) / Q_ij).
+    """
+    child = torch.as_tensor(child_embeddings) if not isinstance(child_embeddings, Tensor) else child_embeddings
+    if parent_p is None:
+        if parent_embeddings is None:
+            raise ValueError("either parent_embeddings or parent_p is required")
+        parent_p = joint_probabilities(squared_distances(parent_embeddings), perplexity)  # (B, B)
+    else:
+        parent_p = _as_float64(parent_p)
+    parent_p = parent_p.to(child.device)
+    B = child.shape[-2]
+    if parent_p.shape[-1] != B or parent_p.shape[-2] != B:
+        raise ValueError(f"batch size mismatch: parent P {tuple(parent_p.shape)} vs child {tuple(child.shape)}")
+
+    d_child = squared_distances(child)  # (..., B, B)
+    kernel = kernel.lower().replace("-", "_")
+    if kernel == "gaussian":
+        q = joint_probabilities(d_child, perplexity)  # (..., B, B)
+    elif kernel in ("student_t", "studentt", "t"):
+        if dof is None:
+            dof = count_active_units(child)  # (...,)
+        q = student_t_probabilities(d_child, dof)  # (..., B, B)
+    else:
+        raise ValueError(f"unknown kernel {kernel!r} (expected 'gaussian' or 'student_t')")
+
+    loss = kl_divergence(parent_p, q)  # (...,)
+    if loss.dim() == 0:
+        return float(loss)
+    return loss

@@ -1,0 +1,382 @@
+"""Tests for ecomp_deap.similarity (t-SNE similarity loss).
+
+Oracle: scikit-learn's private ``sklearn.manifold._t_sne._joint_probabilities``
+(exact t-SNE P, condensed).  sklearn casts distances to float32 and stops its
+bisection at an entropy error of 1e-5; we feed it float32-representable
+distances and compare at 1e-4 relative.  For ill-conditioned inputs (ties,
+1-D data) a tight float64 bisection reference written here is used instead.
+"""
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import cdist, squareform
+
+from ecomp_deap.similarity import (
+    EPS,
+    _conditional_probabilities,
+    _offdiag,
+    count_active_units,
+    joint_probabilities,
+    kl_divergence,
+    squared_distances,
+    student_t_probabilities,
+    tsne_similarity_loss,
+)
+
+sk_tsne = pytest.importorskip("sklearn.manifold._t_sne")
+MACHINE_EPS = np.finfo(np.float64).eps
+
+
+# --------------------------------------------------------------------------- #
+# references
+# --------------------------------------------------------------------------- #
+def sk_joint(d: np.ndarray, perplexity: float = 30.0) -> np.ndarray:
+    """sklearn's P as a full (B, B) matrix."""
+    return squareform(sk_tsne._joint_probabilities(np.asarray(d, dtype=np.float64), perplexity, 0))
+
+
+def f32(d: np.ndarray) -> np.ndarray:
+    """Round distances to float32 so sklearn's internal cast is lossless."""
+    return np.asarray(d, dtype=np.float32).astype(np.float64)
+
+
+def sk_sq_dist(x: np.ndarray) -> np.ndarray:
+    return f32(cdist(x, x, "sqeuclidean"))
+
+
+def sk_loss(x: np.ndarray, y: np.ndarray, perplexity: float = 30.0) -> float:
+    """Loss the sklearn way: condensed P and Q, 2 * sum P log(max(P, eps) / Q)."""
+    p = sk_tsne._joint_probabilities(sk_sq_dist(x), perplexity, 0)
+    q = sk_tsne._joint_probabilities(sk_sq_dist(y), perplexity, 0)
+    return float(2.0 * np.sum(p * np.log(np.maximum(p, MACHINE_EPS) / q)))
+
+
+def tight_joint(d: np.ndarray, perplexity: float = 30.0, steps: int = 200) -> np.ndarray:
+    """Plain per-row float64 bisection on beta, run to machine precision."""
+    n = d.shape[0]
+    target = math.log(perplexity)
+    cond = np.zeros((n, n))
+    for i in range(n):
+        di = np.delete(d[i], i)
+        di = di - di.min()
+        lo, hi, beta = 0.0, math.inf, 1.0 / max(di.mean(), 1e-300)
+        for _ in range(steps):
+            w = np.exp(-beta * di)
+            z = w.sum()
+            p = w / z
+            h = math.log(z) + beta * (p @ di)
+            if h > target:
+                lo = beta
+                beta = beta * 2.0 if hi == math.inf else 0.5 * (lo + hi)
+            else:
+                hi = beta
+                beta = 0.5 * (lo + hi)
+        cond[i] = np.insert(p, i, 0.0)
+    pj = cond + cond.T
+    pj = np.maximum(pj / pj.sum(), MACHINE_EPS)
+    np.fill_diagonal(pj, 0.0)
+    return pj
+
+
+def student_t_reference(d: np.ndarray, dof: float) -> np.ndarray:
+    n = d.shape[0]
+    w = (1.0 + d / dof) ** (-(dof + 1.0) / 2.0)
+    np.fill_diagonal(w, 0.0)
+    q = np.maximum(w / w.sum(), MACHINE_EPS)
+    np.fill_diagonal(q, 0.0)
+    assert q.shape == (n, n)
+    return q
+
+
+def full_kl(p: np.ndarray, q: np.ndarray) -> float:
+    off = ~np.eye(p.shape[0], dtype=bool)
+    return float(np.sum(p[off] * np.log(np.maximum(p[off], MACHINE_EPS) / q[off])))
+
+
+# --------------------------------------------------------------------------- #
+# data
+# --------------------------------------------------------------------------- #
+def make_data(kind: str, b: int, rng: np.random.Generator) -> np.ndarray:
+    if kind == "gaussian":
+        return rng.normal(size=(b, 20))
+    if kind == "clusters":
+        centres = rng.normal(size=(4, 16)) * 10.0
+        return centres[rng.integers(0, 4, size=b)] + rng.normal(size=(b, 16))
+    if kind == "relu":  # sparse non-negative activations
+        return np.maximum(rng.normal(loc=-0.8, size=(b, 128)), 0.0)
+    if kind == "lowrank":
+        return rng.normal(size=(b, 3)) @ rng.normal(size=(3, 48))
+    raise ValueError(kind)
+
+
+KINDS = ["gaussian", "clusters", "relu", "lowrank"]
+
+
+def _seed(*key) -> int:
+    """Deterministic per-parameter seed (hash() of str is salted per process)."""
+    return zlib.crc32(repr(key).encode())
+
+
+# --------------------------------------------------------------------------- #
+# distances
+# --------------------------------------------------------------------------- #
+def test_squared_distances_matches_cdist_and_is_clean():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 30, 7)) * 5.0 + 100.0
+    d = squared_distances(torch.tensor(x, dtype=torch.float32))
+    assert d.shape == (3, 30, 30) and d.dtype == torch.float64
+    for k in range(3):
+        ref = cdist(x[k].astype(np.float32).astype(np.float64), x[k].astype(np.float32).astype(np.float64), "sqeuclidean")
+        np.testing.assert_allclose(d[k].numpy(), ref, rtol=1e-9, atol=1e-8)
+    assert torch.all(d >= 0)
+    assert torch.equal(d, d.transpose(-1, -2))
+    assert torch.all(torch.diagonal(d, dim1=-2, dim2=-1) == 0)
+
+
+def test_squared_distances_does_not_modify_float64_input():
+    x = torch.randn(10, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    x0 = x.clone()
+    squared_distances(x)
+    assert torch.equal(x, x0)
+
+
+# --------------------------------------------------------------------------- #
+# joint probabilities
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("b,perplexity", [(10, 3.0), (10, 30.0), (50, 10.0), (100, 30.0), (100, 5.0)])
+def test_joint_probabilities_match_sklearn(kind, b, perplexity):
+    rng = np.random.default_rng(_seed(kind, b, perplexity))
+    d = sk_sq_dist(make_data(kind, b, rng))
+    p = joint_probabilities(torch.tensor(d), perplexity).numpy()
+    ref = sk_joint(d, perplexity)
+    # sklearn stops at |H - log(perp)| <= 1e-5, which moves single entries by up to a
+    # few 1e-4 relative (far more for entries < 1e-9); in aggregate it agrees to 1e-4.
+    assert np.abs(p - ref).sum() / ref.sum() < 1e-4
+    np.testing.assert_allclose(p, ref, rtol=5e-4, atol=1e-9)
+    # against a bisection run to machine precision the agreement is tight
+    np.testing.assert_allclose(p, tight_joint(d, perplexity), rtol=1e-6, atol=1e-12)
+
+
+def test_joint_probabilities_batch_of_two_matches_sklearn():
+    rng = np.random.default_rng(2)
+    d = sk_sq_dist(rng.normal(size=(2, 5)))
+    p = joint_probabilities(torch.tensor(d)).numpy()
+    np.testing.assert_allclose(p, sk_joint(d), rtol=1e-12)
+    np.testing.assert_allclose(p, [[0.0, 0.5], [0.5, 0.0]])
+
+
+def test_joint_probabilities_properties():
+    rng = np.random.default_rng(3)
+    x = torch.tensor(np.stack([make_data(k, 60, rng)[:, :16] for k in KINDS]))  # (4, 60, 16)
+    p = joint_probabilities(squared_distances(x))
+    assert p.shape == (4, 60, 60) and p.dtype == torch.float64
+    assert torch.equal(p, p.transpose(-1, -2))
+    assert torch.all(torch.diagonal(p, dim1=-2, dim2=-1) == 0)
+    off = ~torch.eye(60, dtype=torch.bool)
+    assert torch.all(p[:, off] >= EPS)
+    torch.testing.assert_close(p.sum(dim=(-2, -1)), torch.ones(4, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["duplicates", "tied_block", "single_unit", "integer_grid"],
+)
+def test_joint_probabilities_match_tight_reference_on_ill_conditioned_data(case):
+    rng = np.random.default_rng(4)
+    x = {
+        "duplicates": np.concatenate([rng.normal(size=(30, 6))] * 2),
+        "tied_block": np.concatenate([np.zeros((40, 8)), rng.normal(size=(30, 8))]),
+        "single_unit": np.concatenate([rng.normal(size=(60, 1)), np.zeros((60, 5))], axis=1),
+        "integer_grid": rng.integers(0, 3, size=(60, 3)).astype(np.float64),
+    }[case]
+    d = squared_distances(torch.tensor(x))
+    p = joint_probabilities(d).numpy()
+    ref = tight_joint(d.numpy())
+    np.testing.assert_allclose(p, ref, rtol=1e-6, atol=1e-15)
+    if case != "tied_block":
+        # sklearn agrees to its own (looser) tolerance in absolute terms.  (For
+        # "tied_block" sklearn cannot reach beta = inf for rows whose 40 nearest
+        # neighbours tie: every exp underflows and its conditional row ends all zero.)
+        np.testing.assert_allclose(p, sk_joint(f32(d.numpy())), rtol=0, atol=1e-6)
+
+
+def test_newton_search_converges_fast_and_tightly():
+    g = torch.Generator().manual_seed(5)
+    x = torch.relu(torch.randn(20, 100, 256, generator=g) - 0.5)  # ReLU-like activations
+    d = _offdiag(squared_distances(x)).reshape(-1, 99)
+    cond, n_iter = _conditional_probabilities(d, 30.0)
+    assert int(n_iter.max()) <= 12
+    assert float(n_iter.double().median()) <= 8
+    torch.testing.assert_close(cond.sum(1), torch.ones(cond.shape[0], dtype=torch.float64))
+    ent = -(cond * torch.log(cond.clamp_min(1e-300))).sum(1)
+    assert torch.all((ent - math.log(30.0)).abs() < 1e-8)
+
+
+# --------------------------------------------------------------------------- #
+# loss
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("b,h", [(20, 5), (100, 64)])
+def test_loss_matches_sklearn_reference(kind, b, h):
+    rng = np.random.default_rng(_seed(kind, b, h, "loss"))
+    parent = make_data(kind, b, rng)  # child dimension differs from the parent's
+    child = parent @ rng.normal(size=(parent.shape[1], h)) / math.sqrt(h) + rng.normal(size=(b, h)) * 0.3
+    parent = f32(parent).astype(np.float32)
+    child = child.astype(np.float32)
+    got = tsne_similarity_loss(torch.tensor(parent), torch.tensor(child), perplexity=10.0 if b == 20 else 30.0)
+    assert isinstance(got, float)
+    ref = sk_loss(parent.astype(np.float64), child.astype(np.float64), perplexity=10.0 if b == 20 else 30.0)
+    assert got == pytest.approx(ref, rel=1e-4)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "student_t"])
+def test_batched_equals_individual_calls(kernel):
+    g = torch.Generator().manual_seed(6)
+    parent = torch.randn(50, 30, generator=g)
+    children = torch.relu(torch.randn(6, 50, 12, generator=g))
+    children[2, :, 3:] = 0.0  # different numbers of active units
+    children[4] = 0.0
+    batched = tsne_similarity_loss(parent, children, kernel=kernel)
+    assert isinstance(batched, torch.Tensor) and batched.shape == (6,) and batched.dtype == torch.float64
+    single = torch.tensor([tsne_similarity_loss(parent, c, kernel=kernel) for c in children], dtype=torch.float64)
+    torch.testing.assert_close(batched, single, rtol=1e-10, atol=1e-12)
+
+
+def test_parent_p_reuse_matches_recomputing():
+    g = torch.Generator().manual_seed(7)
+    parent = torch.randn(40, 25, generator=g)
+    children = torch.randn(5, 40, 9, generator=g)
+    pp = joint_probabilities(squared_distances(parent))
+    for kernel in ("gaussian", "student_t"):
+        a = tsne_similarity_loss(parent, children, kernel=kernel)
+        b = tsne_similarity_loss(None, children, kernel=kernel, parent_p=pp)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert tsne_similarity_loss(parent, children[0], kernel=kernel) == tsne_similarity_loss(
+            None, children[0], kernel=kernel, parent_p=pp
+        )
+
+
+def test_identical_embeddings_zero_loss_and_nonnegative():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(60, 16, generator=g)
+    assert tsne_similarity_loss(x, x) == pytest.approx(0.0, abs=1e-12)
+    # the child may live in another dimension: an isometric embedding is still lossless
+    rot, _ = torch.linalg.qr(torch.randn(24, 24, generator=g, dtype=torch.float64))
+    y = torch.cat([x.double(), torch.zeros(60, 8, dtype=torch.float64)], 1) @ rot
+    assert tsne_similarity_loss(x, y) == pytest.approx(0.0, abs=1e-8)
+    losses = tsne_similarity_loss(x, torch.randn(10, 60, 5, generator=g))
+    assert torch.all(losses >= 0) and torch.all(losses > 1e-3)
+    losses_t = tsne_similarity_loss(x, torch.randn(10, 60, 5, generator=g), kernel="student_t")
+    assert torch.all(losses_t >= 0)
+
+
+def test_student_t_matches_numpy_reference_with_active_units():
+    rng = np.random.default_rng(9)
+    parent = rng.normal(size=(40, 20))
+    child = np.maximum(rng.normal(size=(3, 40, 10)), 0.0)
+    child[0, :, 4:] = 0.0  # 4 active units
+    child[1, :, [1, 7]] = 0.0  # 8 active units
+    child[2, :, 1:] = 0.0  # 1 active unit
+    assert count_active_units(torch.tensor(child)).tolist() == [4, 8, 1]
+    got = tsne_similarity_loss(torch.tensor(parent), torch.tensor(child), kernel="student_t")
+    p = joint_probabilities(squared_distances(torch.tensor(parent))).numpy()
+    for k, dof in enumerate([4, 8, 1]):
+        q = student_t_reference(cdist(child[k], child[k], "sqeuclidean"), float(dof))
+        assert float(got[k]) == pytest.approx(full_kl(p, q), rel=1e-9)
+    # explicit dof, as a tensor or a float
+    dof = torch.tensor([2.0, 3.0, 5.0])
+    got2 = tsne_similarity_loss(torch.tensor(parent), torch.tensor(child), kernel="student_t", dof=dof)
+    for k in range(3):
+        q = student_t_reference(cdist(child[k], child[k], "sqeuclidean"), float(dof[k]))
+        assert float(got2[k]) == pytest.approx(full_kl(p, q), rel=1e-9)
+    got3 = tsne_similarity_loss(torch.tensor(parent), torch.tensor(child[1]), kernel="student_t", dof=3.0)
+    q = student_t_reference(cdist(child[1], child[1], "sqeuclidean"), 3.0)
+    assert got3 == pytest.approx(full_kl(p, q), rel=1e-9)
+
+
+def test_student_t_probabilities_normalised_and_stable():
+    d = squared_distances(torch.randn(2, 30, 50, generator=torch.Generator().manual_seed(10)) * 1e4)
+    q = student_t_probabilities(d, torch.tensor([1.0, 256.0]))  # would underflow without log-space
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(dim=(-2, -1)), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-9)
+    assert torch.all(torch.diagonal(q, dim1=-2, dim2=-1) == 0)
+
+
+def test_kl_divergence_matches_formula():
+    rng = np.random.default_rng(11)
+    p = sk_joint(sk_sq_dist(rng.normal(size=(30, 4))))
+    q = sk_joint(sk_sq_dist(rng.normal(size=(30, 4))))
+    got = kl_divergence(torch.tensor(p), torch.tensor(q))
+    assert got.shape == ()
+    assert float(got) == pytest.approx(full_kl(p, q), rel=1e-12)
+    assert float(kl_divergence(torch.tensor(p), torch.tensor(p))) == 0.0
+
+
+# --------------------------------------------------------------------------- #
+# degenerate input
+# --------------------------------------------------------------------------- #
+def _degenerate_children(b: int, g: torch.Generator) -> dict:
+    return {
+        "all_zero": torch.zeros(b, 16),
+        "duplicate_rows": torch.randn(b // 2, 8, generator=g).repeat(2, 1),
+        "single_active_unit": torch.cat([torch.randn(b, 1, generator=g), torch.zeros(b, 15)], 1),
+        "huge": torch.randn(b, 32, generator=g) * 1e4,
+        "huge_relu": torch.relu(torch.randn(b, 32, generator=g) * 1e4 + 3e3),
+        "tiny": torch.randn(b, 8, generator=g) * 1e-6,
+    }
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "student_t"])
+def test_degenerate_inputs_stay_finite(kernel):
+    g = torch.Generator().manual_seed(12)
+    b = 100
+    children = _degenerate_children(b, g)
+    # zero-padding to a common width changes neither distances nor active units
+    batch = torch.stack([torch.nn.functional.pad(c, (0, 32 - c.shape[1])) for c in children.values()])  # (6, B, 32)
+    d_batch = squared_distances(batch)  # (6, B, B)
+    p_batch = joint_probabilities(d_batch)  # (6, B, B)
+    q_batch = (
+        p_batch if kernel == "gaussian" else student_t_probabilities(d_batch, count_active_units(batch))
+    )  # (6, B, B)
+    assert torch.isfinite(p_batch).all() and torch.isfinite(q_batch).all()
+    torch.testing.assert_close(p_batch.sum(dim=(-2, -1)), torch.ones(6, dtype=torch.float64), rtol=0, atol=1e-9)
+
+    for pname, parent in {"random": torch.randn(b, 20, generator=g), "all_zero": torch.zeros(b, 20)}.items():
+        pp = joint_probabilities(squared_distances(parent))
+        assert torch.isfinite(pp).all()
+        losses = tsne_similarity_loss(parent, batch, kernel=kernel)  # degenerate children
+        assert torch.isfinite(losses).all() and torch.all(losses >= 0), (pname, losses)
+        # the degenerate embeddings as the parent
+        dp = squared_distances(parent)
+        q_par = joint_probabilities(dp) if kernel == "gaussian" else student_t_probabilities(dp, 20.0)
+        rev = kl_divergence(p_batch, q_par)  # (6,)
+        assert torch.isfinite(rev).all() and torch.all(rev >= 0), (pname, rev)
+    # a few single (unbatched) calls take the python-float path
+    for child in (children["all_zero"], children["huge"], children["single_active_unit"]):
+        loss = tsne_similarity_loss(children["duplicate_rows"], child, kernel=kernel)
+        assert isinstance(loss, float) and math.isfinite(loss) and loss >= 0.0
+
+
+def test_all_zero_embeddings_give_uniform_p():
+    p = joint_probabilities(squared_distances(torch.zeros(50, 7)))
+    off = ~torch.eye(50, dtype=torch.bool)
+    torch.testing.assert_close(p[off], torch.full((50 * 49,), 1.0 / (50 * 49), dtype=torch.float64))
+    assert tsne_similarity_loss(torch.zeros(50, 7), torch.zeros(50, 3)) == 0.0
+
+
+@pytest.mark.parametrize("b", [1, 2, 3, 10])
+def test_small_batches(b):
+    g = torch.Generator().manual_seed(13)
+    parent = torch.randn(b, 6, generator=g)
+    children = torch.randn(4, b, 3, generator=g)
+    for kernel in ("gaussian", "student_t"):
+        losses = tsne_similarity_loss(parent, children, kernel=kernel)
+        assert losses.shape == (4,) and torch.isfinite(losses).all() and torch.all(losses >= 0)
+    if b >= 2:  # perplexity 30 unreachable: sklearn ends at (nearly) uniform conditionals
+        d = squared_distances(parent).numpy()
+        np.testing.assert_allclose(joint_probabilities(torch.tensor(d)).numpy(), sk_joint(f32(d)), rtol=1e-6, atol=1e-12)
