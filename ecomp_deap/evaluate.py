@@ -82,34 +82,32 @@ class PopulationEvaluator:
         self.parent_biases = [b.to(self.device) for b in parent_biases]
         emb = config.embedding_layers if config.embedding_layers is not None else arch.act_names
         self.embeddings = [arch.embedding_index(name) for name in emb]  # [(hidden index, kind)]
+        self.needs_pre = any(kind == "linear" for _, kind in self.embeddings)
         self.total_hidden = sum(arch.hidden_widths)
         bytes_per_ind = sum(w.numel() + b.numel() for w, b in zip(parent_weights, parent_biases)) * 4
         self.chunk = config.eval_chunk or max(1, CHUNK_BYTES // bytes_per_ind)
         self._parent_cache: dict = {}
 
     # ------------------------------------------------------------------ forward
-    def forward(self, weights, biases, masks, x: torch.Tensor):
+    def forward(self, weights, biases, masks, x: torch.Tensor, keep_pre: bool = True):
         """Masked batched forward.
 
         weights[k]: (C, out_k, in_k), biases[k]: (C, out_k), masks[l]: (C, H_l) float;
         x: (B, ...) inputs. Returns logits (C, B, K) and, per hidden layer, the masked
-        pre-activations and activations (C, B, H_l).
+        pre-activations (None unless ``keep_pre``) and activations (C, B, H_l).
         """
         h = x.reshape(x.shape[0], -1)  # (B, in)
         C = weights[0].shape[0]
+        h = h.expand(C, *h.shape)  # (C, B, in), a view
         pre, post = [], []
+        last = len(weights) - 1
         for k, (w, b) in enumerate(zip(weights, biases)):
-            if k == 0:  # one GEMM for the whole population: (B, in) @ (in, C*out)
-                out = w.shape[1]
-                z = (h @ w.reshape(C * out, -1).T).view(h.shape[0], C, out).transpose(0, 1)  # (C, B, out)
-                z = z + b[:, None, :]
-            else:
-                z = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))  # (C, B, out)
-            if k == len(weights) - 1:
+            z = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))  # (C, B, out)
+            if k == last:
                 return z, pre, post
             m = masks[k][:, None, :]  # (C, 1, H)
-            h = self.arch.activations[k](z) * m  # a masked unit's activation is 0
-            pre.append(z * m)
+            pre.append(z * m if keep_pre else None)
+            h = self.arch.activations[k](z).mul_(m)  # a masked unit's activation is 0
             post.append(h)
         raise AssertionError("unreachable")
 
@@ -153,7 +151,7 @@ class PopulationEvaluator:
         for start in range(0, len(population), self.chunk):
             chunk = population[start:start + self.chunk]
             weights, biases, masks = self._stack(chunk)
-            logits, pre, post = self.forward(weights, biases, masks, x)
+            logits, pre, post = self.forward(weights, biases, masks, x, keep_pre=self.needs_pre)
             acc.append((logits.argmax(-1) == y).double().mean(1))  # (C,)
             comp.append(sum(m.sum(1, dtype=torch.float64) for m in masks) / self.total_hidden)
             s = torch.zeros(len(chunk), dtype=torch.float64, device=self.device)
