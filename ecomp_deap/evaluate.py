@@ -22,6 +22,20 @@ from .similarity import joint_probabilities, squared_distances, tsne_similarity_
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
 
 
+def _linear(h: torch.Tensor, w, b) -> torch.Tensor:
+    """(C, B, in) inputs through C Linear layers -> (C, B, out).
+
+    ``w``/``b`` stacked ((C, out, in), (C, out)): one baddbmm. As lists of C tensors:
+    one addmm per individual written into the batched output, which on the CPU is as
+    fast as the baddbmm and saves stacking the weights."""
+    if isinstance(w, torch.Tensor):
+        return torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
+    out = h.new_empty(len(w), h.shape[1], w[0].shape[0])
+    for i, (wi, bi) in enumerate(zip(w, b)):
+        torch.addmm(bi, h[i], wi.T, out=out[i])
+    return out
+
+
 class NonFiniteError(ArithmeticError):
     """A measure came out NaN or infinite."""
 
@@ -92,17 +106,18 @@ class PopulationEvaluator:
     def forward(self, weights, biases, masks, x: torch.Tensor, keep_pre: bool = True):
         """Masked batched forward.
 
-        weights[k]: (C, out_k, in_k), biases[k]: (C, out_k), masks[l]: (C, H_l) float;
+        weights[k]: (C, out_k, in_k) stacked, or a list of C tensors (out_k, in_k);
+        biases[k]: (C, out_k) or a list likewise; masks[l]: (C, H_l) float;
         x: (B, ...) inputs. Returns logits (C, B, K) and, per hidden layer, the masked
         pre-activations (None unless ``keep_pre``) and activations (C, B, H_l).
         """
         h = x.reshape(x.shape[0], -1)  # (B, in)
-        C = weights[0].shape[0]
+        C = masks[0].shape[0]
         h = h.expand(C, *h.shape)  # (C, B, in), a view
         pre, post = [], []
         last = len(weights) - 1
         for k, (w, b) in enumerate(zip(weights, biases)):
-            z = torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))  # (C, B, out)
+            z = _linear(h, w, b)  # (C, B, out)
             if k == last:
                 return z, pre, post
             m = masks[k][:, None, :]  # (C, 1, H)
@@ -112,12 +127,20 @@ class PopulationEvaluator:
         raise AssertionError("unreachable")
 
     def _stack(self, population):
-        dev = self.device
-        weights = [torch.stack([ind.weights[k] for ind in population]).to(dev, non_blocking=True)
-                   for k in range(len(self.arch.linear_names))]
-        biases = [torch.stack([ind.biases[k] for ind in population]).to(dev, non_blocking=True)
-                  for k in range(len(self.arch.linear_names))]
-        masks = [torch.stack([ind.masks[l] for ind in population]).to(dev, torch.float32)
+        """The chunk's tensors for :meth:`forward`. On the CPU the weights stay per
+        individual (lists: the forward writes each product straight into the batched
+        output, so no stacked copy of the population's weights is made); elsewhere
+        they are stacked and moved to the device."""
+        n_lin = len(self.arch.linear_names)
+        if self.device.type == "cpu":
+            weights = [[ind.weights[k] for ind in population] for k in range(n_lin)]
+            biases = [[ind.biases[k] for ind in population] for k in range(n_lin)]
+        else:
+            weights = [torch.stack([ind.weights[k] for ind in population]).to(self.device, non_blocking=True)
+                       for k in range(n_lin)]
+            biases = [torch.stack([ind.biases[k] for ind in population]).to(self.device, non_blocking=True)
+                      for k in range(n_lin)]
+        masks = [torch.stack([ind.masks[l] for ind in population]).to(self.device, torch.float32)
                  for l in range(self.arch.n_hidden)]
         return weights, biases, masks
 

@@ -94,3 +94,19 @@ def test_fitness_weighted_formula_and_nsga2_tuples():
     assert fitness_tuples(m, "weighted", (1, 2, 1))[0] == pytest.approx((1.35,))
     assert fitness_tuples(m, "nsga2", (1, 2, 1))[1] == (0.5, 0.3, 1.0)
     assert fitness_tuples(m, "nsga2", (1, 0, 1))[0] == (0.8, 0.25)
+
+
+def test_stacked_and_per_individual_weights_give_the_same_forward():
+    torch.manual_seed(3)
+    model = build_mlp((24, 16), in_features=15, n_classes=4)
+    arch, w, b, pop = varied_population(model)
+    ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
+    lists, biases, masks = ev._stack(pop)
+    stacked = [torch.stack(ws) for ws in lists]
+    stacked_b = [torch.stack(bs) for bs in biases]
+    x = torch.randn(9, 15)
+    a = ev.forward(lists, biases, masks, x)
+    s = ev.forward(stacked, stacked_b, masks, x)
+    assert torch.allclose(a[0], s[0], atol=1e-5)
+    for p, q in zip(a[2], s[2]):
+        assert torch.allclose(p, q, atol=1e-5)
