@@ -180,20 +180,27 @@ def load_fashion_mnist(data_dir=None, allow_download: bool = True) -> FashionMNI
 
 def balanced_indices(labels: torch.Tensor, size: int, generator: torch.Generator,
                      exclude: torch.Tensor | None = None) -> torch.Tensor:
-    """``size`` indices drawn without replacement, as equal per class as possible
-    (classes in label order take the remainder), none from ``exclude``; shuffled."""
+    """``size`` indices drawn without replacement, as equal per class as the data
+    allows (a class with too few images gives all it has, the others make up the
+    rest), none from ``exclude``; shuffled."""
     n_classes = int(labels.max()) + 1
     available = torch.ones(len(labels), dtype=torch.bool)
     if exclude is not None:
         available[exclude] = False
-    per_class = [size // n_classes + (1 if k < size % n_classes else 0) for k in range(n_classes)]
-    chosen = []
-    for k, count in enumerate(per_class):
-        pool = torch.nonzero((labels == k) & available).flatten()
-        if count > len(pool):
-            raise DataError(f"class {k} has only {len(pool)} images left, {count} needed for a balanced "
-                            f"subset of {size}")
-        chosen.append(pool[torch.randperm(len(pool), generator=generator)[:count]])
+    pools = [torch.nonzero((labels == k) & available).flatten() for k in range(n_classes)]
+    if size > sum(len(p) for p in pools):
+        raise DataError(f"{size} images needed but only {sum(len(p) for p in pools)} are available")
+    counts = [0] * n_classes
+    remaining = size
+    open_classes = [k for k in range(n_classes) if len(pools[k])]
+    while remaining:  # water-filling: equal shares, capped by what each class has
+        share, extra = divmod(remaining, len(open_classes))
+        for i, k in enumerate(list(open_classes)):
+            take = min(share + (1 if i < extra else 0), len(pools[k]) - counts[k])
+            counts[k] += take
+            remaining -= take
+        open_classes = [k for k in open_classes if counts[k] < len(pools[k])]
+    chosen = [pool[torch.randperm(len(pool), generator=generator)[:c]] for pool, c in zip(pools, counts)]
     idx = torch.cat(chosen)
     return idx[torch.randperm(len(idx), generator=generator)]
 

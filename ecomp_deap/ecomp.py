@@ -51,6 +51,14 @@ class RunResult:
     wall_time_s: float
     best_module: torch.nn.Sequential
     extremes: dict = field(default_factory=dict)
+    front_modules: list = field(default_factory=list)
+
+    @property
+    def final_population(self) -> dict:
+        """Mean measures of the final population on all training batches."""
+        m = self.evolution.train_measures
+        return {"accuracy": float(m.accuracy.mean()), "compression": float(m.compression.mean()),
+                "similarity": float(m.similarity.mean()), "size": len(m)}
 
     @property
     def logbook(self):
@@ -64,7 +72,7 @@ class RunResult:
         return {"selection": cfg.selection, "objectives": list(cfg.active_objectives),
                 "config": cfg.to_dict(), "versions": versions(), "seed": cfg.seed,
                 "logbook": self.logbook, "parent": self.parent, "best": self.best, "extremes": self.extremes,
-                "front": self.front, "test_hypervolume": self.test_hypervolume,
+                "front": self.front, "final_population": self.final_population, "test_hypervolume": self.test_hypervolume,
                 "hypervolume_reference": dict(HV_REFERENCE), "wall_time_s": self.wall_time_s}
 
 
@@ -72,7 +80,11 @@ class EcompRun:
     """Set-up shared by a fresh run and a resumed one."""
 
     def __init__(self, config: EcompConfig, parent_model: torch.nn.Module, data, progress: bool = True,
-                 parent_test_accuracy: float | None = None):
+                 parent_test_accuracy: float | None = None, validation: tuple | None = None):
+        """``data`` has train_x/train_y (the evolution subset and, unless ``validation``
+        (x, y) is given, the validation split are drawn from it) and test_x/test_y."""
+        if validation is not None:
+            config = config.replace(val_size=0)
         config.validate()
         self.arch = MLPArchitecture.from_module(parent_model)
         config.validate_for(self.arch)
@@ -84,8 +96,9 @@ class EcompRun:
         self.gen = seed_everything(config.seed)
         splits = make_splits(data.train_y, config.subset_size, config.val_size, config.seed)
         self.stream = BatchStream(data.train_x, data.train_y, splits.subset, config.batch_size, config.seed)
-        self.val_batches = list(_batches(data.train_x[splits.validation], data.train_y[splits.validation],
-                                         config.batch_size)) if config.val_size >= config.batch_size else []
+        val_x, val_y = validation if validation is not None else (data.train_x[splits.validation],
+                                                                  data.train_y[splits.validation])
+        self.val_batches = list(_batches(val_x, val_y, config.batch_size))
         self.evaluator = PopulationEvaluator(self.arch, self.weights, self.biases, config, config.resolved_device())
         self.toolbox = build_toolbox(config, self.arch, self.weights, self.biases, self.gen)
         self.evolution = Evolution(config, self.toolbox, self.evaluator, self.stream, self.gen, progress)
@@ -93,16 +106,22 @@ class EcompRun:
     def describe(self, ind, m: Measures, i: int) -> dict:
         widths = individual_widths(ind, self.arch)
         params, macs = linear_sizes(widths)
+        parent_params, parent_macs = linear_sizes(self.arch.widths)
         return {"test_accuracy": float(m.accuracy[i]), "compression": float(m.compression[i]),
                 "similarity": float(m.similarity[i]), "hidden_units": widths[1:-1],
-                "parameters": params, "macs": macs}
+                "parameters": params, "macs": macs, "parameters_kept": params / parent_params,
+                "macs_kept": macs / parent_macs}
 
     def test_measures(self, individuals) -> Measures:
-        """Measures on the whole test set, in batches of the run's batch size (the
-        similarity is a per-batch quantity, averaged like the training measure)."""
+        """Measures on the test set: accuracy on all of it; the similarity, a per-batch
+        quantity, averaged over its whole batches of the run's batch size."""
         batches = list(_batches(self.data.test_x, self.data.test_y, self.config.batch_size))
-        return Measures.mean([self.evaluator.measure(individuals, x, y, key=("test", i))
-                              for i, (x, y) in enumerate(batches)])
+        if not batches:  # a test set smaller than one batch: one batch of all of it
+            batches = [(self.data.test_x, self.data.test_y)]
+        m = Measures.mean([self.evaluator.measure(individuals, x, y, key=("test", i))
+                           for i, (x, y) in enumerate(batches)])
+        m.accuracy = self.evaluator.accuracy(individuals, self.data.test_x, self.data.test_y)
+        return m
 
     def run(self, state: EvolutionState | None = None, on_generation=None, on_failure=None,
             elapsed_before_s: float = 0.0) -> RunResult:
@@ -130,10 +149,11 @@ class EcompRun:
                   "parameters": params, "macs": macs}
         extremes = {k: row[i] for k, i in evo.extremes.items()}
         return RunResult(self.config, self.arch, evo, best, front, parent, hv, time.perf_counter() - t0,
-                         export_individual(pop[evo.best_index], self.arch), extremes)
+                         export_individual(pop[evo.best_index], self.arch), extremes,
+                         [export_individual(pop[i], self.arch) for i in evo.front_indices])
 
 
 def run_ecomp(config: EcompConfig, parent_model: torch.nn.Module, data, progress: bool = True,
-              parent_test_accuracy: float | None = None) -> RunResult:
-    """Run EComp once: evolve, select, measure on the test set, export the chosen network."""
-    return EcompRun(config, parent_model, data, progress, parent_test_accuracy).run()
+              parent_test_accuracy: float | None = None, validation: tuple | None = None) -> RunResult:
+    """Run EComp once: evolve, select, measure on the test set, export the chosen network(s)."""
+    return EcompRun(config, parent_model, data, progress, parent_test_accuracy, validation).run()

@@ -185,6 +185,18 @@ class PopulationEvaluator:
             sim.append(s)
         return Measures(*(torch.cat(v).cpu().numpy() for v in (acc, comp, sim)))
 
+    @torch.inference_mode()
+    def accuracy(self, population, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
+        """(P,) accuracy over all of ``x`` (any length): the forward pass only."""
+        correct = torch.zeros(len(population), dtype=torch.float64, device=self.device)
+        for start in range(0, len(population), self.chunk):
+            weights, biases, masks = self._stack(population[start:start + self.chunk])
+            for i in range(0, len(x), batch_size):
+                xb, yb = x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device)
+                logits, _, _ = self.forward(weights, biases, masks, xb, keep_pre=False)
+                correct[start:start + len(masks[0])] += (logits.argmax(-1) == yb).sum(1)
+        return (correct / len(x)).cpu().numpy()
+
     def measure_batches(self, population, batches, key_prefix=None) -> Measures:
         """Mean measures over an iterable of (x, y) batches."""
         parts = [self.measure(population, x, y, key=None if key_prefix is None else (key_prefix, i))

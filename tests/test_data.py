@@ -102,3 +102,12 @@ def test_data_root_resolution(monkeypatch, tmp_path):
     assert D.resolve_data_root(tmp_path / "flag") == tmp_path / "flag"
     monkeypatch.delenv("ECOMP_DATA_DIR")
     assert D.resolve_data_root(None).name == "data"
+
+
+def test_balanced_subset_on_unbalanced_labels_is_as_equal_as_possible():
+    labels = torch.tensor([0] * 10 + [1] * 100 + [2] * 100)
+    idx = D.balanced_indices(labels, 90, torch.Generator().manual_seed(0))
+    assert torch.bincount(labels[idx]).tolist() == [10, 40, 40]
+    assert len(set(idx.tolist())) == 90
+    with pytest.raises(DataError, match="only 210"):
+        D.balanced_indices(labels, 300, torch.Generator())

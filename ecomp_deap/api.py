@@ -1,0 +1,107 @@
+"""Compress your own MLP on your own data: ``ecomp_deap.compress``.
+
+    import ecomp_deap
+    result = ecomp_deap.compress(model, train=(X, y), val=(Xv, yv), test=(Xt, yt))
+    result.best.module          # the chosen network, physically smaller nn.Sequential
+    [(c.compression, c.accuracy) for c in result.front]
+
+``model`` is an ``nn.Sequential`` of ``Linear`` layers with elementwise activations
+(optionally a leading ``Flatten``); data are ``(inputs, labels)`` tensors or a
+``DataLoader`` yielding such pairs. Nothing is retrained by gradient.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import EcompConfig
+from .ecomp import RunResult, run_ecomp
+from .errors import ConfigError
+
+
+@dataclass
+class Compressed:
+    """One compressed network and its measures (on ``test`` if given, else ``val``)."""
+
+    module: nn.Sequential
+    accuracy: float
+    compression: float
+    similarity: float
+    hidden_units: list[int]
+    parameters: int
+    parameters_kept: float
+    macs_kept: float
+
+
+@dataclass
+class CompressionResult:
+    best: Compressed
+    front: list[Compressed]
+    run: RunResult
+
+
+@dataclass
+class _TensorData:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def as_tensors(data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) from a pair of tensors or from an iterable of such batches."""
+    if data is None:
+        raise ConfigError(f"{what} data is required")
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+    else:
+        try:
+            batches = [(bx, by) for bx, by in data]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{what} data must be (inputs, labels) tensors or a DataLoader of such pairs") from None
+        if not batches:
+            raise ConfigError(f"{what} data is empty")
+        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    if len(x) != len(y):
+        raise ConfigError(f"{what} data: {len(x)} inputs but {len(y)} labels")
+    return x.detach().to(torch.float32).cpu(), y.detach().long().cpu()
+
+
+def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompConfig:
+    """NSGA-II over accuracy, similarity and compression, similarity on every hidden
+    activation, every Linear layer recombined, as many generations as the training
+    data has batches (at most 100)."""
+    settings = dict(selection="nsga2", weights=(1.0, 1.0, 1.0), embedding_layers=None, recombination_layers=None,
+                    batch_size=batch_size, generations=max(1, min(100, n_train // batch_size)))
+    settings.update(overrides)
+    return EcompConfig(**settings)
+
+
+def compress(model: nn.Module, train, val=None, test=None, config: EcompConfig | None = None,
+             progress: bool = True) -> CompressionResult:
+    """Evolve compressed versions of ``model``; return the chosen one and the front.
+
+    ``val`` is used for the final choice (Pareto mode: the validation front's knee);
+    without it, ``config.val_size`` images are held out of ``train``. Measures are
+    reported on ``test`` (or ``val`` when there is no test set).
+    """
+    model = model.eval().cpu()
+    x, y = as_tensors(train, "train")
+    validation = as_tensors(val, "val") if val is not None else None
+    report = as_tensors(test, "test") if test is not None else validation
+    if config is None:
+        config = default_config(len(x), val_size=0 if validation is not None else min(1000, len(x) // 5 // 100 * 100))
+    if report is None:
+        raise ConfigError("give val or test data: compressed networks are measured on data not used for evolution")
+    data = _TensorData(x, y, *report)
+    r = run_ecomp(config, model, data, progress=progress, validation=validation)
+
+    def wrap(measures: dict, module) -> Compressed:
+        return Compressed(module, measures["test_accuracy"], measures["compression"], measures["similarity"],
+                          measures["hidden_units"], measures["parameters"], measures["parameters_kept"],
+                          measures["macs_kept"])
+
+    front = [wrap(m, mod) for m, mod in zip(r.front, r.front_modules)]
+    return CompressionResult(wrap(r.best, r.best_module), front, r)

@@ -1,0 +1,83 @@
+"""The library API on a user's own model and data, and unusual parents."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import ecomp_deap
+from ecomp_deap.config import EcompConfig
+from ecomp_deap.errors import ConfigError
+
+
+def problem(seed=0, n=1400, features=12, classes=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, features, generator=g)
+    y = (x @ torch.randn(features, classes, generator=g)).argmax(1)
+    return x, y
+
+
+def trained(model, x, y, steps=150):
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+CFG = EcompConfig(selection="nsga2", weights=(1, 1, 1), embedding_layers=None, recombination_layers=None,
+                  pop_size=8, generations=4, batch_size=50, perplexity=5.0, val_size=0, device="cpu")
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.GELU, nn.Tanh])
+def test_three_unequal_hidden_layers_end_to_end_and_export_matches(act):
+    torch.manual_seed(0)
+    x, y = problem()
+    model = trained(nn.Sequential(nn.Linear(12, 40), act(), nn.Linear(40, 9), act(), nn.Linear(9, 23), act(),
+                                  nn.Linear(23, 3)), x[:1000], y[:1000])
+    res = ecomp_deap.compress(model, train=(x[:1000], y[:1000]), val=(x[1000:1200], y[1000:1200]),
+                              test=(x[1200:], y[1200:]), config=CFG, progress=False)
+    assert len(res.best.hidden_units) == 3
+    assert res.front and all(0 < c.compression <= 1 for c in res.front)
+    # the exported module computes what the masked individual computes
+    run = res.run
+    best = run.evolution.population[run.evolution.best_index]
+    from ecomp_deap.evaluate import PopulationEvaluator
+    from ecomp_deap.architecture import MLPArchitecture, parent_tensors
+
+    arch = MLPArchitecture.from_module(model)
+    ev = PopulationEvaluator(arch, *parent_tensors(model, arch), CFG)
+    w, b, m = ev._stack([best])
+    logits, _, _ = ev.forward(w, b, m, x[1200:])
+    with torch.no_grad():
+        assert torch.allclose(res.best.module(x[1200:]), logits[0], atol=1e-5)
+    acc = (res.best.module(x[1200:]).argmax(1) == y[1200:]).double().mean().item()
+    assert res.best.accuracy == pytest.approx(acc)
+
+
+def test_api_accepts_dataloaders_and_reports_sizes():
+    torch.manual_seed(1)
+    x, y = problem(1)
+    model = trained(nn.Sequential(nn.Flatten(), nn.Linear(12, 30), nn.ReLU(), nn.Linear(30, 3)), x[:1000], y[:1000])
+    loader = DataLoader(TensorDataset(x[:1000], y[:1000]), batch_size=64)
+    res = ecomp_deap.compress(model, train=loader, val=DataLoader(TensorDataset(x[1000:1200], y[1000:1200])),
+                              test=DataLoader(TensorDataset(x[1200:], y[1200:]), batch_size=33), config=CFG,
+                              progress=False)
+    b = res.best
+    assert b.parameters == 12 * b.hidden_units[0] + b.hidden_units[0] + b.hidden_units[0] * 3 + 3
+    assert b.parameters_kept == pytest.approx(b.parameters / (12 * 30 + 30 + 30 * 3 + 3))
+    assert isinstance(b.module[0], nn.Flatten)
+
+
+def test_api_default_config_and_bad_data():
+    x, y = problem(2, n=600)
+    model = trained(nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)), x, y, steps=20)
+    res = ecomp_deap.compress(model, train=(x[:500], y[:500]), test=(x[500:], y[500:]),
+                              config=ecomp_deap.api.default_config(400, batch_size=50, pop_size=8,
+                                                                                     perplexity=5.0, val_size=100),
+                              progress=False)
+    assert res.run.config.generations == 8
+    with pytest.raises(ConfigError, match="inputs but"):
+        ecomp_deap.compress(model, train=(x, y[:10]), test=(x, y), progress=False)
+    with pytest.raises(ConfigError, match="DataLoader"):
+        ecomp_deap.compress(model, train=42, test=(x, y), progress=False)
