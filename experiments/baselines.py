@@ -1,0 +1,84 @@
+"""Pruning baselines at matched sizes, in the same harness as the evolved networks.
+
+    python experiments/baselines.py                       # sizes 10 %, 15 %, ... 90 % -> results/baselines/
+    python experiments/baselines.py --seeds 10 --out results --name baselines
+    python plots/pareto.py results/pareto121 results/baselines   # drawn as lines against the fronts
+
+For each size every hidden layer of the parent keeps that fraction of its units,
+chosen by L1 norm of incoming weights, at random (--seeds repetitions), or by mean
+activation x outgoing weight norm (measured on the same class-balanced training
+subset that evolution uses). No retraining. Writes OUT/NAME/baselines.json.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ecomp_deap.cli import HelpFormatter, OneLineParser, finite_float, non_negative_int, positive_int, run_main
+from ecomp_deap.errors import ConfigError
+
+
+def build_parser() -> OneLineParser:
+    p = OneLineParser(prog="baselines.py", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--name", default="baselines", help="output folder name under --out")
+    p.add_argument("--out", default="results", help="results folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing baselines.json")
+    p.add_argument("--sizes", nargs=3, type=finite_float, default=[0.10, 0.90, 0.05], metavar=("FROM", "TO", "STEP"),
+                   help="fractions of hidden units kept: FROM to TO inclusive in steps of STEP")
+    p.add_argument("--seeds", type=positive_int, default=5, help="repetitions of the random baseline")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random baseline and the subset")
+    p.add_argument("--subset", type=positive_int, default=10000,
+                   help="class-balanced training images for the activation statistics (the evolution subset)")
+    p.add_argument("--data-dir", help="FashionMNIST root (default: $ECOMP_DATA_DIR or ~/.cache/ecomp_deap/data)")
+    p.add_argument("--cache-dir", help="parent weights cache (default: ~/.cache/ecomp_deap)")
+    p.add_argument("--hidden", nargs="+", type=positive_int, metavar="W", help="parent hidden widths (default 256 256)")
+    p.add_argument("--parent-epochs", type=positive_int, default=4, help="parent training epochs")
+    p.add_argument("--parent", metavar="PATH", help="load this parent instead of the cached default")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    return p
+
+
+def main(argv) -> int:
+    args = build_parser().parse_args(argv)
+    lo, hi, step = args.sizes
+    if not (0 < lo <= hi <= 1 and step > 0):
+        raise ConfigError(f"--sizes needs 0 < FROM <= TO <= 1 and STEP > 0, got {lo} {hi} {step}")
+    sizes = [round(s, 6) for s in np.arange(lo, hi + step / 2, step)]
+    folder = Path(args.out) / args.name
+    from ecomp_deap.experiment import check_output_folder
+
+    check_output_folder(folder, overwrite=True)
+    if (folder / "baselines.json").exists() and not args.overwrite:
+        raise ConfigError(f"{folder / 'baselines.json'} exists; use --overwrite to replace it")
+
+    from ecomp_deap.baselines import BASELINES_SCHEMA, baseline_curves
+    from ecomp_deap.data import default_cache_dir, load_fashion_mnist, make_splits
+    from ecomp_deap.parent import ParentSpec, accuracy, load_or_train_parent, load_parent_file
+    from ecomp_deap.results import save_json
+
+    data = load_fashion_mnist(args.data_dir)
+    if args.parent:
+        model = load_parent_file(args.parent)
+        parent_acc = accuracy(model, data.test_x, data.test_y)
+    else:
+        spec = ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs)
+        info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
+        model, parent_acc = info.model, info.test_accuracy
+    subset = make_splits(data.train_y, args.subset, 0, args.seed).subset
+    t0 = time.perf_counter()
+    methods = baseline_curves(model, sizes, data.test_x, data.test_y, data.train_x[subset], args.seeds, seed=args.seed)
+    save_json(folder / "baselines.json", {"schema": BASELINES_SCHEMA, "parent": {"test_accuracy": parent_acc},
+                                          "sizes": sizes, "random_seeds": args.seeds, "methods": methods,
+                                          "wall_time_s": time.perf_counter() - t0})
+    print(f"parent test accuracy {parent_acc:.4f}")
+    print("size   " + "  ".join(f"{m:>10}" for m in methods))
+    for i, s in enumerate(sizes):
+        print(f"{s:5.2f}  " + "  ".join(f"{methods[m][i]['test_accuracy']:10.4f}" for m in methods))
+    print(folder / "baselines.json")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
