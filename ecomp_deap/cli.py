@@ -53,17 +53,26 @@ def finite_float(text: str) -> float:
     return value
 
 
-def run_main(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> None:
-    """Run ``main(argv)``; a user error becomes one ``error: ...`` line and exit 2."""
+def run_main(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None,
+             extra_errors: tuple[type[BaseException], ...] = ()) -> None:
+    """Run ``main(argv)`` and exit with its status. A user error (and any of
+    ``extra_errors``) becomes one ``error: ...`` line on stderr and exit code 2;
+    ``--debug`` among the arguments lets the traceback through instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
     try:
         code = main(argv)
-    except (UserError, ResultsError) as e:
-        if "--debug" in argv:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        if debug:
+            raise
+        print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    sys.exit(code or 0)
+    except (UserError, ResultsError, *extra_errors) as e:
+        if debug:
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        if not isinstance(e, (UserError, ResultsError)):
+            msg = f"{msg} ({type(e).__name__}; run with --debug for a traceback)"
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(int(code or 0))

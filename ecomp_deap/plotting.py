@@ -21,17 +21,14 @@ from __future__ import annotations
 import argparse
 import io
 import math
-import os
-import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .results import ResultsError, experiment_name, load_experiment, load_json, run_files
+from .cli import OneLineParser, positive_int, run_main  # noqa: F401  (positive_int: used by the plot scripts)
+from .results import ResultsError, experiment_name, load_experiment, load_json, run_files, write_bytes
 
 BASELINES_SCHEMA = "ecomp_deap.baselines/1"
 BASELINES_FILE = "baselines.json"
@@ -250,25 +247,6 @@ def apply_style() -> None:
 # --------------------------------------------------------------------------- saving
 
 
-def write_bytes_atomic(path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, fsync, rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def render_figure(fig, dpi: int = 200) -> dict[str, bytes]:
     """The figure encoded in every format of :data:`FIGURE_FORMATS`, in memory."""
     out = {}
@@ -285,7 +263,7 @@ def save_figures(rendered: dict[str, dict[str, bytes]], out_dir) -> list[Path]:
     for stem, files in rendered.items():
         for fmt, data in files.items():
             path = Path(out_dir) / f"{stem}.{fmt}"
-            write_bytes_atomic(path, data)
+            write_bytes(path, data)
             paths.append(path)
     return paths
 
@@ -305,20 +283,8 @@ def save_figure(fig, out_dir, stem: str, dpi: int = 200) -> list[Path]:
 
 
 def make_parser(doc: str | None, prog: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser whose description is the script's module docstring."""
-    return argparse.ArgumentParser(prog=prog, description=doc,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    """A parser (one-line usage errors) whose description is the script's module docstring."""
+    return OneLineParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_common_args(parser: argparse.ArgumentParser, out_default: str, figures: bool = True) -> None:
@@ -336,30 +302,7 @@ def default_plot_dir(folders: Sequence) -> Path:
     return Path(folders[0]) / "plots"
 
 
-USER_ERRORS = (ResultsError, UserError, ValueError, OSError)
-
-
 def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """Run ``main(argv)`` and exit; user errors become one stderr line and status 2.
-
-    ``main`` returns ``None``/``0`` on success (or an int exit status). With
-    ``--debug`` among the arguments the exception propagates (full traceback).
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    try:
-        status = main(argv)
-    except KeyboardInterrupt:
-        if debug:
-            raise
-        print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except USER_ERRORS as e:
-        if debug:
-            raise
-        msg = " ".join(str(e).split()) or type(e).__name__
-        if not isinstance(e, (ResultsError, UserError)):
-            msg = f"{msg} ({type(e).__name__}; run with --debug for a traceback)"
-        print(f"error: {msg}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(int(status or 0))
+    """Run a plot or comparison script: :func:`ecomp_deap.cli.run_main`, where bad
+    values and unreadable files are user errors too (one line, exit code 2)."""
+    run_main(main, argv, extra_errors=(ValueError, OSError))

@@ -77,6 +77,11 @@ def save_json(path, data: Any) -> None:
     _atomic_write(Path(path), lambda f: f.write(text.encode() + b"\n"))
 
 
+def write_bytes(path, data: bytes) -> None:
+    """Write ``data`` atomically (temporary file in the same folder, fsync, rename)."""
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
 def save_text(path, text: str) -> None:
     _atomic_write(Path(path), lambda f: f.write(text.encode()))
 
