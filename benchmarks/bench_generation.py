@@ -1,0 +1,597 @@
+"""Speed benchmark of one EComp generation: ours (batched) vs the per-network reference
+vs the compute bound, plus how a generation scales with the population and the parent.
+
+    .venv/bin/python benchmarks/bench_generation.py                # default: reference settings + scale
+    .venv/bin/python benchmarks/bench_generation.py --full         # also a whole run (100 generations + final pass)
+    .venv/bin/python benchmarks/bench_generation.py --no-scale --reps 3
+    .venv/bin/python benchmarks/bench_generation.py --tiny --reps 1 # seconds; what the test runs
+    .venv/bin/python benchmarks/bench_generation.py --json bench.json
+
+What is measured, in one process (medians over ``--reps`` rounds, after one warm-up
+generation; each round measures every quantity once, so load changes on a shared machine
+hit ours, the reference and the bound alike):
+
+* **ours**: ``Evolution.step`` at the reference settings (pop 100, batch 100, trained
+  784-256-256-10 parent, embeddings layer_1_act/layer_2_act), weighted and NSGA-II,
+  and, separately, the parts of a weighted generation, each by calling the package's
+  pieces directly: forward (``_stack`` + ``forward`` + accuracy/compression),
+  similarity (the parent's P once per batch + ``tsne_similarity_loss`` on the forward's
+  activations), variation (``Evolution.vary``), selection (``toolbox.select``) and
+  bookkeeping (``Evolution.assign`` + ``Evolution.record``).
+* **reference** (``benchmarks/reference.py``): the same generation with every individual
+  exported as its own ``nn.Sequential`` and run alone, and the similarity per network and
+  per layer with scikit-learn's exact t-SNE P (parent P recomputed per individual).
+  Its measures are checked against ours on the timed generation (accuracy and compression
+  exactly, similarity to 1e-3 relative).
+* **compute bound**: the population's batched forward matmuls alone (pre-stacked float32
+  weights; per layer the faster of one population-wide GEMM and a ``baddbmm``), the floor
+  for any batched evaluation.
+* **whole run** (``--full``): ``run_ecomp`` wall time vs an *estimate* of the reference's
+  (its measured generation time x generations + its measured evaluation time x the
+  final all-batches pass + the test-set pass of the chosen individuals).
+* **scale** (unless ``--no-scale``): time per generation and peak memory (``ru_maxrss``
+  growth, and CUDA peak allocation on a GPU) for each ``--scale-pops`` population with
+  the 784-256-256-10 parent, and the first of them with a 784-1024-1024-10 parent (random
+  init), each in a fresh subprocess (started through ``/bin/sh``, which forks: a child
+  exec'd straight from this process would inherit its ru_maxrss) so each peak is its own.
+
+Timings are wall-clock and noisy on a shared machine; the header prints the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import inspect
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from deap import tools
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from ecomp_deap.algorithm import EvolutionState  # noqa: E402
+from ecomp_deap.config import EcompConfig  # noqa: E402
+from ecomp_deap.data import balanced_indices  # noqa: E402
+from ecomp_deap.ecomp import EcompRun  # noqa: E402
+from ecomp_deap.evaluate import Measures  # noqa: E402
+from ecomp_deap.parent import ParentSpec, build_mlp, train_parent  # noqa: E402
+from ecomp_deap.similarity import tsne_similarity_loss  # noqa: E402
+
+SIM_RTOL = 1e-3
+TINY = SimpleNamespace(pop=8, batch=20, hidden=(16, 16), perplexity=5.0, generations=5, val_size=40,
+                       scale_pops=(8,), wide_hidden=(64, 64))
+REF = SimpleNamespace(pop=100, batch=100, hidden=(256, 256), perplexity=30.0, generations=100, val_size=5000,
+                      scale_pops=(100, 300, 1000), wide_hidden=(1024, 1024))
+
+
+# ----------------------------------------------------------------------------- helpers
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str):
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t, out
+
+
+def _summary(times) -> dict:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
+
+
+def _ms(s: float) -> str:
+    return f"{1e3 * s:9.1f} ms"
+
+
+def _spread(d: dict) -> str:
+    return f"{_ms(d['median_s'])}  (min {1e3 * d['min_s']:.1f}, max {1e3 * d['max_s']:.1f}, n={d['n']})"
+
+
+def resolve_device(arg: str) -> str:
+    if arg == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if arg == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return arg
+
+
+def maxrss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024  # Linux reports KiB
+
+
+def synthetic_data(n_train: int, n_test: int, features: int = 784, classes: int = 10, seed: int = 0):
+    """Random class-centred Gaussian rows (learnable, so the parent beats chance)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(classes, features, generator=g)
+
+    def draw(n):
+        y = torch.arange(n) % classes
+        return (centers[y] + torch.randn(n, features, generator=g)).to(torch.float32), y
+
+    (xt, yt), (xs, ys) = draw(n_train), draw(n_test)
+    return SimpleNamespace(train_x=xt, train_y=yt, test_x=xs, test_y=ys, fingerprint="synthetic", source="synthetic")
+
+
+def make_config(s, selection: str, device: str, **over) -> EcompConfig:
+    return EcompConfig(selection=selection, pop_size=s.pop, batch_size=s.batch, generations=s.generations,
+                       perplexity=s.perplexity, val_size=s.val_size, device=device).replace(**over)
+
+
+def load_inputs(args, s, log):
+    """(data, parent model, parent test accuracy): FashionMNIST + the trained cached parent,
+    or synthetic data + a quickly trained tiny parent with ``--tiny``."""
+    if args.tiny:
+        data = synthetic_data(s.generations * s.batch + s.val_size + 200, 200)
+        spec = ParentSpec(hidden=s.hidden, epochs=2, batch_size=50)
+        parent = train_parent(spec, data.train_x, data.train_y, progress=False)
+        from ecomp_deap.parent import accuracy
+
+        return data, parent, accuracy(parent, data.test_x, data.test_y)
+    from ecomp_deap.data import default_cache_dir, load_fashion_mnist
+    from ecomp_deap.parent import load_or_train_parent
+
+    data = load_fashion_mnist()
+    info = load_or_train_parent(ParentSpec(), data, default_cache_dir(), progress=False, log=log)
+    return data, info.model, info.test_accuracy
+
+
+def fresh_state(run: EcompRun, base_pop, t0: int) -> EvolutionState:
+    return EvolutionState(t0, [run.toolbox.clone(ind) for ind in base_pop], tools.Logbook(), run.gen)
+
+
+def prepared_run(cfg: EcompConfig, parent, data):
+    """An EcompRun after one warm-up generation: its post-variation population (own
+    weights, as in every generation but the first) and the generation index t0."""
+    run = EcompRun(cfg, parent, data, progress=False)
+    state = run.evolution.initial_state()
+    run.evolution.step(state)
+    return run, [run.toolbox.clone(ind) for ind in state.population], state.t
+
+
+# ----------------------------------------------------------------------------- ours
+def time_steps(run, base_pop, t0, reps, device, step=None) -> list[float]:
+    """Wall times of a whole generation, each from the same population and batch."""
+    step = step or run.evolution.step
+    times = []
+    for _ in range(reps):
+        state = fresh_state(run, base_pop, t0)
+        run.evaluator.clear_cache()  # a real generation sees a new batch: its parent P is computed once
+        times.append(_timed(lambda: step(state), device)[0])
+    return times
+
+
+def time_measure(measure, base_pop, x, y, reps, device, clear=None) -> list[float]:
+    times = []
+    for _ in range(reps):
+        if clear is not None:
+            clear()
+        times.append(_timed(lambda: measure(base_pop, x, y), device)[0])
+    return times
+
+
+def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
+    """The parts of a weighted generation, timed by calling the pieces directly
+    (mirrors ``PopulationEvaluator.measure`` and ``Evolution.step``)."""
+    evo, ev, tb, cfg = run.evolution, run.evaluator, run.toolbox, run.config
+    epoch, index = divmod(t0, run.stream.n_batches)
+    x, y = run.stream.batch(epoch, index)
+    parts = {k: [] for k in ("forward", "similarity", "bookkeeping", "selection", "variation")}
+    # measure() skips the masked pre-activations when no embedding needs them (keep_pre)
+    fwd_kw = {"keep_pre": ev.needs_pre} if "keep_pre" in inspect.signature(ev.forward).parameters else {}
+    for _ in range(reps):
+        pop = [tb.clone(ind) for ind in base_pop]
+        ev.clear_cache()
+        with torch.inference_mode():
+            def forward():
+                xd, yd = x.to(ev.device), y.to(ev.device)
+                acc, comp, outs = [], [], []
+                for start in range(0, len(pop), ev.chunk):
+                    w, b, m = ev._stack(pop[start:start + ev.chunk])
+                    logits, pre, post = ev.forward(w, b, m, xd, **fwd_kw)
+                    acc.append((logits.argmax(-1) == yd).double().mean(1))
+                    comp.append(sum(mk.sum(1, dtype=torch.float64) for mk in m) / ev.total_hidden)
+                    outs.append((m, pre, post))
+                return xd, acc, comp, outs
+
+            t, (xd, acc, comp, outs) = _timed(forward, device)
+            parts["forward"].append(t)
+
+            def similarity():
+                refs = ev.parent_reference(xd, None)
+                sims = []
+                for m, pre, post in outs:
+                    s = torch.zeros(m[0].shape[0], dtype=torch.float64, device=ev.device)
+                    for (layer, kind), (parent_e, parent_p) in zip(ev.embeddings, refs):
+                        child = (post if kind == "act" else pre)[layer]
+                        s = s + tsne_similarity_loss(parent_e, child, cfg.perplexity, cfg.kernel,
+                                                     parent_p=parent_p, dof=m[layer].sum(1))
+                    sims.append(s)
+                return sims
+
+            t, sims = _timed(similarity, device)
+            parts["similarity"].append(t)
+            measures = Measures(*(torch.cat(v).cpu().numpy() for v in (acc, comp, sims)))
+            del outs
+
+        state = EvolutionState(t0, pop, tools.Logbook(), run.gen)
+
+        def bookkeeping():
+            evo.assign(pop, measures)
+            evo.record(state, pop, epoch, index, len(pop))
+
+        parts["bookkeeping"].append(_timed(bookkeeping, "cpu")[0])
+        t, selected = _timed(lambda: tb.select(pop, len(pop)), "cpu")
+        parts["selection"].append(t)
+        parts["variation"].append(_timed(lambda: evo.vary(selected), "cpu")[0])
+    return parts
+
+
+# ----------------------------------------------------------------------------- bound
+class ComputeBound:
+    """The population's forward matmuls alone: pre-stacked float32 weights, bias fused
+    (addmm / baddbmm), no activations, masks or measures. Per layer the fastest of a few
+    formulations (first layer: one GEMM over the whole population, or a batched
+    ``baddbmm`` of the broadcast input; later layers: ``baddbmm`` on a contiguous
+    (P, B, in) input); the bound is the sum of the per-layer best medians."""
+
+    def __init__(self, base_pop, x, device):
+        dev = torch.device("cuda" if device == "cuda" else "cpu")
+        self.device = device
+        n_lin = len(base_pop[0].weights)
+        w = [torch.stack([ind.weights[k] for ind in base_pop]).to(dev, torch.float32) for k in range(n_lin)]
+        b = [torch.stack([ind.biases[k] for ind in base_pop]).to(dev, torch.float32) for k in range(n_lin)]
+        h = x.to(dev).reshape(x.shape[0], -1).to(torch.float32).contiguous()  # (B, in)
+        C, B = w[0].shape[0], h.shape[0]
+        w0t = w[0].reshape(-1, w[0].shape[2]).T.contiguous()  # (in, C*out): the population as one matrix
+        b0 = b[0].reshape(-1)
+        self.forms = [{"gemm": lambda: torch.addmm(b0, h, w0t),
+                       "baddbmm": lambda: torch.baddbmm(b[0][:, None, :], h.expand(C, *h.shape),
+                                                        w[0].transpose(1, 2))}]
+        for k in range(1, n_lin):
+            hk = torch.randn(C, B, w[k].shape[2], device=dev)  # (C, B, in_k), like the previous layer's output
+            self.forms.append({"baddbmm": lambda k=k, hk=hk: torch.baddbmm(b[k][:, None, :], hk,
+                                                                            w[k].transpose(1, 2))})
+        self.times = [{f: [] for f in forms} for forms in self.forms]
+        self.flops = 2 * C * B * sum(wk.shape[1] * wk.shape[2] for wk in w)
+        with torch.inference_mode():
+            for forms in self.forms:
+                for fn in forms.values():
+                    fn()  # warm-up
+
+    def time(self, n: int = 3) -> None:
+        with torch.inference_mode():
+            for forms, times in zip(self.forms, self.times):
+                for name, fn in forms.items():
+                    times[name] += [_timed(fn, self.device)[0] for _ in range(n)]
+
+    def summary(self) -> dict:
+        layers = []
+        for k, times in enumerate(self.times):
+            med = {f: statistics.median(t) for f, t in times.items()}
+            best = min(med, key=med.get)
+            layers.append({"layer": k, "best": best, "median_s": med[best], "forms": med})
+        total = sum(l["median_s"] for l in layers)
+        return {"median_s": total, "min_s": total, "max_s": total, "n": len(self.times[0]["baddbmm"]),
+                "layers": layers, "flops": self.flops, "gflops_per_s": self.flops / total / 1e9}
+
+
+# ----------------------------------------------------------------------------- agreement
+def agreement(ours: Measures, ref: Measures) -> dict:
+    acc_equal = int(np.sum(ours.accuracy == ref.accuracy))
+    comp_equal = int(np.sum(ours.compression == ref.compression))
+    rel = np.abs(ours.similarity - ref.similarity) / np.maximum(np.abs(ref.similarity), 1e-12)
+    n = len(ours)
+    ok = acc_equal == n and comp_equal == n and float(rel.max()) <= SIM_RTOL
+    return {"n": n, "accuracy_equal": acc_equal, "compression_equal": comp_equal,
+            "similarity_max_rel_diff": float(rel.max()), "similarity_tolerance": SIM_RTOL, "passed": bool(ok)}
+
+
+# ----------------------------------------------------------------------------- scale
+def _vm_hwm() -> int | None:
+    """This process's own peak RSS (Linux /proc VmHWM), a cross-check of ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def scale_worker(spec: dict) -> None:
+    """One configuration in a fresh process: prints one JSON line."""
+    rss_start = maxrss_bytes()  # after the imports (torch): the process's own floor
+    device = spec["device"]
+    blob = torch.load(spec["data"], weights_only=True)
+    x, y = blob["x"], blob["y"]
+    hidden = tuple(spec["hidden"])
+    torch.manual_seed(0)
+    parent = build_mlp(hidden)
+    if spec.get("parent_state") and tuple(blob.get("parent_hidden", ())) == hidden:
+        parent.load_state_dict(blob["parent_state"])
+    parent.eval()
+    data = SimpleNamespace(train_x=x, train_y=y, test_x=x[:spec["batch"]], test_y=y[:spec["batch"]])
+    gens = spec["reps"] + 1
+    cfg = EcompConfig(pop_size=spec["pop"], batch_size=spec["batch"], generations=gens, val_size=0,
+                      perplexity=spec["perplexity"], device=device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    gc.collect()
+    rss0 = maxrss_bytes()
+    run = EcompRun(cfg, parent, data, progress=False)
+    state = run.evolution.initial_state()
+    times = []
+    for _ in range(gens):
+        times.append(_timed(lambda: run.evolution.step(state), device)[0])
+    rss1 = maxrss_bytes()
+    out = {"pop": spec["pop"], "hidden": list(hidden), "times_s": times, **_summary(times[1:] or times),
+           "rss_at_start_bytes": rss_start, "rss_before_bytes": rss0, "rss_peak_bytes": rss1,
+           "rss_growth_bytes": rss1 - rss0, "vm_hwm_bytes": _vm_hwm(),
+           "chunk": run.evaluator.chunk, "trained_parent": bool(spec.get("parent_state"))
+           and tuple(blob.get("parent_hidden", ())) == hidden}
+    if device == "cuda":
+        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
+    print("SCALE_RESULT " + json.dumps(out), flush=True)
+
+
+def run_scale(args, s, data, parent, device, log) -> list[dict]:
+    configs = [(p, s.hidden) for p in args.scale_pops] + [(args.scale_pops[0], s.wide_hidden)]
+    gens = args.reps + 1
+    g = torch.Generator().manual_seed(0)
+    idx = balanced_indices(data.train_y, gens * s.batch, g)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ecomp_bench_") as tmp:
+        path = Path(tmp) / "scale_data.pt"
+        torch.save({"x": data.train_x[idx].clone(), "y": data.train_y[idx].clone(),
+                    "parent_state": parent.state_dict(), "parent_hidden": list(s.hidden)}, path)
+        for pop, hidden in configs:
+            spec = {"pop": pop, "hidden": list(hidden), "batch": s.batch, "perplexity": s.perplexity,
+                    "reps": args.reps, "device": device, "data": str(path), "parent_state": True}
+            # Through an intermediate shell that forks: a process started straight from this
+            # one (fork/vfork + exec) inherits this process's ru_maxrss as its own starting
+            # value, which would hide the worker's peak below ours (Linux keeps the larger).
+            cmd = ["/bin/sh", "-c", '"$@"; exit $?', "sh",
+                   sys.executable, str(Path(__file__).resolve()), "--scale-worker", json.dumps(spec)]
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("SCALE_RESULT ")]
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError(f"scale worker pop {pop} hidden {hidden} failed (exit {proc.returncode}):\n"
+                                   f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+            r = json.loads(lines[-1][len("SCALE_RESULT "):])
+            r["subprocess_wall_s"] = time.perf_counter() - t
+            log(f"  scale: pop {pop:5d}, parent 784-{'-'.join(map(str, hidden))}-10: "
+                f"{1e3 * r['median_s']:.1f} ms/generation ({r['subprocess_wall_s']:.0f} s in its subprocess)")
+            results.append(r)
+    return results
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Benchmark one EComp generation: ours (batched) vs the per-network reference vs the "
+                    "compute bound, and how a generation scales with population and parent size.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--reps", type=int, default=5, help="repetitions per measurement (medians are reported)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="device for ours, the reference's forwards (its similarity is numpy) and the bound")
+    p.add_argument("--full", action="store_true",
+                   help="also time a whole run (run_ecomp: generations + final all-batches pass) and "
+                        "estimate the reference's")
+    p.add_argument("--no-scale", action="store_true", help="skip the scale subprocesses")
+    p.add_argument("--scale-pops", type=int, nargs="+", default=None,
+                   help="populations for the scale table (default 100 300 1000; with --tiny 8); "
+                        "the wide parent runs at the first")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny configuration (pop 8, batch 20, hidden 16 16, perplexity 5, synthetic data; "
+                        "tiny scale subprocesses): a smoke test in seconds")
+    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p.add_argument("--scale-worker", metavar="SPEC", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.scale_worker:
+        scale_worker(json.loads(args.scale_worker))
+        return 0
+    s = TINY if args.tiny else REF
+    if args.scale_pops is None:
+        args.scale_pops = list(s.scale_pops)
+    device = resolve_device(args.device)
+    out = print
+    report = {"settings": {}, "machine": {}}
+
+    def log(msg):
+        out(msg, flush=True)
+
+    load0 = os.getloadavg()
+    report["machine"] = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                         "interop_threads": torch.get_num_interop_threads(), "device": device,
+                         "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                         "python": platform.python_version(), "loadavg_start": load0}
+    log("EComp generation benchmark" + (" (--tiny)" if args.tiny else ""))
+    log(f"torch {torch.__version__}, threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()}), "
+        f"device {device}" + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "")
+        + f", {os.cpu_count()} CPUs, python {platform.python_version()}")
+    log(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; reps {args.reps} (medians)")
+
+    data, parent, parent_acc = load_inputs(args, s, lambda m: log("  " + m))
+    cfg = make_config(s, "weighted", device)
+    settings = {"pop": s.pop, "batch": s.batch, "parent": [784, *s.hidden, 10], "perplexity": s.perplexity,
+                "embedding_layers": list(cfg.embedding_layers), "data": "synthetic" if args.tiny else "FashionMNIST",
+                "parent_test_accuracy": parent_acc}
+    report["settings"] = settings
+    log(f"settings: pop {s.pop}, batch {s.batch}, parent {'-'.join(map(str, settings['parent']))} "
+        f"(test accuracy {parent_acc:.4f}), embeddings {'/'.join(cfg.embedding_layers)}, "
+        f"perplexity {s.perplexity:g}, data {settings['data']}")
+
+    # ---------------------------------------------------------------- measurements
+    from reference import ReferenceEvaluator, reference_step
+
+    run, base_pop, t0 = prepared_run(cfg, parent, data)
+    epoch, index = divmod(t0, run.stream.n_batches)
+    x, y = run.stream.batch(epoch, index)
+    run_n, base_n, t0_n = prepared_run(make_config(s, "nsga2", device), parent, data)
+    ref = ReferenceEvaluator(run.arch, parent, cfg.embedding_layers, cfg.perplexity, device)
+    run.evaluator.clear_cache()
+    check = agreement(run.evaluator.measure(base_pop, x, y), ref.measure(base_pop, x, y))
+    bound_timer = ComputeBound(base_pop, x, device)
+    raw = {k: [] for k in ("ours_step", "ours_nsga2", "ours_measure", "ref_step", "ref_measure")}
+    parts_raw = {}
+    loads = []
+    # Rounds: every quantity is measured once per round, so a change in the machine's
+    # load during the benchmark hits ours, the reference and the bound alike.
+    for _ in range(args.reps):
+        raw["ours_step"] += time_steps(run, base_pop, t0, 1, device)
+        raw["ours_nsga2"] += time_steps(run_n, base_n, t0_n, 1, device)
+        raw["ours_measure"] += time_measure(run.evaluator.measure, base_pop, x, y, 1, device,
+                                            run.evaluator.clear_cache)
+        for k, v in time_parts(run, base_pop, t0, 1, device).items():
+            parts_raw.setdefault(k, []).extend(v)
+        raw["ref_step"] += time_steps(run, base_pop, t0, 1, device,
+                                      step=lambda st: reference_step(run.evolution, st, ref))
+        raw["ref_measure"] += time_measure(ref.measure, base_pop, x, y, 1, device)
+        bound_timer.time(3)
+        loads.append(os.getloadavg()[0])
+    ours_step, ours_nsga2, ours_measure, ref_step, ref_measure = (
+        _summary(raw[k]) for k in ("ours_step", "ours_nsga2", "ours_measure", "ref_step", "ref_measure"))
+    parts = {k: _summary(v) for k, v in parts_raw.items()}
+    bound = bound_timer.summary()
+    report["machine"]["loadavg_1min_per_round"] = loads
+
+    report.update(ours={"step_weighted": ours_step, "step_nsga2": ours_nsga2, "evaluation": ours_measure,
+                        "parts": parts, "eval_chunk": run.evaluator.chunk},
+                  reference={"step_weighted": ref_step, "evaluation": ref_measure}, bound=bound, agreement=check)
+
+    log("")
+    log(f"== one generation (weighted unless said; generation t={t0}, same population and batch for all) ==")
+    log(f"ours: Evolution.step, weighted     {_spread(ours_step)}")
+    log(f"ours: Evolution.step, NSGA-II      {_spread(ours_nsga2)}   (evaluates parents and offspring: "
+        f"{2 * s.pop} evaluations)")
+    log(f"ours: evaluation only (measure)    {_spread(ours_measure)}")
+    log("ours: parts, each called directly:")
+    total_parts = 0.0
+    labels = {"forward": "forward (stack + batched forward + acc/comp)",
+              "similarity": "similarity (parent P once + batched t-SNE loss)",
+              "variation": "variation (Evolution.vary)", "selection": "selection (toolbox.select)",
+              "bookkeeping": "bookkeeping (assign + record)"}
+    for k in ("forward", "similarity", "variation", "selection", "bookkeeping"):
+        total_parts += parts[k]["median_s"]
+        share = parts[k]["median_s"] / ours_step["median_s"]
+        log(f"  {labels[k]:<48} {_spread(parts[k])}  {100 * share:5.1f}% of the step")
+    log(f"  {'sum of the parts':<48} {_ms(total_parts)}  (whole step {_ms(ours_step['median_s']).strip()})")
+    log(f"reference: per-network generation  {_spread(ref_step)}")
+    log(f"reference: evaluation only         {_spread(ref_measure)}")
+    log(f"compute bound: forward matmuls     {_ms(bound['median_s'])}  (sum of per-layer best medians, n={bound['n']}: "
+        + ", ".join(f"{1e3 * l['median_s']:.2f} ms {l['best']}" for l in bound["layers"])
+        + f"; {bound['flops'] / 1e9:.2f} GFLOP, {bound['gflops_per_s']:.1f} GFLOP/s)")
+    log(f"agreement check (reference vs ours on the timed generation, {check['n']} individuals): "
+        f"accuracy equal {check['accuracy_equal']}/{check['n']}, compression equal "
+        f"{check['compression_equal']}/{check['n']}, similarity max rel diff {check['similarity_max_rel_diff']:.2e} "
+        f"(tolerance {SIM_RTOL:g}): {'PASSED' if check['passed'] else 'FAILED'}")
+    ratios = {"reference_over_ours_generation": ref_step["median_s"] / ours_step["median_s"],
+              "reference_over_ours_evaluation": ref_measure["median_s"] / ours_measure["median_s"],
+              "ours_over_bound_generation": ours_step["median_s"] / bound["median_s"],
+              "ours_over_bound_evaluation": ours_measure["median_s"] / bound["median_s"]}
+    report["ratios"] = ratios
+    log(f"ratio reference / ours (generation): {ratios['reference_over_ours_generation']:.1f}x   "
+        f"(evaluation only: {ratios['reference_over_ours_evaluation']:.1f}x)")
+    log(f"ratio ours / bound (generation): {ratios['ours_over_bound_generation']:.1f}x   "
+        f"(evaluation only: {ratios['ours_over_bound_evaluation']:.1f}x)")
+
+    # ---------------------------------------------------------------- whole run
+    if args.full:
+        from ecomp_deap.ecomp import run_ecomp
+
+        log("")
+        log("== whole run (weighted, settings above: generations + final all-batches pass + test pass) ==")
+        t = time.perf_counter()
+        result = run_ecomp(cfg, parent, data, progress=False, parent_test_accuracy=parent_acc)
+        ours_run = time.perf_counter() - t
+        evo = result.evolution
+        n_gen = cfg.generations * cfg.epochs
+        n_batches = cfg.generations
+        chosen = len(set(evo.front_indices) | {evo.best_index} | set(evo.extremes.values()))
+        n_test_batches = len(data.test_y) // cfg.batch_size
+        per_net = ref_measure["median_s"] / s.pop
+        est = {"generations_s": ref_step["median_s"] * n_gen,
+               "all_batches_pass_s": ref_measure["median_s"] * n_batches,
+               "test_pass_s": per_net * chosen * n_test_batches}
+        est["total_s"] = sum(est.values())
+        bound_run = bound["median_s"] * (n_gen + n_batches) + bound["median_s"] / s.pop * chosen * n_test_batches
+        report["whole_run"] = {"ours_s": ours_run, "ours_wall_time_s_field": result.wall_time_s,
+                               "reference_estimate": est, "bound_estimate_s": bound_run, "generations": n_gen,
+                               "final_pass_batches": n_batches, "test_chosen": chosen,
+                               "test_batches": n_test_batches,
+                               "reference_over_ours": est["total_s"] / ours_run,
+                               "ours_over_bound": ours_run / bound_run,
+                               "best_test_accuracy": result.best["test_accuracy"],
+                               "best_compression": result.best["compression"]}
+        log(f"ours: run_ecomp wall time          {ours_run:9.1f} s   (best: test accuracy "
+            f"{result.best['test_accuracy']:.4f}, compression {result.best['compression']:.3f})")
+        log(f"reference: ESTIMATE from measured per-generation times: {est['total_s']:.1f} s = "
+            f"{n_gen} x {ref_step['median_s']:.3f} s (generations) + {n_batches} x {ref_measure['median_s']:.3f} s "
+            f"(all-batches pass) + {chosen} chosen x {n_test_batches} test batches x {per_net * 1e3:.2f} ms/network")
+        log(f"compute bound (estimate, matmuls only): {bound_run:.1f} s")
+        log(f"ratio reference / ours (whole run, reference estimated): {est['total_s'] / ours_run:.1f}x")
+        log(f"ratio ours / bound (whole run): {ours_run / bound_run:.1f}x")
+
+    # ---------------------------------------------------------------- scale
+    if not args.no_scale:
+        log("")
+        log(f"== scale: one weighted generation per configuration, fresh subprocess each "
+            f"(batch {s.batch}, perplexity {s.perplexity:g}) ==")
+        rows = run_scale(args, s, data, parent, device, log)
+        report["scale"] = rows
+        base = rows[0]
+        log(f"{'pop':>6} {'parent':>16} {'ms/gen (median)':>16} {'time/time(pop ' + str(base['pop']) + ')':>20} "
+            f"{'N/' + str(base['pop']):>8} {'peak RSS growth':>16} {'peak RSS':>10}"
+            + (f" {'CUDA peak':>10}" if device == "cuda" else ""))
+        for r in rows:
+            same_parent = r["hidden"] == base["hidden"]
+            growth = f"{r['median_s'] / base['median_s']:.2f}" if same_parent else "-"
+            nratio = f"{r['pop'] / base['pop']:.2f}" if same_parent else "-"
+            parent_s = "784-" + "-".join(map(str, r["hidden"])) + "-10"
+            line = (f"{r['pop']:>6} {parent_s:>16} {1e3 * r['median_s']:>16.1f} {growth:>20} {nratio:>8} "
+                    f"{r['rss_growth_bytes'] / 2**20:>12.0f} MiB {r['rss_peak_bytes'] / 2**20:>6.0f} MiB")
+            if device == "cuda":
+                line += f" {r['cuda_peak_bytes'] / 2**20:>6.0f} MiB"
+            log(line)
+        wide = rows[-1]
+        log(f"wide parent: time(784-{'-'.join(map(str, wide['hidden']))}-10) / time(784-"
+            f"{'-'.join(map(str, base['hidden']))}-10) at pop {wide['pop']}: {wide['median_s'] / base['median_s']:.2f}")
+        log("(the 784-256-256-10 rows use the trained parent, the wide parent is randomly initialised; "
+            "RSS growth = ru_maxrss after the generations minus before the run's set-up)")
+
+    load1 = os.getloadavg()
+    report["machine"]["loadavg_end"] = load1
+    log("")
+    log(f"load average at end: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=float))
+        log(f"numbers written to {args.json}")
+    return 0 if check["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

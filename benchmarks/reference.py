@@ -1,0 +1,127 @@
+"""The per-network reference implementation of one EComp generation (benchmarks only).
+
+This is how the reference work evaluated a population, kept here as the baseline
+that ``bench_generation.py`` times against the batched evaluator. It is never
+imported by the ``ecomp_deap`` package.
+
+* Every individual is exported as its own, physically smaller ``nn.Sequential``
+  (``ecomp_deap.export.export_individual``) and run on the batch on its own.
+* The similarity is computed per network and per embedding layer with
+  scikit-learn's exact t-SNE joint probabilities,
+  ``sklearn.manifold._t_sne._joint_probabilities(D, perplexity, 0)``, on numpy
+  squared distances, for both the parent (P) and the child (Q);
+  loss = 2 * sum over the condensed pairs of P * log(max(P, eps) / Q).
+  The parent's P is recomputed for every individual (the parent is run again too):
+  that is what the reference paid.
+
+Selection, variation and bookkeeping are the package's own (``Evolution.vary``,
+``toolbox.select``, ``Evolution.assign`` / ``record``): only the evaluation differs,
+so the time difference of a generation is the evaluation's.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+from sklearn.manifold._t_sne import _joint_probabilities
+
+from ecomp_deap.evaluate import Measures
+from ecomp_deap.export import export_individual
+
+MACHINE_EPSILON = np.finfo(np.float64).eps
+
+
+def numpy_squared_distances(x: np.ndarray) -> np.ndarray:
+    """(B, H) -> (B, B) float64 squared Euclidean distances, zero diagonal, >= 0."""
+    x = np.asarray(x, dtype=np.float64)
+    sq = np.einsum("ij,ij->i", x, x)  # (B,)
+    d = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)  # (B, B)
+    np.maximum(d, 0.0, out=d)
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def reference_loss(parent_e: np.ndarray, child_e: np.ndarray, perplexity: float) -> float:
+    """t-SNE similarity loss of one layer, the reference way (sklearn P and Q, condensed)."""
+    p = _joint_probabilities(numpy_squared_distances(parent_e), perplexity, 0)  # (B(B-1)/2,)
+    q = _joint_probabilities(numpy_squared_distances(child_e), perplexity, 0)  # (B(B-1)/2,)
+    return float(2.0 * np.sum(p * np.log(np.maximum(p, MACHINE_EPSILON) / q)))
+
+
+def _capture(model: nn.Sequential, x: torch.Tensor, names) -> tuple[torch.Tensor, dict]:
+    """Run ``model`` layer by layer; return the logits and the outputs of the named layers."""
+    want = set(names)
+    out = {}
+    h = x
+    for name, layer in model.named_children():
+        h = layer(h)
+        if name in want:
+            out[name] = h
+    return h, out
+
+
+class ReferenceEvaluator:
+    """Per-network evaluation of a population on one batch, as the reference did it."""
+
+    def __init__(self, arch, parent_model: nn.Module, embedding_layers, perplexity: float,
+                 device: str | torch.device = "cpu"):
+        if embedding_layers is None:
+            embedding_layers = arch.act_names
+        self.arch = arch
+        self.device = torch.device(device)
+        self.parent = copy.deepcopy(parent_model).to(self.device).eval()  # the caller's stays where it is
+        self.layers = tuple(embedding_layers)
+        self.perplexity = float(perplexity)
+        self.total_hidden = sum(arch.hidden_widths)
+
+    @torch.no_grad()
+    def measure_one(self, ind, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+        """(accuracy, compression, similarity) of one individual on the batch (x, y)."""
+        child = export_individual(ind, self.arch).to(self.device)
+        logits, child_out = _capture(child, x, self.layers)
+        acc = float((logits.argmax(1) == y).double().mean())
+        comp = sum(int(m.sum()) for m in ind.masks) / self.total_hidden
+        _, parent_out = _capture(self.parent, x, self.layers)  # recomputed per individual
+        sim = 0.0
+        for name in self.layers:
+            sim += reference_loss(parent_out[name].cpu().numpy(), child_out[name].cpu().numpy(), self.perplexity)
+        return acc, comp, sim
+
+    def measure(self, population, x: torch.Tensor, y: torch.Tensor, key=None) -> Measures:
+        """Same interface as ``PopulationEvaluator.measure``: one network at a time."""
+        x = x.to(self.device)
+        y = y.to(self.device)
+        rows = [self.measure_one(ind, x, y) for ind in population]
+        return Measures(*(np.array(col, dtype=np.float64) for col in zip(*rows)))
+
+
+def reference_step(evo, state, ref: ReferenceEvaluator) -> dict:
+    """``Evolution.step`` with the per-network evaluation in place of the batched one."""
+    cfg, tb = evo.config, evo.toolbox
+    epoch, index = divmod(state.t, evo.stream.n_batches)
+    x, y = evo.stream.batch(epoch, index)
+
+    def evaluate(population):
+        evo.assign(population, ref.measure(population, x, y))
+
+    pop = state.population
+    if cfg.selection == "weighted":
+        evaluate(pop)
+        info = evo.record(state, pop, epoch, index, len(pop))
+        offspring = evo.vary(tb.select(pop, len(pop)))
+        if cfg.elitism:
+            elite = sorted(pop, key=lambda ind: ind.fitness.values[0], reverse=True)[:cfg.elitism]
+            offspring[:cfg.elitism] = [tb.clone(ind) for ind in elite]
+        state.population = offspring
+    else:
+        evaluate(pop)
+        pop = tb.select(pop, len(pop))
+        offspring = evo.vary(tb.select_parents(pop, len(pop)))
+        evaluate(offspring)
+        pop = tb.select(pop + offspring, len(pop))
+        info = evo.record(state, pop, epoch, index, 2 * len(pop))
+        state.population = pop
+    state.t += 1
+    return info

@@ -1,0 +1,56 @@
+"""Smoke test of the generation benchmark: ``benchmarks/bench_generation.py --tiny --reps 1``
+runs end to end (ours, the per-network reference, the compute bound, the tiny scale
+subprocesses), prints its ratio lines, and the reference agrees with ours. No timing
+assertions: the numbers depend on the machine."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_generation.py"
+
+
+def test_bench_generation_tiny(tmp_path):
+    pytest.importorskip("sklearn")
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--reps", "1", "--device", "cpu",
+                           "--json", str(out_json)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    lines = proc.stdout.splitlines()
+    assert any(l.startswith("ratio reference / ours (generation):") for l in lines), proc.stdout
+    assert any(l.startswith("ratio ours / bound (generation):") for l in lines), proc.stdout
+    check = [l for l in lines if l.startswith("agreement check")]
+    assert len(check) == 1 and check[0].endswith("PASSED"), proc.stdout
+    assert "threads" in lines[1] and "device cpu" in lines[1]
+    assert any(l.lstrip().startswith("pop") and "N/" in l for l in lines), "scale table missing"
+
+    report = json.loads(out_json.read_text())
+    assert report["agreement"]["passed"] is True
+    for key in ("reference_over_ours_generation", "ours_over_bound_generation"):
+        assert report["ratios"][key] > 0
+    assert set(report["ours"]["parts"]) == {"forward", "similarity", "variation", "selection", "bookkeeping"}
+    assert [(r["pop"], r["hidden"]) for r in report["scale"]] == [(8, [16, 16]), (8, [64, 64])]
+    assert all(r["rss_peak_bytes"] > 0 and r["median_s"] > 0 for r in report["scale"])
+
+
+def test_bench_generation_options():
+    """The command line, parsed in this process (no second torch start-up)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_generation", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.parse_args([])
+    assert (args.reps, args.device, args.full, args.no_scale, args.tiny, args.json) == (5, "auto", False, False,
+                                                                                      False, None)
+    args = bench.parse_args(["--tiny", "--reps", "2", "--device", "cpu", "--full", "--no-scale",
+                             "--scale-pops", "100", "300", "--json", "x.json"])
+    assert (args.reps, args.device, args.scale_pops, args.json) == (2, "cpu", [100, 300], "x.json")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--reps", "0"])
