@@ -13,7 +13,8 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 .PHONY: run test test-slow data install bench clean help
 
 help:
-	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each), compare, plot"
+	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each),"
+	@echo "                pruning baselines, compare, plot (OUT=$(OUT), RUNS=$(RUNS) can be changed: make run RUNS=10)"
 	@echo "make test       install and run the test suite"
 	@echo "make test-slow  also the slow tests"
 	@echo "make bench      the speed benchmark"
@@ -40,8 +41,9 @@ data:
 
 run: $(STAMP) data
 	$(BIN)/python experiments/run.py --name weighting121 pareto121 --runs $(RUNS) --out $(OUT) --overwrite
+	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
 	$(BIN)/python experiments/compare.py $(OUT)/weighting121 $(OUT)/pareto121
-	$(BIN)/python plots/pareto.py $(OUT)/weighting121 $(OUT)/pareto121
+	$(BIN)/python plots/pareto.py $(OUT)/weighting121 $(OUT)/pareto121 $(OUT)/baselines
 	$(BIN)/python plots/curves.py $(OUT)/weighting121 $(OUT)/pareto121
 	$(BIN)/python plots/boxplots.py $(OUT)/weighting121 $(OUT)/pareto121
 	$(BIN)/python plots/hypervolume.py $(OUT)/weighting121 $(OUT)/pareto121
