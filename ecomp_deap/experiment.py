@@ -11,9 +11,12 @@ import signal
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import EcompConfig
@@ -86,6 +89,42 @@ def write_summary(folder: Path, name: str, rows: list[dict], parent: dict | None
         "median": {k: med(k) for k in ("test_accuracy", "compression", "similarity", "test_hypervolume", "wall_time_s")}})
 
 
+def run_line(name: str, k: int, runs: int, body: dict) -> str:
+    """The one-line summary of a finished run (the progress line of every executor)."""
+    b = body["best"]
+    return (f"{name} run {k + 1}/{runs} (seed {body['seed']}): best test accuracy {b['test_accuracy']:.4f}, "
+            f"compression {b['compression']:.3f}, similarity {b['similarity']:.4f}, "
+            f"hidden {'-'.join(map(str, b['hidden_units']))}, {body['wall_time_s']:.1f} s")
+
+
+def write_run(folder: Path, name: str, k: int, result_json: dict, best_module) -> dict:
+    """Write one finished run: ``run_K.pt`` (the chosen network), then ``run_K.json``
+    (its presence marks the run complete), both atomically; drop its checkpoint.
+    ``result_json`` is :meth:`RunResult.to_json`. Every executor writes through here."""
+    folder = Path(folder)
+    body = {"schema": RUN_SCHEMA, "name": name, "run": k, **result_json, "weights_file": f"run_{k}.pt"}
+    save_exported(folder / f"run_{k}.pt", best_module, {"measures": result_json["best"], "name": name, "run": k})
+    save_json(folder / f"run_{k}.json", body)
+    (folder / f"run_{k}.ckpt").unlink(missing_ok=True)
+    return body
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Torch's intra-op threads set to ``n`` inside (None: unchanged), restored after.
+    Parallel reductions split their sums by thread, so the last bits of a run's
+    measures (and from there its selections) depend on this number."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class RunInterrupted(Exception):
     """A run stopped on SIGINT/SIGTERM after writing its checkpoint."""
 
@@ -129,25 +168,44 @@ class Experiment:
     out: Path
     checkpoint_every: int = 25
     """Generations between checkpoints (0: only on interruption)."""
+    threads: int | None = 1
+    """Torch threads of each run, on every executor (None: leave torch's setting).
+    Results are bit-identical between executors for the same value."""
 
     @property
     def folder(self) -> Path:
         return Path(self.out) / self.name
 
+    def run_config(self, k: int) -> EcompConfig:
+        """The config of run ``k``: the experiment's, with the run's derived seed."""
+        return self.config.replace(seed=run_seed(self.seed, k))
+
+    def prepare(self, overwrite: bool = False, resume: bool = False) -> None:
+        """Refuse a folder holding results (unless told otherwise); clear it on ``overwrite``."""
+        check_output_folder(self.folder, overwrite, resume)
+        if overwrite and self.folder.exists():
+            clear_results(self.folder)
+
+    def finished(self, k: int) -> bool:
+        return (self.folder / f"run_{k}.json").exists()
+
+    def write_summary_from_files(self) -> None:
+        """``summary.json``/``summary.csv`` from the runs' result files (all must exist)."""
+        bodies = [load_run(self.folder / f"run_{k}.json") for k in range(self.runs)]
+        rows = [summarise_run(k, run_seed(self.seed, k), b) for k, b in enumerate(bodies)]
+        write_summary(self.folder, self.name, rows, bodies[0]["parent"] if bodies else None)
+
     def run(self, parent_model, data, parent_test_accuracy: float | None = None, overwrite: bool = False,
             resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
         """Run (or, with ``resume``, finish) every run; write results as they complete."""
         folder = self.folder
-        check_output_folder(folder, overwrite, resume)
-        if overwrite and folder.exists():
-            clear_results(folder)
+        self.prepare(overwrite, resume)
         results, rows = [], []
-        with StopRequest() as stop:
+        with StopRequest() as stop, torch_threads(self.threads):
             for k in range(self.runs):
                 seed = run_seed(self.seed, k)
-                done = folder / f"run_{k}.json"
-                if resume and done.exists():
-                    body = load_run(done)
+                if resume and self.finished(k):
+                    body = load_run(folder / f"run_{k}.json")
                     log(f"{self.name} run {k + 1}/{self.runs}: already finished, skipped")
                 else:
                     body = self._run_one(k, seed, parent_model, data, parent_test_accuracy, resume, progress, stop, log)
@@ -161,7 +219,7 @@ class Experiment:
 
     def _run_one(self, k, seed, parent_model, data, parent_test_accuracy, resume, progress, stop, log) -> dict:
         folder = self.folder
-        cfg = self.config.replace(seed=seed)
+        cfg = self.run_config(k)
         ckpt = folder / f"run_{k}.ckpt"
         run = EcompRun(cfg, parent_model, data, progress, parent_test_accuracy)
         total = run.evolution.total
@@ -188,12 +246,6 @@ class Experiment:
             log(f"{self.name} run {k + 1}/{self.runs}: non-finite measure at generation {st.t}; checkpoint {ckpt}")
 
         r = run.run(state, on_generation, on_failure, elapsed_before_s=elapsed_before)
-        body = {"schema": RUN_SCHEMA, "name": self.name, "run": k, **r.to_json(), "weights_file": f"run_{k}.pt"}
-        save_exported(folder / f"run_{k}.pt", r.best_module, {"measures": r.best, "name": self.name, "run": k})
-        save_json(folder / f"run_{k}.json", body)
-        ckpt.unlink(missing_ok=True)
-        b = r.best
-        log(f"{self.name} run {k + 1}/{self.runs} (seed {seed}): best test accuracy {b['test_accuracy']:.4f}, "
-            f"compression {b['compression']:.3f}, similarity {b['similarity']:.4f}, "
-            f"hidden {'-'.join(map(str, b['hidden_units']))}, {r.wall_time_s:.1f} s")
+        body = write_run(folder, self.name, k, r.to_json(), r.best_module)
+        log(run_line(self.name, k, self.runs, body))
         return body

@@ -4,6 +4,8 @@
     python experiments/run.py --runs 10 --name weighting121 pareto121    # the weighted-vs-Pareto pair
     python experiments/run.py --name mine --weights 1 2 1 --selection nsga2 --pop-size 40
     python experiments/run.py --list-presets
+    python experiments/run.py --runs 10 --name weighting121 pareto121 --executor local --workers 4
+    python experiments/run.py --runs 10 --name weighting121 --executor dask --scheduler tcp://HOST:8786
 
 Results go to OUT/NAME/run_K.json (+ run_K.pt, the chosen network) and
 OUT/NAME/summary.{json,csv}; compare experiments with experiments/compare.py and
@@ -34,6 +36,18 @@ def build_parser() -> OneLineParser:
     p.add_argument("--checkpoint-every", type=non_negative_int, default=25,
                    help="generations between checkpoints (0: only when interrupted by Ctrl-C / SIGTERM)")
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    x = p.add_argument_group("where the runs execute (results are the same with every executor)")
+    x.add_argument("--executor", choices=("serial", "local", "dask"), default="serial",
+                   help="serial: here, one run after the other (with checkpoints); local: a Dask LocalCluster "
+                        "on this machine; dask: an existing Dask scheduler (--scheduler). On a cluster each run "
+                        "is one task and only finished runs are written (no checkpoints)")
+    x.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads per run, with every executor (a run's last bits depend on it: results are "
+                        "identical across executors for the same value)")
+    x.add_argument("--workers", type=positive_int,
+                   help="--executor local: worker processes, one thread each; none given: one per CPU available")
+    x.add_argument("--scheduler", metavar="ADDRESS",
+                   help="--executor dask: the scheduler to connect to, e.g. tcp://10.0.0.5:8786")
     g = p.add_argument_group("evolution (override the preset)")
     g.add_argument("--weights", nargs=3, type=finite_float, metavar=("WA", "WS", "WC"),
                    help="objective weights: accuracy, similarity, compression (required for a non-preset name)")
@@ -100,6 +114,12 @@ def main(argv) -> int:
         raise ConfigError("give --name NAME (a preset, or any name with --weights); see --list-presets")
     if len(set(args.name)) != len(args.name):
         raise ConfigError("each --name may appear once")
+    if args.workers is not None and args.executor != "local":
+        raise ConfigError("--workers goes with --executor local")
+    if args.scheduler is not None and args.executor != "dask":
+        raise ConfigError("--scheduler goes with --executor dask")
+    if args.executor == "dask" and not args.scheduler:
+        raise ConfigError("--executor dask needs --scheduler ADDRESS (e.g. tcp://HOST:8786)")
     configs = experiment_configs(args)
 
     from ecomp_deap.experiment import Experiment, check_output_folder
@@ -107,10 +127,20 @@ def main(argv) -> int:
     out = Path(args.out)
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    experiments = [Experiment(name, cfg, args.runs, args.seed, out, args.checkpoint_every) for name, cfg in configs.items()]
+    experiments = [Experiment(name, cfg, args.runs, args.seed, out, args.checkpoint_every, args.threads)
+                   for name, cfg in configs.items()]
     for exp in experiments:  # refuse before any work
         check_output_folder(exp.folder, args.overwrite, args.resume)
+    if args.executor == "serial":
+        return run_experiments(args, argv, experiments)
+    from ecomp_deap.executors import dask_client
 
+    # connect (or start the local cluster) before any work: an unreachable scheduler fails fast
+    with dask_client(args.executor, args.workers, args.scheduler) as client:
+        return run_experiments(args, argv, experiments, client)
+
+
+def run_experiments(args, argv, experiments, client=None) -> int:
     from ecomp_deap.data import default_cache_dir, load_fashion_mnist
     from ecomp_deap.parent import ParentSpec, accuracy, load_or_train_parent, load_parent_file
 
@@ -134,10 +164,11 @@ def main(argv) -> int:
     arch = MLPArchitecture.from_module(model)
     for exp in experiments:
         exp.config.validate_for(arch)
+    if client is not None:
+        return run_distributed(args, client, experiments, model, parent_acc, data)
     for exp in experiments:
         t0 = time.perf_counter()
-        print(f"== {exp.name}: {exp.runs} run(s), {exp.config.selection}, weights {list(exp.config.weights)}, "
-              f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations -> {exp.folder}")
+        print(describe(exp))
         try:
             exp.run(model, data, parent_acc, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
         except RunInterrupted as e:
@@ -149,6 +180,37 @@ def main(argv) -> int:
                   f"in {exp.folder}", file=sys.stderr)
             return 1
         print(f"== {exp.name}: done in {time.perf_counter() - t0:.1f} s; results in {exp.folder}")
+    return 0
+
+
+def describe(exp) -> str:
+    return (f"== {exp.name}: {exp.runs} run(s), {exp.config.selection}, weights {list(exp.config.weights)}, "
+            f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations -> {exp.folder}")
+
+
+def run_distributed(args, client, experiments, model, parent_acc, data) -> int:
+    """Every run of every experiment as one task on a Dask cluster; results written here."""
+    from ecomp_deap.executors import DataSpec, run_on_cluster
+
+    spec = DataSpec(args.data_dir, allow_download=not args.no_download, fingerprint=data.fingerprint)
+    t0 = time.perf_counter()
+    workers = client.scheduler_info().get("workers", {})
+    threads = sum(w.get("nthreads", 0) for w in workers.values())
+    where = "local cluster" if args.executor == "local" else f"scheduler {args.scheduler}"
+    print(f"executor: {args.executor} ({where}, {len(workers)} worker(s), {threads} thread(s))")
+    for exp in experiments:
+        print(describe(exp))
+    report = run_on_cluster(experiments, client, model, spec, parent_acc, overwrite=args.overwrite,
+                            resume=args.resume, log=print)
+    done = len(report.written)
+    print(f"== {done} of {report.total} run(s) done in {time.perf_counter() - t0:.1f} s"
+          + (f", {len(report.skipped)} already finished" if report.skipped else "")
+          + f"; results in {', '.join(str(e.folder) for e in experiments)}")
+    if report.failures:
+        print(f"error: {len(report.failures)} run(s) failed: "
+              + ", ".join(f"{f.name} run {f.run + 1}" for f in report.failures)
+              + "; rerun the same command with --resume to retry them", file=sys.stderr)
+        return 1
     return 0
 
 

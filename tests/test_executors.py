@@ -1,0 +1,243 @@
+"""Runs on a Dask cluster (real worker processes, 127.0.0.1 only): the same result
+files as a serial run, a killed worker, a failing run, an external scheduler."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("distributed")
+
+from conftest import REPO  # noqa: E402
+from test_cli import SMALL, cache_dir, run_script  # noqa: E402,F401  (fixture)
+
+from ecomp_deap.config import EcompConfig  # noqa: E402
+from ecomp_deap.executors import run_on_cluster, run_task  # noqa: E402
+from ecomp_deap.experiment import Experiment  # noqa: E402
+
+NAMES = ("weighting121", "pareto121")
+TINY = dict(pop_size=8, generations=6, batch_size=30, perplexity=5.0, val_size=60, device="cpu",
+            embedding_layers=None, recombination_layers=None)
+
+
+# ----------------------------------------------------------------- comparisons
+def without_time(path: Path) -> dict:
+    d = json.loads(path.read_text())
+    d.pop("wall_time_s", None)  # a run's; summaries hold one per row and a median
+    for row in d.get("runs", []):  # summary.json
+        row.pop("wall_time_s")
+    d.get("median", {}).pop("wall_time_s", None)
+    return d
+
+
+def assert_same_results(a: Path, b: Path, names, runs: int) -> None:
+    """Two output folders hold the same runs: JSON apart from wall_time_s, identical weights."""
+    for name in names:
+        for k in range(runs):
+            assert without_time(a / name / f"run_{k}.json") == without_time(b / name / f"run_{k}.json"), (name, k)
+            sa = torch.load(a / name / f"run_{k}.pt", weights_only=True)["state_dict"]
+            sb = torch.load(b / name / f"run_{k}.pt", weights_only=True)["state_dict"]
+            assert sa.keys() == sb.keys() and all(torch.equal(sa[key], sb[key]) for key in sa), (name, k)
+        assert without_time(a / name / "summary.json") == without_time(b / name / "summary.json"), name
+
+
+def no_temporary_files(folder: Path) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.startswith(".") or p.suffix in (".tmp", ".ckpt")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------ through run.py
+@pytest.fixture(scope="module")
+def serial_out(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("serial")
+    p = run_script("experiments/run.py", "--name", *NAMES, "--runs", "2", *SMALL, "--cache-dir", cache_dir,
+                   "--out", out)
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def test_local_cluster_writes_the_same_files_as_serial(tmp_path, cache_dir, serial_out):
+    out = tmp_path / "local"
+    p = run_script("experiments/run.py", "--name", *NAMES, "--runs", "2", *SMALL, "--cache-dir", cache_dir,
+                   "--out", out, "--executor", "local", "--workers", "2")
+    assert p.returncode == 0, p.stderr
+    assert "executor: local" in p.stdout and "2 worker(s)" in p.stdout
+    progress = [line for line in p.stdout.splitlines() if line.startswith("[")]
+    assert sorted(line.split("]")[0] for line in progress) == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert all("best test accuracy" in line for line in progress)
+    assert_same_results(serial_out, out, NAMES, 2)
+    assert no_temporary_files(out)
+
+
+def test_external_scheduler_and_resume_across_executors(tmp_path, cache_dir, serial_out):
+    """`dask scheduler` + one `dask worker` as processes; --resume finishes a serial study there."""
+    out = tmp_path / "out"
+    shutil.copytree(serial_out, out)
+    for name in ("run_1.json", "run_1.pt", "summary.json", "summary.csv"):
+        (out / "pareto121" / name).unlink()
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    procs = []
+    try:
+        procs.append(subprocess.Popen([str(bin_dir / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                       "--no-dashboard"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      env=env, cwd=tmp_path))
+        procs.append(subprocess.Popen([str(bin_dir / "dask"), "worker", address, "--nthreads", "1",
+                                       "--host", "127.0.0.1", "--no-dashboard"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, env=env, cwd=tmp_path))
+        p = run_script("experiments/run.py", "--name", *NAMES, "--runs", "2", *SMALL, "--cache-dir", cache_dir,
+                       "--out", out, "--executor", "dask", "--scheduler", address, "--resume")
+        assert p.returncode == 0, p.stderr
+        assert p.stdout.count("already finished, skipped") == 3
+        assert "[1/1] pareto121 run 2/2" in p.stdout
+        assert_same_results(serial_out, out, NAMES, 2)
+        assert no_temporary_files(out)
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in reversed(procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+
+
+def test_unreachable_scheduler_and_misplaced_options_are_one_line_errors(tmp_path):
+    port = free_port()  # nothing listens there
+    for args, expected in ((["--executor", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"], "cannot reach"),
+                           (["--executor", "dask"], "--scheduler"),
+                           (["--workers", "2"], "--executor local"),
+                           (["--executor", "local", "--scheduler", "tcp://127.0.0.1:1"], "--executor dask")):
+        p = run_script("experiments/run.py", "--name", "weighting121", "--out", tmp_path / "o", *args, timeout=120,
+                       env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
+        assert p.returncode == 2 and expected in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------- library level
+@pytest.fixture(scope="module")
+def tiny_serial(tmp_path_factory, tiny_data, tiny_parent):
+    """The serial reference, made before any Dask client lives in this process."""
+    folder = tmp_path_factory.mktemp("tiny-serial")
+    for exp in tiny_experiments(folder, runs=3):
+        exp.run(tiny_parent, tiny_data, progress=False, log=lambda s: None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client(tiny_serial):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        yield c
+
+
+def tiny_experiments(out: Path, runs: int = 2) -> list[Experiment]:
+    return [Experiment("w", EcompConfig(selection="weighted", **TINY), runs, 0, out),
+            Experiment("p", EcompConfig(selection="nsga2", **TINY), runs, 3, out)]
+
+
+def written_once(monkeypatch) -> dict:
+    """Count the driver's writes of each run."""
+    from ecomp_deap import experiment
+
+    counts: dict = {}
+    real = experiment.write_run
+
+    def counting(folder, name, k, result_json, best_module):
+        counts[(name, k)] = counts.get((name, k), 0) + 1
+        return real(folder, name, k, result_json, best_module)
+
+    monkeypatch.setattr(experiment, "write_run", counting)
+    return counts
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, client, tiny_serial, tiny_data, tiny_parent,
+                                                         monkeypatch):
+    def task(config, name, k, parent, data, acc, threads):
+        if (name, k) == ("p", 1):
+            raise RuntimeError("injected failure")
+        if (name, k) == ("w", 1):  # an error whose traceback is too deep to pickle
+            def down(n):
+                return down(n + 1)
+            down(0)
+        return run_task(config, name, k, parent, data, acc, threads)
+
+    counts = written_once(monkeypatch)
+    errors, lines = [], []
+    exps = tiny_experiments(tmp_path / "out", runs=3)
+    report = run_on_cluster(exps, client, tiny_parent, tiny_data, log=lines.append, log_error=errors.append, task=task)
+    failed = {(f.name, f.run): f.error for f in report.failures}
+    assert failed == {("p", 1): "RuntimeError: injected failure",
+                      ("w", 1): "RecursionError: maximum recursion depth exceeded"}
+    assert len(errors) == 2 and any("p run 2/3" in e and "injected failure" in e for e in errors)
+    assert counts == {(name, k): 1 for name in ("w", "p") for k in (0, 2)}
+    assert len([line for line in lines if line.startswith("[")]) == 4
+    for name in ("w", "p"):
+        assert not (tmp_path / "out" / name / "summary.json").exists()
+        assert not (tmp_path / "out" / name / "run_1.json").exists()
+        assert not (tmp_path / "out" / name / "run_1.pt").exists()
+
+    # --resume runs only the failed runs; then every file is the serial one
+    again = run_on_cluster(tiny_experiments(tmp_path / "out", runs=3), client, tiny_parent, tiny_data, resume=True,
+                           log=lines.append)
+    assert again.total == 2 and sorted(again.written) == [("p", 1), ("w", 1)] and len(again.skipped) == 4
+    assert not again.failures
+    assert_same_results(tiny_serial, tmp_path / "out", ["w", "p"], 3)
+
+
+def test_a_worker_killed_mid_run_ends_with_every_run_written_once(tmp_path, client, tiny_serial, tiny_data,
+                                                                  tiny_parent, monkeypatch):
+    markers = tmp_path / "started"
+    markers.mkdir()
+
+    def task(config, name, k, parent, data, acc, threads):
+        (markers / f"{name}-{k}-{os.getpid()}").touch()
+        time.sleep(1.0)  # a window where the run is surely in progress
+        return run_task(config, name, k, parent, data, acc, threads)
+
+    killed = []
+
+    def killer():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            started = sorted(markers.iterdir())
+            if started:
+                pid = int(started[0].name.rsplit("-", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(started[0].name)
+            time.sleep(0.05)
+
+    counts = written_once(monkeypatch)
+    exps = tiny_experiments(tmp_path / "out", runs=3)
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    report = run_on_cluster(exps, client, tiny_parent, tiny_data, log=lambda s: None, task=task)
+    thread.join(timeout=60)
+    assert killed, "no worker was killed"
+    assert not report.failures
+    assert counts == {(name, k): 1 for name in ("w", "p") for k in range(3)}
+    name, k, _ = killed[0].split("-")
+    assert len(list(markers.glob(f"{name}-{k}-*"))) == 2  # the killed run was started again
+    assert no_temporary_files(tmp_path / "out")
+    assert_same_results(tiny_serial, tmp_path / "out", ["w", "p"], 3)
+    client.wait_for_workers(2, timeout=60)
