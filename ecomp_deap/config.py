@@ -47,6 +47,10 @@ class EcompConfig:
     recombination_layers: tuple[str, ...] | None = ("layer_1_linear", "layer_2_linear", "output")
     """Linear layers recombined (and weight-mutated); None = every Linear layer."""
     perplexity: float = 30.0
+    similarity_batch: int = 0
+    """Images of each batch entering the similarity loss (the first ones); 0 = the whole
+    batch (the reference). Lets accuracy use large, less noisy batches while the
+    t-SNE distributions, whose cost grows with the square of their size, stay small."""
     kernel: str = "gaussian"
     init_prune_low: float = 0.1
     init_prune_high: float = 0.8
@@ -74,6 +78,10 @@ class EcompConfig:
     @property
     def active_objectives(self) -> tuple[str, ...]:
         return tuple(o for o, w in zip(OBJECTIVES, self.weights) if w != 0)
+
+    @property
+    def similarity_size(self) -> int:
+        return self.similarity_batch or self.batch_size
 
     @property
     def subset_size(self) -> int:
@@ -119,7 +127,11 @@ class EcompConfig:
              f"initial pruning rates need 0 <= low < high <= 1, got [{self.init_prune_low}, {self.init_prune_high})")
         need(self.kernel in KERNELS, f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         need(math.isfinite(self.perplexity) and self.perplexity > 0, f"perplexity must be > 0, got {self.perplexity}")
-        need(self.perplexity < self.batch_size, f"perplexity ({self.perplexity}) must be smaller than the batch size ({self.batch_size})")
+        need(isinstance(self.similarity_batch, int) and 0 <= self.similarity_batch <= self.batch_size,
+             f"similarity_batch must be an integer in [0, batch_size], got {self.similarity_batch}")
+        need(self.perplexity < self.similarity_size,
+             f"perplexity ({self.perplexity}) must be smaller than the "
+             + (f"similarity batch ({self.similarity_batch})" if self.similarity_batch else f"batch size ({self.batch_size})"))
         need(math.isfinite(self.selection_temperature) and self.selection_temperature > 0,
              f"selection_temperature must be > 0, got {self.selection_temperature}")
         need(isinstance(self.elitism, int) and 0 <= self.elitism < self.pop_size,

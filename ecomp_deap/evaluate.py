@@ -169,7 +169,8 @@ class PopulationEvaluator:
         """Accuracy, compression and similarity of every individual on one batch."""
         x = x.to(self.device)
         y = y.to(self.device)
-        refs = self.parent_reference(x, key)
+        n_sim = min(self.config.similarity_batch or len(x), len(x))  # the first n_sim images enter the similarity
+        refs = self.parent_reference(x[:n_sim], key)
         acc, comp, sim = [], [], []
         for start in range(0, len(population), self.chunk):
             chunk = population[start:start + self.chunk]
@@ -179,7 +180,7 @@ class PopulationEvaluator:
             comp.append(sum(m.sum(1, dtype=torch.float64) for m in masks) / self.total_hidden)
             s = torch.zeros(len(chunk), dtype=torch.float64, device=self.device)
             for (layer, kind), (parent_e, parent_p) in zip(self.embeddings, refs):
-                child = (post if kind == "act" else pre)[layer]  # (C, B, H)
+                child = (post if kind == "act" else pre)[layer][:, :n_sim]  # (C, n_sim, H)
                 s = s + tsne_similarity_loss(parent_e, child, self.config.perplexity, self.config.kernel,
                                              parent_p=parent_p, dof=masks[layer].sum(1))
             sim.append(s)

@@ -67,6 +67,8 @@ def build_parser() -> OneLineParser:
                    help="Linear layers recombined and mutated (preset: layer_1_linear layer_2_linear output)")
     g.add_argument("--kernel", choices=KERNELS, help="child similarity kernel (preset: gaussian)")
     g.add_argument("--perplexity", type=finite_float, help="t-SNE perplexity (preset: 30)")
+    g.add_argument("--similarity-batch", type=non_negative_int,
+                   help="first images of each batch that enter the similarity loss (preset: 0 = the whole batch)")
     g.add_argument("--val-size", type=non_negative_int, help="validation images for final selection (preset: 5000)")
     g.add_argument("--device", choices=DEVICES, help="cpu, cuda, or auto (cuda when available; preset: auto)")
     d = p.add_argument_group("data and parent")
@@ -83,7 +85,7 @@ def build_parser() -> OneLineParser:
 
 OVERRIDES = ("weights", "selection", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
-             "embedding_layers", "recombination_layers")
+             "embedding_layers", "recombination_layers", "similarity_batch")
 
 
 def experiment_configs(args):

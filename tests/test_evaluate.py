@@ -110,3 +110,20 @@ def test_stacked_and_per_individual_weights_give_the_same_forward():
     assert torch.allclose(a[0], s[0], atol=1e-5)
     for p, q in zip(a[2], s[2]):
         assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_similarity_batch_uses_the_first_images_only():
+    torch.manual_seed(4)
+    model = build_mlp((24, 16), in_features=15, n_classes=4)
+    arch, w, b, pop = varied_population(model)
+    x, y = torch.randn(60, 15), torch.randint(0, 4, (60,))
+    full = PopulationEvaluator(arch, w, b, EcompConfig(perplexity=5.0, batch_size=60, embedding_layers=None,
+                                                       recombination_layers=None))
+    part = PopulationEvaluator(arch, w, b, EcompConfig(perplexity=5.0, batch_size=60, similarity_batch=20,
+                                                       embedding_layers=None, recombination_layers=None))
+    m_part = part.measure(pop, x, y)
+    m_first = full.measure(pop, x[:20], y[:20])
+    m_full = full.measure(pop, x, y)
+    assert np.allclose(m_part.similarity, m_first.similarity, rtol=1e-6)
+    assert np.array_equal(m_part.accuracy, m_full.accuracy)
+    assert not np.allclose(m_part.similarity, m_full.similarity)
