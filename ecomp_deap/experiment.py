@@ -53,7 +53,7 @@ def check_output_folder(folder: Path, overwrite: bool, resume: bool = False) -> 
         with tempfile.TemporaryFile(dir=anchor):
             pass
     except OSError as e:
-        raise ConfigError(f"output folder {folder} is not writable ({anchor}: {e.strerror})") from None
+        raise ConfigError(f"output folder {folder} is not writable (cannot create a file in {anchor}: {e.strerror})") from None
     if overwrite or resume or not folder.exists():
         return
     if run_files(folder):
