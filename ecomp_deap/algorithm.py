@@ -173,7 +173,7 @@ class Evolution:
         from tqdm.auto import tqdm
 
         state = state or self.initial_state()
-        bar = tqdm(total=self.total, initial=state.t, disable=not self.progress, unit="gen",
+        bar = tqdm(total=self.total, initial=state.t, disable=None if self.progress else True, unit="gen",
                    desc=f"{self.config.selection} pop {self.config.pop_size}", leave=False)
         with bar:
             while state.t < self.total:

@@ -86,7 +86,7 @@ def train_parent(spec: ParentSpec, train_x: torch.Tensor, train_y: torch.Tensor,
     model.train()
     for epoch in range(spec.epochs):
         perm = torch.randperm(n, generator=g)
-        bar = tqdm(range(steps), desc=f"parent epoch {epoch + 1}/{spec.epochs}", disable=not progress,
+        bar = tqdm(range(steps), desc=f"parent epoch {epoch + 1}/{spec.epochs}", disable=None if progress else True,
                    leave=False, unit="batch")
         for s in bar:
             idx = perm[s * spec.batch_size:(s + 1) * spec.batch_size]
