@@ -58,9 +58,6 @@ import numpy as np
 import torch
 from deap import tools
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:
-    sys.path.insert(0, str(HERE))
 
 from ecomp_deap.algorithm import EvolutionState  # noqa: E402
 from ecomp_deap.config import EcompConfig  # noqa: E402
