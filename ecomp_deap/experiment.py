@@ -7,6 +7,7 @@ A run's JSON is written last, so its presence marks the run complete.
 """
 from __future__ import annotations
 
+import json
 import signal
 import statistics
 import tempfile
@@ -187,7 +188,18 @@ class Experiment:
             clear_results(self.folder)
 
     def finished(self, k: int) -> bool:
-        return (self.folder / f"run_{k}.json").exists()
+        """Whether run ``k`` has its result file; a result written with other settings
+        is an error (a resume must not mix configurations)."""
+        path = self.folder / f"run_{k}.json"
+        if not path.exists():
+            return False
+        stored = load_run(path).get("config") or {}
+        expected = json.loads(json.dumps(self.run_config(k).to_dict()))
+        changed = sorted(key for key in expected if stored.get(key) != expected[key])
+        if changed:
+            raise ConfigError(f"{path} was written with other settings ({', '.join(changed)}); resume with the "
+                              "same options, or use --overwrite or another --name")
+        return True
 
     def write_summary_from_files(self) -> None:
         """``summary.json``/``summary.csv`` from the runs' result files (all must exist)."""

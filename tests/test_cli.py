@@ -112,6 +112,14 @@ def test_end_to_end_run_compare_and_every_plot(tmp_path, cache_dir):
         summary = json.loads((folder / "summary.json").read_text())
         assert len(summary["runs"]) == 2 and (folder / "summary.csv").read_text().count("\n") == 3
 
+    # a resume with other settings is refused instead of mixing configurations
+    mixed = run_script("experiments/run.py", "--name", "weighting121", "--runs", "2", *SMALL, "--mutation-rate",
+                       "0.5", "--cache-dir", cache_dir, "--out", out, "--resume")
+    assert mixed.returncode == 2 and "other settings (mutation_rate)" in mixed.stderr, mixed.stderr
+    same = run_script("experiments/run.py", "--name", "weighting121", "--runs", "2", *SMALL, "--cache-dir", cache_dir,
+                      "--out", out, "--resume")
+    assert same.returncode == 0 and same.stdout.count("already finished") == 2, same.stderr
+
     # existing results are refused without --overwrite
     again = run_script("experiments/run.py", "--name", "weighting121", *SMALL, "--cache-dir", cache_dir, "--out", out)
     assert again.returncode == 2 and "--overwrite" in again.stderr
