@@ -16,7 +16,7 @@ help:
 	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each),"
 	@echo "                pruning baselines, compare, plot (OUT=$(OUT), RUNS=$(RUNS) can be changed: make run RUNS=10)"
 	@echo "make test       install and run the test suite"
-	@echo "make test-slow  also the slow tests"
+	@echo "make test-slow  the slow tests only (minutes; CI runs them after make test)"
 	@echo "make bench      the speed benchmark"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
@@ -53,7 +53,7 @@ test: $(STAMP) data
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP) data
-	$(BIN)/python -m pytest -q -m "slow or not slow"
+	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/bench_generation.py
