@@ -98,30 +98,10 @@ class ReferenceEvaluator:
 
 
 def reference_step(evo, state, ref: ReferenceEvaluator) -> dict:
-    """``Evolution.step`` with the per-network evaluation in place of the batched one."""
-    cfg, tb = evo.config, evo.toolbox
-    epoch, index = divmod(state.t, evo.stream.n_batches)
-    x, y = evo.stream.batch(epoch, index)
-
-    def evaluate(population):
-        evo.assign(population, ref.measure(population, x, y))
-
-    pop = state.population
-    if cfg.selection == "weighted":
-        evaluate(pop)
-        info = evo.record(state, pop, epoch, index, len(pop))
-        offspring = evo.vary(tb.select(pop, len(pop)))
-        if cfg.elitism:
-            elite = sorted(pop, key=lambda ind: ind.fitness.values[0], reverse=True)[:cfg.elitism]
-            offspring[:cfg.elitism] = [tb.clone(ind) for ind in elite]
-        state.population = offspring
-    else:
-        evaluate(pop)
-        pop = tb.select(pop, len(pop))
-        offspring = evo.vary(tb.select_parents(pop, len(pop)))
-        evaluate(offspring)
-        pop = tb.select(pop + offspring, len(pop))
-        info = evo.record(state, pop, epoch, index, 2 * len(pop))
-        state.population = pop
-    state.t += 1
-    return info
+    """``Evolution.step`` itself, with the per-network evaluation in place of the batched one."""
+    batched = evo.evaluator
+    evo.evaluator = ref
+    try:
+        return evo.step(state)
+    finally:
+        evo.evaluator = batched

@@ -297,6 +297,25 @@ def add_common_args(parser: argparse.ArgumentParser, out_default: str, figures: 
                         help="on an error, show the full Python traceback instead of one line")
 
 
+def folders_parser(doc: str | None, prog: str, folders_help: str = "experiment results folders "
+                   "(OUT/NAME with run_K.json files)") -> argparse.ArgumentParser:
+    """The parser of a plot script: results folders plus ``--out``, ``--dpi``, ``--debug``."""
+    parser = make_parser(doc, prog=prog)
+    parser.add_argument("folders", nargs="+", metavar="FOLDER", help=folders_help)
+    add_common_args(parser, "plots/ inside the first FOLDER")
+    return parser
+
+
+def plot_experiments(args, fields: Iterable[str], stem: str, draw: Callable) -> int:
+    """Load ``args.folders`` (checking ``fields``), draw one figure, save it as PNG and
+    PDF under ``--out`` (default: ``plots/`` in the first folder) and print the paths."""
+    exps = load_experiments(args.folders, fields=fields)
+    apply_style()
+    for path in save_figure(draw(exps), args.out or default_plot_dir(args.folders), stem, args.dpi):
+        print(path)
+    return 0
+
+
 def default_plot_dir(folders: Sequence) -> Path:
     """``plots/`` inside the first results folder given."""
     return Path(folders[0]) / "plots"

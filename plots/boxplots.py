@@ -19,8 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ecomp_deap.plotting import (  # noqa: E402
-    add_common_args, apply_style, color_for, default_plot_dir, get_path, load_experiments, make_parser, num,
-    run_cli, save_figure,
+    color_for, folders_parser, get_path, num, plot_experiments, run_cli,
 )
 
 PANELS = [  # (field of "best", axis label, title)
@@ -79,21 +78,13 @@ def figure_boxplots(exps):
 
 
 def build_parser():
-    parser = make_parser(__doc__, prog="plots/boxplots.py")
-    parser.add_argument("folders", nargs="+", metavar="FOLDER",
-                        help="experiment results folders (OUT/NAME with run_K.json files)")
-    add_common_args(parser, "plots/ inside the first FOLDER")
+    parser = folders_parser(__doc__, prog="plots/boxplots.py")
     return parser
 
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    exps = load_experiments(args.folders, fields=("best",))
-    apply_style()
-    fig = figure_boxplots(exps)
-    for path in save_figure(fig, args.out or default_plot_dir(args.folders), "boxplots", args.dpi):
-        print(path)
-    return 0
+    return plot_experiments(args, ("best",), "boxplots", figure_boxplots)
 
 
 if __name__ == "__main__":

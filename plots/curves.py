@@ -18,8 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ecomp_deap.plotting import (  # noqa: E402
-    MEASURES, add_common_args, apply_style, color_for, default_plot_dir, load_experiments, logbook_series,
-    make_parser, positive_int, run_cli, save_figure,
+    MEASURES, color_for, folders_parser, logbook_series, plot_experiments, positive_int, run_cli,
 )
 
 ROWS = ["accuracy", "compression", "similarity"]
@@ -64,23 +63,15 @@ def figure_curves(exps, max_runs: int):
 
 
 def build_parser():
-    parser = make_parser(__doc__, prog="plots/curves.py")
-    parser.add_argument("folders", nargs="+", metavar="FOLDER",
-                        help="experiment results folders (OUT/NAME with run_K.json files)")
+    parser = folders_parser(__doc__, prog="plots/curves.py")
     parser.add_argument("--max-runs", type=positive_int, default=10, metavar="N",
                         help="draw at most N run columns (the first N run indices; default: 10)")
-    add_common_args(parser, "plots/ inside the first FOLDER")
     return parser
 
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    exps = load_experiments(args.folders, fields=("logbook[]",))
-    apply_style()
-    fig = figure_curves(exps, args.max_runs)
-    for path in save_figure(fig, args.out or default_plot_dir(args.folders), "curves", args.dpi):
-        print(path)
-    return 0
+    return plot_experiments(args, ("logbook[]",), "curves", lambda exps: figure_curves(exps, args.max_runs))
 
 
 if __name__ == "__main__":

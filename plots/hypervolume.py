@@ -20,8 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ecomp_deap.plotting import (  # noqa: E402
-    add_common_args, apply_style, color_for, default_plot_dir, load_experiments, logbook_series, make_parser,
-    nan_quantiles, run_cli, save_figure,
+    color_for, folders_parser, logbook_series, nan_quantiles, plot_experiments, run_cli,
 )
 
 
@@ -64,22 +63,14 @@ def figure_hypervolume(exps, show_runs: bool):
 
 
 def build_parser():
-    parser = make_parser(__doc__, prog="plots/hypervolume.py")
-    parser.add_argument("folders", nargs="+", metavar="FOLDER",
-                        help="experiment results folders (OUT/NAME with run_K.json files)")
+    parser = folders_parser(__doc__, prog="plots/hypervolume.py")
     parser.add_argument("--runs", action="store_true", help="also draw every single run as a thin line")
-    add_common_args(parser, "plots/ inside the first FOLDER")
     return parser
 
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
-    exps = load_experiments(args.folders, fields=("logbook[]",))
-    apply_style()
-    fig = figure_hypervolume(exps, args.runs)
-    for path in save_figure(fig, args.out or default_plot_dir(args.folders), "hypervolume", args.dpi):
-        print(path)
-    return 0
+    return plot_experiments(args, ("logbook[]",), "hypervolume", lambda exps: figure_hypervolume(exps, args.runs))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from ecomp_deap.indicators import non_dominated_mask  # noqa: E402
 from ecomp_deap.plotting import (  # noqa: E402
-    add_common_args, apply_style, color_for, default_plot_dir, front_points, is_baselines_folder,
-    load_baselines, load_experiments, make_parser, num, render_figure, run_cli, save_figures,
+    apply_style, color_for, default_plot_dir, folders_parser, front_points, is_baselines_folder,
+    load_baselines, load_experiments, num, render_figure, run_cli, save_figures,
 )
 from ecomp_deap.results import ResultsError  # noqa: E402
 
@@ -207,12 +207,10 @@ def figure_similarity(exps, parents, units):
 
 
 def build_parser():
-    parser = make_parser(__doc__, prog="plots/pareto.py")
-    parser.add_argument("folders", nargs="+", metavar="FOLDER",
-                        help="experiment results folders (OUT/NAME) and/or baselines folders")
+    parser = folders_parser(__doc__, prog="plots/pareto.py",
+                            folders_help="experiment results folders (OUT/NAME) and/or baselines folders")
     parser.add_argument("--baselines", metavar="DIR", action="append", default=[],
                         help="a baselines folder (holding baselines.json); may be repeated")
-    add_common_args(parser, "plots/ inside the first FOLDER")
     return parser
 
 
