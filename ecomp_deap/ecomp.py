@@ -118,8 +118,7 @@ class EcompRun:
         batches = list(_batches(self.data.test_x, self.data.test_y, self.config.batch_size))
         if not batches:  # a test set smaller than one batch: one batch of all of it
             batches = [(self.data.test_x, self.data.test_y)]
-        m = Measures.mean([self.evaluator.measure(individuals, x, y, key=("test", i))
-                           for i, (x, y) in enumerate(batches)])
+        m = self.evaluator.measure_batches(individuals, batches, key=("test",))
         m.accuracy = self.evaluator.accuracy(individuals, self.data.test_x, self.data.test_y)
         return m
 

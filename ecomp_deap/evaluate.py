@@ -198,8 +198,9 @@ class PopulationEvaluator:
                 correct[start:start + len(masks[0])] += (logits.argmax(-1) == yb).sum(1)
         return (correct / len(x)).cpu().numpy()
 
-    def measure_batches(self, population, batches, key_prefix=None) -> Measures:
-        """Mean measures over an iterable of (x, y) batches."""
-        parts = [self.measure(population, x, y, key=None if key_prefix is None else (key_prefix, i))
+    def measure_batches(self, population, batches, key: tuple | None = None) -> Measures:
+        """Mean measures over an iterable of (x, y) batches; with ``key``, batch ``i``'s
+        parent reference is cached under ``(*key, i)``."""
+        parts = [self.measure(population, x, y, key=None if key is None else (*key, i))
                  for i, (x, y) in enumerate(batches)]
         return Measures.mean(parts)

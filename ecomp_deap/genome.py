@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from deap import base, creator
 
 from .config import OBJECTIVES
@@ -69,8 +68,3 @@ def make_types(fitness_w: tuple[float, ...]):
         creator.create(ind_name, Genome, fitness=getattr(creator, fit_name))
     return getattr(creator, fit_name), getattr(creator, ind_name)
 
-
-def full_genome(ind_cls, weights, biases):
-    """An individual keeping every unit, sharing the given tensors."""
-    masks = [torch.ones(w.shape[0], dtype=torch.bool) for w in weights[:-1]]
-    return ind_cls(masks, weights, biases)
