@@ -220,7 +220,7 @@ class Experiment:
                     body = load_run(folder / f"run_{k}.json")
                     log(f"{self.name} run {k + 1}/{self.runs}: already finished, skipped")
                 else:
-                    body = self._run_one(k, seed, parent_model, data, parent_test_accuracy, resume, progress, stop, log)
+                    body = self._run_one(k, parent_model, data, parent_test_accuracy, resume, progress, stop, log)
                 parent_test_accuracy = body["parent"]["test_accuracy"]
                 rows.append(summarise_run(k, seed, body))
                 results.append(body)
@@ -229,7 +229,7 @@ class Experiment:
         write_summary(folder, self.name, rows, results[0]["parent"] if results else None)
         return results
 
-    def _run_one(self, k, seed, parent_model, data, parent_test_accuracy, resume, progress, stop, log) -> dict:
+    def _run_one(self, k, parent_model, data, parent_test_accuracy, resume, progress, stop, log) -> dict:
         folder = self.folder
         cfg = self.run_config(k)
         ckpt = folder / f"run_{k}.ckpt"
