@@ -14,9 +14,9 @@ hit ours, the reference and the bound alike):
 * **ours**: ``Evolution.step`` at the reference settings (pop 100, batch 100, trained
   784-256-256-10 parent, embeddings layer_1_act/layer_2_act), weighted and NSGA-II,
   and, separately, the parts of a weighted generation, each by calling the package's
-  pieces directly: forward (``_stack`` + ``forward`` + accuracy/compression),
-  similarity (the parent's P once per batch + ``tsne_similarity_loss`` on the forward's
-  activations), variation (``Evolution.vary``), selection (``toolbox.select``) and
+  pieces directly: forward (``PopulationEvaluator.outputs``: the kept units' forward and
+  the child embeddings' squared distances, + accuracy/compression), similarity (the
+  parent's P once per batch + perplexity search and KL, ``similarity_from_distances``), variation (``Evolution.vary``), selection (``toolbox.select``) and
   bookkeeping (``Evolution.assign`` + ``Evolution.record``).
 * **reference** (``benchmarks/reference.py``): the same generation with every individual
   exported as its own ``nn.Sequential`` and run alone, and the similarity per network and
@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import inspect
 import json
 import os
 import platform
@@ -65,7 +64,7 @@ from ecomp_deap.data import balanced_indices  # noqa: E402
 from ecomp_deap.ecomp import EcompRun  # noqa: E402
 from ecomp_deap.evaluate import Measures  # noqa: E402
 from ecomp_deap.parent import ParentSpec, build_mlp, train_parent  # noqa: E402
-from ecomp_deap.similarity import tsne_similarity_loss  # noqa: E402
+from ecomp_deap.similarity import similarity_from_distances  # noqa: E402
 
 SIM_RTOL = 1e-3
 TINY = SimpleNamespace(pop=8, batch=20, hidden=(16, 16), perplexity=5.0, generations=5, val_size=40,
@@ -190,8 +189,6 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
     epoch, index = divmod(t0, run.stream.n_batches)
     x, y = run.stream.batch(epoch, index)
     parts = {k: [] for k in ("forward", "similarity", "bookkeeping", "selection", "variation")}
-    # measure() skips the masked pre-activations when no embedding needs them (keep_pre)
-    fwd_kw = {"keep_pre": ev.needs_pre} if "keep_pre" in inspect.signature(ev.forward).parameters else {}
     for _ in range(reps):
         pop = [tb.clone(ind) for ind in base_pop]
         ev.clear_cache()
@@ -200,11 +197,10 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
                 xd, yd = x.to(ev.device), y.to(ev.device)
                 acc, comp, outs = [], [], []
                 for start in range(0, len(pop), ev.chunk):
-                    w, b, m = ev._stack(pop[start:start + ev.chunk])
-                    logits, pre, post = ev.forward(w, b, m, xd, **fwd_kw)
+                    logits, m, dists = ev.outputs(pop[start:start + ev.chunk], xd, len(xd))
                     acc.append((logits.argmax(-1) == yd).double().mean(1))
                     comp.append(sum(mk.sum(1, dtype=torch.float64) for mk in m) / ev.total_hidden)
-                    outs.append((m, pre, post))
+                    outs.append((m, dists))
                 return xd, acc, comp, outs
 
             t, (xd, acc, comp, outs) = _timed(forward, device)
@@ -213,12 +209,11 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
             def similarity():
                 refs = ev.parent_reference(xd, None)
                 sims = []
-                for m, pre, post in outs:
+                for m, dists in outs:
                     s = torch.zeros(m[0].shape[0], dtype=torch.float64, device=ev.device)
-                    for (layer, kind), (parent_e, parent_p) in zip(ev.embeddings, refs):
-                        child = (post if kind == "act" else pre)[layer]
-                        s = s + tsne_similarity_loss(parent_e, child, cfg.perplexity, cfg.kernel,
-                                                     parent_p=parent_p, dof=m[layer].sum(1))
+                    for (layer, _), d_child, parent_p in zip(ev.embeddings, dists, refs):
+                        s = s + similarity_from_distances(parent_p, d_child, cfg.perplexity, cfg.kernel,
+                                                          dof=m[layer].sum(1))
                     sims.append(s)
                 return sims
 
@@ -488,8 +483,8 @@ def main(argv=None) -> int:
     log(f"ours: evaluation only (measure)    {_spread(ours_measure)}")
     log("ours: parts, each called directly:")
     total_parts = 0.0
-    labels = {"forward": "forward (stack + batched forward + acc/comp)",
-              "similarity": "similarity (parent P once + batched t-SNE loss)",
+    labels = {"forward": "forward + child distances + acc/comp",
+              "similarity": "similarity (parent P once + search + KL)",
               "variation": "variation (Evolution.vary)", "selection": "selection (toolbox.select)",
               "bookkeeping": "bookkeeping (assign + record)"}
     for k in ("forward", "similarity", "variation", "selection", "bookkeeping"):

@@ -1,7 +1,10 @@
 """The population evaluator: one batched tensor program for a whole population.
 
-The population's masked weights are stacked (``(P, out, in)`` per layer) and run as
-one forward pass, giving ``(P, B, H)`` activations per hidden layer. From them come,
+On the CPU each individual runs on its kept units only (its weights gathered to the
+kept rows and columns, so a network at 25 % of the units costs about a quarter of the
+parent's forward); on other devices the population's masked weights are stacked
+(``(P, out, in)`` per layer) and run as one batched forward pass. From the logits
+and the hidden activations come,
 per individual, accuracy ``a``, compression ``c`` (kept hidden units / parent hidden
 units) and similarity ``s`` (the t-SNE KL loss summed over the embedding layers).
 The parent's side of the similarity (its joint probabilities) is computed once per
@@ -17,7 +20,8 @@ import torch
 
 from .architecture import MLPArchitecture
 from .config import EcompConfig
-from .similarity import joint_probabilities, squared_distances, tsne_similarity_loss
+from .genome import Genome
+from .similarity import joint_probabilities, similarity_from_distances, squared_distances
 
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
 
@@ -101,6 +105,8 @@ class PopulationEvaluator:
         bytes_per_ind = sum(w.numel() + b.numel() for w, b in zip(parent_weights, parent_biases)) * 4
         self.chunk = config.eval_chunk or max(1, CHUNK_BYTES // bytes_per_ind)
         self._parent_cache: dict = {}
+        # CPU: each individual on its kept units; elsewhere one stacked masked forward
+        self.kept_units_forward = self.device.type == "cpu"
 
     # ------------------------------------------------------------------ forward
     def forward(self, weights, biases, masks, x: torch.Tensor, keep_pre: bool = True):
@@ -144,18 +150,63 @@ class PopulationEvaluator:
                  for l in range(self.arch.n_hidden)]
         return weights, biases, masks
 
+    def _forward_kept_units(self, population, x: torch.Tensor, rows: int):
+        """CPU forward of each individual on its kept units only.
+
+        Returns logits (C, B, K) and, per embedding layer, the squared distances
+        (C, rows, rows) float64 between the first ``rows`` images' embeddings, computed
+        from the kept units (a masked unit is 0 in every image, so it adds nothing):
+        the same values as from the masked forward, at the cost of the kept units."""
+        h0 = x.reshape(x.shape[0], -1)  # (B, in)
+        C, last = len(population), len(self.arch.linear_names) - 1
+        logits = h0.new_empty(C, h0.shape[0], self.arch.widths[-1])
+        dists = [torch.empty(C, rows, rows, dtype=torch.float64) for _ in self.embeddings]
+        wanted: dict[int, list] = {}  # hidden layer -> [(embedding position, kind)]
+        for pos, (layer, kind) in enumerate(self.embeddings):
+            wanted.setdefault(layer, []).append((pos, kind))
+        for i, ind in enumerate(population):
+            h, prev = h0, None  # prev: kept unit indices of the layer below
+            for k in range(last + 1):
+                w, b = ind.weights[k], ind.biases[k]
+                keep = None
+                if k < last:
+                    keep = ind.masks[k].nonzero().squeeze(1)  # (h_k,)
+                    w, b = w.index_select(0, keep), b.index_select(0, keep)
+                if prev is not None:
+                    w = w.index_select(1, prev)  # (h_k, h_{k-1})
+                if k == last:
+                    torch.addmm(b, h, w.T, out=logits[i])
+                    break
+                z = torch.addmm(b, h, w.T)  # (B, h_k)
+                h = self.arch.activations[k](z)
+                for pos, kind in wanted.get(k, ()):
+                    if rows:
+                        dists[pos][i] = squared_distances((h if kind == "act" else z)[:rows])
+                prev = keep
+        return logits, dists
+
+    def outputs(self, population, x: torch.Tensor, rows: int = 0):
+        """Logits (C, B, K), masks [(C, H_l) float] and, per embedding layer, the
+        squared distances (C, rows, rows) between the embeddings of the first ``rows``
+        images, for a chunk of individuals."""
+        if self.kept_units_forward:
+            masks = [torch.stack([ind.masks[l] for ind in population]).float() for l in range(self.arch.n_hidden)]
+            logits, dists = self._forward_kept_units(population, x, rows)
+            return logits, masks, dists
+        weights, biases, masks = self._stack(population)
+        logits, pre, post = self.forward(weights, biases, masks, x, keep_pre=self.needs_pre and rows > 0)
+        dists = [squared_distances((post if kind == "act" else pre)[layer][:, :rows])
+                 for layer, kind in self.embeddings]
+        return logits, masks, dists
+
     def parent_reference(self, x: torch.Tensor, key=None):
-        """Per embedding layer: the parent's embedding (B, H) and its joint P (B, B)."""
+        """Per embedding layer: the parent's joint P (B, B) on ``x``."""
         if key is not None and key in self._parent_cache:
             return self._parent_cache[key]
-        w = [t[None] for t in self.parent_weights]
-        b = [t[None] for t in self.parent_biases]
-        m = [torch.ones(1, h, device=self.device) for h in self.arch.hidden_widths]
-        _, pre, post = self.forward(w, b, m, x)
-        refs = []
-        for layer, kind in self.embeddings:
-            e = (post if kind == "act" else pre)[layer][0]  # (B, H)
-            refs.append((e, joint_probabilities(squared_distances(e), self.config.perplexity)))
+        full = Genome([torch.ones(h, dtype=torch.bool) for h in self.arch.hidden_widths],
+                      self.parent_weights, self.parent_biases)
+        _, _, dists = self.outputs([full], x, len(x))
+        refs = [joint_probabilities(d[0], self.config.perplexity) for d in dists]
         if key is not None:
             self._parent_cache[key] = refs
         return refs
@@ -174,15 +225,13 @@ class PopulationEvaluator:
         acc, comp, sim = [], [], []
         for start in range(0, len(population), self.chunk):
             chunk = population[start:start + self.chunk]
-            weights, biases, masks = self._stack(chunk)
-            logits, pre, post = self.forward(weights, biases, masks, x, keep_pre=self.needs_pre)
+            logits, masks, dists = self.outputs(chunk, x, n_sim)
             acc.append((logits.argmax(-1) == y).double().mean(1))  # (C,)
             comp.append(sum(m.sum(1, dtype=torch.float64) for m in masks) / self.total_hidden)
             s = torch.zeros(len(chunk), dtype=torch.float64, device=self.device)
-            for (layer, kind), (parent_e, parent_p) in zip(self.embeddings, refs):
-                child = (post if kind == "act" else pre)[layer][:, :n_sim]  # (C, n_sim, H)
-                s = s + tsne_similarity_loss(parent_e, child, self.config.perplexity, self.config.kernel,
-                                             parent_p=parent_p, dof=masks[layer].sum(1))
+            for (layer, _), d_child, parent_p in zip(self.embeddings, dists, refs):
+                s = s + similarity_from_distances(parent_p, d_child, self.config.perplexity, self.config.kernel,
+                                                  dof=masks[layer].sum(1))
             sim.append(s)
         return Measures(*(torch.cat(v).cpu().numpy() for v in (acc, comp, sim)))
 
@@ -191,11 +240,11 @@ class PopulationEvaluator:
         """(P,) accuracy over all of ``x`` (any length): the forward pass only."""
         correct = torch.zeros(len(population), dtype=torch.float64, device=self.device)
         for start in range(0, len(population), self.chunk):
-            weights, biases, masks = self._stack(population[start:start + self.chunk])
+            chunk = population[start:start + self.chunk]
             for i in range(0, len(x), batch_size):
                 xb, yb = x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device)
-                logits, _, _ = self.forward(weights, biases, masks, xb, keep_pre=False)
-                correct[start:start + len(masks[0])] += (logits.argmax(-1) == yb).sum(1)
+                logits, _, _ = self.outputs(chunk, xb)
+                correct[start:start + len(chunk)] += (logits.argmax(-1) == yb).sum(1)
         return (correct / len(x)).cpu().numpy()
 
     def measure_batches(self, population, batches, key: tuple | None = None) -> Measures:

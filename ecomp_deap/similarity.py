@@ -41,6 +41,7 @@ __all__ = [
     "kl_divergence",
     "count_active_units",
     "tsne_similarity_loss",
+    "similarity_from_distances",
 ]
 
 EPS = float(np.finfo(np.float64).eps)  # floor for probabilities (= sklearn's MACHINE_EPSILON)
@@ -316,18 +317,26 @@ def tsne_similarity_loss(
         parent_p = joint_probabilities(squared_distances(parent_embeddings), perplexity)  # (B, B)
     else:
         parent_p = _as_float64(parent_p)
-    parent_p = parent_p.to(child.device)
-    B = child.shape[-2]
-    if parent_p.shape[-1] != B or parent_p.shape[-2] != B:
-        raise ValueError(f"batch size mismatch: parent P {tuple(parent_p.shape)} vs child {tuple(child.shape)}")
+    if dof is None and kernel.lower().replace("-", "_") in ("student_t", "studentt", "t"):
+        dof = count_active_units(child)  # (...,)
+    return similarity_from_distances(parent_p, squared_distances(child), perplexity, kernel, dof)
 
-    d_child = squared_distances(child)  # (..., B, B)
+
+def similarity_from_distances(parent_p: Tensor, d_child: Tensor, perplexity: float = 30.0,
+                              kernel: str = "gaussian", dof: Tensor | float | None = None):
+    """The loss of :func:`tsne_similarity_loss` from the child's squared distances
+    ``d_child`` (B, B) or (P, B, B) and the parent's joint P (B, B); ``dof`` is
+    required by the Student-t kernel. Returns a python float or a (P,) tensor."""
+    parent_p = _as_float64(parent_p).to(d_child.device)
+    if parent_p.shape[-2:] != d_child.shape[-2:]:
+        raise ValueError(f"batch size mismatch: parent P {tuple(parent_p.shape)} vs child distances "
+                         f"{tuple(d_child.shape)}")
     kernel = kernel.lower().replace("-", "_")
     if kernel == "gaussian":
         q = joint_probabilities(d_child, perplexity)  # (..., B, B)
     elif kernel in ("student_t", "studentt", "t"):
         if dof is None:
-            dof = count_active_units(child)  # (...,)
+            raise ValueError("the Student-t kernel needs dof (degrees of freedom)")
         q = student_t_probabilities(d_child, dof)  # (..., B, B)
     else:
         raise ValueError(f"unknown kernel {kernel!r} (expected 'gaussian' or 'student_t')")

@@ -127,3 +127,31 @@ def test_similarity_batch_uses_the_first_images_only():
     assert np.allclose(m_part.similarity, m_first.similarity, rtol=1e-6)
     assert np.array_equal(m_part.accuracy, m_full.accuracy)
     assert not np.allclose(m_part.similarity, m_full.similarity)
+
+
+@pytest.mark.parametrize("embeddings", [None, ("layer_1_linear", "layer_3_act")])
+def test_kept_units_forward_equals_the_stacked_masked_forward(embeddings):
+    """The CPU path (each individual on its kept units) and the stacked masked forward
+    (other devices) give the same logits, embedding distances and measures."""
+    torch.manual_seed(5)
+    model = build_mlp((32, 8, 16), in_features=12, n_classes=3, activation="gelu")
+    arch, w, b, pop = varied_population(model, n=6, seed=5)
+    cfg = EcompConfig(embedding_layers=embeddings, recombination_layers=None, perplexity=4.0, batch_size=20)
+    ev = PopulationEvaluator(arch, w, b, cfg)
+    x, y = torch.randn(20, 12), torch.randint(0, 3, (20,))
+    assert ev.kept_units_forward
+    kept = ev.outputs(pop, x, 15)
+    m_kept = ev.measure(pop, x, y)
+    ev.kept_units_forward = False
+    ev.clear_cache()
+    stacked = ev.outputs(pop, x, 15)
+    m_stacked = ev.measure(pop, x, y)
+    assert torch.allclose(kept[0], stacked[0], atol=1e-5)
+    for a, s in zip(kept[1], stacked[1]):
+        assert torch.equal(a, s)
+    assert len(kept[2]) == len(ev.embeddings)
+    for a, s in zip(kept[2], stacked[2]):
+        assert a.shape == (6, 15, 15)
+        assert torch.allclose(a, s, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(m_kept.accuracy, m_stacked.accuracy)
+    assert np.allclose(m_kept.similarity, m_stacked.similarity, rtol=1e-5)
