@@ -19,6 +19,7 @@ from .architecture import MLPArchitecture, parent_tensors
 from .config import EcompConfig
 from .evaluate import PopulationEvaluator
 from .genome import Genome
+from .operators import top_units_mask
 
 METHODS = ("l1", "random", "activation")
 BASELINES_SCHEMA = "ecomp_deap.baselines/1"
@@ -26,12 +27,6 @@ BASELINES_SCHEMA = "ecomp_deap.baselines/1"
 
 def keep_counts(arch: MLPArchitecture, size: float) -> list[int]:
     return [max(1, int(round(size * h))) for h in arch.hidden_widths]
-
-
-def top_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    mask = torch.zeros(len(scores), dtype=torch.bool)
-    mask[torch.argsort(scores, descending=True, stable=True)[:keep]] = True
-    return mask
 
 
 def unit_scores(method: str, arch: MLPArchitecture, weights, biases, x: torch.Tensor | None = None,
@@ -56,7 +51,7 @@ def unit_scores(method: str, arch: MLPArchitecture, weights, biases, x: torch.Te
 
 
 def pruned(arch: MLPArchitecture, weights, biases, scores, size: float) -> Genome:
-    masks = [top_mask(s, k) for s, k in zip(scores, keep_counts(arch, size))]
+    masks = [top_units_mask(s, k) for s, k in zip(scores, keep_counts(arch, size))]
     return Genome(masks, weights, biases)
 
 

@@ -14,6 +14,7 @@ OBJECTIVES = ("accuracy", "similarity", "compression")  # the order of the weigh
 SELECTIONS = ("weighted", "nsga2")
 KERNELS = ("gaussian", "student_t")
 DEVICES = ("auto", "cpu", "cuda")
+INIT_SCORES = ("l1", "activation")
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ class EcompConfig:
     kernel: str = "gaussian"
     init_prune_low: float = 0.1
     init_prune_high: float = 0.8
-    """Initial population: L1-norm prunings at rates evenly spaced over [low, high)."""
+    """Initial population: prunings at rates evenly spaced over [low, high)."""
+    init_scores: str = "l1"
+    """How the initial prunings rank units: 'l1' (L1 norm of the incoming weights, the
+    reference) or 'activation' (mean |activation| on the evolution subset's first
+    batches times the L2 norm of the outgoing weights)."""
     selection_temperature: float = 1.0
     """Weighted mode: roulette probabilities softmax(fitness / T). T = 1 is the reference
     (almost uniform for fitnesses a few hundredths apart); smaller T, more pressure."""
@@ -123,6 +128,8 @@ class EcompConfig:
             v = getattr(self, name)
             need(math.isfinite(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
         need(0 < self.mutation_low <= self.mutation_high, f"mutation factors need 0 < low <= high, got [{self.mutation_low}, {self.mutation_high}]")
+        need(self.init_scores in INIT_SCORES,
+             f"init_scores must be one of {', '.join(INIT_SCORES)}, got {self.init_scores!r}")
         need(0.0 <= self.init_prune_low < self.init_prune_high <= 1.0,
              f"initial pruning rates need 0 <= low < high <= 1, got [{self.init_prune_low}, {self.init_prune_high})")
         need(self.kernel in KERNELS, f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")

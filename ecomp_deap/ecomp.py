@@ -19,12 +19,16 @@ from . import __version__
 from .algorithm import HV_REFERENCE, Evolution, EvolutionResult, EvolutionState
 from .rng import seed_everything
 from .architecture import MLPArchitecture, parent_tensors
+from .baselines import unit_scores
 from .config import EcompConfig
 from .data import BatchStream, make_splits
 from .evaluate import Measures, PopulationEvaluator
 from .export import export_individual, individual_widths, linear_sizes
 from .indicators import hypervolume_2d
 from .toolbox import build_toolbox
+
+
+INIT_SCORE_IMAGES = 2000  # images behind activation-based initial unit scores
 
 
 def _batches(x, y, batch_size):
@@ -100,8 +104,17 @@ class EcompRun:
                                                                   data.train_y[splits.validation])
         self.val_batches = list(_batches(val_x, val_y, config.batch_size))
         self.evaluator = PopulationEvaluator(self.arch, self.weights, self.biases, config, config.resolved_device())
-        self.toolbox = build_toolbox(config, self.arch, self.weights, self.biases, self.gen)
+        self.toolbox = build_toolbox(config, self.arch, self.weights, self.biases, self.gen, self.init_scores())
         self.evolution = Evolution(config, self.toolbox, self.evaluator, self.stream, self.gen, progress)
+
+    def init_scores(self, images: int = INIT_SCORE_IMAGES):
+        """Unit scores ranking the initial prunings: None for L1 (the toolbox's default);
+        for 'activation', from the first ``images`` images of the evolution subset."""
+        if self.config.init_scores == "l1":
+            return None
+        batches = range(min(self.stream.n_batches, max(1, images // self.config.batch_size)))
+        x = torch.cat([self.stream.batch(0, i)[0] for i in batches])
+        return unit_scores(self.config.init_scores, self.arch, self.weights, self.biases, x)
 
     def describe(self, ind, m: Measures, i: int) -> dict:
         widths = individual_widths(ind, self.arch)
@@ -135,6 +148,9 @@ class EcompRun:
         for idx in chosen:
             row[idx]["train_accuracy"] = float(evo.train_measures.accuracy[idx])
             row[idx]["train_similarity"] = float(evo.train_measures.similarity[idx])
+        if evo.val_measures is not None:  # Pareto mode: the validation front, aligned with front_indices
+            for j, idx in enumerate(evo.front_indices):
+                row[idx]["val_accuracy"] = float(evo.val_measures.accuracy[j])
         best = dict(row[evo.best_index], selected_by=evo.selected_by)
         front = [row[i] for i in evo.front_indices]
         hv = hypervolume_2d(np.array([[f["test_accuracy"], f["compression"]] for f in front]),

@@ -20,17 +20,32 @@ def l1_keep_mask(weight: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
-def init_l1_pruned(ind_cls, weights, biases, rate: float):
-    """One structured L1-norm pruning of the parent: every hidden layer keeps
-    ``round((1 - rate) * H)`` units (at least one); weights shared with the parent."""
-    masks = [l1_keep_mask(w, max(1, int(round((1.0 - rate) * w.shape[0])))) for w in weights[:-1]]
+def top_units_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
+    """(H,) bool: the ``keep`` units with the largest score (ties: the lower index)."""
+    mask = torch.zeros(len(scores), dtype=torch.bool)
+    mask[torch.argsort(scores, descending=True, stable=True)[:keep]] = True
+    return mask
+
+
+def init_l1_pruned(ind_cls, weights, biases, rate: float, scores=None):
+    """One structured pruning of the parent: every hidden layer keeps
+    ``round((1 - rate) * H)`` units (at least one), those with the largest L1 norm of
+    their incoming weights unless per-layer ``scores`` (H_l,) are given; weights shared
+    with the parent."""
+    keeps = [max(1, int(round((1.0 - rate) * w.shape[0]))) for w in weights[:-1]]
+    if scores is None:
+        masks = [l1_keep_mask(w, k) for w, k in zip(weights[:-1], keeps)]
+    else:
+        masks = [top_units_mask(s, k) for s, k in zip(scores, keeps)]
     return ind_cls(masks, weights, biases)
 
 
-def init_l1_population(ind_cls, weights, biases, n: int, low: float = 0.1, high: float = 0.8) -> list:
-    """``n`` L1-norm prunings at rates evenly spaced over [low, high)."""
+def init_l1_population(ind_cls, weights, biases, n: int, low: float = 0.1, high: float = 0.8,
+                       scores=None) -> list:
+    """``n`` prunings at rates evenly spaced over [low, high), by L1 norm (the
+    reference) or by the given per-layer unit ``scores``."""
     rates = [low + (high - low) * i / n for i in range(n)]
-    return [init_l1_pruned(ind_cls, weights, biases, r) for r in rates]
+    return [init_l1_pruned(ind_cls, weights, biases, r, scores) for r in rates]
 
 
 def ensure_nonempty(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

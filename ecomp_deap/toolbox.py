@@ -17,15 +17,17 @@ def recombination_indices(config: EcompConfig, arch: MLPArchitecture) -> list[in
 
 
 def build_toolbox(config: EcompConfig, arch: MLPArchitecture, parent_weights, parent_biases,
-                  gen: torch.Generator) -> base.Toolbox:
+                  gen: torch.Generator, init_scores=None) -> base.Toolbox:
     """Registers: population, clone, mate, mutate, mutate_mask, select (and, for NSGA-II,
-    select_parents). Evaluation is batched over the population and lives in
+    select_parents). ``init_scores``: per hidden layer (H_l,) unit scores ranking the
+    initial prunings (None: L1 norm of the incoming weights, the reference).
+    Evaluation is batched over the population and lives in
     :class:`ecomp_deap.evaluate.PopulationEvaluator`, not in a per-individual function."""
     _, ind_cls = make_types(fitness_weights(config.selection, config.weights))
     rec = recombination_indices(config, arch)
     tb = base.Toolbox()
     tb.register("population", init_l1_population, ind_cls, parent_weights, parent_biases,
-                low=config.init_prune_low, high=config.init_prune_high)
+                low=config.init_prune_low, high=config.init_prune_high, scores=init_scores)
     tb.register("clone", Genome.clone)
     tb.register("mate", cx_layerwise, layers=rec, gen=gen)
     tb.register("mutate", mut_scale_weights, layers=rec, low=config.mutation_low, high=config.mutation_high, gen=gen)

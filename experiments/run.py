@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ecomp_deap.cli import HelpFormatter, OneLineParser, finite_float, non_negative_int, positive_int, run_main
-from ecomp_deap.config import DEVICES, KERNELS, SELECTIONS
+from ecomp_deap.config import DEVICES, INIT_SCORES, KERNELS, SELECTIONS
 from ecomp_deap.errors import ConfigError
 
 
@@ -58,6 +58,9 @@ def build_parser() -> OneLineParser:
     g.add_argument("--batch-size", type=positive_int, help="images per generation batch (preset: 100)")
     g.add_argument("--mutation-rate", type=finite_float, help="probability per child of the weight mutation (preset: 0.01)")
     g.add_argument("--mask-flip-prob", type=finite_float, help="per-unit mask flip probability per child (preset: 0.002)")
+    g.add_argument("--init-scores", choices=INIT_SCORES,
+                   help="how the initial prunings rank units: l1 (incoming weight norm, the reference) or "
+                        "activation (mean |activation| x outgoing weight norm on the evolution subset)")
     g.add_argument("--temperature", type=finite_float, dest="selection_temperature",
                    help="weighted mode: softmax temperature of the roulette (preset: 1, the reference)")
     g.add_argument("--elitism", type=non_negative_int, help="weighted mode: best individuals kept unchanged (preset: 0)")
@@ -85,7 +88,7 @@ def build_parser() -> OneLineParser:
 
 OVERRIDES = ("weights", "selection", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
-             "embedding_layers", "recombination_layers", "similarity_batch")
+             "embedding_layers", "recombination_layers", "similarity_batch", "init_scores")
 
 
 def experiment_configs(args):
