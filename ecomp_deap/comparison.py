@@ -11,6 +11,9 @@ returns plain rows (dicts), so it is testable without files or subprocesses.
 * :func:`pairwise_rows`: for every pair of experiments, the two-sided
   Mann-Whitney U p-value on test hypervolume and on best test accuracy; ``None``
   (printed ``n/a``) when a group has fewer than two values.
+* :func:`front_at_size` / :func:`size_rows`: per size budget (fraction of the parent's
+  hidden units), the test accuracy of each run's front network chosen on validation
+  accuracy, against the pruning baselines at that size.
 * :func:`markdown_table`, :func:`format_report`: the tables as Markdown.
 """
 from __future__ import annotations
@@ -126,6 +129,83 @@ def pairwise_rows(experiments: Sequence[tuple[str, Sequence[dict]]]) -> list[dic
     return rows
 
 
+# --------------------------------------------------------------------------- sizes
+
+SIZE_TOL = 1e-9
+
+
+def front_at_size(run: dict, size: float) -> dict | None:
+    """The run's front network for a budget of ``size`` (fraction of the parent's hidden
+    units): among its front points with compression <= size, the one with the best
+    validation accuracy (train accuracy when the run has no validation split). The test
+    set plays no part in the choice. None when no front point is that small."""
+    points = [p for p in run.get("front") or [] if isinstance(p, dict)
+              and p.get("compression") is not None and p["compression"] <= size + SIZE_TOL]
+    if not points:
+        return None
+    key = "val_accuracy" if all(p.get("val_accuracy") is not None for p in points) else "train_accuracy"
+    return max(points, key=lambda p: (p.get(key) or 0.0, -p["compression"]))
+
+
+def baseline_at_size(baselines: dict, method: str, size: float) -> float | None:
+    """A baseline method's test accuracy at exactly ``size`` (None when not measured)."""
+    for point in baselines.get("methods", {}).get(method, []):
+        if abs(float(point.get("size", -1)) - size) <= 1e-6:
+            return point.get("test_accuracy")
+    return None
+
+
+def size_rows(experiments: Sequence[tuple[str, Sequence[dict]]], sizes: Sequence[float],
+              baselines: dict | None = None) -> list[dict]:
+    """Per size: each experiment's median [q25-q75] over runs of the test accuracy of
+    :func:`front_at_size` (runs without so small a front point are counted as missing),
+    the baselines' test accuracies at that size and the parent's."""
+    parents = [_get(r, ("parent", "test_accuracy")) for _, runs in experiments for r in runs]
+    parent = finite_values(parents)
+    rows = []
+    for size in sizes:
+        row: dict[str, Any] = {"size": float(size),
+                               "parent_accuracy": float(np.median(parent)) if len(parent) else None}
+        for name, runs in experiments:
+            picks = [front_at_size(r, size) for r in runs]
+            med, q25, q75 = median_iqr([p["test_accuracy"] for p in picks if p is not None])
+            row[name] = {"median": med, "q25": q25, "q75": q75, "runs": sum(p is not None for p in picks)}
+        for method in (baselines or {}).get("methods", {}):
+            row[f"baseline_{method}"] = baseline_at_size(baselines, method, size)
+        rows.append(row)
+    return rows
+
+
+def size_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
+    methods = [k[len("baseline_"):] for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
+    headers = (["hidden units kept"] + [f"{n} median [q25–q75] (runs)" for n in names]
+               + [f"{m} pruning" for m in methods] + ["parent"])
+    body = []
+    for r in rows:
+        cells = [f"≤ {100 * r['size']:g} %"]
+        for n in names:
+            e = r[n]
+            cells.append(f"{fmt_median_iqr(e['median'], e['q25'], e['q75'])} ({e['runs']})")
+        cells += [fmt_number(r[f"baseline_{m}"]) for m in methods]
+        cells.append(fmt_number(r["parent_accuracy"]))
+        body.append(cells)
+    return markdown_table(headers, body, ["l"] + ["r"] * (len(headers) - 1))
+
+
+def size_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """Flat rows for ``save_csv`` and their field names."""
+    methods = [k for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
+    fields = ["size"] + [f"{n}_{s}" for n in names for s in ("median", "q25", "q75", "runs")] + methods + ["parent_accuracy"]
+    out = []
+    for r in rows:
+        flat = {"size": r["size"], "parent_accuracy": r["parent_accuracy"]}
+        for n in names:
+            flat.update({f"{n}_{s}": r[n][s] for s in ("median", "q25", "q75", "runs")})
+        flat.update({m: r[m] for m in methods})
+        out.append({f: (NA if flat.get(f) is None else flat[f]) for f in fields})
+    return out, fields
+
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -187,8 +267,9 @@ def pairwise_markdown(rows: Sequence[dict]) -> str:
     return markdown_table(headers, body, ["l", "l", "r", "r", "r", "r"])
 
 
-def format_report(summary: Sequence[dict], pairs: Sequence[dict]) -> str:
-    """The whole comparison as Markdown (summary table, then the pairwise tests)."""
+def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequence[dict] = ()) -> str:
+    """The whole comparison as Markdown (summary table, the pairwise tests, and the
+    accuracy-at-size table when ``sizes`` rows are given)."""
     parts = [
         "## Experiments",
         "",
@@ -210,6 +291,19 @@ def format_report(summary: Sequence[dict], pairs: Sequence[dict]) -> str:
         ]
     else:
         parts.append("Only one experiment given: no pairwise tests.")
+    if sizes:
+        names = [r["name"] for r in summary]
+        parts += [
+            "",
+            "## Test accuracy at a size budget",
+            "",
+            "Per run, the front network with at most that fraction of the parent's hidden units "
+            "and the best validation accuracy (chosen without the test set); median and "
+            "interquartile range of its test accuracy across runs (runs with such a network in "
+            "brackets). Baselines: structured pruning to exactly that size, no retraining.",
+            "",
+            size_markdown(sizes, names),
+        ]
     return "\n".join(parts) + "\n"
 
 

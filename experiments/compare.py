@@ -1,6 +1,7 @@
 """Compare experiments: summary statistics and pairwise Mann-Whitney U tests.
 
     python experiments/compare.py OUT/weighting121 OUT/pareto121 [...] [--out DIR]
+    python experiments/compare.py OUT/pareto121 --baselines OUT/baselines --sizes 0.25 0.5 0.75
 
 Each argument is one experiment folder (``OUT/NAME`` holding ``run_0.json``,
 ``run_1.json``, ...). Prints two Markdown tables and writes them, atomically, to
@@ -13,7 +14,12 @@ Each argument is one experiment folder (``OUT/NAME`` holding ``run_0.json``,
                            median test hypervolume;
 * ``comparison_pairs.csv`` one row per pair of experiments: two-sided
                            Mann-Whitney U p-values on test hypervolume and on
-                           best test accuracy ("n/a" with fewer than 2 runs).
+                           best test accuracy ("n/a" with fewer than 2 runs);
+* ``comparison_sizes.csv`` one row per size budget (--sizes): per experiment the
+                           median [q25-q75] test accuracy of each run's front
+                           network of at most that size (chosen on validation
+                           accuracy), the baselines at that size (--baselines)
+                           and the parent.
 
 The written paths are printed last, one per line. Only saved results are read.
 """
@@ -23,7 +29,9 @@ import os
 from pathlib import Path
 
 from ecomp_deap import comparison
-from ecomp_deap.plotting import add_common_args, load_experiments, make_parser, run_cli
+from ecomp_deap.cli import finite_float
+from ecomp_deap.errors import ConfigError
+from ecomp_deap.plotting import add_common_args, load_baselines, load_experiments, make_parser, run_cli
 from ecomp_deap.results import save_csv, save_text
 
 
@@ -37,25 +45,35 @@ def build_parser():
     parser = make_parser(__doc__, prog="experiments/compare.py")
     parser.add_argument("folders", nargs="+", metavar="FOLDER",
                         help="experiment results folders (OUT/NAME with run_K.json files)")
+    parser.add_argument("--sizes", nargs="+", type=finite_float, default=[0.25, 0.5, 0.75], metavar="S",
+                        help="size budgets (fractions of the parent's hidden units) of the accuracy-at-size "
+                             "table (default: 0.25 0.5 0.75)")
+    parser.add_argument("--baselines", metavar="FOLDER",
+                        help="a baselines folder (experiments/baselines.py) to put in the accuracy-at-size table")
     add_common_args(parser, "the parent folder of the first FOLDER", figures=False)
     return parser
 
 
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
+    if not all(0 < s <= 1 for s in args.sizes):
+        raise ConfigError(f"--sizes must be fractions in (0, 1], got {args.sizes}")
+    baselines = load_baselines(args.baselines) if args.baselines else None
     exps = load_experiments(args.folders)
     groups = [(e.name, e.runs) for e in exps]
     summary = comparison.summary_rows(groups)
     pairs = comparison.pairwise_rows(groups)
-    report = comparison.format_report(summary, pairs)
+    sizes = comparison.size_rows(groups, args.sizes, baselines)
+    report = comparison.format_report(summary, pairs, sizes)
 
     out = Path(args.out) if args.out else parent_folder(args.folders[0])
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out}: exists and is not a folder")
-    paths = [out / "comparison.md", out / "comparison.csv", out / "comparison_pairs.csv"]
+    paths = [out / "comparison.md", out / "comparison.csv", out / "comparison_pairs.csv", out / "comparison_sizes.csv"]
     save_text(paths[0], report)
     save_csv(paths[1], comparison.csv_rows(summary, comparison.SUMMARY_FIELDS), comparison.SUMMARY_FIELDS)
     save_csv(paths[2], comparison.csv_rows(pairs, comparison.PAIRWISE_FIELDS), comparison.PAIRWISE_FIELDS)
+    save_csv(paths[3], *comparison.size_csv_rows(sizes, [e.name for e in exps]))
 
     print(report)
     for p in paths:

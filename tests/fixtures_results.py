@@ -100,8 +100,8 @@ def make_baselines(root, name: str = "baselines", seed: int = 0) -> Path:
     for method, scale in [("l1", 0.08), ("random", 0.2), ("activation", 0.1)]:
         acc = 0.87 * (1 - np.exp(-sizes / scale))
         std = rng.uniform(0.005, 0.03, size=len(sizes)) if method == "random" else np.zeros(len(sizes))
-        methods[method] = [{"compression": float(c), "test_accuracy": float(a), "test_accuracy_std": float(s)}
-                           for c, a, s in zip(sizes, acc, std)]
+        methods[method] = [{"size": float(c), "compression": float(c), "test_accuracy": float(a),
+                            "test_accuracy_std": float(s)} for c, a, s in zip(sizes, acc, std)]
     folder = Path(root) / name
     save_json(folder / "baselines.json", {"schema": BASELINES_SCHEMA,
                                           "parent": {"test_accuracy": PARENT["test_accuracy"]},

@@ -127,8 +127,8 @@ def test_compare_script(results, tmp_path):
     out = tmp_path / "cmp"
     proc = run_compare(results["weighted"], results["nsga2"], results["single"], "--out", out)
     assert proc.returncode == 0, proc.stderr
-    paths = [out / "comparison.md", out / "comparison.csv", out / "comparison_pairs.csv"]
-    printed = proc.stdout.strip().splitlines()[-3:]
+    paths = [out / "comparison.md", out / "comparison.csv", out / "comparison_pairs.csv", out / "comparison_sizes.csv"]
+    printed = proc.stdout.strip().splitlines()[-4:]
     assert printed == [str(p) for p in paths]
     for p in paths:
         assert p.is_file() and p.stat().st_size > 0
@@ -163,6 +163,48 @@ def test_compare_script(results, tmp_path):
     assert float(pairs[0]["p_hypervolume"]) == p_hv
     for r in pairs[1:]:  # "single" has one run
         assert r["p_accuracy"] == "n/a" and r["p_hypervolume"] == "n/a"
+
+
+def sized_run(points, parent=0.87):
+    """A run whose front holds (compression, val_accuracy, test_accuracy) points."""
+    return {"parent": {"test_accuracy": parent},
+            "front": [{"compression": c, "val_accuracy": v, "test_accuracy": t} for c, v, t in points]}
+
+
+def test_front_at_size_picks_on_validation_never_on_test():
+    run = sized_run([(0.20, 0.80, 0.70), (0.24, 0.82, 0.60), (0.30, 0.90, 0.95), (0.50, 0.86, 0.99)])
+    assert comparison.front_at_size(run, 0.25)["test_accuracy"] == 0.60  # best validation, not best test
+    assert comparison.front_at_size(run, 0.5)["test_accuracy"] == 0.95
+    assert comparison.front_at_size(run, 0.1) is None
+    no_val = {"front": [{"compression": 0.2, "train_accuracy": 0.5, "test_accuracy": 0.4},
+                        {"compression": 0.2, "train_accuracy": 0.7, "test_accuracy": 0.3}]}
+    assert comparison.front_at_size(no_val, 0.25)["test_accuracy"] == 0.3
+
+
+def test_size_rows_medians_baselines_and_missing_runs():
+    runs = [sized_run([(0.25, 0.8, a), (0.5, 0.9, a + 0.05)]) for a in (0.80, 0.82, 0.84)]
+    runs.append(sized_run([(0.5, 0.9, 0.70)]))  # no network of 25 %
+    baselines = {"methods": {"l1": [{"size": 0.25, "test_accuracy": 0.5}, {"size": 0.5, "test_accuracy": 0.8}]}}
+    rows = comparison.size_rows([("evo", runs)], [0.25, 0.5, 0.75], baselines)
+    assert rows[0]["evo"]["median"] == pytest.approx(0.82) and rows[0]["evo"]["runs"] == 3
+    assert rows[1]["evo"]["median"] == pytest.approx(np.median([0.85, 0.87, 0.89, 0.70]))
+    assert rows[1]["evo"]["runs"] == 4
+    assert rows[0]["baseline_l1"] == 0.5 and rows[2]["baseline_l1"] is None
+    assert rows[0]["parent_accuracy"] == pytest.approx(0.87)
+    md = comparison.size_markdown(rows, ["evo"])
+    assert "≤ 25 %" in md and "0.8200 [0.8100–0.8300] (3)" in md and "l1 pruning" in md
+
+
+def test_compare_sizes_table_with_baselines(results, tmp_path):
+    out = tmp_path / "cmp"
+    proc = run_compare(results["nsga2"], "--baselines", results["baselines"], "--sizes", 0.3, 0.6, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "## Test accuracy at a size budget" in proc.stdout and "activation pruning" in proc.stdout
+    rows = read_csv(out / "comparison_sizes.csv")
+    assert [float(r["size"]) for r in rows] == [0.3, 0.6]
+    assert float(rows[0]["baseline_l1"]) > 0
+    bad = run_compare(results["nsga2"], "--sizes", 1.5, "--out", out)
+    assert bad.returncode == 2 and "--sizes" in bad.stderr
 
 
 def test_compare_default_out_is_parent_of_first(tmp_path):
