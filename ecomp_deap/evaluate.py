@@ -12,6 +12,7 @@ batch and shared by every individual.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -164,20 +165,30 @@ class PopulationEvaluator:
         wanted: dict[int, list] = {}  # hidden layer -> [(embedding position, kind)]
         for pos, (layer, kind) in enumerate(self.embeddings):
             wanted.setdefault(layer, []).append((pos, kind))
+        # The first layer sees the same input in every individual: individuals sharing its
+        # weight and bias tensors (operators never copy a tensor both parents share)
+        # share one full-width product, from which each takes its kept units.
+        first = [(id(ind.weights[0]), id(ind.biases[0])) for ind in population]
+        shared = {key for key, n in Counter(first).items() if n > 1}
+        first_products: dict = {}
         for i, ind in enumerate(population):
             h, prev = h0, None  # prev: kept unit indices of the layer below
             for k in range(last + 1):
                 w, b = ind.weights[k], ind.biases[k]
-                keep = None
-                if k < last:
-                    keep = ind.masks[k].nonzero().squeeze(1)  # (h_k,)
-                    w, b = w.index_select(0, keep), b.index_select(0, keep)
-                if prev is not None:
-                    w = w.index_select(1, prev)  # (h_k, h_{k-1})
-                if k == last:
-                    torch.addmm(b, h, w.T, out=logits[i])
-                    break
-                z = torch.addmm(b, h, w.T)  # (B, h_k)
+                keep = ind.masks[k].nonzero().squeeze(1) if k < last else None  # (h_k,)
+                if k == 0 and keep is not None and first[i] in shared:
+                    if first[i] not in first_products:
+                        first_products[first[i]] = torch.addmm(b, h0, w.T)  # (B, H_0)
+                    z = first_products[first[i]].index_select(1, keep)  # (B, h_0)
+                else:
+                    if keep is not None:
+                        w, b = w.index_select(0, keep), b.index_select(0, keep)
+                    if prev is not None:
+                        w = w.index_select(1, prev)  # (h_k, h_{k-1})
+                    if k == last:
+                        torch.addmm(b, h, w.T, out=logits[i])
+                        break
+                    z = torch.addmm(b, h, w.T)  # (B, h_k)
                 h = self.arch.activations[k](z)
                 for pos, kind in wanted.get(k, ()):
                     if rows:

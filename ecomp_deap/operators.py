@@ -73,8 +73,10 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
         cut = int(torch.randint(1, out, (1,), generator=gen))
         w1, w2 = ind1.weights[k], ind2.weights[k]
         b1, b2 = ind1.biases[k], ind2.biases[k]
-        ind1.weights[k], ind2.weights[k] = torch.cat([w1[:cut], w2[cut:]]), torch.cat([w2[:cut], w1[cut:]])
-        ind1.biases[k], ind2.biases[k] = torch.cat([b1[:cut], b2[cut:]]), torch.cat([b2[:cut], b1[cut:]])
+        if w1 is not w2:  # parents sharing one tensor: the children keep sharing it (no copy)
+            ind1.weights[k], ind2.weights[k] = torch.cat([w1[:cut], w2[cut:]]), torch.cat([w2[:cut], w1[cut:]])
+        if b1 is not b2:
+            ind1.biases[k], ind2.biases[k] = torch.cat([b1[:cut], b2[cut:]]), torch.cat([b2[:cut], b1[cut:]])
         if k < n_hidden:
             m1, m2 = ind1.masks[k], ind2.masks[k]
             ind1.masks[k] = ensure_nonempty(torch.cat([m1[:cut], m2[cut:]]), gen)

@@ -12,7 +12,9 @@ from ecomp_deap.parent import build_mlp
 from ecomp_deap.similarity import tsne_similarity_loss
 
 
-def varied_population(model, n=6, seed=0):
+def varied_population(model, n=6, seed=0, mutate=True):
+    """L1 prunings, recombined, weight-mutated (unless ``mutate`` is False: then the
+    individuals keep sharing the parent's tensors) and mask-flipped."""
     arch = MLPArchitecture.from_module(model)
     w, b = parent_tensors(model, arch)
     _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
@@ -21,7 +23,8 @@ def varied_population(model, n=6, seed=0):
     for i in range(0, n - 1, 2):
         cx_layerwise(pop[i], pop[i + 1], range(len(w)), g)
     for ind in pop:
-        mut_scale_weights(ind, range(len(w)), 0.9, 1.1, g)
+        if mutate:
+            mut_scale_weights(ind, range(len(w)), 0.9, 1.1, g)
         mut_flip_units(ind, 0.1, g)
     return arch, w, b, pop
 
@@ -129,13 +132,16 @@ def test_similarity_batch_uses_the_first_images_only():
     assert not np.allclose(m_part.similarity, m_full.similarity)
 
 
-@pytest.mark.parametrize("embeddings", [None, ("layer_1_linear", "layer_3_act")])
-def test_kept_units_forward_equals_the_stacked_masked_forward(embeddings):
-    """The CPU path (each individual on its kept units) and the stacked masked forward
+@pytest.mark.parametrize("embeddings,mutate", [(None, True), (("layer_1_linear", "layer_3_act"), True),
+                                               (None, False)])
+def test_kept_units_forward_equals_the_stacked_masked_forward(embeddings, mutate):
+    """The CPU path (each individual on its kept units; a first-layer product shared by
+    individuals with the same tensors when not mutated) and the stacked masked forward
     (other devices) give the same logits, embedding distances and measures."""
     torch.manual_seed(5)
     model = build_mlp((32, 8, 16), in_features=12, n_classes=3, activation="gelu")
-    arch, w, b, pop = varied_population(model, n=6, seed=5)
+    arch, w, b, pop = varied_population(model, n=6, seed=5, mutate=mutate)
+    assert all((ind.weights[0] is w[0]) != mutate for ind in pop)
     cfg = EcompConfig(embedding_layers=embeddings, recombination_layers=None, perplexity=4.0, batch_size=20)
     ev = PopulationEvaluator(arch, w, b, cfg)
     x, y = torch.randn(20, 12), torch.randint(0, 3, (20,))

@@ -121,3 +121,18 @@ def test_roulette_draws_fitter_individuals_more_often():
     # a lower temperature sharpens the pressure
     sharp = sel_softmax_roulette(pop, 4000, 0.1, g)
     assert sum(c is pop[3] for c in sharp) / 4000 > 0.99
+
+
+def test_crossover_keeps_a_tensor_both_parents_share_and_recombines_the_masks():
+    torch.manual_seed(6)
+    model = build_mlp((10, 6), in_features=5, n_classes=3)
+    arch = MLPArchitecture.from_module(model)
+    w, b = parent_tensors(model, arch)
+    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
+    a, c = init_l1_pruned(ind_cls, w, b, 0.2), init_l1_pruned(ind_cls, w, b, 0.6)
+    mut_scale_weights(c, [1], 0.9, 1.1, torch.Generator().manual_seed(0))  # layer 1 now differs
+    ma = [m.clone() for m in a.masks]
+    cx_layerwise(a, c, range(3), torch.Generator().manual_seed(1))
+    assert a.weights[0] is w[0] and c.weights[0] is w[0] and a.biases[0] is b[0]  # shared: no copy
+    assert a.weights[1] is not w[1]  # differing parents: a recombined copy
+    assert any(not torch.equal(m, n) for m, n in zip(a.masks, ma))
