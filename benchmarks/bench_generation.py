@@ -477,6 +477,10 @@ def main(argv=None) -> int:
 
     log("")
     log(f"== one generation (weighted unless said; generation t={t0}, same population and batch for all) ==")
+    distinct = len({id(ind.weights[0]) for ind in base_pop})
+    kept = float(np.mean([sum(ind.hidden_units()) / sum(run.arch.hidden_widths) for ind in base_pop]))
+    log(f"timed population: {len(base_pop)} individuals, {distinct} distinct first-layer weight tensors "
+        f"(individuals sharing one share its product), mean {100 * kept:.0f}% of the hidden units kept")
     log(f"ours: Evolution.step, weighted     {_spread(ours_step)}")
     log(f"ours: Evolution.step, NSGA-II      {_spread(ours_nsga2)}   (evaluates parents and offspring: "
         f"{2 * s.pop} evaluations)")

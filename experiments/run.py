@@ -57,6 +57,10 @@ def build_parser() -> OneLineParser:
     g.add_argument("--epochs", type=positive_int, help="passes over the evolution subset (preset: 1)")
     g.add_argument("--batch-size", type=positive_int, help="images per generation batch (preset: 100)")
     g.add_argument("--mutation-rate", type=finite_float, help="probability per child of the weight mutation (preset: 0.01)")
+    g.add_argument("--mutation-low", type=finite_float,
+                   help="lower end of the weight mutation's U(low, high) factors (preset: 0.9)")
+    g.add_argument("--mutation-high", type=finite_float,
+                   help="upper end of the weight mutation's U(low, high) factors (preset: 1.1)")
     g.add_argument("--mask-flip-prob", type=finite_float, help="per-unit mask flip probability per child (preset: 0.002)")
     g.add_argument("--init-scores", choices=INIT_SCORES,
                    help="how the initial prunings rank units: l1 (incoming weight norm, the reference) or "
@@ -87,6 +91,7 @@ def build_parser() -> OneLineParser:
 
 
 OVERRIDES = ("weights", "selection", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
+             "mutation_low", "mutation_high",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
              "embedding_layers", "recombination_layers", "similarity_batch", "init_scores")
 

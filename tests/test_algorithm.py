@@ -68,3 +68,25 @@ def test_elitism_carries_the_best_individuals_over_unchanged(tiny_data, tiny_par
     for elite, kept in zip(ranked, state.population[:2]):
         assert all(torch.equal(a, b) for a, b in zip(elite.weights, kept.weights))
         assert all(torch.equal(a, b) for a, b in zip(elite.masks, kept.masks))
+
+
+def test_activation_initialisation_keeps_the_highest_activation_score_units(tiny_data, tiny_parent):
+    from ecomp_deap.baselines import unit_scores
+    from ecomp_deap.ecomp import INIT_SCORE_IMAGES, EcompRun
+    from ecomp_deap.operators import top_units_mask
+
+    cfg = EcompConfig(selection="nsga2", init_scores="activation", **TINY)
+    run = EcompRun(cfg, tiny_parent, tiny_data, progress=False)
+    pop = run.evolution.initial_state().population
+    n = min(run.stream.n_batches, INIT_SCORE_IMAGES // cfg.batch_size)
+    x = torch.cat([run.stream.batch(0, i)[0] for i in range(n)])
+    scores = unit_scores("activation", run.arch, run.weights, run.biases, x)
+    l1 = EcompRun(cfg.replace(init_scores="l1"), tiny_parent, tiny_data, progress=False)
+    l1_pop = l1.evolution.initial_state().population
+    differs = False
+    for ind, ref in zip(pop, l1_pop):
+        for mask, s in zip(ind.masks, scores):
+            assert torch.equal(mask, top_units_mask(s, int(mask.sum())))
+        differs |= any(not torch.equal(a, b) for a, b in zip(ind.masks, ref.masks))
+    assert differs  # not the L1 ranking
+    assert run_ecomp(cfg, tiny_parent, tiny_data, progress=False).front
