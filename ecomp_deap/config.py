@@ -15,6 +15,7 @@ SELECTIONS = ("weighted", "nsga2")
 KERNELS = ("gaussian", "student_t")
 DEVICES = ("auto", "cpu", "cuda")
 INIT_SCORES = ("l1", "activation")
+MUTATIONS = ("weights", "units")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class EcompConfig:
     recombination layers times its own factor from U(mutation_low, mutation_high))."""
     mutation_low: float = 0.9
     mutation_high: float = 1.1
+    mutation: str = "weights"
+    """'weights': the reference mutation (a factor per weight); 'units': a factor per
+    unit on its incoming weights and bias (``operators.mut_scale_units``)."""
     mask_flip_prob: float = 0.002
     """Per-unit probability that a child's mask bit flips (never emptying a layer).
     0.002 is about one flip per child per generation for 512 hidden units: enough to
@@ -128,6 +132,7 @@ class EcompConfig:
             v = getattr(self, name)
             need(math.isfinite(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
         need(0 < self.mutation_low <= self.mutation_high, f"mutation factors need 0 < low <= high, got [{self.mutation_low}, {self.mutation_high}]")
+        need(self.mutation in MUTATIONS, f"mutation must be one of {', '.join(MUTATIONS)}, got {self.mutation!r}")
         need(self.init_scores in INIT_SCORES,
              f"init_scores must be one of {', '.join(INIT_SCORES)}, got {self.init_scores!r}")
         need(0.0 <= self.init_prune_low < self.init_prune_high <= 1.0,

@@ -94,6 +94,20 @@ def mut_scale_weights(ind, layers: Sequence[int], low: float, high: float, gen: 
     return (ind,)
 
 
+def mut_scale_units(ind, layers: Sequence[int], low: float, high: float, gen: torch.Generator):
+    """Unit-gain mutation: every output unit of the given Linear layers has its incoming
+    weight row and bias times one factor drawn from U(low, high). For ReLU-like
+    (positively homogeneous) activations that rescales what the unit sends downstream:
+    a few hundred gains instead of every weight, a search space where selection on
+    noisy batches still makes progress."""
+    for k in layers:
+        w, b = ind.weights[k], ind.biases[k]
+        factors = torch.empty(w.shape[0], dtype=w.dtype).uniform_(low, high, generator=gen)  # (out_k,)
+        ind.weights[k] = w * factors[:, None]
+        ind.biases[k] = b * factors
+    return (ind,)
+
+
 def mut_flip_units(ind, flip_prob: float, gen: torch.Generator):
     """Flip each hidden unit's mask bit with probability ``flip_prob``; a layer that
     would become empty keeps one random unit."""

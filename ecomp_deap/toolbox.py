@@ -7,7 +7,7 @@ from deap import base, tools
 from .architecture import MLPArchitecture
 from .config import EcompConfig
 from .genome import Genome, fitness_weights, make_types
-from .operators import (cx_layerwise, init_l1_population, mut_flip_units, mut_scale_weights,
+from .operators import (cx_layerwise, init_l1_population, mut_flip_units, mut_scale_units, mut_scale_weights,
                         sel_softmax_roulette)
 
 
@@ -30,7 +30,8 @@ def build_toolbox(config: EcompConfig, arch: MLPArchitecture, parent_weights, pa
                 low=config.init_prune_low, high=config.init_prune_high, scores=init_scores)
     tb.register("clone", Genome.clone)
     tb.register("mate", cx_layerwise, layers=rec, gen=gen)
-    tb.register("mutate", mut_scale_weights, layers=rec, low=config.mutation_low, high=config.mutation_high, gen=gen)
+    mutate = mut_scale_units if config.mutation == "units" else mut_scale_weights
+    tb.register("mutate", mutate, layers=rec, low=config.mutation_low, high=config.mutation_high, gen=gen)
     tb.register("mutate_mask", mut_flip_units, flip_prob=config.mask_flip_prob, gen=gen)
     if config.selection == "weighted":
         tb.register("select", sel_softmax_roulette, temperature=config.selection_temperature, gen=gen)

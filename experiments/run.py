@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ecomp_deap.cli import HelpFormatter, OneLineParser, finite_float, non_negative_int, positive_int, run_main
-from ecomp_deap.config import DEVICES, INIT_SCORES, KERNELS, SELECTIONS
+from ecomp_deap.config import DEVICES, INIT_SCORES, KERNELS, MUTATIONS, SELECTIONS
 from ecomp_deap.errors import ConfigError
 
 
@@ -57,6 +57,9 @@ def build_parser() -> OneLineParser:
     g.add_argument("--epochs", type=positive_int, help="passes over the evolution subset (preset: 1)")
     g.add_argument("--batch-size", type=positive_int, help="images per generation batch (preset: 100)")
     g.add_argument("--mutation-rate", type=finite_float, help="probability per child of the weight mutation (preset: 0.01)")
+    g.add_argument("--mutation", choices=MUTATIONS,
+                   help="weights: a U(low, high) factor per weight (the reference); units: one factor per "
+                        "unit on its incoming weights and bias (preset: weights)")
     g.add_argument("--mutation-low", type=finite_float,
                    help="lower end of the weight mutation's U(low, high) factors (preset: 0.9)")
     g.add_argument("--mutation-high", type=finite_float,
@@ -91,7 +94,7 @@ def build_parser() -> OneLineParser:
 
 
 OVERRIDES = ("weights", "selection", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
-             "mutation_low", "mutation_high",
+             "mutation", "mutation_low", "mutation_high",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
              "embedding_layers", "recombination_layers", "similarity_batch", "init_scores")
 

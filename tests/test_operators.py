@@ -3,7 +3,7 @@ import torch
 from ecomp_deap.architecture import MLPArchitecture, parent_tensors
 from ecomp_deap.genome import fitness_weights, make_types
 from ecomp_deap.operators import (cx_layerwise, init_l1_population, init_l1_pruned, mut_flip_units,
-                                  mut_scale_weights, sel_softmax_roulette)
+                                  mut_scale_units, mut_scale_weights, sel_softmax_roulette)
 from ecomp_deap.parent import build_mlp
 
 
@@ -136,3 +136,19 @@ def test_crossover_keeps_a_tensor_both_parents_share_and_recombines_the_masks():
     assert a.weights[0] is w[0] and c.weights[0] is w[0] and a.biases[0] is b[0]  # shared: no copy
     assert a.weights[1] is not w[1]  # differing parents: a recombined copy
     assert any(not torch.equal(m, n) for m, n in zip(a.masks, ma))
+
+
+def test_unit_gain_mutation_scales_each_row_and_bias_by_one_factor():
+    torch.manual_seed(7)
+    model = build_mlp((10, 6), in_features=5, n_classes=3)
+    arch = MLPArchitecture.from_module(model)
+    w, b = parent_tensors(model, arch)
+    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
+    ind = init_l1_pruned(ind_cls, w, b, 0.0)
+    mut_scale_units(ind, [0, 2], 0.8, 1.2, torch.Generator().manual_seed(0))
+    for k in (0, 2):
+        ratio = ind.weights[k] / w[k]  # (out, in): one factor per row
+        assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-5)
+        assert torch.allclose(ind.biases[k] / b[k], ratio[:, 0], atol=1e-5)
+        assert bool(((ratio >= 0.8 - 1e-6) & (ratio <= 1.2 + 1e-6)).all())
+    assert ind.weights[1] is w[1] and ind.biases[1] is b[1]  # other layers untouched
