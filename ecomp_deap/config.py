@@ -39,7 +39,7 @@ class EcompConfig:
     mutation_high: float = 1.1
     mutation: str = "weights"
     """'weights': the reference mutation (a factor per weight); 'units': a factor per
-    unit on its incoming weights and bias (``operators.mut_scale_units``)."""
+    hidden unit on its outgoing weights (``operators.mut_scale_units``)."""
     mask_flip_prob: float = 0.002
     """Per-unit probability that a child's mask bit flips (never emptying a layer).
     0.002 is about one flip per child per generation for 512 hidden units: enough to

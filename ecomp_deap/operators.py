@@ -95,16 +95,18 @@ def mut_scale_weights(ind, layers: Sequence[int], low: float, high: float, gen: 
 
 
 def mut_scale_units(ind, layers: Sequence[int], low: float, high: float, gen: torch.Generator):
-    """Unit-gain mutation: every output unit of the given Linear layers has its incoming
-    weight row and bias times one factor drawn from U(low, high). For ReLU-like
-    (positively homogeneous) activations that rescales what the unit sends downstream:
-    a few hundred gains instead of every weight, a search space where selection on
-    noisy batches still makes progress."""
+    """Unit-gain mutation: for every Linear layer ``k >= 1`` of ``layers``, each input
+    column (hidden unit ``j`` of the layer below) times one factor drawn from U(low,
+    high): the unit's outgoing weights scaled together. For ReLU-like activations that
+    equals rescaling the unit itself. A few hundred gains instead of every weight: a
+    search space where selection on noisy batches still makes progress; the first
+    layer (its inputs are pixels, not units) keeps its tensor, shared with the parent."""
     for k in layers:
-        w, b = ind.weights[k], ind.biases[k]
-        factors = torch.empty(w.shape[0], dtype=w.dtype).uniform_(low, high, generator=gen)  # (out_k,)
-        ind.weights[k] = w * factors[:, None]
-        ind.biases[k] = b * factors
+        if k == 0:
+            continue
+        w = ind.weights[k]
+        factors = torch.empty(w.shape[1], dtype=w.dtype).uniform_(low, high, generator=gen)  # (in_k,)
+        ind.weights[k] = w * factors[None, :]
     return (ind,)
 
 

@@ -59,7 +59,7 @@ def build_parser() -> OneLineParser:
     g.add_argument("--mutation-rate", type=finite_float, help="probability per child of the weight mutation (preset: 0.01)")
     g.add_argument("--mutation", choices=MUTATIONS,
                    help="weights: a U(low, high) factor per weight (the reference); units: one factor per "
-                        "unit on its incoming weights and bias (preset: weights)")
+                        "hidden unit on its outgoing weights (preset: weights)")
     g.add_argument("--mutation-low", type=finite_float,
                    help="lower end of the weight mutation's U(low, high) factors (preset: 0.9)")
     g.add_argument("--mutation-high", type=finite_float,

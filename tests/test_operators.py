@@ -138,17 +138,18 @@ def test_crossover_keeps_a_tensor_both_parents_share_and_recombines_the_masks():
     assert any(not torch.equal(m, n) for m, n in zip(a.masks, ma))
 
 
-def test_unit_gain_mutation_scales_each_row_and_bias_by_one_factor():
+def test_unit_gain_mutation_scales_each_units_outgoing_weights_by_one_factor():
     torch.manual_seed(7)
     model = build_mlp((10, 6), in_features=5, n_classes=3)
     arch = MLPArchitecture.from_module(model)
     w, b = parent_tensors(model, arch)
     _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
     ind = init_l1_pruned(ind_cls, w, b, 0.0)
-    mut_scale_units(ind, [0, 2], 0.8, 1.2, torch.Generator().manual_seed(0))
-    for k in (0, 2):
-        ratio = ind.weights[k] / w[k]  # (out, in): one factor per row
-        assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-5)
-        assert torch.allclose(ind.biases[k] / b[k], ratio[:, 0], atol=1e-5)
+    mut_scale_units(ind, [0, 1, 2], 0.8, 1.2, torch.Generator().manual_seed(0))
+    assert ind.weights[0] is w[0]  # inputs are pixels: untouched, still shared
+    for k in (1, 2):
+        ratio = ind.weights[k] / w[k]  # (out, in): one factor per column
+        assert torch.allclose(ratio, ratio[:1].expand_as(ratio), atol=1e-5)
         assert bool(((ratio >= 0.8 - 1e-6) & (ratio <= 1.2 + 1e-6)).all())
-    assert ind.weights[1] is w[1] and ind.biases[1] is b[1]  # other layers untouched
+        assert not torch.allclose(ratio, torch.ones_like(ratio))
+        assert ind.biases[k] is b[k]
