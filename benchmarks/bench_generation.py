@@ -211,9 +211,9 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
                 sims = []
                 for m, dists in outs:
                     s = torch.zeros(m[0].shape[0], dtype=torch.float64, device=ev.device)
-                    for (layer, _), d_child, parent_p in zip(ev.embeddings, dists, refs):
-                        s = s + similarity_from_distances(parent_p, d_child, cfg.perplexity, cfg.kernel,
-                                                          dof=m[layer].sum(1))
+                    for (layer, _), d_child, ref in zip(ev.embeddings, dists, refs):
+                        s = s + similarity_from_distances(ref.p, d_child, cfg.perplexity, cfg.kernel,
+                                                          dof=m[layer].sum(1), log_beta_init=ref.warm_start(d_child))
                     sims.append(s)
                 return sims
 

@@ -118,13 +118,16 @@ def _conditional_probabilities(
     perplexity: float,
     tol: float = _ENTROPY_TOL,
     max_iter: int = _MAX_ITER,
-) -> tuple[Tensor, Tensor]:
+    t_init: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """Row-wise Gaussian conditionals with entropy log(perplexity).
 
     d: (N, M) float64 squared distances of each row to its M = B-1 neighbours
-    (self already removed).  Returns (p, n_iter): p (N, M) with rows summing
-    to 1, p_j = exp(-beta d_j) / sum_k exp(-beta d_k); n_iter (N,) the number
-    of entropy evaluations each row used (0 for rows solved in closed form).
+    (self already removed); t_init: optional (N,) starting log(beta) per row
+    (non-finite entries: the default guess).  Returns (p, n_iter, t): p (N, M)
+    with rows summing to 1, p_j = exp(-beta d_j) / sum_k exp(-beta d_k); n_iter
+    (N,) the number of entropy evaluations each row used (0 for rows solved in
+    closed form); t (N,) the final log(beta) (NaN for rows solved in closed form).
 
     With the row minimum subtracted (p and H are invariant to the shift),
     Z = sum_k exp(-beta d_k) >= 1 and H = log Z + beta * E_p[d].
@@ -138,11 +141,12 @@ def _conditional_probabilities(
     d = d - d.amin(dim=1, keepdim=True)  # (N, M), row minimum is 0
     out = torch.empty_like(d)
     n_iter = torch.zeros(N, dtype=torch.long, device=d.device)
+    t_out = torch.full((N,), math.nan, dtype=d.dtype, device=d.device)
 
     # beta = 0 limit: every row's maximal entropy log(M) is already <= target.
     if math.log(M) <= target + tol:
         out.fill_(1.0 / M)
-        return out, n_iter
+        return out, n_iter, t_out
 
     # beta -> inf limit: uniform over the nearest (tied) neighbours.
     is_min = d == 0  # (N, M)
@@ -152,7 +156,7 @@ def _conditional_probabilities(
         out[tie_rows] = is_min[tie_rows].to(d.dtype) / n_ties[tie_rows].unsqueeze(1).to(d.dtype)
         idx = torch.nonzero(~tie_rows).squeeze(1)  # rows still to solve
         if idx.numel() == 0:
-            return out, n_iter
+            return out, n_iter, t_out
         dw = d.index_select(0, idx)  # (n, M) working set
     else:
         idx = torch.arange(N, device=d.device)
@@ -165,6 +169,9 @@ def _conditional_probabilities(
     mean_u = dw.mean(dim=1)  # (n,)
     var_u = (d2w.mean(dim=1) - mean_u * mean_u).clamp_min(1e-300)  # (n,) uniform-weight variance
     t = 0.5 * torch.log(2.0 * (math.log(M) - target) / var_u)  # (n,) t = log(beta)
+    if t_init is not None:  # a warm start, e.g. the parent's solution rescaled
+        ti = t_init.to(d.dtype).reshape(N).index_select(0, idx)
+        t = torch.where(torch.isfinite(ti), ti, t)
     lo = torch.full_like(t, -math.inf)  # bracket on log(beta)
     hi = torch.full_like(t, math.inf)
     step = torch.full_like(t, 2.0)  # unbracketed fallback step on log(beta), doubled at each use
@@ -193,6 +200,7 @@ def _conditional_probabilities(
             rows = idx.index_select(0, sel)
             out.index_copy_(0, rows, w.index_select(0, sel) / z.index_select(0, sel).unsqueeze(1))
             n_iter.index_fill_(0, rows, it + 1)
+            t_out.index_copy_(0, rows, t.index_select(0, sel))
             active = active & ~done
             n_active = int(active.sum())
             if n_active == 0:
@@ -215,16 +223,21 @@ def _conditional_probabilities(
         t_next = torch.where(ok, t_newton, torch.where(both, 0.5 * (lo + hi), expand))
         t = torch.where(active, t_next, t)
 
-    return out, n_iter
+    return out, n_iter, t_out
 
 
-def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0) -> Tensor:
+def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init: Tensor | None = None,
+                        return_log_beta: bool = False):
     """Symmetric t-SNE joint probabilities from squared distances.
 
     sq_dist: (..., B, B).  Returns P (..., B, B) float64 with
     P = (P_cond + P_cond^T) / sum(P_cond + P_cond^T), off-diagonal floored at
     eps, zero diagonal; its condensed upper triangle equals sklearn's
     ``_joint_probabilities(sq_dist, perplexity, 0)`` (sums to ~1/2).
+    log_beta_init: optional (..., B) starting log-precisions of the rows' search
+    (a warm start changes the iterations, not the solution). With
+    ``return_log_beta``, returns (P, log_beta (..., B)), NaN for rows solved in
+    closed form.
     """
     if perplexity <= 0:
         raise ValueError("perplexity must be positive")
@@ -234,14 +247,18 @@ def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0) -> Tensor:
         raise ValueError(f"expected (..., B, B) distances, got {tuple(d.shape)}")
     lead = d.shape[:-2]
     if B < 2:
-        return torch.zeros_like(d)
+        p = torch.zeros_like(d)
+        return (p, torch.full(d.shape[:-1], math.nan, dtype=d.dtype)) if return_log_beta else p
     off = _offdiag(d).reshape(-1, B - 1)  # (N = prod(lead) * B, B-1)
-    cond, _ = _conditional_probabilities(off, perplexity)
+    t_init = None if log_beta_init is None else log_beta_init.expand(*lead, B).reshape(-1)
+    cond, _, log_beta = _conditional_probabilities(off, perplexity, t_init=t_init)
     cond = _from_offdiag(cond.reshape(*lead, B, B - 1))  # (..., B, B)
     p = cond + cond.transpose(-1, -2)  # (..., B, B)
     p.div_(p.sum(dim=(-2, -1), keepdim=True).clamp_min(EPS))
     p.clamp_(min=EPS)
     p.diagonal(dim1=-2, dim2=-1).zero_()
+    if return_log_beta:
+        return p, log_beta.reshape(*lead, B)
     return p
 
 
@@ -323,17 +340,19 @@ def tsne_similarity_loss(
 
 
 def similarity_from_distances(parent_p: Tensor, d_child: Tensor, perplexity: float = 30.0,
-                              kernel: str = "gaussian", dof: Tensor | float | None = None):
+                              kernel: str = "gaussian", dof: Tensor | float | None = None,
+                              log_beta_init: Tensor | None = None):
     """The loss of :func:`tsne_similarity_loss` from the child's squared distances
     ``d_child`` (B, B) or (P, B, B) and the parent's joint P (B, B); ``dof`` is
-    required by the Student-t kernel. Returns a python float or a (P,) tensor."""
+    required by the Student-t kernel; ``log_beta_init`` (..., B) warm-starts the
+    Gaussian kernel's perplexity search. Returns a python float or a (P,) tensor."""
     parent_p = _as_float64(parent_p).to(d_child.device)
     if parent_p.shape[-2:] != d_child.shape[-2:]:
         raise ValueError(f"batch size mismatch: parent P {tuple(parent_p.shape)} vs child distances "
                          f"{tuple(d_child.shape)}")
     kernel = kernel.lower().replace("-", "_")
     if kernel == "gaussian":
-        q = joint_probabilities(d_child, perplexity)  # (..., B, B)
+        q = joint_probabilities(d_child, perplexity, log_beta_init)  # (..., B, B)
     elif kernel in ("student_t", "studentt", "t"):
         if dof is None:
             raise ValueError("the Student-t kernel needs dof (degrees of freedom)")

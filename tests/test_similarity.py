@@ -209,7 +209,7 @@ def test_newton_search_converges_fast_and_tightly():
     g = torch.Generator().manual_seed(5)
     x = torch.relu(torch.randn(20, 100, 256, generator=g) - 0.5)  # ReLU-like activations
     d = _offdiag(squared_distances(x)).reshape(-1, 99)
-    cond, n_iter = _conditional_probabilities(d, 30.0)
+    cond, n_iter, _ = _conditional_probabilities(d, 30.0)
     assert int(n_iter.max()) <= 12
     assert float(n_iter.double().median()) <= 8
     torch.testing.assert_close(cond.sum(1), torch.ones(cond.shape[0], dtype=torch.float64))
@@ -380,3 +380,22 @@ def test_small_batches(b):
     if b >= 2:  # perplexity 30 unreachable: sklearn ends at (nearly) uniform conditionals
         d = squared_distances(parent).numpy()
         np.testing.assert_allclose(joint_probabilities(torch.tensor(d)).numpy(), sk_joint(f32(d)), rtol=1e-6, atol=1e-12)
+
+
+def test_warm_start_changes_the_iterations_not_the_solution():
+    g = torch.Generator().manual_seed(8)
+    parent = torch.relu(torch.randn(100, 64, generator=g))
+    children = parent[None] * (torch.rand(6, 1, 64, generator=g) < 0.5)  # (6, 100, 64) unit subsets
+    dp, dc = squared_distances(parent), squared_distances(children)
+    _, log_beta = joint_probabilities(dp, 30.0, return_log_beta=True)
+    assert log_beta.shape == (100,) and bool(torch.isfinite(log_beta).all())
+    warm = log_beta + torch.log(dp.sum(-1) / 99) - torch.log(dc.sum(-1) / 99)  # (6, 100)
+    off = _offdiag(dc).reshape(-1, 99)
+    cold_p, cold_n, _ = _conditional_probabilities(off, 30.0)
+    warm_p, warm_n, _ = _conditional_probabilities(off, 30.0, t_init=warm.reshape(-1))
+    torch.testing.assert_close(warm_p, cold_p, rtol=0, atol=1e-8)
+    assert warm_n.double().mean() < cold_n.double().mean()
+    torch.testing.assert_close(joint_probabilities(dc, 30.0, warm), joint_probabilities(dc, 30.0), rtol=0, atol=1e-10)
+    # non-finite starts fall back to the default guess
+    nan_start = torch.full((6, 100), float("nan"), dtype=torch.float64)
+    torch.testing.assert_close(joint_probabilities(dc, 30.0, nan_start), joint_probabilities(dc, 30.0))
