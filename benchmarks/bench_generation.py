@@ -31,7 +31,7 @@ hit ours, the reference and the bound alike):
   final all-batches pass + the test-set pass of the chosen individuals).
 * **scale** (unless ``--no-scale``): time per generation and peak memory (``ru_maxrss``
   growth, and CUDA peak allocation on a GPU) for each ``--scale-pops`` population with
-  the 784-256-256-10 parent, and the first of them with a 784-1024-1024-10 parent (random
+  the 784-256-256-10 parent, and the first and last of them with a 784-1024-1024-10 parent (random
   init), each in a fresh subprocess (started through ``/bin/sh``, which forks: a child
   exec'd straight from this process would inherit its ru_maxrss) so each peak is its own.
 
@@ -344,7 +344,8 @@ def scale_worker(spec: dict) -> None:
 
 
 def run_scale(args, s, data, parent, device, log) -> list[dict]:
-    configs = [(p, s.hidden) for p in args.scale_pops] + [(args.scale_pops[0], s.wide_hidden)]
+    pops = args.scale_pops
+    configs = [(p, s.hidden) for p in pops] + [(p, s.wide_hidden) for p in sorted({pops[0], pops[-1]})]
     gens = args.reps + 1
     g = torch.Generator().manual_seed(0)
     idx = balanced_indices(data.train_y, gens * s.batch, g)
@@ -560,20 +561,20 @@ def main(argv=None) -> int:
         rows = run_scale(args, s, data, parent, device, log)
         report["scale"] = rows
         base = rows[0]
-        log(f"{'pop':>6} {'parent':>16} {'ms/gen (median)':>16} {'time/time(pop ' + str(base['pop']) + ')':>20} "
-            f"{'N/' + str(base['pop']):>8} {'peak RSS growth':>16} {'peak RSS':>10}"
+        log(f"{'pop':>6} {'parent':>16} {'ms/gen (median)':>16} {'time/time(first pop)':>20} "
+            f"{'N/N(first)':>10} {'peak RSS growth':>16} {'peak RSS':>10}"
             + (f" {'CUDA peak':>10}" if device == "cuda" else ""))
         for r in rows:
-            same_parent = r["hidden"] == base["hidden"]
-            growth = f"{r['median_s'] / base['median_s']:.2f}" if same_parent else "-"
-            nratio = f"{r['pop'] / base['pop']:.2f}" if same_parent else "-"
+            first = next(q for q in rows if q["hidden"] == r["hidden"])  # same parent, smallest pop
+            growth = f"{r['median_s'] / first['median_s']:.2f}"
+            nratio = f"{r['pop'] / first['pop']:.2f}"
             parent_s = "784-" + "-".join(map(str, r["hidden"])) + "-10"
-            line = (f"{r['pop']:>6} {parent_s:>16} {1e3 * r['median_s']:>16.1f} {growth:>20} {nratio:>8} "
+            line = (f"{r['pop']:>6} {parent_s:>16} {1e3 * r['median_s']:>16.1f} {growth:>20} {nratio:>10} "
                     f"{r['rss_growth_bytes'] / 2**20:>12.0f} MiB {r['rss_peak_bytes'] / 2**20:>6.0f} MiB")
             if device == "cuda":
                 line += f" {r['cuda_peak_bytes'] / 2**20:>6.0f} MiB"
             log(line)
-        wide = rows[-1]
+        wide = next(r for r in rows if r["hidden"] != base["hidden"])
         log(f"wide parent: time(784-{'-'.join(map(str, wide['hidden']))}-10) / time(784-"
             f"{'-'.join(map(str, base['hidden']))}-10) at pop {wide['pop']}: {wide['median_s'] / base['median_s']:.2f}")
         log("(the 784-256-256-10 rows use the trained parent, the wide parent is randomly initialised; "
