@@ -84,9 +84,21 @@ def test_list_presets_and_help():
     assert p.returncode == 0
     names = [line.split()[0] for line in p.stdout.splitlines()]
     assert names == ["weighting001", "weighting020", "weighting021", "weighting100", "weighting101", "weighting120",
-                     "weighting121", "pareto101", "pareto120", "pareto121"]
+                     "weighting121", "pareto101", "pareto120", "pareto121", "quality121", "quality101"]
     h = run_script("experiments/run.py", "--help")
     assert h.returncode == 0 and "--runs 10 --name weighting121" in h.stdout
+
+
+def test_quality_presets_are_valid_and_differ_only_in_the_similarity_weight():
+    from ecomp_deap.presets import preset_config
+
+    with_sim, without = preset_config("quality121"), preset_config("quality101")
+    for cfg in (with_sim, without):
+        cfg.validate()
+        cfg.validate_data(60000)  # fits FashionMNIST's training set with the validation split
+        assert cfg.selection == "nsga2" and cfg.mutation == "units" and cfg.init_scores == "activation"
+    assert with_sim.weights == (1.0, 2.0, 1.0) and without.weights == (1.0, 0.0, 1.0)
+    assert with_sim.replace(weights=without.weights) == without
 
 
 def test_end_to_end_run_compare_and_every_plot(tmp_path, cache_dir):
