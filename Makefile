@@ -10,7 +10,7 @@ RUNS   ?= 2
 DATA_ROOT := $(or $(ECOMP_DATA_DIR),$(HOME)/.cache/ecomp_deap/data)
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test test-slow data install bench clean help
+.PHONY: run test test-slow data install bench quality clean help
 
 help:
 	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each),"
@@ -18,6 +18,7 @@ help:
 	@echo "make test       install and run the test suite"
 	@echo "make test-slow  the slow tests only (minutes; CI runs them after make test)"
 	@echo "make bench      the speed benchmark"
+	@echo "make quality    the accuracy-at-size study: quality121 vs quality101 (RUNS=10 for the README's table)"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +43,7 @@ data:
 run: $(STAMP) data
 	$(BIN)/python experiments/run.py --name weighting121 pareto121 --runs $(RUNS) --out $(OUT) --overwrite
 	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
-	$(BIN)/python experiments/compare.py $(OUT)/weighting121 $(OUT)/pareto121
+	$(BIN)/python experiments/compare.py $(OUT)/weighting121 $(OUT)/pareto121 --baselines $(OUT)/baselines
 	$(BIN)/python plots/pareto.py $(OUT)/weighting121 $(OUT)/pareto121 $(OUT)/baselines
 	$(BIN)/python plots/curves.py $(OUT)/weighting121 $(OUT)/pareto121
 	$(BIN)/python plots/boxplots.py $(OUT)/weighting121 $(OUT)/pareto121
@@ -57,6 +58,13 @@ test-slow: $(STAMP) data
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/bench_generation.py
+
+# The accuracy-at-size study behind the README's table (about 8 min per run on 2 cores).
+quality: $(STAMP) data
+	$(BIN)/python experiments/run.py --name quality121 quality101 --runs $(RUNS) --out $(OUT) --overwrite
+	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
+	$(BIN)/python experiments/compare.py $(OUT)/quality121 $(OUT)/quality101 --baselines $(OUT)/baselines
+	$(BIN)/python plots/pareto.py $(OUT)/quality121 $(OUT)/quality101 $(OUT)/baselines
 
 clean:
 	rm -rf $(VENV) .pytest_cache
