@@ -226,7 +226,8 @@ class PopulationEvaluator:
             return logits, masks, dists
         weights, biases, masks = self._stack(population)
         logits, pre, post = self.forward(weights, biases, masks, x, keep_pre=self.needs_pre and rows > 0)
-        dists = [squared_distances((post if kind == "act" else pre)[layer][:, :rows])
+        dists = [squared_distances((post if kind == "act" else pre)[layer][:, :rows]) if rows
+                 else torch.empty(len(population), 0, 0, dtype=torch.float64, device=self.device)
                  for layer, kind in self.embeddings]
         return logits, masks, dists
 

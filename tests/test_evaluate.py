@@ -148,10 +148,12 @@ def test_kept_units_forward_equals_the_stacked_masked_forward(embeddings, mutate
     assert ev.kept_units_forward
     kept = ev.outputs(pop, x, 15)
     m_kept = ev.measure(pop, x, y)
+    acc_kept = ev.accuracy(pop, x, y, batch_size=7)
     ev.kept_units_forward = False
     ev.clear_cache()
     stacked = ev.outputs(pop, x, 15)
     m_stacked = ev.measure(pop, x, y)
+    assert np.array_equal(ev.accuracy(pop, x, y, batch_size=7), acc_kept)
     assert torch.allclose(kept[0], stacked[0], atol=1e-5)
     for a, s in zip(kept[1], stacked[1]):
         assert torch.equal(a, s)
