@@ -137,8 +137,9 @@ SIZE_TOL = 1e-9
 def front_at_size(run: dict, size: float) -> dict | None:
     """The run's front network for a budget of ``size`` (fraction of the parent's hidden
     units): among its front points with compression <= size, the one with the best
-    validation accuracy (train accuracy when the run has no validation split). The test
-    set plays no part in the choice. None when no front point is that small."""
+    validation accuracy (train accuracy when the run has no validation split; ties: the
+    smaller network). The test set plays no part in the choice. None when no front
+    point is that small."""
     points = [p for p in run.get("front") or [] if isinstance(p, dict)
               and p.get("compression") is not None and p["compression"] <= size + SIZE_TOL]
     if not points:
