@@ -167,10 +167,14 @@ def size_rows(experiments: Sequence[tuple[str, Sequence[dict]]], sizes: Sequence
     for size in sizes:
         row: dict[str, Any] = {"size": float(size),
                                "parent_accuracy": float(np.median(parent)) if len(parent) else None}
+        values = []
         for name, runs in experiments:
             picks = [front_at_size(r, size) for r in runs]
-            med, q25, q75 = median_iqr([p["test_accuracy"] for p in picks if p is not None])
+            values.append([p["test_accuracy"] for p in picks if p is not None])
+            med, q25, q75 = median_iqr(values[-1])
             row[name] = {"median": med, "q25": q25, "q75": q75, "runs": sum(p is not None for p in picks)}
+        if len(experiments) == 2:  # two experiments: are they different at this size?
+            row["p_value"] = mann_whitney_p(*values)
         for method in (baselines or {}).get("methods", {}):
             row[f"baseline_{method}"] = baseline_at_size(baselines, method, size)
         rows.append(row)
@@ -179,14 +183,17 @@ def size_rows(experiments: Sequence[tuple[str, Sequence[dict]]], sizes: Sequence
 
 def size_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
     methods = [k[len("baseline_"):] for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
+    paired = bool(rows) and "p_value" in rows[0]
     headers = (["hidden units kept"] + [f"{n} median [q25–q75] (runs)" for n in names]
-               + [f"{m} pruning" for m in methods] + ["parent"])
+               + (["p (Mann–Whitney U)"] if paired else []) + [f"{m} pruning" for m in methods] + ["parent"])
     body = []
     for r in rows:
         cells = [f"≤ {100 * r['size']:g} %"]
         for n in names:
             e = r[n]
             cells.append(f"{fmt_median_iqr(e['median'], e['q25'], e['q75'])} ({e['runs']})")
+        if paired:
+            cells.append(fmt_p(r["p_value"]))
         cells += [fmt_number(r[f"baseline_{m}"]) for m in methods]
         cells.append(fmt_number(r["parent_accuracy"]))
         body.append(cells)
@@ -196,10 +203,12 @@ def size_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
 def size_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict], list[str]]:
     """Flat rows for ``save_csv`` and their field names."""
     methods = [k for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
-    fields = ["size"] + [f"{n}_{s}" for n in names for s in ("median", "q25", "q75", "runs")] + methods + ["parent_accuracy"]
+    paired = ["p_value"] if rows and "p_value" in rows[0] else []
+    fields = (["size"] + [f"{n}_{s}" for n in names for s in ("median", "q25", "q75", "runs")] + paired
+              + methods + ["parent_accuracy"])
     out = []
     for r in rows:
-        flat = {"size": r["size"], "parent_accuracy": r["parent_accuracy"]}
+        flat = {"size": r["size"], "parent_accuracy": r["parent_accuracy"], "p_value": r.get("p_value")}
         for n in names:
             flat.update({f"{n}_{s}": r[n][s] for s in ("median", "q25", "q75", "runs")})
         flat.update({m: r[m] for m in methods})
@@ -301,7 +310,8 @@ def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequenc
             "Per run, the front network with at most that fraction of the parent's hidden units "
             "and the best validation accuracy (chosen without the test set); median and "
             "interquartile range of its test accuracy across runs (runs with such a network in "
-            "brackets). Baselines: structured pruning to exactly that size, no retraining.",
+            "brackets); with two experiments, the two-sided Mann–Whitney U p-value between them. "
+            "Baselines: structured pruning to exactly that size, no retraining.",
             "",
             size_markdown(sizes, names),
         ]

@@ -193,6 +193,12 @@ def test_size_rows_medians_baselines_and_missing_runs():
     assert rows[0]["parent_accuracy"] == pytest.approx(0.87)
     md = comparison.size_markdown(rows, ["evo"])
     assert "≤ 25 %" in md and "0.8200 [0.8100–0.8300] (3)" in md and "l1 pruning" in md
+    assert "p_value" not in rows[0] and "Mann" not in md  # one experiment: nothing to test
+    other = [sized_run([(0.25, 0.8, a)]) for a in (0.70, 0.71, 0.72, 0.73)]
+    two = comparison.size_rows([("evo", runs), ("other", other)], [0.25])
+    assert two[0]["p_value"] == pytest.approx(mannwhitneyu([0.80, 0.82, 0.84], [0.70, 0.71, 0.72, 0.73],
+                                                           alternative="two-sided").pvalue)
+    assert "p (Mann–Whitney U)" in comparison.size_markdown(two, ["evo", "other"])
 
 
 def test_compare_sizes_table_with_baselines(results, tmp_path):
