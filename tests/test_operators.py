@@ -124,11 +124,7 @@ def test_roulette_draws_fitter_individuals_more_often():
 
 
 def test_crossover_keeps_a_tensor_both_parents_share_and_recombines_the_masks():
-    torch.manual_seed(6)
-    model = build_mlp((10, 6), in_features=5, n_classes=3)
-    arch = MLPArchitecture.from_module(model)
-    w, b = parent_tensors(model, arch)
-    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
+    arch, w, b, ind_cls = setup((10, 6), seed=6)
     a, c = init_l1_pruned(ind_cls, w, b, 0.2), init_l1_pruned(ind_cls, w, b, 0.6)
     mut_scale_weights(c, [1], 0.9, 1.1, torch.Generator().manual_seed(0))  # layer 1 now differs
     ma = [m.clone() for m in a.masks]
@@ -139,11 +135,7 @@ def test_crossover_keeps_a_tensor_both_parents_share_and_recombines_the_masks():
 
 
 def test_unit_gain_mutation_scales_each_units_outgoing_weights_by_one_factor():
-    torch.manual_seed(7)
-    model = build_mlp((10, 6), in_features=5, n_classes=3)
-    arch = MLPArchitecture.from_module(model)
-    w, b = parent_tensors(model, arch)
-    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
+    arch, w, b, ind_cls = setup((10, 6), seed=7)
     ind = init_l1_pruned(ind_cls, w, b, 0.0)
     mut_scale_units(ind, [0, 1, 2], 0.8, 1.2, torch.Generator().manual_seed(0))
     assert ind.weights[0] is w[0]  # inputs are pixels: untouched, still shared
