@@ -195,7 +195,9 @@ class Experiment:
             return False
         stored = load_run(path).get("config") or {}
         expected = json.loads(json.dumps(self.run_config(k).to_dict()))
-        changed = sorted(key for key in expected if stored.get(key) != expected[key])
+        # a setting added after the file was written counts as its default
+        defaults = json.loads(json.dumps(EcompConfig().to_dict()))
+        changed = sorted(key for key in expected if stored.get(key, defaults[key]) != expected[key])
         if changed:
             raise ConfigError(f"{path} was written with other settings ({', '.join(changed)}); resume with the "
                               "same options, or use --overwrite or another --name")

@@ -128,6 +128,11 @@ def test_end_to_end_run_compare_and_every_plot(tmp_path, cache_dir):
     mixed = run_script("experiments/run.py", "--name", "weighting121", "--runs", "2", *SMALL, "--mutation-rate",
                        "0.5", "--cache-dir", cache_dir, "--out", out, "--resume")
     assert mixed.returncode == 2 and "other settings (mutation_rate)" in mixed.stderr, mixed.stderr
+    # a result written before a setting existed counts it at its default
+    run0 = out / "weighting121" / "run_0.json"
+    old = json.loads(run0.read_text())
+    del old["config"]["mutation"], old["config"]["init_scores"]
+    run0.write_text(json.dumps(old))
     same = run_script("experiments/run.py", "--name", "weighting121", "--runs", "2", *SMALL, "--cache-dir", cache_dir,
                       "--out", out, "--resume")
     assert same.returncode == 0 and same.stdout.count("already finished") == 2, same.stderr
