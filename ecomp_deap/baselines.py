@@ -19,7 +19,7 @@ from .architecture import MLPArchitecture, parent_tensors
 from .config import EcompConfig
 from .evaluate import PopulationEvaluator
 from .genome import Genome
-from .operators import top_units_mask
+from .operators import l1_unit_scores, top_units_mask
 
 METHODS = ("l1", "random", "activation")
 BASELINES_SCHEMA = "ecomp_deap.baselines/1"
@@ -33,7 +33,7 @@ def unit_scores(method: str, arch: MLPArchitecture, weights, biases, x: torch.Te
                 gen: torch.Generator | None = None) -> list[torch.Tensor]:
     """Per hidden layer, a (H_l,) score: higher is kept first."""
     if method == "l1":
-        return [w.abs().sum(1) for w in weights[:-1]]
+        return l1_unit_scores(weights)
     if method == "random":
         return [torch.rand(h, generator=gen) for h in arch.hidden_widths]
     if method == "activation":

@@ -182,8 +182,8 @@ class PopulationEvaluator:
         C, last = len(population), len(self.arch.linear_names) - 1
         logits = h0.new_empty(C, h0.shape[0], self.arch.widths[-1])
         dists = [torch.empty(C, rows, rows, dtype=torch.float64) for _ in self.embeddings]
-        wanted: dict[int, list] = {}  # hidden layer -> [(embedding position, kind)]
-        for pos, (layer, kind) in enumerate(self.embeddings):
+        wanted: dict[int, list] = {}  # hidden layer -> [(embedding position, kind)]; none without rows
+        for pos, (layer, kind) in enumerate(self.embeddings if rows else ()):
             wanted.setdefault(layer, []).append((pos, kind))
         # The first layer sees the same input in every individual: individuals sharing its
         # weight and bias tensors (operators never copy a tensor both parents share)
@@ -196,7 +196,7 @@ class PopulationEvaluator:
             for k in range(last + 1):
                 w, b = ind.weights[k], ind.biases[k]
                 keep = ind.masks[k].nonzero().squeeze(1) if k < last else None  # (h_k,)
-                if k == 0 and keep is not None and first[i] in shared:
+                if k == 0 and first[i] in shared:  # k = 0 is a hidden layer: keep is set
                     if first[i] not in first_products:
                         first_products[first[i]] = torch.addmm(b, h0, w.T)  # (B, H_0)
                     z = first_products[first[i]].index_select(1, keep)  # (B, h_0)
@@ -211,8 +211,7 @@ class PopulationEvaluator:
                     z = torch.addmm(b, h, w.T)  # (B, h_k)
                 h = self.arch.activations[k](z)
                 for pos, kind in wanted.get(k, ()):
-                    if rows:
-                        dists[pos][i] = squared_distances((h if kind == "act" else z)[:rows])
+                    dists[pos][i] = squared_distances((h if kind == "act" else z)[:rows])
                 prev = keep
         return logits, dists
 

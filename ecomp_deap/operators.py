@@ -11,13 +11,10 @@ from typing import Sequence
 import torch
 
 
-def l1_keep_mask(weight: torch.Tensor, keep: int) -> torch.Tensor:
-    """(H,) bool: the ``keep`` units with the largest L1 norm of their incoming weights."""
-    norms = weight.abs().sum(dim=1)  # (H,)
-    order = torch.argsort(norms, descending=True, stable=True)
-    mask = torch.zeros(weight.shape[0], dtype=torch.bool)
-    mask[order[:keep]] = True
-    return mask
+def l1_unit_scores(weights) -> list[torch.Tensor]:
+    """Per hidden layer, (H_l,): the L1 norm of each unit's incoming weights (the
+    output layer, ``weights[-1]``, has no units to prune)."""
+    return [w.abs().sum(dim=1) for w in weights[:-1]]
 
 
 def top_units_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -27,25 +24,23 @@ def top_units_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
-def init_l1_pruned(ind_cls, weights, biases, rate: float, scores=None):
+def init_pruned(ind_cls, weights, biases, rate: float, scores=None):
     """One structured pruning of the parent: every hidden layer keeps
-    ``round((1 - rate) * H)`` units (at least one), those with the largest L1 norm of
-    their incoming weights unless per-layer ``scores`` (H_l,) are given; weights shared
-    with the parent."""
+    ``round((1 - rate) * H)`` units (at least one), those with the largest per-layer
+    ``scores`` (H_l,), by default the L1 norm of their incoming weights (the
+    reference); weights shared with the parent."""
+    scores = l1_unit_scores(weights) if scores is None else scores
     keeps = [max(1, int(round((1.0 - rate) * w.shape[0]))) for w in weights[:-1]]
-    if scores is None:
-        masks = [l1_keep_mask(w, k) for w, k in zip(weights[:-1], keeps)]
-    else:
-        masks = [top_units_mask(s, k) for s, k in zip(scores, keeps)]
-    return ind_cls(masks, weights, biases)
+    return ind_cls([top_units_mask(s, k) for s, k in zip(scores, keeps)], weights, biases)
 
 
-def init_l1_population(ind_cls, weights, biases, n: int, low: float = 0.1, high: float = 0.8,
-                       scores=None) -> list:
+def init_pruned_population(ind_cls, weights, biases, n: int, low: float = 0.1, high: float = 0.8,
+                           scores=None) -> list:
     """``n`` prunings at rates evenly spaced over [low, high), by L1 norm (the
     reference) or by the given per-layer unit ``scores``."""
+    scores = l1_unit_scores(weights) if scores is None else scores  # once, not per individual
     rates = [low + (high - low) * i / n for i in range(n)]
-    return [init_l1_pruned(ind_cls, weights, biases, r, scores) for r in rates]
+    return [init_pruned(ind_cls, weights, biases, r, scores) for r in rates]
 
 
 def ensure_nonempty(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -7,7 +7,7 @@ from deap import base, tools
 from .architecture import MLPArchitecture
 from .config import EcompConfig
 from .genome import Genome, fitness_weights, make_types
-from .operators import (cx_layerwise, init_l1_population, mut_flip_units, mut_scale_units, mut_scale_weights,
+from .operators import (cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights,
                         sel_softmax_roulette)
 
 
@@ -26,7 +26,7 @@ def build_toolbox(config: EcompConfig, arch: MLPArchitecture, parent_weights, pa
     _, ind_cls = make_types(fitness_weights(config.selection, config.weights))
     rec = recombination_indices(config, arch)
     tb = base.Toolbox()
-    tb.register("population", init_l1_population, ind_cls, parent_weights, parent_biases,
+    tb.register("population", init_pruned_population, ind_cls, parent_weights, parent_biases,
                 low=config.init_prune_low, high=config.init_prune_high, scores=init_scores)
     tb.register("clone", Genome.clone)
     tb.register("mate", cx_layerwise, layers=rec, gen=gen)

@@ -7,7 +7,7 @@ from ecomp_deap.config import EcompConfig
 from ecomp_deap.evaluate import PopulationEvaluator, fitness_tuples, weighted_fitness
 from ecomp_deap.export import count_parameters, export_individual, individual_widths, linear_sizes
 from ecomp_deap.genome import fitness_weights, make_types
-from ecomp_deap.operators import cx_layerwise, init_l1_population, mut_flip_units, mut_scale_weights
+from ecomp_deap.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
 from ecomp_deap.parent import build_mlp
 from ecomp_deap.similarity import tsne_similarity_loss
 
@@ -18,7 +18,7 @@ def varied_population(model, n=6, seed=0, mutate=True):
     arch = MLPArchitecture.from_module(model)
     w, b = parent_tensors(model, arch)
     _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
-    pop = init_l1_population(ind_cls, w, b, n)
+    pop = init_pruned_population(ind_cls, w, b, n)
     g = torch.Generator().manual_seed(seed)
     for i in range(0, n - 1, 2):
         cx_layerwise(pop[i], pop[i + 1], range(len(w)), g)

@@ -2,7 +2,7 @@ import torch
 
 from ecomp_deap.architecture import MLPArchitecture, parent_tensors
 from ecomp_deap.genome import fitness_weights, make_types
-from ecomp_deap.operators import (cx_layerwise, init_l1_population, init_l1_pruned, mut_flip_units,
+from ecomp_deap.operators import (cx_layerwise, init_pruned_population, init_pruned, mut_flip_units,
                                   mut_scale_units, mut_scale_weights, sel_softmax_roulette)
 from ecomp_deap.parent import build_mlp
 
@@ -25,7 +25,7 @@ def test_make_types_is_idempotent_and_silent(recwarn):
 
 def test_init_population_prunes_by_l1_norm_at_evenly_spaced_rates():
     arch, w, b, ind_cls = setup()
-    pop = init_l1_population(ind_cls, w, b, 8, 0.1, 0.8)
+    pop = init_pruned_population(ind_cls, w, b, 8, 0.1, 0.8)
     assert len(pop) == 8
     for i, ind in enumerate(pop):
         rate = 0.1 + (0.8 - 0.1) * i / 8
@@ -42,8 +42,8 @@ def test_init_population_prunes_by_l1_norm_at_evenly_spaced_rates():
 def test_crossover_inherits_exact_rows_masks_and_biases():
     arch, w, b, ind_cls = setup()
     g = torch.Generator().manual_seed(3)
-    a = init_l1_pruned(ind_cls, [t * 2 for t in w], [t * 2 for t in b], 0.5)
-    c = init_l1_pruned(ind_cls, [t * 3 for t in w], [t * 3 for t in b], 0.2)
+    a = init_pruned(ind_cls, [t * 2 for t in w], [t * 2 for t in b], 0.5)
+    c = init_pruned(ind_cls, [t * 3 for t in w], [t * 3 for t in b], 0.2)
     a0, c0 = a.clone(), c.clone()
     layers = [0, 1, 2, 3]
     cx_layerwise(a, c, layers, g)
@@ -79,7 +79,7 @@ def test_crossover_never_leaves_a_layer_empty():
 def test_weight_mutation_factors_within_bounds_and_per_weight():
     arch, w, b, ind_cls = setup()
     g = torch.Generator().manual_seed(1)
-    ind = init_l1_pruned(ind_cls, w, b, 0.3)
+    ind = init_pruned(ind_cls, w, b, 0.3)
     mut_scale_weights(ind, [0, 3], 0.9, 1.1, g)
     ratio = ind.weights[0] / w[0]
     assert ratio.min() >= 0.9 - 1e-6 and ratio.max() <= 1.1 + 1e-6
@@ -93,7 +93,7 @@ def test_mask_flips_never_empty_a_layer_and_flip_at_the_given_rate():
     g = torch.Generator().manual_seed(2)
     flips = 0
     for _ in range(50):
-        ind = init_l1_pruned(ind_cls, w, b, 0.5)
+        ind = init_pruned(ind_cls, w, b, 0.5)
         before = ind.masks[0].clone()
         mut_flip_units(ind, 0.05, g)
         flips += int((ind.masks[0] ^ before).sum())
@@ -125,7 +125,7 @@ def test_roulette_draws_fitter_individuals_more_often():
 
 def test_crossover_keeps_a_tensor_both_parents_share_and_recombines_the_masks():
     arch, w, b, ind_cls = setup((10, 6), seed=6)
-    a, c = init_l1_pruned(ind_cls, w, b, 0.2), init_l1_pruned(ind_cls, w, b, 0.6)
+    a, c = init_pruned(ind_cls, w, b, 0.2), init_pruned(ind_cls, w, b, 0.6)
     mut_scale_weights(c, [1], 0.9, 1.1, torch.Generator().manual_seed(0))  # layer 1 now differs
     ma = [m.clone() for m in a.masks]
     cx_layerwise(a, c, range(3), torch.Generator().manual_seed(1))
@@ -136,7 +136,7 @@ def test_crossover_keeps_a_tensor_both_parents_share_and_recombines_the_masks():
 
 def test_unit_gain_mutation_scales_each_units_outgoing_weights_by_one_factor():
     arch, w, b, ind_cls = setup((10, 6), seed=7)
-    ind = init_l1_pruned(ind_cls, w, b, 0.0)
+    ind = init_pruned(ind_cls, w, b, 0.0)
     mut_scale_units(ind, [0, 1, 2], 0.8, 1.2, torch.Generator().manual_seed(0))
     assert ind.weights[0] is w[0]  # inputs are pixels: untouched, still shared
     for k in (1, 2):
