@@ -68,7 +68,7 @@ class ReferenceEvaluator:
     def __init__(self, arch, parent_model: nn.Module, embedding_layers, perplexity: float,
                  device: str | torch.device = "cpu"):
         if embedding_layers is None:
-            embedding_layers = arch.act_names
+            embedding_layers = arch.default_embeddings()
         self.arch = arch
         self.device = torch.device(device)
         self.parent = copy.deepcopy(parent_model).to(self.device).eval()  # the caller's stays where it is
@@ -86,7 +86,8 @@ class ReferenceEvaluator:
         _, parent_out = _capture(self.parent, x, self.layers)  # recomputed per individual
         sim = 0.0
         for name in self.layers:
-            sim += reference_loss(parent_out[name].cpu().numpy(), child_out[name].cpu().numpy(), self.perplexity)
+            sim += reference_loss(parent_out[name].flatten(1).cpu().numpy(), child_out[name].flatten(1).cpu().numpy(),
+                                  self.perplexity)  # a feature map as its C*H*W vector
         return acc, comp, sim
 
     def measure(self, population, x: torch.Tensor, y: torch.Tensor, key=None) -> Measures:

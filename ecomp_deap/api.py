@@ -1,13 +1,16 @@
-"""Compress your own MLP on your own data: ``ecomp_deap.compress``.
+"""Compress your own MLP or CNN on your own data: ``ecomp_deap.compress``.
 
     import ecomp_deap
     result = ecomp_deap.compress(model, train=(X, y), val=(Xv, yv), test=(Xt, yt))
     result.best.module          # the chosen network, physically smaller nn.Sequential
     [(c.compression, c.accuracy) for c in result.front]
 
-``model`` is an ``nn.Sequential`` of ``Linear`` layers with elementwise activations
-(optionally a leading ``Flatten``); data are ``(inputs, labels)`` tensors or a
-``DataLoader`` yielding such pairs. Nothing is retrained by gradient.
+``model`` is an ``nn.Sequential`` chain: ``Linear`` layers with elementwise activations
+(an MLP, optionally with ``Flatten``, ``Dropout``, ``BatchNorm1d``), or ``Conv2d`` blocks
+with ``BatchNorm2d``, activations and pooling, then ``Flatten`` and ``Linear`` layers (a
+CNN; :mod:`ecomp_deap.nets.chain` lists what is supported). Data are ``(inputs,
+labels)`` tensors (a CNN's inputs as images ``(N, C, H, W)``) or a ``DataLoader``
+yielding such pairs. Nothing is retrained by gradient.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class Compressed:
 
     module: nn.Sequential
     accuracy: float
-    compression: float
+    compression: float  # kept groups (units, channels) / the parent's
     similarity: float
     hidden_units: list[int]
     parameters: int

@@ -74,3 +74,40 @@ def run_main(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | 
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
     sys.exit(int(code or 0))
+
+
+def add_parent_arguments(group) -> None:
+    """The options that choose the parent network, shared by run.py and baselines.py."""
+    group.add_argument("--arch", choices=("mlp", "cnn"),
+                       help="the parent trained (and cached) when no --parent is given: mlp (784-256-256-10, the "
+                            "reference) or cnn (conv 16-32, 3x3 + BatchNorm + ReLU + max pool, linear 64-10); "
+                            "default: what the presets are for (cnn_* presets: cnn), else mlp")
+    group.add_argument("--hidden", nargs="+", type=positive_int, metavar="W",
+                       help="parent hidden Linear widths (default: mlp 256 256, cnn 64)")
+    group.add_argument("--channels", nargs="+", type=positive_int, metavar="C",
+                       help="--arch cnn: convolution block widths (default 16 32)")
+    group.add_argument("--parent-epochs", type=positive_int, help="parent training epochs (default: mlp 4, cnn 5)")
+    group.add_argument("--parent", metavar="PATH",
+                       help="load this parent instead: a saved nn.Sequential (an MLP or a CNN chain of Conv2d, "
+                            "BatchNorm, pooling, Linear, ...) or a state dict of the toolkit's own layouts")
+
+
+def parent_spec(args, preset_archs=()):
+    """The spec of the parent to train or load from the cache: ``--arch``, else the
+    architecture the presets are made for (``preset_archs``), else the reference MLP."""
+    from .errors import ConfigError
+    from .nets.parents import DEFAULT_CNN_CHANNELS, DEFAULT_CNN_EPOCHS, DEFAULT_CNN_HIDDEN, ParentSpec
+
+    wanted = set(preset_archs) - {None}
+    if len(wanted) > 1:
+        raise ConfigError("these presets are for different parents (MLP and CNN); run them in separate commands")
+    if args.arch and wanted and wanted != {args.arch} and not args.parent:
+        raise ConfigError(f"the presets given are for a {wanted.pop()} parent, not --arch {args.arch}")
+    arch = args.arch or (wanted.pop() if wanted else "mlp")
+    if arch == "cnn":
+        return ParentSpec(arch="cnn", channels=tuple(args.channels or DEFAULT_CNN_CHANNELS),
+                          hidden=tuple(args.hidden or DEFAULT_CNN_HIDDEN),
+                          epochs=args.parent_epochs or DEFAULT_CNN_EPOCHS)
+    if args.channels:
+        raise ConfigError("--channels goes with --arch cnn")
+    return ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs or 4)

@@ -160,17 +160,18 @@ class EcompConfig:
         return self
 
     def validate_for(self, arch) -> "EcompConfig":
-        """Check the layer names against a parent architecture."""
-        names = ", ".join(arch.layer_names)
+        """Check the layer names against a parent :class:`~ecomp_deap.nets.chain.Chain`."""
+        names = ", ".join(arch.embedding_names)
         for layer in self.embedding_layers or ():
             try:
                 arch.embedding_index(layer)
             except KeyError:
-                raise ConfigError(f"embedding layer {layer!r} is not a hidden layer of the parent; its layers are: {names}") from None
+                raise ConfigError(f"embedding layer {layer!r} is not a hidden layer of the parent; its hidden layers "
+                                  f"are: {names}") from None
         for layer in self.recombination_layers or ():
-            if layer not in arch.linear_names:
-                raise ConfigError(f"recombination layer {layer!r} is not a Linear layer of the parent; "
-                                  f"its Linear layers are: {', '.join(arch.linear_names)}")
+            if layer not in arch.stage_names:
+                raise ConfigError(f"recombination layer {layer!r} is not a Conv2d or Linear layer of the parent; "
+                                  f"they are: {', '.join(arch.stage_names)}")
         return self
 
     def validate_data(self, n_train: int) -> "EcompConfig":

@@ -18,12 +18,12 @@ import torch
 from . import __version__
 from .algorithm import HV_REFERENCE, Evolution, EvolutionResult, EvolutionState
 from .rng import seed_everything
-from .architecture import MLPArchitecture, parent_tensors
+from .nets.chain import Chain, parent_input_shape, parent_tensors
 from .baselines import unit_scores
 from .config import EcompConfig
 from .data import BatchStream, make_splits
 from .evaluate import Measures, PopulationEvaluator
-from .export import export_individual, individual_widths, linear_sizes
+from .nets.export import export_individual
 from .indicators import hypervolume_2d
 from .toolbox import build_toolbox
 
@@ -46,7 +46,7 @@ def versions() -> dict:
 @dataclass
 class RunResult:
     config: EcompConfig
-    arch: MLPArchitecture
+    arch: Chain
     evolution: EvolutionResult
     best: dict
     front: list[dict]
@@ -90,21 +90,23 @@ class EcompRun:
         if validation is not None:
             config = config.replace(val_size=0)
         config.validate()
-        self.arch = MLPArchitecture.from_module(parent_model)
+        self.arch = Chain.from_module(parent_model, input_shape=parent_input_shape(parent_model, data.train_x))
         config.validate_for(self.arch)
         config.validate_data(len(data.train_y))
         self.config, self.data, self.progress = config, data, progress
         self.parent_model = parent_model
         self.parent_test_accuracy = parent_test_accuracy
-        self.weights, self.biases = parent_tensors(parent_model, self.arch)
+        self.weights, self.biases, self.norms = parent_tensors(parent_model, self.arch)
         self.gen = seed_everything(config.seed)
         splits = make_splits(data.train_y, config.subset_size, config.val_size, config.seed)
         self.stream = BatchStream(data.train_x, data.train_y, splits.subset, config.batch_size, config.seed)
         val_x, val_y = validation if validation is not None else (data.train_x[splits.validation],
                                                                   data.train_y[splits.validation])
         self.val_batches = list(_batches(val_x, val_y, config.batch_size))
-        self.evaluator = PopulationEvaluator(self.arch, self.weights, self.biases, config, config.resolved_device())
-        self.toolbox = build_toolbox(config, self.arch, self.weights, self.biases, self.gen, self.init_scores())
+        self.evaluator = PopulationEvaluator(self.arch, self.weights, self.biases, config, config.resolved_device(),
+                                             self.norms)
+        self.toolbox = build_toolbox(config, self.arch, self.weights, self.biases, self.gen, self.init_scores(),
+                                     self.norms)
         self.evolution = Evolution(config, self.toolbox, self.evaluator, self.stream, self.gen, progress)
 
     def init_scores(self, images: int = INIT_SCORE_IMAGES):
@@ -114,14 +116,14 @@ class EcompRun:
             return None
         batches = range(min(self.stream.n_batches, max(1, images // self.config.batch_size)))
         x = torch.cat([self.stream.batch(0, i)[0] for i in batches])
-        return unit_scores(self.config.init_scores, self.arch, self.weights, self.biases, x)
+        return unit_scores(self.config.init_scores, self.arch, self.weights, self.biases, x, norms=self.norms)
 
     def describe(self, ind, m: Measures, i: int) -> dict:
-        widths = individual_widths(ind, self.arch)
-        params, macs = linear_sizes(widths)
-        parent_params, parent_macs = linear_sizes(self.arch.widths)
+        kept = ind.hidden_units()
+        params, macs = self.arch.sizes(kept)
+        parent_params, parent_macs = self.arch.sizes()
         return {"test_accuracy": float(m.accuracy[i]), "compression": float(m.compression[i]),
-                "similarity": float(m.similarity[i]), "hidden_units": widths[1:-1],
+                "similarity": float(m.similarity[i]), "hidden_units": kept,
                 "parameters": params, "macs": macs, "parameters_kept": params / parent_params,
                 "macs_kept": macs / parent_macs}
 
@@ -155,9 +157,9 @@ class EcompRun:
         front = [row[i] for i in evo.front_indices]
         hv = hypervolume_2d(np.array([[f["test_accuracy"], f["compression"]] for f in front]),
                             (HV_REFERENCE["accuracy"], HV_REFERENCE["compression"]))
-        params, macs = linear_sizes(self.arch.widths)
+        params, macs = self.arch.sizes()
         if self.parent_test_accuracy is None:
-            from .parent import accuracy
+            from .nets.parents import accuracy
 
             self.parent_test_accuracy = accuracy(self.parent_model, self.data.test_x, self.data.test_y)
         parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.arch.hidden_widths),

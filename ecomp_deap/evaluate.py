@@ -1,12 +1,14 @@
 """The population evaluator: one batched tensor program for a whole population.
 
-On the CPU each individual runs on its kept units only (its weights gathered to the
-kept rows and columns, so a network at 25 % of the units costs about a quarter of the
-parent's forward); on other devices the population's masked weights are stacked
-(``(P, out, in)`` per layer) and run as one batched forward pass. From the logits
-and the hidden activations come,
-per individual, accuracy ``a``, compression ``c`` (kept hidden units / parent hidden
-units) and similarity ``s`` (the t-SNE KL loss summed over the embedding layers).
+Works for any parent chain (MLP units or CNN channels: "groups"). On the CPU each
+individual runs on its kept groups only (its filters and rows gathered to the kept
+outputs and the kept inputs, so a network at 25 % of the groups costs about a quarter
+of the parent's forward or less); on other devices the population's masked tensors are
+stacked and run as one batched program (a grouped convolution with the population as
+groups, a batched matmul for Linear layers; :mod:`ecomp_deap.nets.forward`). From the
+logits and the hidden outputs come, per individual, accuracy ``a``, compression ``c``
+(kept groups / parent groups) and similarity ``s`` (the t-SNE KL loss summed over the
+embedding layers; a feature map enters as its flattened C*H*W vector).
 The parent's side of the similarity (its joint probabilities) is computed once per
 batch and shared by every individual.
 """
@@ -19,26 +21,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .architecture import MLPArchitecture
 from .config import EcompConfig
 from .genome import Genome
+from .nets.chain import Chain
+from .nets.forward import as_input, per_individual, run_stage, stacked_stage
 from .similarity import joint_probabilities, similarity_from_distances, squared_distances
 
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
-
-
-def _linear(h: torch.Tensor, w, b) -> torch.Tensor:
-    """(C, B, in) inputs through C Linear layers -> (C, B, out).
-
-    ``w``/``b`` stacked ((C, out, in), (C, out)): one baddbmm. As lists of C tensors:
-    one addmm per individual written into the batched output, which on the CPU is as
-    fast as the baddbmm and saves stacking the weights."""
-    if isinstance(w, torch.Tensor):
-        return torch.baddbmm(b[:, None, :], h, w.transpose(1, 2))
-    out = h.new_empty(len(w), h.shape[1], w[0].shape[0])
-    for i, (wi, bi) in enumerate(zip(w, b)):
-        torch.addmm(bi, h[i], wi.T, out=out[i])
-    return out
 
 
 def row_means(d: torch.Tensor) -> torch.Tensor:
@@ -112,107 +101,122 @@ def fitness_tuples(m: Measures, selection: str, weights) -> list[tuple[float, ..
 
 
 class PopulationEvaluator:
-    def __init__(self, arch: MLPArchitecture, parent_weights, parent_biases, config: EcompConfig,
-                 device: str | torch.device = "cpu"):
+    """Measures of a population on a batch, for any parent :class:`Chain` (MLP or CNN)."""
+
+    def __init__(self, arch: Chain, parent_weights, parent_biases, config: EcompConfig,
+                 device: str | torch.device = "cpu", parent_norms=None):
         self.arch = arch
         self.config = config
         self.device = torch.device(device)
         self.parent_weights = [w.to(self.device) for w in parent_weights]
         self.parent_biases = [b.to(self.device) for b in parent_biases]
-        emb = config.embedding_layers if config.embedding_layers is not None else arch.act_names
-        self.embeddings = [arch.embedding_index(name) for name in emb]  # [(hidden index, kind)]
-        self.needs_pre = any(kind == "linear" for _, kind in self.embeddings)
+        norms = parent_norms if parent_norms is not None else [None] * len(parent_weights)
+        self.parent_norms = [n.to(self.device) if n is not None else None for n in norms]
+        emb = config.embedding_layers if config.embedding_layers is not None else arch.default_embeddings()
+        self.embeddings = [arch.embedding_index(name) for name in emb]  # [(hidden stage, position)]
         self.total_hidden = sum(arch.hidden_widths)
-        bytes_per_ind = sum(w.numel() + b.numel() for w, b in zip(parent_weights, parent_biases)) * 4
-        self.chunk = config.eval_chunk or max(1, CHUNK_BYTES // bytes_per_ind)
+        self.bytes_per_ind = sum(w.numel() + b.numel() for w, b in zip(parent_weights, parent_biases)) * 4
+        self.feature_elems = self._largest_feature_map()
         self._parent_cache: dict = {}
-        # CPU: each individual on its kept units; elsewhere one stacked masked forward
+        # CPU: each individual on its kept groups; elsewhere one stacked masked forward
         self.kept_units_forward = self.device.type == "cpu"
 
+    def _largest_feature_map(self) -> int:
+        """Elements of one example's largest stage output (bounds a stacked chunk's memory)."""
+        sizes = [st.out_size * st.out_hw[0] * st.out_hw[1] for st in self.arch.stages]
+        return max(sizes)
+
+    def chunk_size(self, batch: int) -> int:
+        """Individuals per batched forward: bounded weights and feature maps."""
+        if self.config.eval_chunk:
+            return self.config.eval_chunk
+        per_ind = self.bytes_per_ind
+        if not self.kept_units_forward:  # the stacked program holds every individual's feature maps at once
+            per_ind += 3 * 4 * batch * self.feature_elems
+        return max(1, CHUNK_BYTES // per_ind)
+
     # ------------------------------------------------------------------ forward
-    def forward(self, weights, biases, masks, x: torch.Tensor, keep_pre: bool = True):
-        """Masked batched forward.
-
-        weights[k]: (C, out_k, in_k) stacked, or a list of C tensors (out_k, in_k);
-        biases[k]: (C, out_k) or a list likewise; masks[l]: (C, H_l) float;
-        x: (B, ...) inputs. Returns logits (C, B, K) and, per hidden layer, the masked
-        pre-activations (None unless ``keep_pre``) and activations (C, B, H_l).
-        """
-        h = x.reshape(x.shape[0], -1)  # (B, in)
-        C = masks[0].shape[0]
-        h = h.expand(C, *h.shape)  # (C, B, in), a view
-        pre, post = [], []
-        last = len(weights) - 1
-        for k, (w, b) in enumerate(zip(weights, biases)):
-            z = _linear(h, w, b)  # (C, B, out)
-            if k == last:
-                return z, pre, post
-            m = masks[k][:, None, :]  # (C, 1, H)
-            pre.append(z * m if keep_pre else None)
-            h = self.arch.activations[k](z).mul_(m)  # a masked unit's activation is 0
-            post.append(h)
-        raise AssertionError("unreachable")
-
     def _stack(self, population):
-        """The chunk's tensors for :meth:`forward`. On the CPU the weights stay per
-        individual (lists: the forward writes each product straight into the batched
-        output, so no stacked copy of the population's weights is made); elsewhere
-        they are stacked and moved to the device."""
-        n_lin = len(self.arch.linear_names)
-        if self.device.type == "cpu":
-            weights = [[ind.weights[k] for ind in population] for k in range(n_lin)]
-            biases = [[ind.biases[k] for ind in population] for k in range(n_lin)]
-        else:
-            weights = [torch.stack([ind.weights[k] for ind in population]).to(self.device, non_blocking=True)
-                       for k in range(n_lin)]
-            biases = [torch.stack([ind.biases[k] for ind in population]).to(self.device, non_blocking=True)
-                      for k in range(n_lin)]
-        masks = [torch.stack([ind.masks[l] for ind in population]).to(self.device, torch.float32)
-                 for l in range(self.arch.n_hidden)]
-        return weights, biases, masks
+        """Per stage, the chunk's stacked tensors on the device: weights (C, out, ...),
+        biases (C, out), norms (C, 4, out) or None; masks (C, H_l) float per hidden stage."""
+        def stack(items):
+            return torch.stack(items).to(self.device, torch.float32, non_blocking=True)
+
+        n = len(self.arch.stages)
+        weights = [stack([ind.weights[k] for ind in population]) for k in range(n)]
+        biases = [stack([ind.biases[k] for ind in population]) for k in range(n)]
+        norms = [stack([ind.norms[k] for ind in population]) if population[0].norms[k] is not None else None
+                 for k in range(n)]
+        masks = [stack([ind.masks[l] for ind in population]) for l in range(self.arch.n_hidden)]
+        return weights, biases, norms, masks
+
+    def _wanted(self, rows: int) -> dict[int, list]:
+        """Hidden stage -> [(embedding position in self.embeddings, tail position)]; none without rows."""
+        wanted: dict[int, list] = {}
+        for pos, (stage, where) in enumerate(self.embeddings if rows else ()):
+            wanted.setdefault(stage, []).append((pos, where))
+        return wanted
+
+    def _forward_stacked(self, population, x: torch.Tensor, rows: int):
+        """One masked batched program for the chunk (GPU; also the CPU reference in
+        tests). Returns logits (C, B, K) and the embeddings' squared distances."""
+        weights, biases, norms, masks = self._stack(population)
+        C, last, wanted = len(population), len(self.arch.stages) - 1, self._wanted(rows)
+        dists = [None] * len(self.embeddings)
+        h = as_input(self.arch, x)
+        for k, st in enumerate(self.arch.stages):
+            positions = [where for _, where in wanted.get(k, ())]
+            h, kept = stacked_stage(st, h, weights[k], biases[k], norms[k], masks[k] if k < last else None,
+                                    shared=k == 0, positions=positions)
+            for pos, where in wanted.get(k, ()):
+                dists[pos] = squared_distances(per_individual(kept[where], C)[:, :rows])  # (C, rows, rows)
+        logits = per_individual(h, C).reshape(C, x.shape[0], -1)  # (C, B, K)
+        return logits, dists
 
     def _forward_kept_units(self, population, x: torch.Tensor, rows: int):
-        """CPU forward of each individual on its kept units only.
+        """CPU forward of each individual on its kept groups only (filters and rows
+        gathered to the kept outputs, inputs to the kept groups below).
 
         Returns logits (C, B, K) and, per embedding layer, the squared distances
         (C, rows, rows) float64 between the first ``rows`` images' embeddings, computed
-        from the kept units (a masked unit is 0 in every image, so it adds nothing):
-        the same values as from the masked forward, at the cost of the kept units."""
-        h0 = x.reshape(x.shape[0], -1)  # (B, in)
-        C, last = len(population), len(self.arch.linear_names) - 1
-        logits = h0.new_empty(C, h0.shape[0], self.arch.widths[-1])
+        from the kept groups (a masked group is 0 in every image, so it adds nothing):
+        the same values as from the masked forward, at the cost of the kept groups."""
+        h0 = as_input(self.arch, x)
+        C, last = len(population), len(self.arch.stages) - 1
+        logits = x.new_empty(C, x.shape[0], self.arch.n_classes)
         dists = [torch.empty(C, rows, rows, dtype=torch.float64) for _ in self.embeddings]
-        wanted: dict[int, list] = {}  # hidden layer -> [(embedding position, kind)]; none without rows
-        for pos, (layer, kind) in enumerate(self.embeddings if rows else ()):
-            wanted.setdefault(layer, []).append((pos, kind))
-        # The first layer sees the same input in every individual: individuals sharing its
-        # weight and bias tensors (operators never copy a tensor both parents share)
-        # share one full-width product, from which each takes its kept units.
-        first = [(id(ind.weights[0]), id(ind.biases[0])) for ind in population]
+        wanted = self._wanted(rows)
+        first_positions = [where for _, where in wanted.get(0, ())]
+        # The first stage sees the same input in every individual: individuals sharing its
+        # tensors (operators never copy a tensor both parents share) share one full-width
+        # output, from which each takes its kept groups (dim 1: units or channels).
+        first = [(id(ind.weights[0]), id(ind.biases[0]), id(ind.norms[0])) for ind in population]
         shared = {key for key, n in Counter(first).items() if n > 1}
-        first_products: dict = {}
+        first_outputs: dict = {}
         for i, ind in enumerate(population):
-            h, prev = h0, None  # prev: kept unit indices of the layer below
-            for k in range(last + 1):
-                w, b = ind.weights[k], ind.biases[k]
+            h, prev = h0, None  # prev: kept group indices of the stage below
+            for k, st in enumerate(self.arch.stages):
                 keep = ind.masks[k].nonzero().squeeze(1) if k < last else None  # (h_k,)
-                if k == 0 and first[i] in shared:  # k = 0 is a hidden layer: keep is set
-                    if first[i] not in first_products:
-                        first_products[first[i]] = torch.addmm(b, h0, w.T)  # (B, H_0)
-                    z = first_products[first[i]].index_select(1, keep)  # (B, h_0)
+                positions = [where for _, where in wanted.get(k, ())]
+                if k == 0 and first[i] in shared:  # k = 0 is a hidden stage: keep is set
+                    if first[i] not in first_outputs:
+                        first_outputs[first[i]] = run_stage(st, h0, ind.weights[0], ind.biases[0], ind.norms[0],
+                                                            first_positions)
+                    full, full_kept = first_outputs[first[i]]
+                    h = full.index_select(1, keep)
+                    kept = {where: t.index_select(1, keep) for where, t in full_kept.items()}
                 else:
+                    w, b, n = ind.weights[k], ind.biases[k], ind.norms[k]
                     if keep is not None:
                         w, b = w.index_select(0, keep), b.index_select(0, keep)
+                        n = n.index_select(1, keep) if n is not None else None
                     if prev is not None:
-                        w = w.index_select(1, prev)  # (h_k, h_{k-1})
-                    if k == last:
-                        torch.addmm(b, h, w.T, out=logits[i])
-                        break
-                    z = torch.addmm(b, h, w.T)  # (B, h_k)
-                h = self.arch.activations[k](z)
-                for pos, kind in wanted.get(k, ()):
-                    dists[pos][i] = squared_distances((h if kind == "act" else z)[:rows])
+                        w = w.index_select(1, st.input_columns(prev))  # (h_k, h_{k-1} * S[, kh, kw])
+                    h, kept = run_stage(st, h, w, b, n, positions)
+                for pos, where in wanted.get(k, ()):
+                    dists[pos][i] = squared_distances(kept[where][:rows].flatten(1))
                 prev = keep
+            logits[i] = h.reshape(h.shape[0], -1)
         return logits, dists
 
     def outputs(self, population, x: torch.Tensor, rows: int = 0):
@@ -223,20 +227,23 @@ class PopulationEvaluator:
             masks = [torch.stack([ind.masks[l] for ind in population]).float() for l in range(self.arch.n_hidden)]
             logits, dists = self._forward_kept_units(population, x, rows)
             return logits, masks, dists
-        weights, biases, masks = self._stack(population)
-        logits, pre, post = self.forward(weights, biases, masks, x, keep_pre=self.needs_pre and rows > 0)
-        dists = [squared_distances((post if kind == "act" else pre)[layer][:, :rows]) if rows
-                 else torch.empty(len(population), 0, 0, dtype=torch.float64, device=self.device)
-                 for layer, kind in self.embeddings]
+        masks = [torch.stack([ind.masks[l] for ind in population]).to(self.device, torch.float32)
+                 for l in range(self.arch.n_hidden)]
+        logits, dists = self._forward_stacked(population, x, rows)
+        if not rows:
+            dists = [torch.empty(len(population), 0, 0, dtype=torch.float64, device=self.device)
+                     for _ in self.embeddings]
         return logits, masks, dists
+
+    def parent_genome(self) -> Genome:
+        return Genome([torch.ones(h, dtype=torch.bool) for h in self.arch.hidden_widths],
+                      self.parent_weights, self.parent_biases, self.parent_norms)
 
     def parent_reference(self, x: torch.Tensor, key=None):
         """Per embedding layer, the parent's :class:`ParentReference` on ``x``."""
         if key is not None and key in self._parent_cache:
             return self._parent_cache[key]
-        full = Genome([torch.ones(h, dtype=torch.bool) for h in self.arch.hidden_widths],
-                      self.parent_weights, self.parent_biases)
-        _, _, dists = self.outputs([full], x, len(x))
+        _, _, dists = self.outputs([self.parent_genome()], x, len(x))
         refs = []
         for d in dists:
             p, log_beta = joint_probabilities(d[0], self.config.perplexity, return_log_beta=True)
@@ -257,8 +264,9 @@ class PopulationEvaluator:
         n_sim = min(self.config.similarity_batch or len(x), len(x))  # the first n_sim images enter the similarity
         refs = self.parent_reference(x[:n_sim], key)
         acc, comp, sim = [], [], []
-        for start in range(0, len(population), self.chunk):
-            chunk = population[start:start + self.chunk]
+        step = self.chunk_size(len(x))
+        for start in range(0, len(population), step):
+            chunk = population[start:start + step]
             logits, masks, dists = self.outputs(chunk, x, n_sim)
             acc.append((logits.argmax(-1) == y).double().mean(1))  # (C,)
             comp.append(sum(m.sum(1, dtype=torch.float64) for m in masks) / self.total_hidden)
@@ -273,8 +281,9 @@ class PopulationEvaluator:
     def accuracy(self, population, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
         """(P,) accuracy over all of ``x`` (any length): the forward pass only."""
         correct = torch.zeros(len(population), dtype=torch.float64, device=self.device)
-        for start in range(0, len(population), self.chunk):
-            chunk = population[start:start + self.chunk]
+        step = self.chunk_size(batch_size)
+        for start in range(0, len(population), step):
+            chunk = population[start:start + step]
             for i in range(0, len(x), batch_size):
                 xb, yb = x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device)
                 logits, _, _ = self.outputs(chunk, xb)

@@ -13,7 +13,6 @@ its config and seed, so every executor writes the same files (``wall_time_s`` as
 """
 from __future__ import annotations
 
-import copy
 import os
 import random as _stdlib_random
 import sys
@@ -27,11 +26,12 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .architecture import MLPArchitecture
+from .nets.chain import check_layers
+from .nets.export import LOADABLE, module_spec
 from .errors import ConfigError, DataError
 
 EXECUTORS = ("serial", "local", "dask")
-PARENT_FORMAT = "ecomp_deap.parent-payload/1"
+PARENT_FORMAT = "ecomp_deap.parent-payload/2"
 
 
 # ------------------------------------------------------------------ the task side
@@ -67,29 +67,21 @@ def worker_data(spec) -> object:
 
 
 def parent_payload(model: nn.Module) -> dict:
-    """The parent as plain tensors plus its layout (what a task ships, not the module)."""
-    arch = MLPArchitecture.from_module(model)
+    """The parent as plain tensors plus its layout: each layer's type and constructor
+    arguments (what a task ships, not the module; the format of exported networks)."""
+    check_layers(model)
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-    return {"format": PARENT_FORMAT, "state_dict": state, "linear_names": list(arch.linear_names),
-            "act_names": list(arch.act_names), "flatten_name": arch.flatten_name,
-            "activations": [copy.deepcopy(a).cpu() for a in arch.activations]}
+    return {"format": PARENT_FORMAT, "state_dict": state,
+            "layers": [{"name": name, **module_spec(mod)} for name, mod in model.named_children()]}
 
 
 def parent_from_payload(payload: dict) -> nn.Sequential:
     """Rebuild the parent of :func:`parent_payload`: the same layers, the same weights."""
     if not isinstance(payload, dict) or payload.get("format") != PARENT_FORMAT:
         raise ValueError("not a parent payload")
-    state = payload["state_dict"]
-    layers: list[tuple[str, nn.Module]] = []
-    if payload["flatten_name"]:
-        layers.append((payload["flatten_name"], nn.Flatten()))
-    for i, name in enumerate(payload["linear_names"]):
-        w = state[f"{name}.weight"]
-        layers.append((name, nn.Linear(w.shape[1], w.shape[0], dtype=w.dtype)))
-        if i < len(payload["act_names"]):
-            layers.append((payload["act_names"][i], copy.deepcopy(payload["activations"][i])))
+    layers = [(spec["name"], LOADABLE[spec["type"]](**spec["args"])) for spec in payload["layers"]]
     model = nn.Sequential(OrderedDict(layers))
-    model.load_state_dict(state)
+    model.load_state_dict(payload["state_dict"])
     return model.eval()
 
 

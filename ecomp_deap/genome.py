@@ -1,7 +1,9 @@
-"""The individual: a mask over the parent's hidden units plus its own weights.
+"""The individual: a mask over the parent's groups plus its own weights.
 
-Unit ``j`` of hidden layer ``l`` is the parent's unit ``j`` in every individual, so
-crossover swaps corresponding neurons and a population stacks into one tensor.
+A group is a hidden unit (Linear) or an output channel (Conv2d) with everything cut
+with it (see :mod:`ecomp_deap.nets.chain`). Group ``j`` of hidden stage ``l`` is the
+parent's group ``j`` in every individual, so crossover swaps corresponding neurons
+or filters and a population stacks into one tensor.
 
 Tensors in a genome are never modified in place: operators replace them. That makes
 cloning cheap (lists are copied, tensors shared) and lets the initial population
@@ -17,13 +19,16 @@ from .config import OBJECTIVES
 
 
 class Genome:
-    """masks[l]: (H_l,) bool per hidden layer; weights[k]: (out_k, in_k) float32 and
-    biases[k]: (out_k,) float32 per Linear layer (the output layer last), parent-shaped."""
+    """masks[l]: (H_l,) bool per hidden stage; per stage k (the output layer last),
+    parent-shaped float32: weights[k] (out_k, in_k) or (out_k, in_k, kh, kw), biases[k]
+    (out_k,) and norms[k], its BatchNorm as a (4, out_k) stack [weight, bias, running
+    mean, running var] or None."""
 
-    def __init__(self, masks, weights, biases):
+    def __init__(self, masks, weights, biases, norms=None):
         self.masks = list(masks)
         self.weights = list(weights)
         self.biases = list(biases)
+        self.norms = list(norms) if norms is not None else [None] * len(self.weights)
         self.measures = None  # (accuracy, compression, similarity) of the last evaluation
 
     def hidden_units(self) -> list[int]:
@@ -35,6 +40,7 @@ class Genome:
         other.masks = list(self.masks)
         other.weights = list(self.weights)
         other.biases = list(self.biases)
+        other.norms = list(self.norms)
         if hasattr(self, "fitness"):
             other.fitness = copy.deepcopy(self.fitness)
         return other

@@ -12,9 +12,10 @@ import torch
 
 
 def l1_unit_scores(weights) -> list[torch.Tensor]:
-    """Per hidden layer, (H_l,): the L1 norm of each unit's incoming weights (the
-    output layer, ``weights[-1]``, has no units to prune)."""
-    return [w.abs().sum(dim=1) for w in weights[:-1]]
+    """Per hidden stage, (H_l,): the L1 norm of each group's incoming weights, a Linear
+    row or a whole Conv2d filter (Li et al. 2017); the output layer, ``weights[-1]``,
+    has no groups to prune."""
+    return [w.abs().flatten(1).sum(dim=1) for w in weights[:-1]]
 
 
 def top_units_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
@@ -24,23 +25,23 @@ def top_units_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
-def init_pruned(ind_cls, weights, biases, rate: float, scores=None):
-    """One structured pruning of the parent: every hidden layer keeps
-    ``round((1 - rate) * H)`` units (at least one), those with the largest per-layer
+def init_pruned(ind_cls, weights, biases, rate: float, scores=None, norms=None):
+    """One structured pruning of the parent: every hidden stage keeps
+    ``round((1 - rate) * H)`` groups (at least one), those with the largest per-stage
     ``scores`` (H_l,), by default the L1 norm of their incoming weights (the
-    reference); weights shared with the parent."""
+    reference); tensors (and BatchNorm ``norms``) shared with the parent."""
     scores = l1_unit_scores(weights) if scores is None else scores
     keeps = [max(1, int(round((1.0 - rate) * w.shape[0]))) for w in weights[:-1]]
-    return ind_cls([top_units_mask(s, k) for s, k in zip(scores, keeps)], weights, biases)
+    return ind_cls([top_units_mask(s, k) for s, k in zip(scores, keeps)], weights, biases, norms)
 
 
 def init_pruned_population(ind_cls, weights, biases, n: int, low: float = 0.1, high: float = 0.8,
-                           scores=None) -> list:
+                           scores=None, norms=None) -> list:
     """``n`` prunings at rates evenly spaced over [low, high), by L1 norm (the
-    reference) or by the given per-layer unit ``scores``."""
+    reference) or by the given per-stage group ``scores``."""
     scores = l1_unit_scores(weights) if scores is None else scores  # once, not per individual
     rates = [low + (high - low) * i / n for i in range(n)]
-    return [init_pruned(ind_cls, weights, biases, r, scores) for r in rates]
+    return [init_pruned(ind_cls, weights, biases, r, scores, norms) for r in rates]
 
 
 def ensure_nonempty(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -55,10 +56,14 @@ def ensure_nonempty(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
     """Layer-wise one-point crossover with weight inheritance.
 
-    For each Linear layer index ``k`` in ``layers``, a cut ``c`` in [1, out_k - 1]:
-    child 1 takes output units [0, c) from ``ind1`` and [c, out_k) from ``ind2``,
-    child 2 the opposite. A unit carries its mask bit (hidden layers), its incoming
-    weight row and its bias. A hidden layer left empty gets one random unit back.
+    For each stage index ``k`` in ``layers``, a cut ``c`` in [1, out_k - 1]: child 1
+    takes output groups [0, c) from ``ind1`` and [c, out_k) from ``ind2``, child 2 the
+    opposite. A group (a unit or a channel) carries its mask bit (hidden stages), its
+    incoming weights (a Linear row or a Conv2d filter), its bias and its BatchNorm
+    entries. A weight between two groups belongs to the group it feeds, so the next
+    stage's input slice of a group comes with that stage's own rows (its cut); aligned
+    positions keep it connected to the same parent group. A hidden stage left empty
+    gets one random group back.
     """
     n_hidden = len(ind1.masks)
     for k in layers:
@@ -72,6 +77,10 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
             ind1.weights[k], ind2.weights[k] = torch.cat([w1[:cut], w2[cut:]]), torch.cat([w2[:cut], w1[cut:]])
         if b1 is not b2:
             ind1.biases[k], ind2.biases[k] = torch.cat([b1[:cut], b2[cut:]]), torch.cat([b2[:cut], b1[cut:]])
+        n1, n2 = ind1.norms[k], ind2.norms[k]
+        if n1 is not n2:  # (4, out_k): the BatchNorm entries of each channel travel with it
+            ind1.norms[k], ind2.norms[k] = (torch.cat([n1[:, :cut], n2[:, cut:]], 1),
+                                            torch.cat([n2[:, :cut], n1[:, cut:]], 1))
         if k < n_hidden:
             m1, m2 = ind1.masks[k], ind2.masks[k]
             ind1.masks[k] = ensure_nonempty(torch.cat([m1[:cut], m2[cut:]]), gen)
@@ -80,8 +89,8 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
 
 
 def mut_scale_weights(ind, layers: Sequence[int], low: float, high: float, gen: torch.Generator):
-    """The reference mutation: every weight of the given Linear layers times its own
-    factor drawn from U(low, high). Biases are left as they are."""
+    """The reference mutation: every weight of the given stages (Linear or Conv2d)
+    times its own factor drawn from U(low, high). Biases and BatchNorm are left as they are."""
     for k in layers:
         w = ind.weights[k]
         factors = torch.empty(w.shape, dtype=w.dtype).uniform_(low, high, generator=gen)
@@ -89,25 +98,30 @@ def mut_scale_weights(ind, layers: Sequence[int], low: float, high: float, gen: 
     return (ind,)
 
 
-def mut_scale_units(ind, layers: Sequence[int], low: float, high: float, gen: torch.Generator):
-    """Unit-gain mutation: for every Linear layer ``k >= 1`` of ``layers``, each input
-    column (hidden unit ``j`` of the layer below) times one factor drawn from U(low,
-    high): the unit's outgoing weights scaled together. For ReLU-like activations that
-    equals rescaling the unit itself. A few hundred gains instead of every weight: a
+def mut_scale_units(ind, layers: Sequence[int], low: float, high: float, gen: torch.Generator,
+                    repeats: Sequence[int] | None = None):
+    """Unit-gain mutation: for every stage ``k >= 1`` of ``layers``, each group ``j`` of
+    the stage below has its outgoing weights times one factor drawn from U(low, high):
+    input column ``j`` of a Linear, input channel ``j`` of a Conv2d, or, across Flatten,
+    the ``repeats[k]`` = H*W columns channel ``j`` feeds. For ReLU-like activations that
+    equals rescaling the group itself. A few hundred gains instead of every weight: a
     search space where selection on noisy batches still makes progress; the first
-    layer (its inputs are pixels, not units) keeps its tensor, shared with the parent."""
+    stage (its inputs are pixels, not groups) keeps its tensor, shared with the parent."""
     for k in layers:
         if k == 0:
             continue
         w = ind.weights[k]
-        factors = torch.empty(w.shape[1], dtype=w.dtype).uniform_(low, high, generator=gen)  # (in_k,)
-        ind.weights[k] = w * factors[None, :]
+        r = repeats[k] if repeats is not None else 1
+        factors = torch.empty(w.shape[1] // r, dtype=w.dtype).uniform_(low, high, generator=gen)  # (groups below,)
+        if r > 1:
+            factors = factors.repeat_interleave(r)  # (in_k,)
+        ind.weights[k] = w * factors.view(1, -1, *(1,) * (w.dim() - 2))
     return (ind,)
 
 
 def mut_flip_units(ind, flip_prob: float, gen: torch.Generator):
-    """Flip each hidden unit's mask bit with probability ``flip_prob``; a layer that
-    would become empty keeps one random unit."""
+    """Flip each group's mask bit with probability ``flip_prob``; a stage that would
+    become empty keeps one random group."""
     if flip_prob <= 0:
         return (ind,)
     for l, m in enumerate(ind.masks):

@@ -28,17 +28,34 @@ QUALITY = {"selection": "nsga2", "pop_size": 200, "batch_size": 5000, "generatio
            "similarity_batch": 100, "init_scores": "activation", "mutation": "units",
            "mutation_rate": 0.3, "mutation_low": 0.9, "mutation_high": 1.1}
 
+# CNN presets: the same searches on a convolutional parent (``run.py --arch cnn``, the
+# default CNN). Every hidden block's output enters the similarity (a feature map as its
+# flattened C*H*W vector) and every Conv2d/Linear is recombined.
+CNN_LAYERS = {"embedding_layers": None, "recombination_layers": None}
+CNN_QUALITY = {**QUALITY, **CNN_LAYERS, "pop_size": 100, "batch_size": 2000, "generations": 5, "epochs": 12}
+
 PRESETS: dict[str, dict] = {
     **{f"weighting{c}": {"selection": "weighted", "weights": _weights(c)} for c in WEIGHTINGS},
     **{f"pareto{c}": {"selection": "nsga2", "weights": _weights(c)} for c in PARETO},
     "quality121": {**QUALITY, "weights": _weights("121")},
     "quality101": {**QUALITY, "weights": _weights("101")},
+    "cnn_weighting121": {**CNN_LAYERS, "selection": "weighted", "weights": _weights("121")},
+    "cnn_pareto121": {**CNN_LAYERS, "selection": "nsga2", "weights": _weights("121")},
+    "cnn_quality121": {**CNN_QUALITY, "weights": _weights("121")},
+    "cnn_quality101": {**CNN_QUALITY, "weights": _weights("101")},
 }
 
 _QUALITY_TEXT = ("pop 200, 25 epochs of 11 batches of 5000 (similarity on 100), activation-ranked "
                  "initial prunings, unit-gain mutation 0.3")
 
+_CNN_QUALITY_TEXT = ("pop 100, 12 epochs of 5 batches of 2000 (similarity on 100), activation-ranked initial "
+                     "prunings, channel-gain mutation 0.3")
+
 DESCRIPTIONS = {
+    "cnn_weighting121": "CNN parent; weighted selection, weights 1 2 1 (the reference settings otherwise)",
+    "cnn_pareto121": "CNN parent; NSGA-II over accuracy, similarity, compression",
+    "cnn_quality121": "CNN parent; NSGA-II over accuracy, similarity, compression; " + _CNN_QUALITY_TEXT,
+    "cnn_quality101": "CNN parent; NSGA-II over accuracy, compression (no similarity); " + _CNN_QUALITY_TEXT,
     "quality121": "NSGA-II over accuracy, similarity, compression; " + _QUALITY_TEXT,
     "quality101": "NSGA-II over accuracy, compression (no similarity); " + _QUALITY_TEXT,
     **{f"weighting{c}": f"weighted selection, weights accuracy {c[0]}, similarity {c[1]}, compression {c[2]}"
@@ -46,6 +63,13 @@ DESCRIPTIONS = {
     **{f"pareto{c}": "NSGA-II over " + ", ".join(o for o, w in zip(("accuracy", "similarity", "compression"), c)
                                                  if w != "0") for c in PARETO},
 }
+
+
+def preset_arch(name: str) -> str | None:
+    """The parent a preset is made for ('cnn' or 'mlp'); None for a name that is no preset."""
+    if name not in PRESETS:
+        return None
+    return "cnn" if name.startswith("cnn_") else "mlp"
 
 
 def preset_config(name: str, **overrides) -> EcompConfig:

@@ -4,34 +4,39 @@ from __future__ import annotations
 import torch
 from deap import base, tools
 
-from .architecture import MLPArchitecture
+from .nets.chain import Chain
 from .config import EcompConfig
 from .genome import Genome, fitness_weights, make_types
 from .operators import (cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights,
                         sel_softmax_roulette)
 
 
-def recombination_indices(config: EcompConfig, arch: MLPArchitecture) -> list[int]:
-    names = config.recombination_layers if config.recombination_layers is not None else arch.linear_names
-    return [arch.linear_names.index(n) for n in names]
+def recombination_indices(config: EcompConfig, arch: Chain) -> list[int]:
+    names = config.recombination_layers if config.recombination_layers is not None else arch.stage_names
+    return [arch.stage_names.index(n) for n in names]
 
 
-def build_toolbox(config: EcompConfig, arch: MLPArchitecture, parent_weights, parent_biases,
-                  gen: torch.Generator, init_scores=None) -> base.Toolbox:
+def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biases,
+                  gen: torch.Generator, init_scores=None, parent_norms=None) -> base.Toolbox:
     """Registers: population, clone, mate, mutate, mutate_mask, select (and, for NSGA-II,
     select_parents). ``init_scores``: per hidden layer (H_l,) unit scores ranking the
-    initial prunings (None: L1 norm of the incoming weights, the reference).
+    initial prunings (None: L1 norm of the incoming weights, the reference);
+    ``parent_norms``: per stage the parent's BatchNorm stack or None.
     Evaluation is batched over the population and lives in
     :class:`ecomp_deap.evaluate.PopulationEvaluator`, not in a per-individual function."""
     _, ind_cls = make_types(fitness_weights(config.selection, config.weights))
     rec = recombination_indices(config, arch)
     tb = base.Toolbox()
     tb.register("population", init_pruned_population, ind_cls, parent_weights, parent_biases,
-                low=config.init_prune_low, high=config.init_prune_high, scores=init_scores)
+                low=config.init_prune_low, high=config.init_prune_high, scores=init_scores, norms=parent_norms)
     tb.register("clone", Genome.clone)
     tb.register("mate", cx_layerwise, layers=rec, gen=gen)
-    mutate = mut_scale_units if config.mutation == "units" else mut_scale_weights
-    tb.register("mutate", mutate, layers=rec, low=config.mutation_low, high=config.mutation_high, gen=gen)
+    if config.mutation == "units":
+        tb.register("mutate", mut_scale_units, layers=rec, low=config.mutation_low, high=config.mutation_high,
+                    gen=gen, repeats=[st.in_repeat for st in arch.stages])
+    else:
+        tb.register("mutate", mut_scale_weights, layers=rec, low=config.mutation_low, high=config.mutation_high,
+                    gen=gen)
     tb.register("mutate_mask", mut_flip_units, flip_prob=config.mask_flip_prob, gen=gen)
     if config.selection == "weighted":
         tb.register("select", sel_softmax_roulette, temperature=config.selection_temperature, gen=gen)

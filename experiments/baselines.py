@@ -2,12 +2,14 @@
 
     python experiments/baselines.py                       # sizes 10 %, 15 %, ... 90 % -> results/baselines/
     python experiments/baselines.py --seeds 10 --out results --name baselines
+    python experiments/baselines.py --arch cnn --name cnn_baselines          # the default CNN parent
     python plots/pareto.py results/pareto121 results/baselines   # drawn as lines against the fronts
 
-For each size every hidden layer of the parent keeps that fraction of its units,
-chosen by L1 norm of incoming weights, at random (--seeds repetitions), or by mean
-activation x outgoing weight norm (measured on the same class-balanced training
-subset that evolution uses). No retraining. Writes OUT/NAME/baselines.json.
+For each size every hidden layer of the parent keeps that fraction of its units (or,
+in a convolution, its channels), chosen by L1 norm of incoming weights (for a
+convolution: of each filter, Li et al. 2017), at random (--seeds repetitions), or by
+mean |activation| x outgoing weight norm (measured on the same class-balanced
+training subset that evolution uses). No retraining. Writes OUT/NAME/baselines.json.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomp_deap.cli import HelpFormatter, OneLineParser, finite_float, non_negative_int, positive_int, run_main
+from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int,
+                            parent_spec, positive_int, run_main)
 from ecomp_deap.errors import ConfigError
 
 
@@ -33,9 +36,7 @@ def build_parser() -> OneLineParser:
                    help="class-balanced training images for the activation statistics (the evolution subset)")
     p.add_argument("--data-dir", help="FashionMNIST root (default: $ECOMP_DATA_DIR or ~/.cache/ecomp_deap/data)")
     p.add_argument("--cache-dir", help="parent weights cache (default: ~/.cache/ecomp_deap)")
-    p.add_argument("--hidden", nargs="+", type=positive_int, metavar="W", help="parent hidden widths (default 256 256)")
-    p.add_argument("--parent-epochs", type=positive_int, default=4, help="parent training epochs")
-    p.add_argument("--parent", metavar="PATH", help="load this parent instead of the cached default")
+    add_parent_arguments(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
@@ -55,7 +56,7 @@ def main(argv) -> int:
 
     from ecomp_deap.baselines import BASELINES_SCHEMA, baseline_curves
     from ecomp_deap.data import default_cache_dir, load_fashion_mnist, make_splits
-    from ecomp_deap.parent import ParentSpec, accuracy, load_or_train_parent, load_parent_file
+    from ecomp_deap.nets.parents import accuracy, load_or_train_parent, load_parent_file
     from ecomp_deap.results import save_json
 
     data = load_fashion_mnist(args.data_dir)
@@ -63,7 +64,7 @@ def main(argv) -> int:
         model = load_parent_file(args.parent)
         parent_acc = accuracy(model, data.test_x, data.test_y)
     else:
-        spec = ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs)
+        spec = parent_spec(args)
         info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
         model, parent_acc = info.model, info.test_accuracy
     subset = make_splits(data.train_y, args.subset, 0, args.seed).subset

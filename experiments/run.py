@@ -6,6 +6,7 @@
     python experiments/run.py --list-presets
     python experiments/run.py --runs 10 --name weighting121 pareto121 --executor local --workers 4
     python experiments/run.py --runs 10 --name weighting121 --executor dask --scheduler tcp://HOST:8786
+    python experiments/run.py --runs 10 --name cnn_weighting121 cnn_pareto121     # the default CNN parent
 
 Results go to OUT/NAME/run_K.json (+ run_K.pt, the chosen network) and
 OUT/NAME/summary.{json,csv}; compare experiments with experiments/compare.py and
@@ -17,7 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from ecomp_deap.cli import HelpFormatter, OneLineParser, finite_float, non_negative_int, positive_int, run_main
+from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int,
+                            parent_spec, positive_int, run_main)
 from ecomp_deap.config import DEVICES, INIT_SCORES, KERNELS, MUTATIONS, SELECTIONS
 from ecomp_deap.errors import ConfigError
 
@@ -72,9 +74,11 @@ def build_parser() -> OneLineParser:
                    help="weighted mode: softmax temperature of the roulette (preset: 1, the reference)")
     g.add_argument("--elitism", type=non_negative_int, help="weighted mode: best individuals kept unchanged (preset: 0)")
     g.add_argument("--embedding-layers", nargs="+", metavar="LAYER",
-                   help="layers entering the similarity loss (preset: layer_1_act layer_2_act)")
+                   help="layers entering the similarity loss (MLP presets: layer_1_act layer_2_act; CNN presets: "
+                        "each hidden block's output; a feature map enters as its flattened C*H*W vector)")
     g.add_argument("--recombination-layers", nargs="+", metavar="LAYER",
-                   help="Linear layers recombined and mutated (preset: layer_1_linear layer_2_linear output)")
+                   help="Conv2d/Linear layers recombined and mutated (MLP presets: layer_1_linear layer_2_linear "
+                        "output; CNN presets: all)")
     g.add_argument("--kernel", choices=KERNELS, help="child similarity kernel (preset: gaussian)")
     g.add_argument("--perplexity", type=finite_float, help="t-SNE perplexity (preset: 30)")
     g.add_argument("--similarity-batch", type=non_negative_int,
@@ -85,9 +89,7 @@ def build_parser() -> OneLineParser:
     d.add_argument("--data-dir", help="FashionMNIST root (default: $ECOMP_DATA_DIR or ~/.cache/ecomp_deap/data)")
     d.add_argument("--no-download", action="store_true", help="never try torchvision's download")
     d.add_argument("--cache-dir", help="parent weights cache (default: ~/.cache/ecomp_deap)")
-    d.add_argument("--hidden", nargs="+", type=positive_int, metavar="W", help="parent hidden widths (default 256 256)")
-    d.add_argument("--parent-epochs", type=positive_int, default=4, help="parent training epochs")
-    d.add_argument("--parent", metavar="PATH", help="load this parent (saved nn.Sequential or state dict) instead")
+    add_parent_arguments(d)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
@@ -155,13 +157,14 @@ def main(argv) -> int:
 
 def run_experiments(args, argv, experiments, client=None) -> int:
     from ecomp_deap.data import default_cache_dir, load_fashion_mnist
-    from ecomp_deap.parent import ParentSpec, accuracy, load_or_train_parent, load_parent_file
+    from ecomp_deap.nets.parents import accuracy, load_or_train_parent, load_parent_file
+    from ecomp_deap.presets import preset_arch
 
     data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
     print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")
     for exp in experiments:
         exp.config.validate_data(len(data.train_y))
-    spec = ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs)
+    spec = parent_spec(args, [preset_arch(exp.name) for exp in experiments])
     if args.parent:
         model = load_parent_file(args.parent)
         parent_acc = accuracy(model, data.test_x, data.test_y)
@@ -170,11 +173,12 @@ def run_experiments(args, argv, experiments, client=None) -> int:
         info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
                                     progress=not args.quiet)
         model, parent_acc = info.model, info.test_accuracy
-    from ecomp_deap.architecture import MLPArchitecture
     from ecomp_deap.evaluate import NonFiniteError
     from ecomp_deap.experiment import RunInterrupted
+    from ecomp_deap.nets.chain import Chain, parent_input_shape
 
-    arch = MLPArchitecture.from_module(model)
+    arch = Chain.from_module(model, input_shape=parent_input_shape(model, data.train_x))
+    print(f"parent: {arch.describe()}; {sum(arch.hidden_widths)} {arch.group_kind} to compress")
     for exp in experiments:
         exp.config.validate_for(arch)
     if client is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecomp_deap.parent import ParentSpec, train_parent
+from ecomp_deap.nets.parents import ParentSpec, train_parent
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def fashion():
 @pytest.fixture(scope="session")
 def fashion_parent(fashion, tmp_path_factory):
     """A small FashionMNIST parent (784-32-32-10, 1 epoch): fast to train, same names as the reference."""
-    from ecomp_deap.parent import load_or_train_parent
+    from ecomp_deap.nets.parents import load_or_train_parent
 
     cache = Path(os.environ.get("ECOMP_TEST_CACHE", tmp_path_factory.mktemp("cache")))
     return load_or_train_parent(ParentSpec(hidden=(32, 32), epochs=1), fashion, cache, progress=False, log=lambda s: None)

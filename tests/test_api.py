@@ -43,12 +43,11 @@ def test_three_unequal_hidden_layers_end_to_end_and_export_matches(act):
     run = res.run
     best = run.evolution.population[run.evolution.best_index]
     from ecomp_deap.evaluate import PopulationEvaluator
-    from ecomp_deap.architecture import MLPArchitecture, parent_tensors
+    from ecomp_deap.nets.chain import Chain, parent_tensors
 
-    arch = MLPArchitecture.from_module(model)
-    ev = PopulationEvaluator(arch, *parent_tensors(model, arch), CFG)
-    w, b, m = ev._stack([best])
-    logits, _, _ = ev.forward(w, b, m, x[1200:])
+    arch = Chain.from_module(model)
+    ev = PopulationEvaluator(arch, *parent_tensors(model, arch)[:2], CFG)
+    logits, _ = ev._forward_stacked([best], x[1200:], 0)
     with torch.no_grad():
         assert torch.allclose(res.best.module(x[1200:]), logits[0], atol=1e-5)
     acc = (res.best.module(x[1200:]).argmax(1) == y[1200:]).double().mean().item()
@@ -81,3 +80,25 @@ def test_api_default_config_and_bad_data():
         ecomp_deap.compress(model, train=(x, y[:10]), test=(x, y), progress=False)
     with pytest.raises(ConfigError, match="DataLoader"):
         ecomp_deap.compress(model, train=42, test=(x, y), progress=False)
+
+
+def test_compress_a_cnn_from_image_dataloaders():
+    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(3)
+    centers = torch.randn(3, 2, 8, 8, generator=g)
+    y = torch.arange(900) % 3
+    x = centers[y] + 0.7 * torch.randn(900, 2, 8, 8, generator=g)
+    model = trained(nn.Sequential(nn.Conv2d(2, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                                  nn.AvgPool2d(2), nn.Conv2d(6, 8, 3, stride=2), nn.ReLU(), nn.Flatten(),
+                                  nn.Dropout(0.1), nn.Linear(8, 3)), x[:600], y[:600], steps=60)
+    loader = DataLoader(TensorDataset(x[:600], y[:600]), batch_size=64)
+    res = ecomp_deap.compress(model, train=loader, val=(x[600:750], y[600:750]), test=(x[750:], y[750:]),
+                              config=CFG, progress=False)
+    assert len(res.best.hidden_units) == 2 and all(h >= 1 for h in res.best.hidden_units)
+    small = res.best.module
+    convs = [m for m in small if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == res.best.hidden_units
+    assert res.best.parameters_kept <= 1 and res.best.macs_kept <= 1
+    with torch.no_grad():
+        acc = (small(x[750:]).argmax(1) == y[750:]).double().mean().item()
+    assert res.best.accuracy == pytest.approx(acc)

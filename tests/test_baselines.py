@@ -6,18 +6,18 @@ import pytest
 import torch
 
 from conftest import REPO
-from ecomp_deap.architecture import MLPArchitecture, parent_tensors
+from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.baselines import baseline_curves, keep_counts, pruned, unit_scores
 from ecomp_deap.indicators import knee_point
-from ecomp_deap.parent import build_mlp
+from ecomp_deap.nets.parents import build_mlp
 
 
 @pytest.mark.parametrize("method", ["l1", "random", "activation"])
 def test_baselines_keep_exactly_the_requested_unit_counts(method):
     torch.manual_seed(0)
     model = build_mlp((40, 9, 23), in_features=12, n_classes=3)
-    arch = MLPArchitecture.from_module(model)
-    w, b = parent_tensors(model, arch)
+    arch = Chain.from_module(model)
+    w, b, _ = parent_tensors(model, arch)
     scores = unit_scores(method, arch, w, b, torch.randn(50, 12), torch.Generator().manual_seed(0))
     for size in (0.1, 0.25, 0.5, 0.75, 0.9):
         ind = pruned(arch, w, b, scores, size)
@@ -27,8 +27,8 @@ def test_baselines_keep_exactly_the_requested_unit_counts(method):
 def test_l1_and_activation_scores_rank_what_they_say():
     torch.manual_seed(1)
     model = build_mlp((6,), in_features=4, n_classes=2)
-    arch = MLPArchitecture.from_module(model)
-    w, b = parent_tensors(model, arch)
+    arch = Chain.from_module(model)
+    w, b, _ = parent_tensors(model, arch)
     w[0][2] *= 100  # unit 2: huge incoming weights
     l1 = unit_scores("l1", arch, w, b)
     assert int(l1[0].argmax()) == 2

@@ -84,7 +84,8 @@ def test_list_presets_and_help():
     assert p.returncode == 0
     names = [line.split()[0] for line in p.stdout.splitlines()]
     assert names == ["weighting001", "weighting020", "weighting021", "weighting100", "weighting101", "weighting120",
-                     "weighting121", "pareto101", "pareto120", "pareto121", "quality121", "quality101"]
+                     "weighting121", "pareto101", "pareto120", "pareto121", "quality121", "quality101",
+                     "cnn_weighting121", "cnn_pareto121", "cnn_quality121", "cnn_quality101"]
     h = run_script("experiments/run.py", "--help")
     assert h.returncode == 0 and "--runs 10 --name weighting121" in h.stdout
 
@@ -152,3 +153,44 @@ def test_end_to_end_run_compare_and_every_plot(tmp_path, cache_dir):
         for png in pngs:
             data = open(png, "rb").read()
             assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+CNN_SMALL = ["--arch", "cnn", "--channels", "4", "8", "--hidden", "16", "--parent-epochs", "1", "--pop-size", "8",
+             "--generations", "3", "--batch-size", "50", "--val-size", "100", "--device", "cpu", "--quiet"]
+
+
+def test_cnn_end_to_end_run_compare_baselines_and_every_plot(tmp_path, cache_dir):
+    out = tmp_path / "results"
+    p = run_script("experiments/run.py", "--name", "cnn_weighting121", "cnn_pareto121", "--runs", "1", *CNN_SMALL,
+                   "--cache-dir", cache_dir, "--out", out)
+    assert p.returncode == 0, p.stderr
+    assert "conv 1->4 | conv 4->8 | linear 392->16 | linear 16->10" in p.stdout
+    for name in ("cnn_weighting121", "cnn_pareto121"):
+        r = json.loads((out / name / "run_0.json").read_text())
+        best = r["best"]
+        assert len(best["hidden_units"]) == 3 and r["parent"]["hidden_units"] == [4, 8, 16]
+        assert 0 < best["macs_kept"] <= 1 and 0 < best["parameters_kept"] <= 1
+        from ecomp_deap.nets.export import load_exported
+
+        net = load_exported(out / name / "run_0.pt")
+        convs = [m.out_channels for m in net if hasattr(m, "out_channels")]
+        assert convs == best["hidden_units"][:2]
+    b = run_script("experiments/baselines.py", *CNN_SMALL[:8], "--cache-dir", cache_dir, "--out", out,
+                   "--sizes", "0.25", "0.75", "0.25", "--seeds", "2")
+    assert b.returncode == 0, b.stderr
+    base = json.loads((out / "baselines" / "baselines.json").read_text())
+    assert [row["hidden_units"] for row in base["methods"]["l1"]] == [[1, 2, 4], [2, 4, 8], [3, 6, 12]]
+    c = run_script("experiments/compare.py", out / "cnn_weighting121", out / "cnn_pareto121",
+                   "--baselines", out / "baselines")
+    assert c.returncode == 0, c.stderr
+    assert "cnn_pareto121" in (out / "comparison.md").read_text()
+    for script in ("plots/pareto.py", "plots/curves.py", "plots/boxplots.py", "plots/hypervolume.py"):
+        extra = [out / "baselines"] if script == "plots/pareto.py" else []
+        q = run_script(script, out / "cnn_weighting121", out / "cnn_pareto121", *extra)
+        assert q.returncode == 0, q.stderr
+        assert any(line.endswith(".png") for line in q.stdout.splitlines())
+
+
+def test_cnn_presets_refuse_an_mlp_arch(tmp_path):
+    p = run_script("experiments/run.py", "--name", "cnn_weighting121", "--arch", "mlp", "--out", tmp_path / "o")
+    assert p.returncode == 2 and "for a cnn parent" in p.stderr and not (tmp_path / "o").exists()

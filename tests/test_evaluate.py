@@ -2,21 +2,22 @@ import numpy as np
 import pytest
 import torch
 
-from ecomp_deap.architecture import MLPArchitecture, parent_tensors
+from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.evaluate import PopulationEvaluator, fitness_tuples, weighted_fitness
-from ecomp_deap.export import count_parameters, export_individual, individual_widths, linear_sizes
+from ecomp_deap.nets.export import count_parameters, export_individual
+from ecomp_deap.nets.forward import as_input, network_forward, stacked_stage
 from ecomp_deap.genome import fitness_weights, make_types
 from ecomp_deap.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
-from ecomp_deap.parent import build_mlp
+from ecomp_deap.nets.parents import build_mlp
 from ecomp_deap.similarity import tsne_similarity_loss
 
 
 def varied_population(model, n=6, seed=0, mutate=True):
     """L1 prunings, recombined, weight-mutated (unless ``mutate`` is False: then the
     individuals keep sharing the parent's tensors) and mask-flipped."""
-    arch = MLPArchitecture.from_module(model)
-    w, b = parent_tensors(model, arch)
+    arch = Chain.from_module(model)
+    w, b, _ = parent_tensors(model, arch)
     _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
     pop = init_pruned_population(ind_cls, w, b, n)
     g = torch.Generator().manual_seed(seed)
@@ -68,13 +69,12 @@ def test_export_matches_masked_forward_and_counts_parameters():
     arch, w, b, pop = varied_population(model, n=4, seed=1)
     ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
     x = torch.randn(7, 12)
-    ws, bs, ms = ev._stack(pop)
-    logits, _, _ = ev.forward(ws, bs, ms, x)
+    logits, _ = ev._forward_stacked(pop, x, 0)
     for i, ind in enumerate(pop):
         net = export_individual(ind, arch)
         with torch.no_grad():
             assert torch.allclose(net(x), logits[i], atol=1e-5)
-        assert count_parameters(net) == linear_sizes(individual_widths(ind, arch))[0]
+        assert count_parameters(net) == arch.sizes(ind.hidden_units())[0]
         assert [m.out_features for m in net if isinstance(m, torch.nn.Linear)][:-1] == ind.hidden_units()
 
 
@@ -83,10 +83,12 @@ def test_masked_unit_activation_is_zero_even_when_activation_of_zero_is_not():
     model = build_mlp((6,), in_features=4, n_classes=2, activation="sigmoid")
     arch, w, b, pop = varied_population(model, n=2)
     ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
-    ws, bs, ms = ev._stack(pop)
-    _, _, post = ev.forward(ws, bs, ms, torch.randn(5, 4))
+    ws, bs, ns, ms = ev._stack(pop)
+    _, post = stacked_stage(arch.stages[0], as_input(arch, torch.randn(5, 4)), ws[0], bs[0], ns[0], ms[0],
+                            shared=True, positions=[0])
     for i, ind in enumerate(pop):
         assert torch.all(post[0][i][:, ~ind.masks[0]] == 0)
+        assert torch.all(post[0][i][:, ind.masks[0]] != 0)  # sigmoid: kept units are never 0
 
 
 def test_fitness_weighted_formula_and_nsga2_tuples():
@@ -99,20 +101,16 @@ def test_fitness_weighted_formula_and_nsga2_tuples():
     assert fitness_tuples(m, "nsga2", (1, 0, 1))[0] == (0.8, 0.25)
 
 
-def test_stacked_and_per_individual_weights_give_the_same_forward():
+def test_stacked_forward_equals_each_network_run_alone():
     torch.manual_seed(3)
     model = build_mlp((24, 16), in_features=15, n_classes=4)
     arch, w, b, pop = varied_population(model)
     ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
-    lists, biases, masks = ev._stack(pop)
-    stacked = [torch.stack(ws) for ws in lists]
-    stacked_b = [torch.stack(bs) for bs in biases]
     x = torch.randn(9, 15)
-    a = ev.forward(lists, biases, masks, x)
-    s = ev.forward(stacked, stacked_b, masks, x)
-    assert torch.allclose(a[0], s[0], atol=1e-5)
-    for p, q in zip(a[2], s[2]):
-        assert torch.allclose(p, q, atol=1e-5)
+    logits, _ = ev._forward_stacked(pop, x, 0)
+    for i, ind in enumerate(pop):
+        alone = network_forward(arch, x, ind.weights, ind.biases, ind.norms, ind.masks)
+        assert torch.allclose(logits[i], alone, atol=1e-5)
 
 
 def test_similarity_batch_uses_the_first_images_only():

@@ -1,17 +1,17 @@
 import torch
 
-from ecomp_deap.architecture import MLPArchitecture, parent_tensors
+from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.genome import fitness_weights, make_types
 from ecomp_deap.operators import (cx_layerwise, init_pruned_population, init_pruned, mut_flip_units,
                                   mut_scale_units, mut_scale_weights, sel_softmax_roulette)
-from ecomp_deap.parent import build_mlp
+from ecomp_deap.nets.parents import build_mlp
 
 
 def setup(hidden=(16, 12, 8), seed=0):
     torch.manual_seed(seed)
     model = build_mlp(hidden, in_features=10, n_classes=5)
-    arch = MLPArchitecture.from_module(model)
-    w, b = parent_tensors(model, arch)
+    arch = Chain.from_module(model)
+    w, b, _ = parent_tensors(model, arch)
     _, ind_cls = make_types(fitness_weights("nsga2", (1, 1, 1)))
     return arch, w, b, ind_cls
 

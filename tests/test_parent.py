@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ecomp_deap import parent as P
-from ecomp_deap.architecture import MLPArchitecture
+from ecomp_deap.nets import parents as P
+from ecomp_deap.nets.chain import Chain
 from ecomp_deap.errors import ParentError
 
 
@@ -10,8 +10,8 @@ def test_build_mlp_has_the_reference_layer_names():
     model = P.build_mlp()
     assert [n for n, _ in model.named_children()] == ["flatten", "layer_1_linear", "layer_1_act",
                                                      "layer_2_linear", "layer_2_act", "output"]
-    arch = MLPArchitecture.from_module(model)
-    assert arch.widths == (784, 256, 256, 10)
+    arch = Chain.from_module(model)
+    assert (arch.stages[0].in_size, *arch.hidden_widths, arch.n_classes) == (784, 256, 256, 10)
 
 
 def test_training_is_deterministic_under_one_seed(tiny_data):
@@ -50,7 +50,7 @@ def test_parent_files_bad_input_gives_clear_errors(tmp_path):
     model = P.build_mlp((16, 8), in_features=20, n_classes=4)
     good = tmp_path / "good.pt"
     torch.save(model.state_dict(), good)
-    assert MLPArchitecture.from_module(P.load_parent_file(good)).widths == (20, 16, 8, 4)
+    assert Chain.from_module(P.load_parent_file(good)).hidden_widths == (16, 8)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[:100])
     with pytest.raises(ParentError, match="truncated"):
@@ -67,7 +67,7 @@ def test_parent_files_bad_input_gives_clear_errors(tmp_path):
 
 
 def test_unsupported_architectures_are_refused():
-    with pytest.raises(ParentError, match="expected an elementwise activation"):
-        MLPArchitecture.from_module(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Dropout(), torch.nn.Linear(4, 2)))
-    with pytest.raises(ParentError, match="no hidden layer"):
-        MLPArchitecture.from_module(torch.nn.Sequential(torch.nn.Linear(4, 2)))
+    with pytest.raises(ParentError, match="'1' is LayerNorm, which is not supported; supported layers: Conv2d"):
+        Chain.from_module(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2)))
+    with pytest.raises(ParentError, match="no hidden Conv2d or Linear layer"):
+        Chain.from_module(torch.nn.Sequential(torch.nn.Linear(4, 2)))

@@ -13,7 +13,7 @@ from ecomp_deap.presets import preset_config
 @pytest.mark.slow
 def test_reference_pareto_run_beats_l1_pruning_at_half_size(fashion):
     from ecomp_deap.data import default_cache_dir
-    from ecomp_deap.parent import ParentSpec, load_or_train_parent
+    from ecomp_deap.nets.parents import ParentSpec, load_or_train_parent
 
     parent = load_or_train_parent(ParentSpec(), fashion, default_cache_dir(), progress=False, log=lambda s: None)
     r = run_ecomp(preset_config("pareto121", device="cpu"), parent.model, fashion, progress=False,

@@ -113,16 +113,16 @@ def test_atomic_writer_keeps_the_old_file_when_writing_fails(tmp_path, monkeypat
 
 
 def test_degenerate_individuals_and_extreme_weights_give_finite_measures():
-    from ecomp_deap.architecture import MLPArchitecture, parent_tensors
+    from ecomp_deap.nets.chain import Chain, parent_tensors
     from ecomp_deap.config import EcompConfig
     from ecomp_deap.evaluate import PopulationEvaluator
     from ecomp_deap.genome import fitness_weights, make_types
-    from ecomp_deap.parent import build_mlp
+    from ecomp_deap.nets.parents import build_mlp
 
     torch.manual_seed(0)
     model = build_mlp((16, 12), in_features=10, n_classes=3)
-    arch = MLPArchitecture.from_module(model)
-    w, b = parent_tensors(model, arch)
+    arch = Chain.from_module(model)
+    w, b, _ = parent_tensors(model, arch)
     _, ind_cls = make_types(fitness_weights("weighted", (1, 2, 1)))
     one_unit = [torch.zeros(16, dtype=torch.bool), torch.zeros(12, dtype=torch.bool)]
     one_unit[0][3] = one_unit[1][5] = True

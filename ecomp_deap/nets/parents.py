@@ -1,4 +1,4 @@
-"""Parent networks: the MLP factory, training, and the weights cache.
+"""Parent networks: the MLP and CNN factories, training, and the weights cache.
 
 The cache key hashes the architecture, the training settings, the seed and the
 data fingerprint, so a second run with the same settings loads instead of training.
@@ -16,17 +16,26 @@ import numpy as np
 import torch
 from torch import nn
 
-from .architecture import MLPArchitecture
-from .errors import ParentError
-from .results import save_torch
+from ..errors import ParentError
+from ..results import save_torch
+from .chain import check_layers
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
 
+ARCHS = ("mlp", "cnn")
+DEFAULT_CNN_CHANNELS = (16, 32)
+DEFAULT_CNN_HIDDEN = (64,)
+DEFAULT_CNN_EPOCHS = 5
+
+
 @dataclass(frozen=True)
 class ParentSpec:
-    """How to build and train a parent MLP (the reference: 784-256-256-10, ReLU, Adam 1e-3, 4 epochs)."""
+    """How to build and train a parent (the reference MLP: 784-256-256-10, ReLU, Adam
+    1e-3, 4 epochs). ``arch='cnn'``: ``channels`` are the convolution blocks' widths
+    (each Conv 3x3 pad 1 - BatchNorm - activation - MaxPool 2), ``hidden`` the Linear
+    layers after Flatten; images are square with one channel (side sqrt(in_features))."""
 
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
@@ -36,9 +45,18 @@ class ParentSpec:
     lr: float = 1e-3
     batch_size: int = 100
     seed: int = 0
+    arch: str = "mlp"
+    channels: tuple[int, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        if self.arch not in ARCHS:
+            raise ParentError(f"unknown parent architecture {self.arch!r}; choose from {', '.join(ARCHS)}")
+        if self.arch == "cnn" and (not self.channels or any(c < 1 for c in self.channels)):
+            raise ParentError(f"a CNN parent needs positive channel widths, got {list(self.channels)}")
+        if self.arch == "mlp" and self.channels:
+            raise ParentError("channels are for --arch cnn")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise ParentError(f"hidden widths must be positive integers, got {list(self.hidden)}")
         if self.activation not in ACTIVATIONS:
@@ -59,6 +77,41 @@ def build_mlp(hidden=(256, 256), in_features: int = 784, n_classes: int = 10,
     return nn.Sequential(OrderedDict(layers))
 
 
+def build_cnn(channels=DEFAULT_CNN_CHANNELS, hidden=DEFAULT_CNN_HIDDEN, in_shape=(1, 28, 28), n_classes: int = 10,
+              activation: str = "relu") -> nn.Sequential:
+    """``block_i_conv, block_i_bn, block_i_act, block_i_pool`` per channel width (3x3
+    convolution, padding 1, no bias: BatchNorm follows; 2x2 max pooling), ``flatten``,
+    ``fc_i_linear, fc_i_act`` per hidden width, ``output``."""
+    layers: list[tuple[str, nn.Module]] = []
+    c, side = in_shape[0], in_shape[1]
+    for i, width in enumerate(channels, start=1):
+        layers += [(f"block_{i}_conv", nn.Conv2d(c, width, 3, padding=1, bias=False)),
+                   (f"block_{i}_bn", nn.BatchNorm2d(width)), (f"block_{i}_act", ACTIVATIONS[activation]()),
+                   (f"block_{i}_pool", nn.MaxPool2d(2))]
+        c, side = width, side // 2
+    layers.append(("flatten", nn.Flatten()))
+    width = c * side * side
+    for i, h in enumerate(hidden, start=1):
+        layers += [(f"fc_{i}_linear", nn.Linear(width, h)), (f"fc_{i}_act", ACTIVATIONS[activation]())]
+        width = h
+    layers.append(("output", nn.Linear(width, n_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def build_parent(spec: ParentSpec) -> nn.Sequential:
+    if spec.arch == "cnn":
+        side = int(round(spec.in_features ** 0.5))
+        return build_cnn(spec.channels, spec.hidden, (1, side, side), spec.n_classes, spec.activation)
+    return build_mlp(spec.hidden, spec.in_features, spec.n_classes, spec.activation)
+
+
+def describe_spec(spec: ParentSpec) -> str:
+    if spec.arch == "cnn":
+        return (f"CNN conv {'-'.join(map(str, spec.channels))} (3x3, BatchNorm, max pool 2), "
+                f"linear {'-'.join(map(str, (*spec.hidden, spec.n_classes)))}")
+    return f"MLP {spec.in_features}-{'-'.join(map(str, spec.hidden))}-{spec.n_classes}"
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
     model.eval()
@@ -77,7 +130,10 @@ def train_parent(spec: ParentSpec, train_x: torch.Tensor, train_y: torch.Tensor,
     torch.manual_seed(spec.seed)
     random.seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
-    model = build_mlp(spec.hidden, spec.in_features, spec.n_classes, spec.activation)
+    model = build_parent(spec)
+    if spec.arch == "cnn":
+        side = int(round(spec.in_features ** 0.5))
+        train_x = train_x.reshape(len(train_x), 1, side, side)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
     loss_fn = nn.CrossEntropyLoss()
     g = torch.Generator().manual_seed(spec.seed)
@@ -101,7 +157,10 @@ def train_parent(spec: ParentSpec, train_x: torch.Tensor, train_y: torch.Tensor,
 
 
 def cache_key(spec: ParentSpec, data_fingerprint: str) -> str:
-    blob = json.dumps({"spec": asdict(spec), "data": data_fingerprint, "format": 1}, sort_keys=True)
+    fields = asdict(spec)
+    if spec.arch == "mlp":  # MLP keys as before the CNN fields existed: cached parents stay valid
+        del fields["arch"], fields["channels"]
+    blob = json.dumps({"spec": fields, "data": data_fingerprint, "format": 1}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -116,8 +175,9 @@ class ParentInfo:
 
 
 def load_parent_file(path, spec: ParentSpec | None = None) -> nn.Sequential:
-    """Load a parent: a pickled ``nn.Sequential``, a state dict of a ``build_mlp`` network
-    (widths inferred), or this toolkit's cache file. Clear errors for anything else."""
+    """Load a parent: a pickled ``nn.Sequential`` (MLP or CNN chain), a state dict of a
+    ``build_mlp`` or ``build_cnn`` network (widths inferred), or this toolkit's cache file.
+    Clear errors for anything else."""
     path = Path(path)
     if not path.is_file():
         raise ParentError(f"{path}: parent weights file not found")
@@ -127,7 +187,7 @@ def load_parent_file(path, spec: ParentSpec | None = None) -> nn.Sequential:
         raise ParentError(f"{path}: cannot read parent weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                           "the file is truncated or not a torch file") from None
     if isinstance(obj, nn.Sequential):
-        MLPArchitecture.from_module(obj)
+        check_layers(obj)
         return obj.eval()
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
@@ -137,6 +197,8 @@ def load_parent_file(path, spec: ParentSpec | None = None) -> nn.Sequential:
 
 
 def model_from_state_dict(state: dict, spec: ParentSpec | None = None, source: str = "state dict") -> nn.Sequential:
+    if any(k.endswith("_conv.weight") for k in state):
+        return cnn_from_state_dict(state, spec, source)
     names = [k[:-len(".weight")] for k in state if k.endswith(".weight")]
     if not names:
         raise ParentError(f"{source}: state dict holds no Linear weights")
@@ -158,20 +220,42 @@ def model_from_state_dict(state: dict, spec: ParentSpec | None = None, source: s
     return model.eval()
 
 
+def cnn_from_state_dict(state: dict, spec: ParentSpec | None = None, source: str = "state dict") -> nn.Sequential:
+    """A state dict of a :func:`build_cnn` network, its widths read off the tensors."""
+    channels = [state[k].shape[0] for k in state if k.endswith("_conv.weight")]
+    hidden = [state[k].shape[0] for k in state if k.startswith("fc_") and k.endswith("_linear.weight")]
+    conv0 = next(state[k] for k in state if k.endswith("_conv.weight"))
+    out = state.get("output.weight")
+    if out is None:
+        raise ParentError(f"{source}: a CNN state dict needs the layer names of build_cnn (block_i_conv, ..., "
+                          f"output); save the nn.Sequential itself for other CNNs")
+    side = int(round(spec.in_features ** 0.5)) if spec else 28
+    model = build_cnn(channels, hidden, (conv0.shape[1], side, side), out.shape[0], spec.activation if spec else "relu")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ParentError(f"{source}: state dict does not fit the CNN conv {channels} linear {hidden} "
+                          f"({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
 def load_or_train_parent(spec: ParentSpec, data, cache_dir, progress: bool = True, log=print) -> ParentInfo:
     """The cached parent for ``spec`` and ``data``, training and caching it on a miss."""
     key = cache_key(spec, data.fingerprint)
-    path = Path(cache_dir) / "parents" / f"mlp-{'-'.join(map(str, spec.hidden))}-{spec.activation}-{key}.pt"
+    widths = "-".join(map(str, (*spec.channels, *spec.hidden)))
+    path = Path(cache_dir) / "parents" / f"{spec.arch}-{widths}-{spec.activation}-{key}.pt"
     if path.exists():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            model = model_from_state_dict(blob["state_dict"], spec, source=str(path))
+            model = build_parent(spec)
+            model.load_state_dict(blob["state_dict"])
+            model.eval()
             acc = float(blob["test_accuracy"])
             log(f"parent: loaded cached weights {path} (test accuracy {acc:.4f}; no training)")
             return ParentInfo(model, acc, cached=True, path=path, spec=spec)
         except Exception as e:  # a corrupt cache entry is rebuilt, not fatal
             log(f"parent: cache file {path} unusable ({type(e).__name__}); retraining")
-    log(f"parent: training {spec.in_features}-{'-'.join(map(str, spec.hidden))}-{spec.n_classes} "
+    log(f"parent: training {describe_spec(spec)} "
         f"({spec.activation}, {spec.epochs} epochs, Adam lr {spec.lr}, batch {spec.batch_size}, seed {spec.seed})")
     model = train_parent(spec, data.train_x, data.train_y, progress=progress)
     acc = accuracy(model, data.test_x, data.test_y)
