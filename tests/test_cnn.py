@@ -1,0 +1,276 @@
+"""Convolutional parents: parsing, the channel coupling, the batched evaluator against
+each network run alone, export, and the operators on channel groups."""
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ecomp_deap.config import EcompConfig
+from ecomp_deap.errors import ParentError
+from ecomp_deap.evaluate import PopulationEvaluator
+from ecomp_deap.genome import fitness_weights, make_types
+from ecomp_deap.nets.chain import Chain, parent_tensors
+from ecomp_deap.nets.export import count_parameters, export_individual, load_exported, save_exported
+from ecomp_deap.nets.forward import network_forward
+from ecomp_deap.operators import (cx_layerwise, init_pruned_population, l1_unit_scores, mut_flip_units,
+                                  mut_scale_units, mut_scale_weights)
+from ecomp_deap.similarity import tsne_similarity_loss
+
+
+def randomise_norms(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (fresh ones are the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    return model.eval()
+
+
+def seq(*layers):
+    return nn.Sequential(OrderedDict((f"l{i}", m) for i, m in enumerate(layers)))
+
+
+# (model factory, input shape): stride 2, padding, no bias, dilation, non-square kernels,
+# average / max / adaptive pooling, BatchNorm 2d and 1d, Dropout, several activations
+CNNS = {
+    "stride2-nobias-bn-avgpool": (lambda: seq(
+        nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+        nn.Conv2d(6, 8, 3), nn.BatchNorm2d(8), nn.GELU(), nn.AvgPool2d(2), nn.Flatten(),
+        nn.Linear(8 * 2 * 2, 12), nn.Tanh(), nn.Linear(12, 4)), (3, 12, 12)),
+    "dilation-maxpool-adaptive": (lambda: seq(
+        nn.Conv2d(1, 5, (3, 2), dilation=2), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout2d(0.3),
+        nn.Conv2d(5, 7, 3, padding=1), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(7, 3)),
+     (1, 14, 13)),
+    "conv-then-mlp-with-bn1d": (lambda: seq(
+        nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4), nn.ELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10),
+        nn.BatchNorm1d(10), nn.ReLU(), nn.Dropout(0.5), nn.Linear(10, 3)), (2, 6, 6)),
+}
+
+
+def population(model, shape, n=6, seed=0, mutate=True):
+    """L1 prunings, recombined on every stage, mutated (weights or channel gains) and
+    mask-flipped: individuals with their own filters, BatchNorm entries and masks."""
+    chain = Chain.from_module(model, shape)
+    w, b, norms = parent_tensors(model, chain)
+    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
+    pop = init_pruned_population(ind_cls, w, b, n, norms=norms)
+    g = torch.Generator().manual_seed(seed)
+    layers = range(len(w))
+    for i in range(0, n - 1, 2):
+        cx_layerwise(pop[i], pop[i + 1], layers, g)
+    for j, ind in enumerate(pop):
+        if mutate:
+            if j % 2:
+                mut_scale_weights(ind, layers, 0.8, 1.2, g)
+            else:
+                mut_scale_units(ind, layers, 0.8, 1.2, g, repeats=[st.in_repeat for st in chain.stages])
+        mut_flip_units(ind, 0.2, g)
+    return chain, (w, b, norms), pop
+
+
+def named_outputs(net: nn.Module, x: torch.Tensor, names) -> dict:
+    out, h = {}, x
+    for name, mod in net.named_children():
+        h = mod(h)
+        if name in names:
+            out[name] = h.flatten(1)
+    return out
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_parse_sizes_and_the_parent_forward(name):
+    factory, shape = CNNS[name]
+    torch.manual_seed(0)
+    model = randomise_norms(factory(), 1)
+    chain = Chain.from_module(model, shape)
+    assert chain.is_conv and chain.n_hidden == len(chain.stages) - 1
+    assert chain.sizes()[0] == count_parameters(model)
+    w, b, norms = parent_tensors(model, chain)
+    x = torch.randn(9, *shape)
+    with torch.no_grad():
+        assert torch.allclose(network_forward(chain, x, w, b, norms), model(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", CNNS)
+@pytest.mark.parametrize("kept_path", [True, False], ids=["kept-channels", "stacked"])
+def test_batched_measures_equal_each_exported_network_run_alone(name, kept_path):
+    factory, shape = CNNS[name]
+    torch.manual_seed(0)
+    model = randomise_norms(factory(), 2)
+    chain, (w, b, norms), pop = population(model, shape)
+    cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=30)
+    ev = PopulationEvaluator(chain, w, b, cfg, parent_norms=norms)
+    ev.kept_units_forward = kept_path
+    x, y = torch.randn(30, *shape), torch.randint(0, chain.n_classes, (30,))
+    m = ev.measure(pop, x, y)
+    names = chain.default_embeddings()
+    with torch.no_grad():
+        parent = named_outputs(model, x, names)
+        for i, ind in enumerate(pop):
+            net = export_individual(ind, chain)
+            logits = net(x)
+            assert torch.allclose(logits, network_forward(chain, x, ind.weights, ind.biases, ind.norms, ind.masks),
+                                  atol=1e-5)
+            assert m.accuracy[i] == (logits.argmax(1) == y).double().mean().item()
+            assert m.compression[i] == sum(ind.hidden_units()) / sum(chain.hidden_widths)
+            child = named_outputs(net, x, names)
+            s = sum(tsne_similarity_loss(parent[n], child[n], 5.0) for n in names)
+            assert m.similarity[i] == pytest.approx(s, rel=1e-4, abs=1e-7)
+
+
+@pytest.mark.parametrize("name", CNNS)
+def test_kept_channel_and_stacked_paths_agree_with_shared_first_layer(name):
+    factory, shape = CNNS[name]
+    torch.manual_seed(1)
+    model = randomise_norms(factory(), 3)
+    chain, (w, b, norms), pop = population(model, shape, n=8, mutate=False)
+    assert sum(ind.weights[0] is w[0] for ind in pop) == 8  # the first stage is shared
+    cfg = EcompConfig(embedding_layers=chain.embedding_names, recombination_layers=None, perplexity=4.0,
+                      batch_size=20)
+    ev = PopulationEvaluator(chain, w, b, cfg, parent_norms=norms)
+    x = torch.randn(20, *shape)
+    kept = ev.outputs(pop, x, 16)
+    ev.kept_units_forward = False
+    stacked = ev.outputs(pop, x, 16)
+    assert torch.allclose(kept[0], stacked[0], atol=1e-5)
+    for a, s in zip(kept[2], stacked[2]):
+        assert torch.allclose(a, s, rtol=1e-5, atol=1e-6)
+
+
+def test_export_is_physically_smaller_saves_and_loads(tmp_path):
+    factory, shape = CNNS["stride2-nobias-bn-avgpool"]
+    torch.manual_seed(2)
+    model = randomise_norms(factory(), 4)
+    chain, _, pop = population(model, shape, n=4)
+    x = torch.randn(5, *shape)
+    for i, ind in enumerate(pop):
+        net = export_individual(ind, chain)
+        convs = [m for m in net if isinstance(m, nn.Conv2d)]
+        bns = [m for m in net if isinstance(m, nn.BatchNorm2d)]
+        assert [c.out_channels for c in convs] == ind.hidden_units()[:2]
+        assert [bn.num_features for bn in bns] == ind.hidden_units()[:2]
+        assert convs[0].bias is None and convs[1].bias is not None  # bias-free stays bias-free
+        linear = next(m for m in net if isinstance(m, nn.Linear))
+        assert linear.in_features == ind.hidden_units()[1] * 2 * 2  # Flatten: H*W columns per kept channel
+        assert count_parameters(net) == chain.sizes(ind.hidden_units())[0] < count_parameters(model)
+        save_exported(tmp_path / f"n{i}.pt", net)
+        again = load_exported(tmp_path / f"n{i}.pt")
+        with torch.no_grad():
+            assert torch.equal(again(x), net(x))
+
+
+def test_crossover_moves_filter_bias_batchnorm_and_mask_of_a_channel_together():
+    factory, shape = CNNS["stride2-nobias-bn-avgpool"]
+    torch.manual_seed(3)
+    model = randomise_norms(factory(), 5)
+    chain = Chain.from_module(model, shape)
+    w, b, norms = parent_tensors(model, chain)
+    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
+    a, c = init_pruned_population(ind_cls, w, b, 2, low=0.2, high=0.6, norms=norms)
+    g = torch.Generator().manual_seed(0)
+    for ind in (a, c):  # distinct tensors everywhere, so every entry tells its parent
+        mut_scale_weights(ind, range(len(w)), 0.5, 1.5, g)
+        ind.biases = [x + torch.rand(x.shape, generator=g) for x in ind.biases]
+        ind.norms = [n * (1 + torch.rand(n.shape, generator=g)) if n is not None else None for n in ind.norms]
+        mut_flip_units(ind, 0.5, g)
+    before = [x.clone() for x in (a, c)]
+    child1, child2 = a.clone(), c.clone()
+    cx_layerwise(child1, child2, range(len(w)), torch.Generator().manual_seed(7))
+    for k in (0, 1):  # the two conv stages
+        for ch in range(w[k].shape[0]):
+            for child, other in ((child1, child2), (child2, child1)):
+                src = [p for p in (a, c) if torch.equal(child.weights[k][ch], p.weights[k][ch])]
+                assert len(src) == 1  # the filter comes whole from one parent ...
+                p = src[0]
+                assert torch.equal(child.biases[k][ch], p.biases[k][ch])  # ... with its bias,
+                assert torch.equal(child.norms[k][:, ch], p.norms[k][:, ch])  # BatchNorm entries
+                assert bool(child.masks[k][ch]) == bool(p.masks[k][ch]) or not p.masks[k].any()  # and mask bit
+            # the children split each channel between the parents
+            assert not torch.equal(child1.weights[k][ch], child2.weights[k][ch])
+        # the consumer's input slice of channel ch stays at ch: the next stage reads its
+        # own row's parent's weights for that channel, aligned with the parent's channel
+        nxt = child1.weights[k + 1]
+        for r in range(nxt.shape[0]):
+            row_parent = [p for p in (a, c) if torch.equal(nxt[r], p.weights[k + 1][r])]
+            assert len(row_parent) == 1
+    assert [x.hidden_units() for x in (a, c)] == [x.hidden_units() for x in before]  # parents untouched
+
+
+def test_channel_gain_mutation_scales_a_channels_whole_flatten_block():
+    factory, shape = CNNS["stride2-nobias-bn-avgpool"]
+    model = randomise_norms(factory(), 6)
+    chain = Chain.from_module(model, shape)
+    w, b, norms = parent_tensors(model, chain)
+    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
+    ind = ind_cls([torch.ones(h, dtype=torch.bool) for h in chain.hidden_widths], w, b, norms)
+    mut_scale_units(ind, range(len(w)), 0.5, 1.5, torch.Generator().manual_seed(0),
+                    repeats=[st.in_repeat for st in chain.stages])
+    assert ind.weights[0] is w[0]  # the first stage reads pixels: untouched
+    conv_gain = ind.weights[1] / w[1]  # (out, in, kh, kw): one factor per input channel
+    assert torch.allclose(conv_gain, conv_gain[:1, :, :1, :1].expand_as(conv_gain))
+    flat_gain = (ind.weights[2] / w[2]).reshape(12, 8, 4)  # Linear after Flatten: 8 channels x 2*2 columns
+    assert torch.allclose(flat_gain, flat_gain[:1, :, :1].expand_as(flat_gain))
+    assert flat_gain[0, :, 0].unique().numel() == 8
+
+
+def test_l1_scores_are_whole_filter_norms():
+    factory, shape = CNNS["dilation-maxpool-adaptive"]
+    model = factory()
+    chain = Chain.from_module(model, shape)
+    w, _, _ = parent_tensors(model, chain)
+    scores = l1_unit_scores(w)
+    assert torch.allclose(scores[0], model.l0.weight.detach().abs().sum((1, 2, 3)))
+
+
+UNSUPPORTED = [
+    (lambda: seq(nn.Conv2d(4, 4, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2)), (4, 3, 3), "grouped"),
+    (lambda: seq(nn.Conv2d(4, 4, 3, groups=4), nn.ReLU(), nn.Flatten(), nn.Linear(4, 2)), (4, 3, 3), "depthwise"),
+    (lambda: seq(nn.Conv2d(1, 4, 3), nn.LayerNorm([4, 3, 3]), nn.Flatten(), nn.Linear(36, 2)), (1, 5, 5),
+     "'l1' is LayerNorm, which is not supported"),
+    (lambda: seq(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Linear(3, 2)), (1, 5, 5), "put a Flatten before it"),
+    (lambda: seq(nn.Flatten(), nn.Linear(25, 4), nn.ReLU(), nn.Conv2d(4, 4, 1)), (1, 5, 5), "needs (C, H, W)"),
+    (lambda: seq(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.BatchNorm1d(36), nn.Linear(36, 2)), (1, 5, 5),
+     "per-channel"),
+    (lambda: seq(nn.Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(100, 2)),
+     (1, 5, 5), "padding_mode"),
+    (lambda: seq(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3)), (1, 5, 5), "class scores"),
+    (lambda: nn.ModuleList([nn.Linear(2, 2)]), (2,), "nn.Sequential chain"),
+]
+
+
+@pytest.mark.parametrize("factory,shape,message", UNSUPPORTED, ids=[m for _, _, m in UNSUPPORTED])
+def test_unsupported_layers_are_refused_by_name(factory, shape, message):
+    with pytest.raises(ParentError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Chain.from_module(factory(), shape)
+
+
+def test_a_residual_block_is_refused():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x):
+            return x + self.conv(x)
+
+    model = seq(nn.Conv2d(1, 4, 3), Residual(), nn.Flatten(), nn.Linear(36, 2))
+    with pytest.raises(ParentError, match="'l1' is Residual, which is not supported"):
+        Chain.from_module(model, (1, 5, 5))
+
+
+def test_mlp_with_dropout_and_batchnorm1d_is_a_chain_too():
+    model = randomise_norms(seq(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.2),
+                                nn.Linear(8, 3)), 7)
+    chain = Chain.from_module(model)
+    assert chain.is_mlp and chain.hidden_widths == (8,) and chain.default_embeddings() == ("l3",)
+    w, b, norms = parent_tensors(model, chain)
+    x = torch.randn(4, 3, 4)
+    with torch.no_grad():
+        assert torch.allclose(network_forward(chain, x, w, b, norms), model(x), atol=1e-6)
