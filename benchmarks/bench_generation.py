@@ -6,6 +6,7 @@ vs the compute bound, plus how a generation scales with the population and the p
     .venv/bin/python benchmarks/bench_generation.py --no-scale --reps 3
     .venv/bin/python benchmarks/bench_generation.py --tiny --reps 1 # seconds; what the test runs
     .venv/bin/python benchmarks/bench_generation.py --json bench.json
+    .venv/bin/python benchmarks/bench_generation.py --cnn --no-scale  # with the CNN section (bench_cnn.py)
 
 What is measured, in one process (medians over ``--reps`` rounds, after one warm-up
 generation; each round measures every quantity once, so load changes on a shared machine
@@ -63,7 +64,7 @@ from ecomp_deap.config import EcompConfig  # noqa: E402
 from ecomp_deap.data import balanced_indices  # noqa: E402
 from ecomp_deap.ecomp import EcompRun  # noqa: E402
 from ecomp_deap.evaluate import Measures  # noqa: E402
-from ecomp_deap.parent import ParentSpec, build_mlp, train_parent  # noqa: E402
+from ecomp_deap.nets.parents import ParentSpec, build_mlp, train_parent  # noqa: E402
 from ecomp_deap.similarity import similarity_from_distances  # noqa: E402
 
 SIM_RTOL = 1e-3
@@ -137,11 +138,11 @@ def load_inputs(args, s, log):
         data = synthetic_data(s.generations * s.batch + s.val_size + 200, 200)
         spec = ParentSpec(hidden=s.hidden, epochs=2, batch_size=50)
         parent = train_parent(spec, data.train_x, data.train_y, progress=False)
-        from ecomp_deap.parent import accuracy
+        from ecomp_deap.nets.parents import accuracy
 
         return data, parent, accuracy(parent, data.test_x, data.test_y)
     from ecomp_deap.data import default_cache_dir, load_fashion_mnist
-    from ecomp_deap.parent import load_or_train_parent
+    from ecomp_deap.nets.parents import load_or_train_parent
 
     data = load_fashion_mnist()
     info = load_or_train_parent(ParentSpec(), data, default_cache_dir(), progress=False, log=log)
@@ -196,8 +197,9 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
             def forward():
                 xd, yd = x.to(ev.device), y.to(ev.device)
                 acc, comp, outs = [], [], []
-                for start in range(0, len(pop), ev.chunk):
-                    logits, m, dists = ev.outputs(pop[start:start + ev.chunk], xd, len(xd))
+                step = ev.chunk_size(len(xd))
+                for start in range(0, len(pop), step):
+                    logits, m, dists = ev.outputs(pop[start:start + step], xd, len(xd))
                     acc.append((logits.argmax(-1) == yd).double().mean(1))
                     comp.append(sum(mk.sum(1, dtype=torch.float64) for mk in m) / ev.total_hidden)
                     outs.append((m, dists))
@@ -336,7 +338,7 @@ def scale_worker(spec: dict) -> None:
     out = {"pop": spec["pop"], "hidden": list(hidden), "times_s": times, **_summary(times[1:] or times),
            "rss_at_start_bytes": rss_start, "rss_before_bytes": rss0, "rss_peak_bytes": rss1,
            "rss_growth_bytes": rss1 - rss0, "vm_hwm_bytes": _vm_hwm(),
-           "chunk": run.evaluator.chunk, "trained_parent": bool(spec.get("parent_state"))
+           "chunk": run.evaluator.chunk_size(cfg.batch_size), "trained_parent": bool(spec.get("parent_state"))
            and tuple(blob.get("parent_hidden", ())) == hidden}
     if device == "cuda":
         out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -394,6 +396,9 @@ def parse_args(argv=None):
     p.add_argument("--tiny", action="store_true",
                    help="tiny configuration (pop 8, batch 20, hidden 16 16, perplexity 5, synthetic data; "
                         "tiny scale subprocesses): a smoke test in seconds")
+    p.add_argument("--cnn", action="store_true",
+                   help="also the CNN section (benchmarks/bench_cnn.py): the default CNN parent, ours vs the "
+                        "per-network reference and the dense convolution bound")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     p.add_argument("--scale-worker", metavar="SPEC", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -473,7 +478,7 @@ def main(argv=None) -> int:
     report["machine"]["loadavg_1min_per_round"] = loads
 
     report.update(ours={"step_weighted": ours_step, "step_nsga2": ours_nsga2, "evaluation": ours_measure,
-                        "parts": parts, "eval_chunk": run.evaluator.chunk},
+                        "parts": parts, "eval_chunk": run.evaluator.chunk_size(s.batch)},
                   reference={"step_weighted": ref_step, "evaluation": ref_measure}, bound=bound, agreement=check)
 
     log("")
@@ -553,6 +558,14 @@ def main(argv=None) -> int:
         log(f"ratio reference / ours (whole run, reference estimated): {est['total_s'] / ours_run:.1f}x")
         log(f"ratio ours / bound (whole run): {ours_run / bound_run:.1f}x")
 
+    # ---------------------------------------------------------------- CNN
+    if args.cnn:
+        from bench_cnn import cnn_section
+
+        log("")
+        log("== CNN: one weighted generation (cnn_weighting121) ==")
+        report["cnn"] = cnn_section(args.reps, device, args.tiny, log)
+
     # ---------------------------------------------------------------- scale
     if not args.no_scale:
         log("")
@@ -587,7 +600,8 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=float))
         log(f"numbers written to {args.json}")
-    return 0 if check["passed"] else 1
+    passed = check["passed"] and (not args.cnn or report["cnn"]["agreement"]["passed"])
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
