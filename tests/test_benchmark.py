@@ -54,3 +54,19 @@ def test_bench_generation_options():
     assert (args.reps, args.device, args.scale_pops, args.json) == (2, "cpu", [100, 300], "x.json")
     with pytest.raises(SystemExit):
         bench.parse_args(["--reps", "0"])
+
+
+def test_bench_cnn_tiny(tmp_path):
+    pytest.importorskip("sklearn")
+    out_json = tmp_path / "cnn.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cnn.py"), "--tiny", "--reps", "1",
+                           "--device", "cpu", "--json", str(out_json)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    lines = proc.stdout.splitlines()
+    assert any(l.startswith("ratio reference / ours (generation):") for l in lines), proc.stdout
+    assert any(l.startswith("ratio ours / dense bound (generation):") for l in lines), proc.stdout
+    assert any(l.startswith("agreement") and l.endswith("PASSED") for l in lines), proc.stdout
+    report = json.loads(out_json.read_text())
+    assert report["agreement"]["accuracy_equal"] == report["pop"] == 8
+    assert [l["best"] for l in report["bound"]["layers"]][2:] == ["baddbmm", "baddbmm"]
