@@ -16,6 +16,7 @@ from torch import nn
 from .architecture import MLPArchitecture
 from .errors import ParentError
 from .results import save_torch
+from .safe_load import load_untrusted
 
 
 def export_individual(ind, arch: MLPArchitecture) -> nn.Sequential:
@@ -63,7 +64,7 @@ def save_exported(path, model: nn.Sequential, extra: dict | None = None) -> None
 
 def load_exported(path) -> nn.Sequential:
     """Rebuild a module written by :func:`save_exported` (e.g. ``OUT/NAME/run_0.pt``)."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    blob = load_untrusted(Path(path), opt_in=None, what="exported network")  # tensors and plain data only
     if not isinstance(blob, dict) or blob.get("format") != "ecomp_deap.exported/1":
         raise ParentError(f"{path}: not an exported ecomp_deap network")
     widths, names, acts = blob["widths"], blob["layer_names"], blob["activations"]
