@@ -40,6 +40,12 @@ class MLPArchitecture:
         return self.widths[0]
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Per-example input shape for data checks: an MLP flattens each example, so any
+        shape holding ``in_features`` values fits (see :mod:`ecomp_deap.validation`)."""
+        return (self.in_features,)
+
+    @property
     def n_classes(self) -> int:
         return self.widths[-1]
 

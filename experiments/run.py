@@ -88,6 +88,9 @@ def build_parser() -> OneLineParser:
     d.add_argument("--hidden", nargs="+", type=positive_int, metavar="W", help="parent hidden widths (default 256 256)")
     d.add_argument("--parent-epochs", type=positive_int, default=4, help="parent training epochs")
     d.add_argument("--parent", metavar="PATH", help="load this parent (saved nn.Sequential or state dict) instead")
+    d.add_argument("--trust-parent-file", action="store_true",
+                   help="--parent: unpickle the file fully (it can then run code: only for files you trust); "
+                        "without it only tensors, plain data and the supported torch layers are loaded")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
@@ -129,6 +132,8 @@ def main(argv) -> int:
         raise ConfigError("each --name may appear once")
     if args.workers is not None and args.executor != "local":
         raise ConfigError("--workers goes with --executor local")
+    if args.trust_parent_file and not args.parent:
+        raise ConfigError("--trust-parent-file goes with --parent PATH")
     if args.scheduler is not None and args.executor != "dask":
         raise ConfigError("--scheduler goes with --executor dask")
     if args.executor == "dask" and not args.scheduler:
@@ -161,16 +166,19 @@ def run_experiments(args, argv, experiments, client=None) -> int:
     print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")
     for exp in experiments:
         exp.config.validate_data(len(data.train_y))
+    from ecomp_deap.architecture import MLPArchitecture
+    from ecomp_deap.validation import validate_run_data
+
     spec = ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs)
     if args.parent:
-        model = load_parent_file(args.parent)
+        model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
+        validate_run_data(data, MLPArchitecture.from_module(model))  # inputs and classes fit this parent
         parent_acc = accuracy(model, data.test_x, data.test_y)
         print(f"parent: loaded {args.parent} (test accuracy {parent_acc:.4f})")
     else:
         info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
                                     progress=not args.quiet)
-        model, parent_acc = info.model, info.test_accuracy
-    from ecomp_deap.architecture import MLPArchitecture
+        model, parent_acc = info.model, info.test_accuracy  # built for FashionMNIST, which its loader checked
     from ecomp_deap.evaluate import NonFiniteError
     from ecomp_deap.experiment import RunInterrupted
 
@@ -183,7 +191,8 @@ def run_experiments(args, argv, experiments, client=None) -> int:
         t0 = time.perf_counter()
         print(describe(exp))
         try:
-            exp.run(model, data, parent_acc, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
+            exp.run(model, data, parent_acc, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet,
+                    check_data=False)  # checked above, against this parent
         except RunInterrupted as e:
             again = " ".join(a for a in argv if a != "--overwrite")
             print(f"{e}\nresume with: python experiments/run.py {again} --resume", file=sys.stderr)
