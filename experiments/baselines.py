@@ -36,6 +36,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--hidden", nargs="+", type=positive_int, metavar="W", help="parent hidden widths (default 256 256)")
     p.add_argument("--parent-epochs", type=positive_int, default=4, help="parent training epochs")
     p.add_argument("--parent", metavar="PATH", help="load this parent instead of the cached default")
+    p.add_argument("--trust-parent-file", action="store_true",
+                   help="--parent: unpickle the file fully (it can then run code: only for files you trust)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
 
@@ -46,6 +48,8 @@ def main(argv) -> int:
     if not (0 < lo <= hi <= 1 and step > 0):
         raise ConfigError(f"--sizes needs 0 < FROM <= TO <= 1 and STEP > 0, got {lo} {hi} {step}")
     sizes = [round(s, 6) for s in np.arange(lo, hi + step / 2, step)]
+    if args.trust_parent_file and not args.parent:
+        raise ConfigError("--trust-parent-file goes with --parent PATH")
     folder = Path(args.out) / args.name
     from ecomp_deap.experiment import check_output_folder
 
@@ -60,7 +64,11 @@ def main(argv) -> int:
 
     data = load_fashion_mnist(args.data_dir)
     if args.parent:
-        model = load_parent_file(args.parent)
+        from ecomp_deap.architecture import MLPArchitecture
+        from ecomp_deap.validation import validate_run_data
+
+        model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
+        validate_run_data(data, MLPArchitecture.from_module(model))  # inputs and classes fit this parent
         parent_acc = accuracy(model, data.test_x, data.test_y)
     else:
         spec = ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs)
