@@ -178,7 +178,8 @@ def load_fashion_mnist(data_dir=None, allow_download: bool = True) -> FashionMNI
     # the idx files' sizes are checked; their label bytes are not: a label >= 10 is a corrupt file
     for name, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
         try:
-            validate_dataset(f"FashionMNIST {name}", x, y, N_CLASSES, (1, 28, 28))
+            validate_dataset(f"FashionMNIST {name}", x, y, N_CLASSES, (1, 28, 28),
+                             classes_from=f"FashionMNIST has {N_CLASSES} classes")
         except ConfigError as e:
             raise DataError(f"{e} (in {raw_dir(root)}; delete the files to provision the data again)") from None
     return data

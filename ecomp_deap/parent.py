@@ -130,6 +130,9 @@ def load_parent_file(path, spec: ParentSpec | None = None, trust_pickle: bool = 
         obj = load_untrusted(path, trust_pickle=trust_pickle, what="parent file")
     except UnsafeFileError:
         raise
+    except (ImportError, AttributeError) as e:  # trust_pickle: a class the file names cannot be found
+        raise ParentError(f"{path}: cannot unpickle the parent ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          "the classes it was saved with must be importable here") from None
     except Exception as e:
         raise ParentError(f"{path}: cannot read parent weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                           "the file is truncated or not a torch file") from None

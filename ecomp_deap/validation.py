@@ -65,8 +65,9 @@ def validate_inputs(name: str, x, input_shape: Sequence[int]) -> None:
                               "inputs must be finite numbers")
 
 
-def validate_labels(name: str, y, n_classes: int, n_examples: int | None = None) -> None:
-    """Labels: a 1-d tensor of whole numbers in ``[0, n_classes)``, one per example."""
+def validate_labels(name: str, y, n_classes: int, n_examples: int | None = None, classes_from: str | None = None) -> None:
+    """Labels: a 1-d tensor of whole numbers in ``[0, n_classes)``, one per example.
+    ``classes_from`` says where ``n_classes`` comes from (default: the parent's outputs)."""
     if not isinstance(y, torch.Tensor):
         raise ConfigError(f"{name} data: labels must be a torch tensor, got {type(y).__name__}")
     if y.dim() != 1:
@@ -91,15 +92,16 @@ def validate_labels(name: str, y, n_classes: int, n_examples: int | None = None)
         value = y[i].item()
         value = int(value) if float(value).is_integer() else value
         raise ConfigError(f"{name} data: label {i} is {value}, outside [0, {n_classes}) "
-                          f"(the parent has {n_classes} outputs)")
+                          f"({classes_from or f'the parent has {n_classes} outputs'})")
 
 
-def validate_dataset(name: str, x, y, n_classes: int, input_shape: Sequence[int]) -> None:
+def validate_dataset(name: str, x, y, n_classes: int, input_shape: Sequence[int],
+                     classes_from: str | None = None) -> None:
     """Raise a one-line :class:`ConfigError` naming ``name``, the problem and the first
     offending index or value, unless ``x`` (N, ...) and ``y`` (N,) are usable: N > 0,
     finite inputs of ``input_shape`` per example, whole-number labels in ``[0, n_classes)``."""
     validate_inputs(name, x, input_shape)
-    validate_labels(name, y, n_classes, n_examples=len(x))
+    validate_labels(name, y, n_classes, n_examples=len(x), classes_from=classes_from)
 
 
 def validate_run_data(data, arch, validation: tuple | None = None) -> None:

@@ -22,7 +22,7 @@ from ecomp_deap import data as D
 from ecomp_deap import results
 from ecomp_deap.architecture import ELEMENTWISE
 from ecomp_deap.config import EcompConfig
-from ecomp_deap.errors import ConfigError, DataError, UnsafeFileError, UserError
+from ecomp_deap.errors import ConfigError, ParentError, UnsafeFileError, UserError
 from ecomp_deap.parent import build_mlp, load_parent_file
 from ecomp_deap.safe_load import load_untrusted
 
@@ -194,7 +194,8 @@ def test_cli_corrupt_labels_in_the_data_files_are_one_line_exit_2(tmp_path, pare
     p = run_script("--name", "weighting121", *FAST, "--data-dir", root, "--parent", parents / "good.pt",
                    "--out", tmp_path / "out")
     line = one_line_exit_2(p)
-    assert line.startswith("error: FashionMNIST test data: label 7 is 200, outside [0, 10)"), line
+    assert line.startswith("error: FashionMNIST test data: label 7 is 200, outside [0, 10) "
+                           "(FashionMNIST has 10 classes)"), line
     assert "delete the files" in line and not (tmp_path / "out").exists()
 
 
@@ -280,6 +281,10 @@ def test_other_classes_need_the_explicit_opt_in(tmp_path):
     with pytest.raises(UnsafeFileError, match="MySequential.*if you trust this file, use --trust-parent-file"):
         load_parent_file(tmp_path / "custom.pt")
     assert isinstance(load_parent_file(tmp_path / "custom.pt", trust_pickle=True), MySequential)
+    data = (tmp_path / "custom.pt").read_bytes()  # the same file naming a module that does not exist here
+    (tmp_path / "elsewhere.pt").write_bytes(data.replace(b"test_hardening", b"test_elsewhere"))
+    with pytest.raises(ParentError, match="No module named 'test_elsewhere'.*must be importable here"):
+        load_parent_file(tmp_path / "elsewhere.pt", trust_pickle=True)
 
 
 # ------------------------------------------------------------------ checkpoints
