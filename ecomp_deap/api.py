@@ -22,7 +22,7 @@ from torch import nn
 from .config import EcompConfig
 from .ecomp import RunResult, run_ecomp
 from .errors import ConfigError
-from .validation import validate_dataset
+from .validation import validate_dataset, validate_parent_weights
 
 
 @dataclass
@@ -117,6 +117,7 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
         raise ConfigError(f"model must be an nn.Sequential or the path of a saved one, got {type(model).__name__}")
     model = model.eval().cpu()
     arch = MLPArchitecture.from_module(model)
+    validate_parent_weights(model)
     sets = {}
     for name, given in (("train", train), ("val", val), ("test", test)):
         if given is None and name != "train":

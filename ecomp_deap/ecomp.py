@@ -26,7 +26,7 @@ from .evaluate import Measures, PopulationEvaluator
 from .export import export_individual, individual_widths, linear_sizes
 from .indicators import hypervolume_2d
 from .toolbox import build_toolbox
-from .validation import validate_run_data
+from .validation import validate_parent_weights, validate_run_data
 
 
 INIT_SCORE_IMAGES = 2000  # images behind activation-based initial unit scores
@@ -97,6 +97,7 @@ class EcompRun:
         self.arch = MLPArchitecture.from_module(parent_model)
         config.validate_for(self.arch)
         if check_data:
+            validate_parent_weights(parent_model)
             validate_run_data(data, self.arch, validation)
         config.validate_data(len(data.train_y))
         self.config, self.data, self.progress = config, data, progress

@@ -28,7 +28,7 @@ from .export import save_exported
 from .genome import fitness_weights, make_types
 from .results import RUN_SCHEMA, SUMMARY_SCHEMA, load_run, run_files, save_csv, save_json
 from .rng import rng_snapshot
-from .validation import validate_run_data
+from .validation import validate_parent_weights, validate_run_data
 
 SUMMARY_FIELDS = ["run", "seed", "test_accuracy", "compression", "similarity", "parameters",
                   "hidden_units", "test_hypervolume", "front_size", "wall_time_s"]
@@ -219,6 +219,7 @@ class Experiment:
         cleared (``check_data=False``: the caller has done it)."""
         folder = self.folder
         if check_data:
+            validate_parent_weights(parent_model)
             validate_run_data(data, MLPArchitecture.from_module(parent_model))
         self.prepare(overwrite, resume)
         results, rows = [], []

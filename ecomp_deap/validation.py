@@ -19,7 +19,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["validate_dataset", "validate_inputs", "validate_labels", "validate_run_data"]
+__all__ = ["validate_dataset", "validate_inputs", "validate_labels", "validate_parent_weights", "validate_run_data"]
 
 
 def _shape(t) -> str:
@@ -113,3 +113,24 @@ def validate_run_data(data, arch, validation: tuple | None = None) -> None:
     if validation is not None:
         validate_dataset("val", validation[0], validation[1], k, shape)
     validate_dataset("test", data.test_x, data.test_y, k, shape)
+
+
+def validate_parent_weights(model: torch.nn.Module) -> None:
+    """Every parameter and floating-point buffer of the parent is finite (a NaN weight
+    would only surface generations later, as a non-finite measure); else a one-line
+    :class:`ParentError` naming the tensor and the first offending position."""
+    from .errors import ParentError
+
+    tensors = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if b.is_floating_point())]
+    for name, t in tensors:
+        t = t.detach()
+        if not bool(torch.isfinite(t.sum())):
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                flat = _first(~finite)
+                where, rest = [], flat
+                for size in reversed(t.shape):  # the flat index as one index per dimension
+                    rest, i = divmod(rest, size)
+                    where.insert(0, i)
+                raise ParentError(f"parent {name} is not finite ({t.reshape(-1)[flat].item()} at {where}); "
+                                  "the parent's weights must be finite numbers")

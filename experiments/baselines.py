@@ -65,9 +65,10 @@ def main(argv) -> int:
     data = load_fashion_mnist(args.data_dir)
     if args.parent:
         from ecomp_deap.architecture import MLPArchitecture
-        from ecomp_deap.validation import validate_run_data
+        from ecomp_deap.validation import validate_parent_weights, validate_run_data
 
         model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
+        validate_parent_weights(model)
         validate_run_data(data, MLPArchitecture.from_module(model))  # inputs and classes fit this parent
         parent_acc = accuracy(model, data.test_x, data.test_y)
     else:

@@ -167,11 +167,12 @@ def run_experiments(args, argv, experiments, client=None) -> int:
     for exp in experiments:
         exp.config.validate_data(len(data.train_y))
     from ecomp_deap.architecture import MLPArchitecture
-    from ecomp_deap.validation import validate_run_data
+    from ecomp_deap.validation import validate_parent_weights, validate_run_data
 
     spec = ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs)
     if args.parent:
         model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
+        validate_parent_weights(model)
         validate_run_data(data, MLPArchitecture.from_module(model))  # inputs and classes fit this parent
         parent_acc = accuracy(model, data.test_x, data.test_y)
         print(f"parent: loaded {args.parent} (test accuracy {parent_acc:.4f})")

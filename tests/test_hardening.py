@@ -110,6 +110,22 @@ def test_run_ecomp_checks_its_data_too(tiny_parent):
         run_ecomp(CFG, tiny_parent, data, progress=False)
 
 
+def test_a_parent_with_a_non_finite_weight_is_refused_before_any_work(tiny_parent):
+    from ecomp_deap.ecomp import run_ecomp
+
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].weight[3, 2] = float("nan")
+    with pytest.raises(ParentError, match=r"^parent 0.weight is not finite \(nan at \[3, 2\]\)"):
+        ecomp_deap.compress(model, train=(X[:1000], Y[:1000]), test=(X[1200:], Y[1200:]), config=CFG, progress=False)
+    broken = build_mlp((16, 12), in_features=20, n_classes=4)
+    broken.load_state_dict(tiny_parent.state_dict())
+    with torch.no_grad():
+        broken.output.bias[1] = float("-inf")
+    with pytest.raises(ParentError, match=r"^parent output.bias is not finite \(-inf at \[1\]\)"):
+        run_ecomp(CFG, broken, make_tiny_data(), progress=False)
+
+
 def test_validate_dataset_takes_an_image_shape_exactly():
     from ecomp_deap.validation import validate_dataset
 
