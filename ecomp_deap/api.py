@@ -8,12 +8,15 @@
 ``model`` is an ``nn.Sequential`` chain: ``Linear`` layers with elementwise activations
 (an MLP, optionally with ``Flatten``, ``Dropout``, ``BatchNorm1d``), or ``Conv2d`` blocks
 with ``BatchNorm2d``, activations and pooling, then ``Flatten`` and ``Linear`` layers (a
-CNN; :mod:`ecomp_deap.nets.chain` lists what is supported). Data are ``(inputs,
-labels)`` tensors (a CNN's inputs as images ``(N, C, H, W)``) or a ``DataLoader``
-yielding such pairs. Nothing is retrained by gradient.
+CNN; :mod:`ecomp_deap.nets.chain` lists what is supported), or the path of a file
+holding one (loaded safely: see :func:`ecomp_deap.nets.parents.load_parent_file`).
+Data are ``(inputs, labels)`` tensors (a CNN's inputs as images ``(N, C, H, W)``) or a
+``DataLoader`` yielding such pairs, checked before anything runs
+(:mod:`ecomp_deap.validation`). Nothing is retrained by gradient.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +25,7 @@ from torch import nn
 from .config import EcompConfig
 from .ecomp import RunResult, run_ecomp
 from .errors import ConfigError
+from .validation import validate_dataset, validate_parent_weights
 
 
 @dataclass
@@ -54,7 +58,9 @@ class _TensorData:
 
 
 def as_tensors(data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(inputs, labels) from a pair of tensors or from an iterable of such batches."""
+    """(inputs, labels) from a pair of tensors or from an iterable of such batches:
+    inputs as float32, labels as given (:func:`compress` checks them, then makes them
+    int64), both on the CPU."""
     if data is None:
         raise ConfigError(f"{what} data is required")
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
@@ -66,10 +72,18 @@ def as_tensors(data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
             raise ConfigError(f"{what} data must be (inputs, labels) tensors or a DataLoader of such pairs") from None
         if not batches:
             raise ConfigError(f"{what} data is empty")
-        x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        if not all(isinstance(t, torch.Tensor) for b in batches for t in b):
+            raise ConfigError(f"{what} data must be (inputs, labels) tensors or a DataLoader of such pairs")
+        try:
+            x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        except RuntimeError as e:
+            raise ConfigError(f"{what} data: batches do not fit together ({str(e).splitlines()[0]})") from None
+    if x.dim() == 0 or y.dim() == 0:
+        raise ConfigError(f"{what} data: inputs and labels need one row per example, got shapes "
+                          f"{tuple(x.shape)} and {tuple(y.shape)}")
     if len(x) != len(y):
         raise ConfigError(f"{what} data: {len(x)} inputs but {len(y)} labels")
-    return x.detach().to(torch.float32).cpu(), y.detach().long().cpu()
+    return x.detach().to(torch.float32).cpu(), y.detach().cpu()
 
 
 def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompConfig:
@@ -82,24 +96,47 @@ def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompCon
     return EcompConfig(**settings)
 
 
-def compress(model: nn.Module, train, val=None, test=None, config: EcompConfig | None = None,
-             progress: bool = True) -> CompressionResult:
+def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, config: EcompConfig | None = None,
+             progress: bool = True, trust_pickle: bool = False) -> CompressionResult:
     """Evolve compressed versions of ``model``; return the chosen one and the front.
 
     ``val`` is used for the final choice (Pareto mode: the validation front's knee);
     without it, ``config.val_size`` images are held out of ``train``. Measures are
-    reported on ``test`` (or ``val`` when there is no test set).
+    reported on ``test`` (or ``val`` when there is no test set). Each data set must be
+    non-empty, with finite inputs of the model's input size and whole-number labels in
+    ``[0, outputs)``; anything else is a one-line :class:`ConfigError`.
+
+    ``model`` may be a file path: it is loaded with ``torch.load(weights_only=True)``
+    and an allowlist of the supported layer types; ``trust_pickle=True`` lifts that
+    restriction for a file you trust (unpickling can run arbitrary code).
     """
+    from .nets.chain import Chain, check_layers, parent_input_shape
+
+    if isinstance(model, (str, os.PathLike)):
+        from .nets.parents import load_parent_file
+
+        model = load_parent_file(model, trust_pickle=trust_pickle)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be an nn.Sequential or the path of a saved one, got {type(model).__name__}")
     model = model.eval().cpu()
-    x, y = as_tensors(train, "train")
-    validation = as_tensors(val, "val") if val is not None else None
-    report = as_tensors(test, "test") if test is not None else validation
+    check_layers(model)
+    validate_parent_weights(model)
+    given_sets = {name: as_tensors(given, name) for name, given in (("train", train), ("val", val), ("test", test))
+                  if given is not None or name == "train"}
+    arch = Chain.from_module(model, input_shape=parent_input_shape(model, given_sets["train"][0]))
+    sets = {}
+    for name, (x, y) in given_sets.items():
+        validate_dataset(name, x, y, arch.n_classes, arch.input_shape)  # once, before any work
+        sets[name] = (x, y.long())
+    x, y = sets["train"]
+    validation = sets.get("val")
+    report = sets.get("test", validation)
     if config is None:
         config = default_config(len(x), val_size=0 if validation is not None else min(1000, len(x) // 5 // 100 * 100))
     if report is None:
         raise ConfigError("give val or test data: compressed networks are measured on data not used for evolution")
     data = _TensorData(x, y, *report)
-    r = run_ecomp(config, model, data, progress=progress, validation=validation)
+    r = run_ecomp(config, model, data, progress=progress, validation=validation, check_data=False)
 
     def wrap(measures: dict, module) -> Compressed:
         return Compressed(module, measures["test_accuracy"], measures["compression"], measures["similarity"],

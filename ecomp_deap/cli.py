@@ -90,6 +90,9 @@ def add_parent_arguments(group) -> None:
     group.add_argument("--parent", metavar="PATH",
                        help="load this parent instead: a saved nn.Sequential (an MLP or a CNN chain of Conv2d, "
                             "BatchNorm, pooling, Linear, ...) or a state dict of the toolkit's own layouts")
+    group.add_argument("--trust-parent-file", action="store_true",
+                       help="--parent: unpickle the file fully (it can then run code: only for files you trust); "
+                            "without it only tensors, plain data and the supported torch layers are loaded")
 
 
 def parent_spec(args, preset_archs=()):

@@ -19,13 +19,14 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .results import atomic_write
+from .validation import validate_dataset
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 RAW_FILES = {
@@ -93,14 +94,12 @@ def _from_debian(root: Path, source_dir: Path) -> bool:
         target = dest / name
         if target.exists():
             continue
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=dest)
-        try:  # gunzip to a temporary file, then rename: never a half-extracted file
-            with os.fdopen(fd, "wb") as out, gzip.open(src, "rb") as inp:
+
+        def gunzip(out, src=src):
+            with gzip.open(src, "rb") as inp:
                 shutil.copyfileobj(inp, out)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+
+        atomic_write(target, gunzip)  # never a half-extracted file; the umask's mode
     return True
 
 
@@ -174,8 +173,16 @@ def load_fashion_mnist(data_dir=None, allow_download: bool = True) -> FashionMNI
     def to_float(images: torch.Tensor) -> torch.Tensor:
         return (images.to(torch.float32) / 255.0).unsqueeze(1)  # (N, 1, 28, 28)
 
-    return FashionMNISTData(to_float(train.data), train.targets.long(), to_float(test.data),
+    data = FashionMNISTData(to_float(train.data), train.targets.long(), to_float(test.data),
                             test.targets.long(), source=source)
+    # the idx files' sizes are checked; their label bytes are not: a label >= 10 is a corrupt file
+    for name, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
+        try:
+            validate_dataset(f"FashionMNIST {name}", x, y, N_CLASSES, (1, 28, 28),
+                             classes_from=f"FashionMNIST has {N_CLASSES} classes")
+        except ConfigError as e:
+            raise DataError(f"{e} (in {raw_dir(root)}; delete the files to provision the data again)") from None
+    return data
 
 
 def balanced_indices(labels: torch.Tensor, size: int, generator: torch.Generator,

@@ -26,6 +26,7 @@ from .evaluate import Measures, PopulationEvaluator
 from .nets.export import export_individual
 from .indicators import hypervolume_2d
 from .toolbox import build_toolbox
+from .validation import validate_parent_weights, validate_run_data
 
 
 INIT_SCORE_IMAGES = 2000  # images behind activation-based initial unit scores
@@ -84,14 +85,20 @@ class EcompRun:
     """Set-up shared by a fresh run and a resumed one."""
 
     def __init__(self, config: EcompConfig, parent_model: torch.nn.Module, data, progress: bool = True,
-                 parent_test_accuracy: float | None = None, validation: tuple | None = None):
+                 parent_test_accuracy: float | None = None, validation: tuple | None = None,
+                 check_data: bool = True):
         """``data`` has train_x/train_y (the evolution subset and, unless ``validation``
-        (x, y) is given, the validation split are drawn from it) and test_x/test_y."""
+        (x, y) is given, the validation split are drawn from it) and test_x/test_y.
+        ``check_data=False`` skips :func:`validate_run_data` for callers that checked
+        the same data against the same parent already."""
         if validation is not None:
             config = config.replace(val_size=0)
         config.validate()
         self.arch = Chain.from_module(parent_model, input_shape=parent_input_shape(parent_model, data.train_x))
         config.validate_for(self.arch)
+        if check_data:
+            validate_parent_weights(parent_model)
+            validate_run_data(data, self.arch, validation)
         config.validate_data(len(data.train_y))
         self.config, self.data, self.progress = config, data, progress
         self.parent_model = parent_model
@@ -171,6 +178,8 @@ class EcompRun:
 
 
 def run_ecomp(config: EcompConfig, parent_model: torch.nn.Module, data, progress: bool = True,
-              parent_test_accuracy: float | None = None, validation: tuple | None = None) -> RunResult:
-    """Run EComp once: evolve, select, measure on the test set, export the chosen network(s)."""
-    return EcompRun(config, parent_model, data, progress, parent_test_accuracy, validation).run()
+              parent_test_accuracy: float | None = None, validation: tuple | None = None,
+              check_data: bool = True) -> RunResult:
+    """Run EComp once: evolve, select, measure on the test set, export the chosen network(s).
+    The data are checked against the parent first (:mod:`ecomp_deap.validation`)."""
+    return EcompRun(config, parent_model, data, progress, parent_test_accuracy, validation, check_data).run()

@@ -17,3 +17,8 @@ class DataError(UserError):
 
 class ParentError(UserError):
     """A parent network file or module that cannot be used."""
+
+
+class UnsafeFileError(UserError):
+    """A torch file that would need unpickling beyond tensors, plain data and the
+    supported layer types (see :mod:`ecomp_deap.safe_load`)."""

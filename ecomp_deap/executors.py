@@ -275,6 +275,39 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+TLS_SETTINGS = {  # Dask setting -> its environment variable; the client's side of a TLS connection
+    "distributed.comm.tls.ca-file": "DASK_DISTRIBUTED__COMM__TLS__CA_FILE",
+    "distributed.comm.tls.client.cert": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT",
+    "distributed.comm.tls.client.key": "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY",
+}
+
+
+def tls_security(scheduler: str):
+    """The ``distributed.Security`` for a ``tls://`` scheduler, from Dask's configuration
+    (``distributed.comm.tls.*`` in ``~/.config/dask/*.yaml`` or ``DASK_DISTRIBUTED__COMM__TLS__*``).
+    A one-line ConfigError names the settings that are missing or point at no file:
+    the CA file and the client certificate are required, the key when it is not
+    inside the certificate file."""
+    import dask
+    from distributed.security import Security
+
+    missing, no_file = [], []
+    for setting, env in TLS_SETTINGS.items():
+        value = dask.config.get(setting, None)
+        if not value:
+            if not setting.endswith(".key"):  # the key may be in the certificate's PEM file
+                missing.append(f"{setting} (or ${env})")
+        elif not os.path.isfile(str(value)):
+            no_file.append(f"{setting} = {value}")
+    if missing:
+        raise ConfigError(f"--scheduler {scheduler} needs Dask's TLS settings; missing: {', '.join(missing)}; set them "
+                          "in ~/.config/dask/distributed.yaml or the environment (README: Dask over TLS)")
+    if no_file:
+        raise ConfigError(f"--scheduler {scheduler}: Dask's TLS settings name files that do not exist: "
+                          f"{', '.join(no_file)}")
+    return Security(require_encryption=True)
+
+
 @contextmanager
 def dask_client(executor: str, workers: int | None = None, scheduler: str | None = None) -> Iterator:
     """A ``distributed.Client``: on a new ``LocalCluster`` of ``workers`` one-thread
@@ -291,8 +324,9 @@ def dask_client(executor: str, workers: int | None = None, scheduler: str | None
     elif executor == "dask":
         if not scheduler:
             raise ConfigError("--executor dask needs --scheduler ADDRESS (e.g. tcp://HOST:8786)")
+        kwargs = {"security": tls_security(scheduler)} if scheduler.startswith("tls://") else {}
         try:
-            client = Client(scheduler)
+            client = Client(scheduler, **kwargs)
         except (OSError, TimeoutError, ValueError) as e:
             raise ConfigError(f"cannot reach the Dask scheduler at {scheduler} ({_error_text(e)})") from None
         with client:

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from .nets.chain import Chain, parent_input_shape
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import EcompConfig
 from .ecomp import EcompRun
@@ -27,6 +28,7 @@ from .export import save_exported
 from .genome import fitness_weights, make_types
 from .results import RUN_SCHEMA, SUMMARY_SCHEMA, load_run, run_files, save_csv, save_json
 from .rng import rng_snapshot
+from .validation import validate_parent_weights, validate_run_data
 
 SUMMARY_FIELDS = ["run", "seed", "test_accuracy", "compression", "similarity", "parameters",
                   "hidden_units", "test_hypervolume", "front_size", "wall_time_s"]
@@ -210,9 +212,15 @@ class Experiment:
         write_summary(self.folder, self.name, rows, bodies[0]["parent"] if bodies else None)
 
     def run(self, parent_model, data, parent_test_accuracy: float | None = None, overwrite: bool = False,
-            resume: bool = False, progress: bool = True, log: Callable[[str], None] = print) -> list[dict]:
-        """Run (or, with ``resume``, finish) every run; write results as they complete."""
+            resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+            check_data: bool = True) -> list[dict]:
+        """Run (or, with ``resume``, finish) every run; write results as they complete.
+        The data are checked against the parent once, before anything is written or
+        cleared (``check_data=False``: the caller has done it)."""
         folder = self.folder
+        if check_data:
+            validate_parent_weights(parent_model)
+            validate_run_data(data, Chain.from_module(parent_model, parent_input_shape(parent_model, data.train_x)))
         self.prepare(overwrite, resume)
         results, rows = [], []
         with StopRequest() as stop, torch_threads(self.threads):
@@ -235,7 +243,7 @@ class Experiment:
         folder = self.folder
         cfg = self.run_config(k)
         ckpt = folder / f"run_{k}.ckpt"
-        run = EcompRun(cfg, parent_model, data, progress, parent_test_accuracy)
+        run = EcompRun(cfg, parent_model, data, progress, parent_test_accuracy, check_data=False)  # checked in run()
         total = run.evolution.total
         state, elapsed_before = None, 0.0
         if resume and ckpt.exists():

@@ -2,7 +2,9 @@
 
 Every file is written to a temporary file in the destination folder, flushed and
 fsynced, then renamed over the destination, so a reader (or a process killed at
-any moment) never sees a partial file.
+any moment) never sees a partial file. The temporary file is created with mode 0666
+less the umask (0644 under the usual 022), as ``open`` would: results on a shared
+machine are readable by whoever the user's umask lets read them.
 
 One run of an experiment is ``OUT/NAME/run_K.json`` (schema ``RUN_SCHEMA``) plus
 the chosen network's weights ``run_K.pt``; ``summary.json``/``summary.csv``
@@ -15,7 +17,7 @@ import io
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,10 +29,25 @@ class ResultsError(ValueError):
     """A results folder or file that cannot be used (missing, empty, wrong schema)."""
 
 
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new, empty ``.NAME.RANDOM.tmp`` next to ``path``, opened for writing with mode
+    0666 & ~umask (``tempfile.mkstemp`` would force 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name next to {path}")
+
+
+def atomic_write(path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through ``write(f)`` atomically: temporary file in the same
+    folder (mode 0666 less the umask), fsync, rename over ``path``, fsync the folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -51,6 +68,9 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
             os.close(dir_fd)
     except OSError:
         pass
+
+
+_atomic_write = atomic_write  # the name the writers below (and older callers) use
 
 
 def _json_default(obj: Any):

@@ -25,8 +25,20 @@ def rng_snapshot(gen: torch.Generator) -> dict:
             "gen": gen.get_state()}
 
 
+def plain_rng(snapshot: dict) -> dict:
+    """The snapshot as tensors and plain data only (numpy's key array as an int64
+    tensor), so a checkpoint holding it loads with ``weights_only=True``."""
+    name, key, pos, has_gauss, gauss = snapshot["numpy"]
+    numpy_state = (str(name), torch.from_numpy(np.asarray(key, dtype=np.int64)), int(pos), int(has_gauss), float(gauss))
+    return {**snapshot, "numpy": numpy_state}
+
+
 def restore_rng(snapshot: dict, gen: torch.Generator) -> None:
+    """Restore a :func:`rng_snapshot` or its :func:`plain_rng` form."""
     random.setstate(snapshot["random"])
-    np.random.set_state(snapshot["numpy"])
+    name, key, pos, has_gauss, gauss = snapshot["numpy"]
+    if isinstance(key, torch.Tensor):
+        key = key.numpy()
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(snapshot["torch"])
     gen.set_state(snapshot["gen"])

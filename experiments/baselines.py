@@ -47,6 +47,8 @@ def main(argv) -> int:
     if not (0 < lo <= hi <= 1 and step > 0):
         raise ConfigError(f"--sizes needs 0 < FROM <= TO <= 1 and STEP > 0, got {lo} {hi} {step}")
     sizes = [round(s, 6) for s in np.arange(lo, hi + step / 2, step)]
+    if args.trust_parent_file and not args.parent:
+        raise ConfigError("--trust-parent-file goes with --parent PATH")
     folder = Path(args.out) / args.name
     from ecomp_deap.experiment import check_output_folder
 
@@ -61,7 +63,12 @@ def main(argv) -> int:
 
     data = load_fashion_mnist(args.data_dir)
     if args.parent:
-        model = load_parent_file(args.parent)
+        from ecomp_deap.nets.chain import Chain, parent_input_shape
+        from ecomp_deap.validation import validate_parent_weights, validate_run_data
+
+        model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
+        validate_parent_weights(model)
+        validate_run_data(data, Chain.from_module(model, parent_input_shape(model, data.train_x)))  # inputs, classes
         parent_acc = accuracy(model, data.test_x, data.test_y)
     else:
         spec = parent_spec(args)

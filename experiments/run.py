@@ -131,6 +131,8 @@ def main(argv) -> int:
         raise ConfigError("each --name may appear once")
     if args.workers is not None and args.executor != "local":
         raise ConfigError("--workers goes with --executor local")
+    if args.trust_parent_file and not args.parent:
+        raise ConfigError("--trust-parent-file goes with --parent PATH")
     if args.scheduler is not None and args.executor != "dask":
         raise ConfigError("--scheduler goes with --executor dask")
     if args.executor == "dask" and not args.scheduler:
@@ -164,18 +166,22 @@ def run_experiments(args, argv, experiments, client=None) -> int:
     print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")
     for exp in experiments:
         exp.config.validate_data(len(data.train_y))
+    from ecomp_deap.nets.chain import Chain, parent_input_shape
+    from ecomp_deap.validation import validate_parent_weights, validate_run_data
+
     spec = parent_spec(args, [preset_arch(exp.name) for exp in experiments])
     if args.parent:
-        model = load_parent_file(args.parent)
+        model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
+        validate_parent_weights(model)
+        validate_run_data(data, Chain.from_module(model, parent_input_shape(model, data.train_x)))  # inputs, classes
         parent_acc = accuracy(model, data.test_x, data.test_y)
         print(f"parent: loaded {args.parent} (test accuracy {parent_acc:.4f})")
     else:
         info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
                                     progress=not args.quiet)
-        model, parent_acc = info.model, info.test_accuracy
+        model, parent_acc = info.model, info.test_accuracy  # built for FashionMNIST, which its loader checked
     from ecomp_deap.evaluate import NonFiniteError
     from ecomp_deap.experiment import RunInterrupted
-    from ecomp_deap.nets.chain import Chain, parent_input_shape
 
     arch = Chain.from_module(model, input_shape=parent_input_shape(model, data.train_x))
     print(f"parent: {arch.describe()}; {sum(arch.hidden_widths)} {arch.group_kind} to compress")
@@ -187,7 +193,8 @@ def run_experiments(args, argv, experiments, client=None) -> int:
         t0 = time.perf_counter()
         print(describe(exp))
         try:
-            exp.run(model, data, parent_acc, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet)
+            exp.run(model, data, parent_acc, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet,
+                    check_data=False)  # checked above, against this parent
         except RunInterrupted as e:
             again = " ".join(a for a in argv if a != "--overwrite")
             print(f"{e}\nresume with: python experiments/run.py {again} --resume", file=sys.stderr)

@@ -78,7 +78,7 @@ def test_sigkill_leaves_every_file_valid(tmp_path, cache_dir):
         if f.suffix == ".json":
             results.load_run(f)
         elif f.suffix in (".pt", ".ckpt"):
-            torch.load(f, map_location="cpu", weights_only=False)
+            torch.load(f, map_location="cpu", weights_only=True)  # checkpoints too: plain data only
     # a resume finishes the experiment from there
     r = subprocess.run([sys.executable, str(REPO / "experiments/run.py"), "--name", "weighting121", "--runs", "3",
                         *map(str, LONG), "--cache-dir", str(cache_dir), "--out", str(tmp_path), "--resume"],

@@ -21,13 +21,12 @@ activations, ``MaxPool2d``/``AvgPool2d``/``AdaptiveAvgPool2d``, ``Dropout``/``Dr
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..errors import ParentError
+from ..errors import ConfigError, ParentError
 
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU, nn.SELU, nn.SiLU,
                nn.Softplus, nn.Mish, nn.Hardtanh, nn.ReLU6, nn.Hardswish, nn.Identity, nn.CELU)
@@ -272,7 +271,7 @@ def _parse(children, input_shape) -> Chain:
                     repeat = flat_from if (prev is not None and flat_from) else 1
                 if got != in_size:
                     raise ParentError(f"{where} takes {in_size} input {'channels' if isinstance(mod, nn.Conv2d) else 'features'} "
-                                      f"but the layer before gives {got}")
+                                      f"but {'the layer before gives' if stages else 'the input has'} {got}")
                 if prev is not None and prev["out_size"] * repeat != in_size:
                     raise ParentError(f"{where} takes {in_size} inputs, which is not {prev['out_size']} channels of "
                                       f"the layer before times {repeat}")
@@ -333,21 +332,14 @@ def _parse(children, input_shape) -> Chain:
 
 
 def parent_input_shape(model: torch.nn.Module, x: torch.Tensor) -> tuple[int, ...] | None:
-    """One example's shape as a convolutional parent takes it (None for an MLP, whose
-    Linear layers fix it): the data's own shape, or (C, H, W) recovered from flat rows
-    for a square image with the first Conv2d's C channels."""
+    """One example's shape as a convolutional parent takes it: the data's own (C, H, W)
+    (None for an MLP, whose first Linear fixes it)."""
     conv = next((m for m in model.children() if isinstance(m, torch.nn.Conv2d)), None)
     if conv is None:
         return None
-    shape = tuple(x.shape[1:])
-    if len(shape) == 3:
-        return shape
-    n = math.prod(shape) // conv.in_channels
-    side = int(round(n ** 0.5))
-    if side * side * conv.in_channels != math.prod(shape):
-        raise ParentError(f"a convolutional parent needs image inputs (N, C, H, W); got inputs of shape "
-                          f"{tuple(x.shape)}")
-    return (conv.in_channels, side, side)
+    if x.dim() != 4:
+        raise ConfigError(f"a convolutional parent takes images (N, C, H, W); the data has shape {tuple(x.shape)}")
+    return tuple(x.shape[1:])
 
 
 def parent_tensors(model: nn.Module, chain: Chain):

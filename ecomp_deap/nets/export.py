@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import ParentError
 from ..results import save_torch
+from ..safe_load import load_untrusted
 from .chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS, Chain
 
 FORMAT = "ecomp_deap.exported/2"
@@ -99,7 +100,7 @@ def save_exported(path, model: nn.Sequential, extra: dict | None = None) -> None
 
 def load_exported(path) -> nn.Sequential:
     """Rebuild a module written by :func:`save_exported` (e.g. ``OUT/NAME/run_0.pt``)."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    blob = load_untrusted(Path(path), opt_in=None, what="exported network")  # tensors and plain data only
     if isinstance(blob, dict) and blob.get("format") == "ecomp_deap.exported/1":
         return _load_v1(blob)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:

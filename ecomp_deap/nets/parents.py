@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ParentError
+from ..errors import ParentError, UnsafeFileError
 from ..results import save_torch
+from ..safe_load import load_untrusted
 from .chain import check_layers
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
@@ -174,15 +175,24 @@ class ParentInfo:
     notes: dict = field(default_factory=dict)
 
 
-def load_parent_file(path, spec: ParentSpec | None = None) -> nn.Sequential:
+def load_parent_file(path, spec: ParentSpec | None = None, trust_pickle: bool = False) -> nn.Sequential:
     """Load a parent: a pickled ``nn.Sequential`` (MLP or CNN chain), a state dict of a
     ``build_mlp`` or ``build_cnn`` network (widths inferred), or this toolkit's cache file.
-    Clear errors for anything else."""
+    Clear errors for anything else.
+
+    Loaded with ``weights_only=True`` and the allowlist of :mod:`ecomp_deap.safe_load`:
+    a file that would unpickle anything else is refused (``UnsafeFileError``) unless
+    ``trust_pickle`` (``--trust-parent-file``) says the file is trusted."""
     path = Path(path)
     if not path.is_file():
         raise ParentError(f"{path}: parent weights file not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = load_untrusted(path, trust_pickle=trust_pickle, what="parent file")
+    except UnsafeFileError:
+        raise
+    except (ImportError, AttributeError) as e:  # trust_pickle: a class the file names cannot be found
+        raise ParentError(f"{path}: cannot unpickle the parent ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          "the classes it was saved with must be importable here") from None
     except Exception as e:
         raise ParentError(f"{path}: cannot read parent weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                           "the file is truncated or not a torch file") from None
@@ -246,7 +256,7 @@ def load_or_train_parent(spec: ParentSpec, data, cache_dir, progress: bool = Tru
     path = Path(cache_dir) / "parents" / f"{spec.arch}-{widths}-{spec.activation}-{key}.pt"
     if path.exists():
         try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = load_untrusted(path, opt_in=None, what="cached parent")
             model = build_parent(spec)
             model.load_state_dict(blob["state_dict"])
             model.eval()

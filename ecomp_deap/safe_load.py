@@ -1,0 +1,85 @@
+"""Loading torch files that may come from someone else, without running their code.
+
+``torch.load(weights_only=False)`` unpickles arbitrary objects, and unpickling can
+call any function (a parent file from the internet could delete files or open a
+shell). Every file this toolkit reads (parent files, exported networks, checkpoints,
+the parent cache) is loaded with ``weights_only=True``: tensors, plain containers and
+numbers, plus the allowlist below, so that a pickled ``nn.Sequential`` of the layer
+types the toolkit supports still loads. Anything else is refused with a message that
+says why and names the opt-in for a file the user trusts (``--trust-parent-file`` on
+the command line, ``trust_pickle=True`` in the library).
+
+The allowlist was found empirically: ``torch.save`` of ``nn.Sequential`` models made
+of every class below (MLPs with each activation of ``nets.chain.ELEMENTWISE``, and
+CNN stacks of convolution, batch norm, pooling and dropout) loads with these classes
+and torch's own default safe types (``OrderedDict``, parameter and tensor rebuilds,
+which are listed too, for older torch releases).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import pickle
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import UnsafeFileError
+from .nets.chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS
+
+LAYERS = (nn.Sequential, nn.Flatten, nn.Linear, nn.Conv2d, *ELEMENTWISE, *NORMS, *POOLS, *DROPOUTS)
+"""The torch layer classes a pickled parent may contain: what a chain may hold."""
+LAYER_SUMMARY = ("Sequential, Flatten, Linear, elementwise activations, Conv2d, BatchNorm1d/2d, MaxPool2d, AvgPool2d, "
+                 "AdaptiveAvgPool2d, Dropout/Dropout2d")
+
+SAFE_GLOBALS = [*LAYERS, collections.OrderedDict, torch._utils._rebuild_parameter, nn.Parameter]
+
+TRUST_PARENT = "--trust-parent-file (command line) or trust_pickle=True (ecomp_deap.compress, load_parent_file)"
+
+
+def _allowlisted():
+    """A context in which ``torch.load(weights_only=True)`` accepts :data:`SAFE_GLOBALS`."""
+    scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    if scoped is not None:
+        return scoped(SAFE_GLOBALS)
+    add = getattr(torch.serialization, "add_safe_globals", None)  # torch 2.4: process-wide, same list
+    if add is not None:
+        add(SAFE_GLOBALS)
+    return contextlib.nullcontext()
+
+
+def refused_global(error: BaseException) -> str | None:
+    """What a ``weights_only`` load refused: ``'GLOBAL module.name'`` or the
+    unpickler's own reason; None when the error is not a refusal (a corrupt file)."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"GLOBAL {found.group(1)}"
+    found = re.search(r"WeightsUnpickler error: (Unsupported[^\n]*?)(?:\.? Please|\n|$)", text)
+    return found.group(1).strip() if found else None
+
+
+def load_untrusted(path, trust_pickle: bool = False, opt_in: str | None = TRUST_PARENT, what: str = "file"):
+    """``torch.load(path)`` on the CPU with ``weights_only=True`` and the layer allowlist.
+
+    A file that needs anything else raises :class:`UnsafeFileError` (one line: the
+    refused global, why, and ``opt_in`` if given). ``trust_pickle=True`` loads with full
+    unpickling, for files the user trusts. Other errors (a missing, truncated or
+    non-torch file) propagate unchanged for the caller to word.
+    """
+    path = Path(path)
+    if trust_pickle:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    with _allowlisted():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            refused = refused_global(e)
+            if refused is None:
+                raise
+            hint = f"; if you trust this file, use {opt_in}" if opt_in else ""
+            raise UnsafeFileError(
+                f"{path}: refused to load this {what}: it needs {refused}, which is not a tensor, plain data or a "
+                f"supported layer ({LAYER_SUMMARY}); files are loaded without running code from them{hint}") from None
