@@ -10,7 +10,7 @@ RUNS   ?= 2
 DATA_ROOT := $(or $(ECOMP_DATA_DIR),$(HOME)/.cache/ecomp_deap/data)
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test test-slow data install bench quality clean help
+.PHONY: run test test-slow data install bench quality cnn cnn-quality clean help
 
 help:
 	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each),"
@@ -19,6 +19,8 @@ help:
 	@echo "make test-slow  the slow tests only (minutes; CI runs them after make test)"
 	@echo "make bench      the speed benchmark"
 	@echo "make quality    the accuracy-at-size study: quality121 vs quality101 (RUNS=10 for the README's table)"
+	@echo "make cnn        the default CNN parent: cnn_weighting121 vs cnn_pareto121, CNN baselines, compare, plot"
+	@echo "make cnn-quality  the CNN accuracy-at-size study: cnn_quality121 vs cnn_quality101 (RUNS=10: the README's)"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +67,20 @@ quality: $(STAMP) data
 	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
 	$(BIN)/python experiments/compare.py $(OUT)/quality121 $(OUT)/quality101 --baselines $(OUT)/baselines
 	$(BIN)/python plots/pareto.py $(OUT)/quality121 $(OUT)/quality101 $(OUT)/baselines
+
+# Channel compression of the default CNN parent (conv 16-32, linear 64-10), trained once and cached.
+cnn: $(STAMP) data
+	$(BIN)/python experiments/run.py --name cnn_weighting121 cnn_pareto121 --runs $(RUNS) --out $(OUT) --overwrite
+	$(BIN)/python experiments/baselines.py --arch cnn --name cnn_baselines --out $(OUT) --overwrite
+	$(BIN)/python experiments/compare.py $(OUT)/cnn_weighting121 $(OUT)/cnn_pareto121 --baselines $(OUT)/cnn_baselines
+	$(BIN)/python plots/pareto.py $(OUT)/cnn_weighting121 $(OUT)/cnn_pareto121 $(OUT)/cnn_baselines
+	$(BIN)/python plots/curves.py $(OUT)/cnn_weighting121 $(OUT)/cnn_pareto121
+
+cnn-quality: $(STAMP) data
+	$(BIN)/python experiments/run.py --name cnn_quality121 cnn_quality101 --runs $(RUNS) --out $(OUT) --overwrite
+	$(BIN)/python experiments/baselines.py --arch cnn --name cnn_baselines --out $(OUT) --overwrite
+	$(BIN)/python experiments/compare.py $(OUT)/cnn_quality121 $(OUT)/cnn_quality101 --baselines $(OUT)/cnn_baselines
+	$(BIN)/python plots/pareto.py $(OUT)/cnn_quality121 $(OUT)/cnn_quality101 $(OUT)/cnn_baselines
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -32,7 +32,7 @@ QUALITY = {"selection": "nsga2", "pop_size": 200, "batch_size": 5000, "generatio
 # default CNN). Every hidden block's output enters the similarity (a feature map as its
 # flattened C*H*W vector) and every Conv2d/Linear is recombined.
 CNN_LAYERS = {"embedding_layers": None, "recombination_layers": None}
-CNN_QUALITY = {**QUALITY, **CNN_LAYERS, "pop_size": 64, "batch_size": 1000, "generations": 10, "epochs": 4}
+CNN_QUALITY = {**QUALITY, **CNN_LAYERS, "pop_size": 40, "batch_size": 1000, "generations": 10, "epochs": 3}
 
 PRESETS: dict[str, dict] = {
     **{f"weighting{c}": {"selection": "weighted", "weights": _weights(c)} for c in WEIGHTINGS},
@@ -48,7 +48,7 @@ PRESETS: dict[str, dict] = {
 _QUALITY_TEXT = ("pop 200, 25 epochs of 11 batches of 5000 (similarity on 100), activation-ranked "
                  "initial prunings, unit-gain mutation 0.3")
 
-_CNN_QUALITY_TEXT = ("pop 64, 4 epochs of 10 batches of 1000 (similarity on 100), activation-ranked initial "
+_CNN_QUALITY_TEXT = ("pop 40, 3 epochs of 10 batches of 1000 (similarity on 100), activation-ranked initial "
                      "prunings, channel-gain mutation 0.3")
 
 DESCRIPTIONS = {

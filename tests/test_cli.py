@@ -175,7 +175,7 @@ def test_cnn_end_to_end_run_compare_baselines_and_every_plot(tmp_path, cache_dir
         net = load_exported(out / name / "run_0.pt")
         convs = [m.out_channels for m in net if hasattr(m, "out_channels")]
         assert convs == best["hidden_units"][:2]
-    b = run_script("experiments/baselines.py", *CNN_SMALL[:8], "--cache-dir", cache_dir, "--out", out,
+    b = run_script("experiments/baselines.py", *CNN_SMALL[:9], "--cache-dir", cache_dir, "--out", out,
                    "--sizes", "0.25", "0.75", "0.25", "--seeds", "2")
     assert b.returncode == 0, b.stderr
     base = json.loads((out / "baselines" / "baselines.json").read_text())
