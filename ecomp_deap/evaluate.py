@@ -25,9 +25,14 @@ from .config import EcompConfig
 from .genome import Genome
 from .nets.chain import Chain
 from .nets.forward import as_input, per_individual, run_stage, stacked_stage
-from .similarity import joint_probabilities, similarity_from_distances, squared_distances
+from .similarity import (centred_gram, distances_from_gram, joint_probabilities, similarity_from_distances,
+                         squared_distances)
 
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
+# Features per group from which a shared first stage's embedding distances come from
+# per-group Gram matrices (summing a group's rows x rows Gram costs what recomputing it
+# costs divided by its feature count): feature maps yes, Linear units (1 feature) no.
+GRAM_SHARING_MIN = 16
 
 
 def row_means(d: torch.Tensor) -> torch.Tensor:
@@ -200,11 +205,17 @@ class PopulationEvaluator:
                 positions = [where for _, where in wanted.get(k, ())]
                 if k == 0 and first[i] in shared:  # k = 0 is a hidden stage: keep is set
                     if first[i] not in first_outputs:
-                        first_outputs[first[i]] = run_stage(st, h0, ind.weights[0], ind.biases[0], ind.norms[0],
-                                                            first_positions)
-                    full, full_kept = first_outputs[first[i]]
+                        first_outputs[first[i]] = self._shared_first_stage(ind, h0, first_positions, rows)
+                    full, shared_embeddings = first_outputs[first[i]]
                     h = full.index_select(1, keep)
-                    kept = {where: t.index_select(1, keep) for where, t in full_kept.items()}
+                    for pos, where in wanted.get(0, ()):
+                        kind, t = shared_embeddings[where]
+                        if kind == "gram":  # the Gram of the kept groups is the sum of theirs
+                            dists[pos][i] = distances_from_gram(t.index_select(0, keep).sum(0)[None])[0]
+                        else:
+                            dists[pos][i] = squared_distances(t.index_select(1, keep)[:rows].flatten(1))
+                    prev = keep
+                    continue
                 else:
                     w, b, n = ind.weights[k], ind.biases[k], ind.norms[k]
                     if keep is not None:
@@ -218,6 +229,23 @@ class PopulationEvaluator:
                 prev = keep
             logits[i] = h.reshape(h.shape[0], -1)
         return logits, dists
+
+    def _shared_first_stage(self, ind, h0: torch.Tensor, positions, rows: int):
+        """The first stage at full width for individuals sharing its tensors: its output
+        and, per embedding position, ('gram', the centred Gram of each group's features
+        on the first ``rows`` images, (H_0, rows, rows) float64), computed once and then
+        summed over each individual's kept groups, when a group has at least
+        GRAM_SHARING_MIN features (a feature map's H*W); else ('full', the output), from
+        which each individual's distances are computed as usual."""
+        out, full_kept = run_stage(self.arch.stages[0], h0, ind.weights[0], ind.biases[0], ind.norms[0], positions)
+        shared = {}
+        for where, t in full_kept.items():
+            per_group = t[:rows].reshape(rows, t.shape[1], -1)  # (rows, H_0, features per group)
+            if per_group.shape[2] >= GRAM_SHARING_MIN:
+                shared[where] = ("gram", centred_gram(per_group.transpose(0, 1)))  # (H_0, rows, rows)
+            else:
+                shared[where] = ("full", t)
+        return out, shared
 
     def outputs(self, population, x: torch.Tensor, rows: int = 0):
         """Logits (C, B, K), masks [(C, H_l) float] and, per embedding layer, the

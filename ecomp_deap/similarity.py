@@ -36,6 +36,8 @@ from torch import Tensor
 __all__ = [
     "EPS",
     "squared_distances",
+    "centred_gram",
+    "distances_from_gram",
     "joint_probabilities",
     "student_t_probabilities",
     "kl_divergence",
@@ -92,6 +94,16 @@ def squared_distances(x: Tensor) -> Tensor:
     diagonal.  Rows are centred over the batch first (D is translation
     invariant; this limits cancellation in the Gram formula).
     """
+    lead, B = x.shape[:-2], x.shape[-2]
+    return distances_from_gram(centred_gram(x).reshape(-1, B, B)).reshape(*lead, B, B)
+
+
+def centred_gram(x: Tensor) -> Tensor:
+    """(..., B, D) -> (..., B, B) float64 Gram matrix of the rows centred over the batch.
+
+    Centring is per feature, so the Gram of a concatenation of feature blocks is the
+    sum of the blocks' Grams: the evaluator adds up per-channel Grams of a shared
+    feature map instead of recomputing them for every subset of channels."""
     x = torch.as_tensor(x)
     x64 = x.to(torch.float64)
     if x64.data_ptr() == x.data_ptr():  # already float64: do not modify the caller's tensor
@@ -99,14 +111,18 @@ def squared_distances(x: Tensor) -> Tensor:
     x64 -= x64.mean(dim=-2, keepdim=True)  # (..., B, D)
     lead, (B, F) = x64.shape[:-2], x64.shape[-2:]
     x3 = x64.reshape(-1, B, F)  # (N, B, D)
-    gram = torch.bmm(x3, x3.transpose(-1, -2))  # (N, B, B)
+    return torch.bmm(x3, x3.transpose(-1, -2)).reshape(*lead, B, B)  # (..., B, B)
+
+
+def distances_from_gram(gram: Tensor) -> Tensor:
+    """(N, B, B) centred Gram matrices -> squared distances: symmetric, >= 0, zero
+    diagonal. Overwrites ``gram``."""
     sq = torch.diagonal(gram, dim1=-2, dim2=-1).clone()  # (N, B); same product, so duplicates give exactly 0
     norms = sq.unsqueeze(-1) + sq.unsqueeze(-2)  # (N, B, B)
     d = gram.mul_(-2.0).add_(norms)  # (N, B, B)
     d = d.add_(d.transpose(-1, -2).clone()).mul_(0.5)  # exact symmetry
     d.clamp_(min=0.0)
     d.diagonal(dim1=-2, dim2=-1).zero_()
-    d = d.reshape(*lead, B, B)
     return d
 
 

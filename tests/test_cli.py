@@ -162,7 +162,7 @@ CNN_SMALL = ["--arch", "cnn", "--channels", "4", "8", "--hidden", "16", "--paren
 def test_cnn_end_to_end_run_compare_baselines_and_every_plot(tmp_path, cache_dir):
     out = tmp_path / "results"
     p = run_script("experiments/run.py", "--name", "cnn_weighting121", "cnn_pareto121", "--runs", "1", *CNN_SMALL,
-                   "--cache-dir", cache_dir, "--out", out)
+                   "--cache-dir", cache_dir, "--out", out, timeout=900)  # trains the tiny CNN parent too
     assert p.returncode == 0, p.stderr
     assert "conv 1->4 | conv 4->8 | linear 392->16 | linear 16->10" in p.stdout
     for name in ("cnn_weighting121", "cnn_pareto121"):
