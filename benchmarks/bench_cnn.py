@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -31,7 +30,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from bench_generation import (_spread, _summary, _timed, agreement, prepared_run, resolve_device,  # noqa: E402
+from bench_generation import (FormTimer, _spread, _summary, agreement, prepared_run, resolve_device,  # noqa: E402
                               time_steps)
 
 from ecomp_deap.presets import preset_config  # noqa: E402
@@ -67,7 +66,7 @@ def load_cnn_inputs(tiny: bool, log):
     return data, info.model, info.test_accuracy
 
 
-class ConvBound:
+class ConvBound(FormTimer):
     """The population's convolutions and matmuls at the parent's width, nothing else."""
 
     def __init__(self, chain, base_pop, x, device):
@@ -103,25 +102,10 @@ class ConvBound:
                 forms = {"baddbmm": lambda hk=hk, w=w, b=b: torch.baddbmm(b[:, None, :], hk, w.transpose(1, 2))}
                 self.macs += P * B * w.shape[1] * w.shape[2]
             self.forms.append(forms)
-        self.times = [{f: [] for f in forms} for forms in self.forms]
-        with torch.inference_mode():
-            for forms in self.forms:
-                for fn in forms.values():
-                    fn()  # warm-up
-
-    def time(self, n: int = 3) -> None:
-        with torch.inference_mode():
-            for forms, times in zip(self.forms, self.times):
-                for name, fn in forms.items():
-                    times[name] += [_timed(fn, self.device)[0] for _ in range(n)]
+        self.warm_up()
 
     def summary(self) -> dict:
-        layers = []
-        for k, times in enumerate(self.times):
-            med = {f: statistics.median(t) for f, t in times.items()}
-            best = min(med, key=med.get)
-            layers.append({"stage": k, "best": best, "median_s": med[best], "forms": med})
-        total = sum(l["median_s"] for l in layers)
+        layers, total = self.fastest("stage")
         return {"median_s": total, "layers": layers, "macs": self.macs, "gmacs_per_s": self.macs / total / 1e9}
 
 

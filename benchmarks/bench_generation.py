@@ -238,7 +238,37 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
 
 
 # ----------------------------------------------------------------------------- bound
-class ComputeBound:
+class FormTimer:
+    """Per layer, ``self.forms``: a few formulations of the same computation, timed in
+    rounds; a layer's time is the median of its fastest form."""
+
+    forms: list[dict]
+    device: str
+
+    def warm_up(self) -> None:
+        self.times = [{f: [] for f in forms} for forms in self.forms]
+        with torch.inference_mode():
+            for forms in self.forms:
+                for fn in forms.values():
+                    fn()
+
+    def time(self, n: int = 3) -> None:
+        with torch.inference_mode():
+            for forms, times in zip(self.forms, self.times):
+                for name, fn in forms.items():
+                    times[name] += [_timed(fn, self.device)[0] for _ in range(n)]
+
+    def fastest(self, key: str) -> tuple[list[dict], float]:
+        """Per layer {key: k, best, median_s, forms}, and the sum of the best medians."""
+        layers = []
+        for k, times in enumerate(self.times):
+            med = {f: statistics.median(t) for f, t in times.items()}
+            best = min(med, key=med.get)
+            layers.append({key: k, "best": best, "median_s": med[best], "forms": med})
+        return layers, sum(l["median_s"] for l in layers)
+
+
+class ComputeBound(FormTimer):
     """The population's forward matmuls alone: pre-stacked float32 weights, bias fused
     (addmm / baddbmm), no activations, masks or measures. Per layer the fastest of a few
     formulations (first layer: one GEMM over the whole population, or a batched
@@ -262,26 +292,11 @@ class ComputeBound:
             hk = torch.randn(C, B, w[k].shape[2], device=dev)  # (C, B, in_k), like the previous layer's output
             self.forms.append({"baddbmm": lambda k=k, hk=hk: torch.baddbmm(b[k][:, None, :], hk,
                                                                             w[k].transpose(1, 2))})
-        self.times = [{f: [] for f in forms} for forms in self.forms]
         self.flops = 2 * C * B * sum(wk.shape[1] * wk.shape[2] for wk in w)
-        with torch.inference_mode():
-            for forms in self.forms:
-                for fn in forms.values():
-                    fn()  # warm-up
-
-    def time(self, n: int = 3) -> None:
-        with torch.inference_mode():
-            for forms, times in zip(self.forms, self.times):
-                for name, fn in forms.items():
-                    times[name] += [_timed(fn, self.device)[0] for _ in range(n)]
+        self.warm_up()
 
     def summary(self) -> dict:
-        layers = []
-        for k, times in enumerate(self.times):
-            med = {f: statistics.median(t) for f, t in times.items()}
-            best = min(med, key=med.get)
-            layers.append({"layer": k, "best": best, "median_s": med[best], "forms": med})
-        total = sum(l["median_s"] for l in layers)
+        layers, total = self.fastest("layer")
         return {"median_s": total, "min_s": total, "max_s": total, "n": len(self.times[0]["baddbmm"]),
                 "layers": layers, "flops": self.flops, "gflops_per_s": self.flops / total / 1e9}
 
