@@ -21,6 +21,7 @@ activations, ``MaxPool2d``/``AvgPool2d``/``AdaptiveAvgPool2d``, ``Dropout``/``Dr
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -82,7 +83,7 @@ class Stage:
         """(parameters, multiply-adds per example) of this stage with ``n_in`` kept groups
         below (times in_repeat columns each) and ``n_out`` kept outputs."""
         fan_in = n_in * self.in_repeat
-        per_out = fan_in * (int(torch.tensor(self.kernel_size).prod()) if self.kernel_size else 1)
+        per_out = fan_in * math.prod(self.kernel_size)  # () for a Linear: 1
         params = n_out * per_out + (n_out if self.has_bias else 0)
         norm = self.norm
         if norm is not None and getattr(norm.module, "affine", False):
@@ -299,7 +300,7 @@ def _parse(children, input_shape) -> Chain:
                     raise ParentError(f"{where} normalises flattened feature maps; only per-channel "
                                       f"BatchNorm (before Flatten) is supported")
                 want = nn.BatchNorm2d if st["kind"] == "conv" and h.dim() == 4 else nn.BatchNorm1d
-                if not isinstance(mod, want) or h.dim() > 2 and not isinstance(mod, nn.BatchNorm2d):
+                if not isinstance(mod, want):
                     raise ParentError(f"{where} is not a per-channel normalisation of {st['name']!r} "
                                       f"(expected {want.__name__} directly on its output)")
                 if mod.num_features != st["out_size"]:
