@@ -164,7 +164,8 @@ class PopulationEvaluator:
 
     def _forward_stacked(self, population, x: torch.Tensor, rows: int):
         """One masked batched program for the chunk (GPU; also the CPU reference in
-        tests). Returns logits (C, B, K) and the embeddings' squared distances."""
+        tests). Returns logits (C, B, K), the masks (C, H_l) float and the embeddings'
+        squared distances (C, rows, rows)."""
         weights, biases, norms, masks = self._stack(population)
         C, last, wanted = len(population), len(self.arch.stages) - 1, self._wanted(rows)
         dists = [None] * len(self.embeddings)
@@ -176,7 +177,7 @@ class PopulationEvaluator:
             for pos, where in wanted.get(k, ()):
                 dists[pos] = squared_distances(per_individual(kept[where], C)[:, :rows])  # (C, rows, rows)
         logits = per_individual(h, C).reshape(C, x.shape[0], -1)  # (C, B, K)
-        return logits, dists
+        return logits, masks, dists
 
     def _forward_kept_units(self, population, x: torch.Tensor, rows: int):
         """CPU forward of each individual on its kept groups only (filters and rows
@@ -255,9 +256,7 @@ class PopulationEvaluator:
             masks = [torch.stack([ind.masks[l] for ind in population]).float() for l in range(self.arch.n_hidden)]
             logits, dists = self._forward_kept_units(population, x, rows)
             return logits, masks, dists
-        masks = [torch.stack([ind.masks[l] for ind in population]).to(self.device, torch.float32)
-                 for l in range(self.arch.n_hidden)]
-        logits, dists = self._forward_stacked(population, x, rows)
+        logits, masks, dists = self._forward_stacked(population, x, rows)
         if not rows:
             dists = [torch.empty(len(population), 0, 0, dtype=torch.float64, device=self.device)
                      for _ in self.embeddings]

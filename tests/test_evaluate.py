@@ -69,7 +69,7 @@ def test_export_matches_masked_forward_and_counts_parameters():
     arch, w, b, pop = varied_population(model, n=4, seed=1)
     ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
     x = torch.randn(7, 12)
-    logits, _ = ev._forward_stacked(pop, x, 0)
+    logits, _, _ = ev._forward_stacked(pop, x, 0)
     for i, ind in enumerate(pop):
         net = export_individual(ind, arch)
         with torch.no_grad():
@@ -107,7 +107,7 @@ def test_stacked_forward_equals_each_network_run_alone():
     arch, w, b, pop = varied_population(model)
     ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
     x = torch.randn(9, 15)
-    logits, _ = ev._forward_stacked(pop, x, 0)
+    logits, _, _ = ev._forward_stacked(pop, x, 0)
     for i, ind in enumerate(pop):
         alone = network_forward(arch, x, ind.weights, ind.biases, ind.norms, ind.masks)
         assert torch.allclose(logits[i], alone, atol=1e-5)
