@@ -7,13 +7,25 @@ from deap import base, tools
 from .architecture import MLPArchitecture
 from .config import EcompConfig
 from .genome import Genome, fitness_weights, make_types
-from .operators import (cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights,
+from .errors import ConfigError
+from .operators import (cx_layerwise, cx_reference, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights,
                         sel_softmax_roulette)
 
 
 def recombination_indices(config: EcompConfig, arch: MLPArchitecture) -> list[int]:
     names = config.recombination_layers if config.recombination_layers is not None else arch.linear_names
     return [arch.linear_names.index(n) for n in names]
+
+
+def crossover_operator(config: EcompConfig, arch):
+    """cx_layerwise (aligned, ours) or cx_reference (the reference study's; MLP parents only:
+    it reads rows and columns of Linear weights by kept-unit position)."""
+    if config.crossover == "reference":
+        if not isinstance(arch, MLPArchitecture):
+            raise ConfigError(f"crossover 'reference' recombines MLP parents only (Linear layers and hidden units); "
+                              f"this parent is a {type(arch).__name__}: use crossover 'layerwise'")
+        return cx_reference
+    return cx_layerwise
 
 
 def build_toolbox(config: EcompConfig, arch: MLPArchitecture, parent_weights, parent_biases,
@@ -29,7 +41,7 @@ def build_toolbox(config: EcompConfig, arch: MLPArchitecture, parent_weights, pa
     tb.register("population", init_pruned_population, ind_cls, parent_weights, parent_biases,
                 low=config.init_prune_low, high=config.init_prune_high, scores=init_scores)
     tb.register("clone", Genome.clone)
-    tb.register("mate", cx_layerwise, layers=rec, gen=gen)
+    tb.register("mate", crossover_operator(config, arch), layers=rec, gen=gen)
     mutate = mut_scale_units if config.mutation == "units" else mut_scale_weights
     tb.register("mutate", mutate, layers=rec, low=config.mutation_low, high=config.mutation_high, gen=gen)
     tb.register("mutate_mask", mut_flip_units, flip_prob=config.mask_flip_prob, gen=gen)
