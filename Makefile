@@ -10,7 +10,15 @@ RUNS   ?= 2
 DATA_ROOT := $(or $(ECOMP_DATA_DIR),$(HOME)/.cache/ecomp_deap/data)
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-.PHONY: run test test-slow data install bench quality clean help
+# The study (issue #14): every weighted and Pareto preset and the reference presets.
+# RUNS defaults to 10 here (make study RUNS=3 for fewer); WORKERS to the CPUs available.
+STUDY_RUNS := $(if $(filter file,$(origin RUNS)),10,$(RUNS))
+WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+WEIGHTINGS := 001 020 021 100 101 120 121
+STUDY := $(addprefix weighting,$(WEIGHTINGS)) pareto101 pareto120 pareto121 $(addprefix ref-weighting,$(WEIGHTINGS))
+STUDY_DIRS := $(addprefix $(OUT)/,$(STUDY))
+
+.PHONY: run test test-slow data install bench quality study clean help
 
 help:
 	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each),"
@@ -19,6 +27,8 @@ help:
 	@echo "make test-slow  the slow tests only (minutes; CI runs them after make test)"
 	@echo "make bench      the speed benchmark"
 	@echo "make quality    the accuracy-at-size study: quality121 vs quality101 (RUNS=10 for the README's table)"
+	@echo "make study      every weighted, Pareto and ref-weighting preset (RUNS=10 by default, WORKERS=CPUs),"
+	@echo "                one comparison with the reference's published table, figures in OUT/plots/"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +75,17 @@ quality: $(STAMP) data
 	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
 	$(BIN)/python experiments/compare.py $(OUT)/quality121 $(OUT)/quality101 --baselines $(OUT)/baselines
 	$(BIN)/python plots/pareto.py $(OUT)/quality121 $(OUT)/quality101 $(OUT)/baselines
+
+# Resumes: finished runs are kept, so an interrupted study continues where it stopped.
+study: $(STAMP) data
+	$(BIN)/python experiments/run.py --name $(STUDY) --runs $(STUDY_RUNS) --out $(OUT) --resume --quiet \
+	    --executor local --workers $(WORKERS)
+	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
+	$(BIN)/python experiments/compare.py $(STUDY_DIRS) --baselines $(OUT)/baselines --against pareto121 --out $(OUT)
+	$(BIN)/python plots/study.py $(STUDY_DIRS) --out $(OUT)/plots
+	$(BIN)/python plots/pareto.py $(STUDY_DIRS) $(OUT)/baselines --out $(OUT)/plots
+	$(BIN)/python plots/hypervolume.py $(addprefix $(OUT)/pareto,101 120 121) --out $(OUT)/plots
+	@echo "comparison: $(OUT)/comparison.md; plots: $(OUT)/plots/"
 
 clean:
 	rm -rf $(VENV) .pytest_cache
