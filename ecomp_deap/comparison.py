@@ -337,7 +337,7 @@ PUBLISHED_FIELDS = [
     "published_accuracy_median", "published_accuracy_min", "published_accuracy_max",
     "accuracy_median", "accuracy_min", "accuracy_max", "accuracy_in_range",
     "published_compression_median", "published_compression_min", "published_compression_max",
-    "compression_median", "compression_min", "compression_max", "compression_in_range",
+    "compression_median", "compression_min", "compression_max", "compression_in_range", "parent_accuracy",
 ]
 
 
@@ -361,6 +361,8 @@ def published_rows(experiments: Sequence[tuple[str, Sequence[dict]]]) -> list[di
         if pub is None:
             continue
         row: dict[str, Any] = {"weights": " ".join(weighting_code(name)), "name": name, "runs": len(runs)}
+        parent = finite_values(run_values(runs, ("parent", "test_accuracy")))
+        row["parent_accuracy"] = float(np.median(parent)) if len(parent) else None
         for key, path, p in (("accuracy", ("best", "test_accuracy"), pub[0]),
                              ("compression", ("final_population", "compression"), pub[1])):
             med, lo, hi = median_min_max(run_values(runs, path))
@@ -425,8 +427,9 @@ def published_markdown(rows: Sequence[dict], correlations: Sequence[dict] = ()) 
             cells += [fmt_range(r[f"published_{key}_median"], r[f"published_{key}_min"], r[f"published_{key}_max"]),
                       fmt_range(r[f"{key}_median"], r[f"{key}_min"], r[f"{key}_max"]), fmt_in(r[f"{key}_in_range"])]
         body.append(cells)
+    ours = sorted({round(r["parent_accuracy"], 4) for r in rows if r.get("parent_accuracy") is not None})
     parts = [f"The reference's {RUNS} runs per weighting (its parent {PARENT['architecture']}, test accuracy "
-             f"{PARENT['test_accuracy']}) beside ours: median [min–max] over the runs of the best network's test "
+             f"{PARENT['test_accuracy']}; ours: {', '.join(f'{a:.4f}' for a in ours) or NA}) beside ours: median [min–max] over the runs of the best network's test "
              "accuracy and of the final population's mean compression (fraction of the parent's hidden units). "
              "In range: our median lies inside the published [min–max] (at its 3 decimals).",
              "", markdown_table(headers, body, ["l", "l"] + ["r"] * 7)]
