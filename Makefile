@@ -14,6 +14,7 @@ DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 # RUNS defaults to 10 here (make study RUNS=3 for fewer); WORKERS to the CPUs available.
 STUDY_RUNS := $(if $(filter file,$(origin RUNS)),10,$(RUNS))
 WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+STUDY_ARGS ?=
 WEIGHTINGS := 001 020 021 100 101 120 121
 STUDY := $(addprefix weighting,$(WEIGHTINGS)) pareto101 pareto120 pareto121 $(addprefix ref-weighting,$(WEIGHTINGS))
 STUDY_DIRS := $(addprefix $(OUT)/,$(STUDY))
@@ -29,6 +30,7 @@ help:
 	@echo "make quality    the accuracy-at-size study: quality121 vs quality101 (RUNS=10 for the README's table)"
 	@echo "make study      every weighted, Pareto and ref-weighting preset (RUNS=10 by default, WORKERS=CPUs),"
 	@echo "                one comparison with the reference's published table, figures in OUT/plots/"
+	@echo "                (STUDY_ARGS='--pop-size 8 --generations 3' passes options to run.py: a quick trial)"
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,7 +81,7 @@ quality: $(STAMP) data
 # Resumes: finished runs are kept, so an interrupted study continues where it stopped.
 study: $(STAMP) data
 	$(BIN)/python experiments/run.py --name $(STUDY) --runs $(STUDY_RUNS) --out $(OUT) --resume --quiet \
-	    --executor local --workers $(WORKERS)
+	    --executor local --workers $(WORKERS) $(STUDY_ARGS)
 	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
 	$(BIN)/python experiments/compare.py $(STUDY_DIRS) --baselines $(OUT)/baselines --against pareto121 --out $(OUT)
 	$(BIN)/python plots/study.py $(STUDY_DIRS) --out $(OUT)/plots
