@@ -45,6 +45,7 @@ PAIRWISE_FIELDS = [
     "experiment_a", "experiment_b", "n_a", "n_b",
     "p_hypervolume", "p_accuracy",
 ]
+HOLM_FIELDS = ["p_hypervolume_holm", "p_accuracy_holm"]  # with more than one pair
 
 
 def _get(run: dict, path: Sequence[str]) -> Any:
@@ -113,9 +114,35 @@ def mann_whitney_p(a: Iterable[Any], b: Iterable[Any]) -> float | None:
     return p if math.isfinite(p) else None
 
 
-def pairwise_rows(experiments: Sequence[tuple[str, Sequence[dict]]]) -> list[dict]:
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1), in the given
+    order; ``None`` entries are not tests and stay ``None``."""
+    idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
+    m, running = len(idx), 0.0
+    out: list[float | None] = [None] * len(pvalues)
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
+
+
+def experiment_pairs(experiments, against: str | None = None):
+    """Every pair of experiments, or with ``against`` each other experiment paired with that one."""
+    if against is None:
+        return list(itertools.combinations(experiments, 2))
+    named = [e for e in experiments if e[0] == against]
+    if not named:
+        from .errors import ConfigError
+
+        raise ConfigError(f"--against {against}: no such experiment among {', '.join(n for n, _ in experiments)}")
+    return [(named[0], e) for e in experiments if e[0] != against]
+
+
+def pairwise_rows(experiments: Sequence[tuple[str, Sequence[dict]]], against: str | None = None) -> list[dict]:
+    """Mann-Whitney U p-values for every pair (or each experiment against ``against``);
+    with more than one pair, Holm-adjusted p-values per measure too (``*_holm``)."""
     rows = []
-    for (name_a, runs_a), (name_b, runs_b) in itertools.combinations(experiments, 2):
+    for (name_a, runs_a), (name_b, runs_b) in experiment_pairs(experiments, against):
         rows.append({
             "experiment_a": name_a,
             "experiment_b": name_b,
@@ -126,6 +153,10 @@ def pairwise_rows(experiments: Sequence[tuple[str, Sequence[dict]]]) -> list[dic
             "p_accuracy": mann_whitney_p(run_values(runs_a, ("best", "test_accuracy")),
                                          run_values(runs_b, ("best", "test_accuracy"))),
         })
+    if len(rows) > 1:
+        for key in ("p_hypervolume", "p_accuracy"):
+            for row, adj in zip(rows, holm([r[key] for r in rows])):
+                row[f"{key}_holm"] = adj
     return rows
 
 
@@ -182,6 +213,10 @@ def size_rows(experiments: Sequence[tuple[str, Sequence[dict]]], sizes: Sequence
 
 
 def size_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
+    """One row per size budget for one or two experiments; with more, one row per
+    experiment (then the baselines and the parent) and the sizes as columns."""
+    if len(names) > 2:
+        return size_markdown_by_experiment(rows, names)
     methods = [k[len("baseline_"):] for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
     paired = bool(rows) and "p_value" in rows[0]
     headers = (["hidden units kept"] + [f"{n} median [q25–q75] (runs)" for n in names]
@@ -198,6 +233,16 @@ def size_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
         cells.append(fmt_number(r["parent_accuracy"]))
         body.append(cells)
     return markdown_table(headers, body, ["l"] + ["r"] * (len(headers) - 1))
+
+
+def size_markdown_by_experiment(rows: Sequence[dict], names: Sequence[str]) -> str:
+    methods = [k[len("baseline_"):] for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
+    headers = ["hidden units kept"] + [f"≤ {100 * r['size']:g} % median [q25–q75] (runs)" for r in rows]
+    body = [[n] + [f"{fmt_median_iqr(r[n]['median'], r[n]['q25'], r[n]['q75'])} ({r[n]['runs']})" for r in rows]
+            for n in names]
+    body += [[f"{m} pruning"] + [fmt_number(r[f"baseline_{m}"]) for r in rows] for m in methods]
+    body.append(["parent"] + [fmt_number(r["parent_accuracy"]) for r in rows])
+    return markdown_table(headers, body, ["l"] + ["r"] * len(rows))
 
 
 def size_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict], list[str]]:
@@ -272,14 +317,139 @@ def summary_markdown(rows: Sequence[dict]) -> str:
 def pairwise_markdown(rows: Sequence[dict]) -> str:
     headers = ["experiment A", "experiment B", "runs A", "runs B",
                "p (test hypervolume)", "p (best test accuracy)"]
+    adjusted = bool(rows) and "p_accuracy_holm" in rows[0]
+    if adjusted:
+        headers += ["Holm p (test hypervolume)", "Holm p (best test accuracy)"]
     body = [[r["experiment_a"], r["experiment_b"], r["n_a"], r["n_b"],
-             fmt_p(r["p_hypervolume"]), fmt_p(r["p_accuracy"])] for r in rows]
-    return markdown_table(headers, body, ["l", "l", "r", "r", "r", "r"])
+             fmt_p(r["p_hypervolume"]), fmt_p(r["p_accuracy"])]
+            + ([fmt_p(r["p_hypervolume_holm"]), fmt_p(r["p_accuracy_holm"])] if adjusted else []) for r in rows]
+    return markdown_table(headers, body, ["l", "l"] + ["r"] * (len(headers) - 2))
 
 
-def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequence[dict] = ()) -> str:
-    """The whole comparison as Markdown (summary table, the pairwise tests, and the
-    accuracy-at-size table when ``sizes`` rows are given)."""
+def pairwise_fields(rows: Sequence[dict]) -> list[str]:
+    return PAIRWISE_FIELDS + (HOLM_FIELDS if rows and "p_accuracy_holm" in rows[0] else [])
+
+
+# ------------------------------------------------------------------ published table
+
+PUBLISHED_FIELDS = [
+    "weights", "name", "runs",
+    "published_accuracy_median", "published_accuracy_min", "published_accuracy_max",
+    "accuracy_median", "accuracy_min", "accuracy_max", "accuracy_in_range",
+    "published_compression_median", "published_compression_min", "published_compression_max",
+    "compression_median", "compression_min", "compression_max", "compression_in_range", "parent_accuracy",
+]
+
+
+def median_min_max(values: Iterable[Any]) -> tuple[float | None, float | None, float | None]:
+    v = finite_values(values)
+    if len(v) == 0:
+        return None, None, None
+    return float(np.median(v)), float(v.min()), float(v.max())
+
+
+def published_rows(experiments: Sequence[tuple[str, Sequence[dict]]]) -> list[dict]:
+    """For each experiment named ``weightingABC`` or ``ref-weightingABC``: the reference's
+    published median [min-max] beside ours (best test accuracy; the final population's
+    mean compression) and whether our median lies in the published range. Ordered by
+    weighting, then as given."""
+    from .published import published_for, weighting_code
+
+    rows = []
+    for name, runs in experiments:
+        pub = published_for(name)
+        if pub is None:
+            continue
+        row: dict[str, Any] = {"weights": " ".join(weighting_code(name)), "name": name, "runs": len(runs)}
+        parent = finite_values(run_values(runs, ("parent", "test_accuracy")))
+        row["parent_accuracy"] = float(np.median(parent)) if len(parent) else None
+        for key, path, p in (("accuracy", ("best", "test_accuracy"), pub[0]),
+                             ("compression", ("final_population", "compression"), pub[1])):
+            med, lo, hi = median_min_max(run_values(runs, path))
+            row.update({f"published_{key}_median": p.median, f"published_{key}_min": p.low,
+                        f"published_{key}_max": p.high, f"{key}_median": med, f"{key}_min": lo,
+                        f"{key}_max": hi, f"{key}_in_range": p.contains(med)})
+        rows.append(row)
+    order = {code: i for i, code in enumerate(sorted({r["weights"] for r in rows}))}
+    return sorted(rows, key=lambda r: order[r["weights"]])  # stable: as given within a weighting
+
+
+def family(name: str) -> str:
+    return "ref-weighting*" if name.startswith("ref-") else "weighting*"
+
+
+def rank_correlations(rows: Sequence[dict]) -> list[dict]:
+    """Per family of experiments (``ref-weighting*``, ``weighting*``) with at least three
+    weightings: Spearman's rank correlation between our medians and the published ones,
+    for best test accuracy and final mean compression (with scipy's p-value)."""
+    from scipy.stats import spearmanr
+
+    out = []
+    for fam in ("ref-weighting*", "weighting*"):
+        members = [r for r in rows if family(r["name"]) == fam]
+        entry: dict[str, Any] = {"family": fam, "weightings": len(members)}
+        if len(members) < 3:
+            continue
+        for key in ("accuracy", "compression"):
+            pairs = [(r[f"{key}_median"], r[f"published_{key}_median"]) for r in members
+                     if r[f"{key}_median"] is not None]
+            rho = p = None
+            if len(pairs) >= 3:
+                res = spearmanr([a for a, _ in pairs], [b for _, b in pairs])
+                rho, p = float(res.statistic), float(res.pvalue)
+                rho, p = (rho, p) if math.isfinite(rho) else (None, None)
+            entry[f"{key}_rho"], entry[f"{key}_p"] = rho, p
+        entry["in_range"] = sum(bool(r["accuracy_in_range"]) and bool(r["compression_in_range"]) for r in members)
+        out.append(entry)
+    return out
+
+
+def fmt_range(med, lo, hi, digits: int = 3) -> str:
+    if med is None:
+        return NA
+    return f"{med:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
+
+
+def fmt_in(flag: bool | None) -> str:
+    return NA if flag is None else ("yes" if flag else "no")
+
+
+def published_markdown(rows: Sequence[dict], correlations: Sequence[dict] = ()) -> str:
+    from .published import PARENT, RUNS
+
+    headers = ["weights (a s c)", "experiment", "runs",
+               "best test accuracy: published", "ours", "in range",
+               "final mean compression: published", "ours", "in range"]
+    body = []
+    for r in rows:
+        cells = [r["weights"], r["name"], r["runs"]]
+        for key in ("accuracy", "compression"):
+            cells += [fmt_range(r[f"published_{key}_median"], r[f"published_{key}_min"], r[f"published_{key}_max"]),
+                      fmt_range(r[f"{key}_median"], r[f"{key}_min"], r[f"{key}_max"]), fmt_in(r[f"{key}_in_range"])]
+        body.append(cells)
+    ours = sorted({round(r["parent_accuracy"], 4) for r in rows if r.get("parent_accuracy") is not None})
+    parts = [f"The reference's {RUNS} runs per weighting (its parent {PARENT['architecture']}, test accuracy "
+             f"{PARENT['test_accuracy']}; ours: {', '.join(f'{a:.4f}' for a in ours) or NA}) beside ours: median [min–max] over the runs of the best network's test "
+             "accuracy and of the final population's mean compression (fraction of the parent's hidden units). "
+             "In range: our median lies inside the published [min–max] (at its 3 decimals).",
+             "", markdown_table(headers, body, ["l", "l"] + ["r"] * 7)]
+    if correlations:
+        ch = ["experiments", "weightings", "both medians in range", "Spearman ρ accuracy (p)",
+              "Spearman ρ compression (p)"]
+        cb = [[c["family"], c["weightings"], c["in_range"]]
+              + [NA if c[f"{k}_rho"] is None else f"{c[f'{k}_rho']:.3f} ({fmt_p(c[f'{k}_p'])})"
+                 for k in ("accuracy", "compression")] for c in correlations]
+        parts += ["", "Rank correlation of our medians with the published medians, over the weightings shown:",
+                  "", markdown_table(ch, cb, ["l", "r", "r", "r", "r"])]
+    return "\n".join(parts)
+
+
+def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequence[dict] = (),
+                  published: Sequence[dict] = (), correlations: Sequence[dict] = (),
+                  against: str | None = None) -> str:
+    """The whole comparison as Markdown (summary table, the pairwise tests, the
+    accuracy-at-size table when ``sizes`` rows are given, and the reference's published
+    table beside ours when ``published`` rows are given)."""
     parts = [
         "## Experiments",
         "",
@@ -295,7 +465,10 @@ def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequenc
     if pairs:
         parts += [
             "Two-sided Mann–Whitney U test p-values (scipy.stats.mannwhitneyu); "
-            f"{NA} where a group has fewer than 2 runs.",
+            f"{NA} where a group has fewer than 2 runs"
+            + (f"; every experiment against {against}" if against else "")
+            + ("; Holm's step-down correction over the rows shown, per measure." if "p_accuracy_holm" in pairs[0]
+               else "."),
             "",
             pairwise_markdown(pairs),
         ]
@@ -315,6 +488,8 @@ def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequenc
             "",
             size_markdown(sizes, names),
         ]
+    if published:
+        parts += ["", "## The reference study's published table", "", published_markdown(published, correlations)]
     return "\n".join(parts) + "\n"
 
 

@@ -16,6 +16,7 @@ KERNELS = ("gaussian", "student_t")
 DEVICES = ("auto", "cpu", "cuda")
 INIT_SCORES = ("l1", "activation")
 MUTATIONS = ("weights", "units")
+CROSSOVERS = ("layerwise", "reference")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class EcompConfig:
     0.002 is about one flip per child per generation for 512 hidden units: enough to
     leave the nested L1-norm masks of the initial population, small enough not to
     swamp what crossover inherits."""
+    crossover: str = "layerwise"
+    """'layerwise': aligned one-point crossover, unit j of a child is the parent's unit j
+    (``operators.cx_layerwise``); 'reference': the reference study's recombination, a
+    child takes one parent's widths and a c x c block of the other's compacted weights
+    (``operators.cx_reference``, MLP parents only)."""
     cx_prob: float = 1.0
     """Probability that a pair of selected parents is recombined (the reference: always)."""
     embedding_layers: tuple[str, ...] | None = ("layer_1_act", "layer_2_act")
@@ -133,6 +139,7 @@ class EcompConfig:
             need(math.isfinite(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
         need(0 < self.mutation_low <= self.mutation_high, f"mutation factors need 0 < low <= high, got [{self.mutation_low}, {self.mutation_high}]")
         need(self.mutation in MUTATIONS, f"mutation must be one of {', '.join(MUTATIONS)}, got {self.mutation!r}")
+        need(self.crossover in CROSSOVERS, f"crossover must be one of {', '.join(CROSSOVERS)}, got {self.crossover!r}")
         need(self.init_scores in INIT_SCORES,
              f"init_scores must be one of {', '.join(INIT_SCORES)}, got {self.init_scores!r}")
         need(0.0 <= self.init_prune_low < self.init_prune_high <= 1.0,

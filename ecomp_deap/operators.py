@@ -88,6 +88,60 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
     return ind1, ind2
 
 
+def kept_indices(mask: torch.Tensor) -> torch.Tensor:
+    """(h,) int64: the kept units of a (H,) bool mask, in index order."""
+    return torch.nonzero(mask, as_tuple=True)[0]
+
+
+def cx_reference(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
+    """The reference study's recombination, not aligned (MLP genomes only).
+
+    Each parent is read compacted to its kept units in index order. For each Linear
+    layer ``k`` in ``layers``, with compacted weights W1 (o1, i1) and W2 (o2, i2), one
+    cut ``c`` is drawn uniformly from 1 ... min(o1, o2, i1, i2) (hidden widths; the first
+    layer's columns are the input features, the output layer's rows the classes), and
+    the same ``c`` cuts rows and columns:
+
+    * child 1 = ``[W1[:c, :c] | W2[:c, c:]]`` on ``W2[c:, :]``, bias ``b1[:c] ++ b2[c:]``
+      (parent 2's shape);
+    * child 2 = ``[W2[:c, :c] | W1[:c, c:]]`` on ``W1[c:, :]``, bias ``b2[:c] ++ b1[c:]``
+      (parent 1's shape).
+
+    In the genome, ``ind1`` becomes child 1: parent 2's masks, and parent 2's tensors
+    with the c x c top-left block of its kept rows and columns (and the first c kept
+    bias entries) taken from parent 1's kept positions; ``ind2`` symmetrically. Layers
+    not in ``layers`` are inherited whole from the shape-parent. So a child keeps one
+    parent's widths and mixes weights by position, which pairs unrelated units.
+    """
+    n_hidden = len(ind1.masks)
+    m1, m2 = list(ind1.masks), list(ind2.masks)
+    w1s, w2s, b1s, b2s = list(ind1.weights), list(ind2.weights), list(ind1.biases), list(ind2.biases)
+    ind1.masks, ind1.weights, ind1.biases = list(m2), list(w2s), list(b2s)  # child 1: parent 2's shape
+    ind2.masks, ind2.weights, ind2.biases = list(m1), list(w1s), list(b1s)  # child 2: parent 1's shape
+    for k in layers:
+        w1, w2, b1, b2 = w1s[k], w2s[k], b1s[k], b2s[k]
+        rows1 = kept_indices(m1[k]) if k < n_hidden else torch.arange(w1.shape[0])  # (o1,)
+        rows2 = kept_indices(m2[k]) if k < n_hidden else torch.arange(w2.shape[0])  # (o2,)
+        cols1 = kept_indices(m1[k - 1]) if k > 0 else torch.arange(w1.shape[1])     # (i1,)
+        cols2 = kept_indices(m2[k - 1]) if k > 0 else torch.arange(w2.shape[1])     # (i2,)
+        c_max = min(len(rows1), len(rows2), len(cols1), len(cols2))
+        c = int(torch.randint(1, c_max + 1, (1,), generator=gen))
+        r1, r2, q1, q2 = rows1[:c], rows2[:c], cols1[:c], cols2[:c]
+        same_block = torch.equal(r1, r2) and torch.equal(q1, q2)
+        if not (w1 is w2 and same_block):  # identical blocks of one shared tensor: keep sharing it
+            block1 = w1[r1[:, None], q1[None, :]]  # (c, c) from parent 1
+            block2 = w2[r2[:, None], q2[None, :]]  # (c, c) from parent 2
+            child1, child2 = w2.clone(), w1.clone()  # new tensors; the parents' are never written
+            child1[r2[:, None], q2[None, :]] = block1
+            child2[r1[:, None], q1[None, :]] = block2
+            ind1.weights[k], ind2.weights[k] = child1, child2
+        if not (b1 is b2 and torch.equal(r1, r2)):
+            cb1, cb2 = b2.clone(), b1.clone()
+            cb1[r2], cb2[r1] = b1[r1], b2[r2]
+            ind1.biases[k], ind2.biases[k] = cb1, cb2
+    return ind1, ind2
+
+
 def mut_scale_weights(ind, layers: Sequence[int], low: float, high: float, gen: torch.Generator):
     """The reference mutation: every weight of the given stages (Linear or Conv2d)
     times its own factor drawn from U(low, high). Biases and BatchNorm are left as they are."""

@@ -1,5 +1,8 @@
 """Named experiment presets: the reference study's weightings and their Pareto twins.
 
+``ref-weightingABC`` is the same weighting with the reference study's operators
+(``REFERENCE``: its unaligned recombination, no mask flips), to reproduce its table.
+
 ``weightingABC`` is weighted selection with weights (A, B, C) in the order accuracy,
 similarity, compression; ``paretoABC`` is NSGA-II over the objectives whose weight is
 non-zero. Everything else is the reference setting (``EcompConfig``'s defaults: pop
@@ -34,8 +37,20 @@ QUALITY = {"selection": "nsga2", "pop_size": 200, "batch_size": 5000, "generatio
 CNN_LAYERS = {"embedding_layers": None, "recombination_layers": None}
 CNN_QUALITY = {**QUALITY, **CNN_LAYERS, "pop_size": 40, "batch_size": 1000, "generations": 10, "epochs": 3}
 
+# The reference study's operators (issue #14): its unaligned recombination, no mask
+# flips, its weight mutation (probability 0.01 per child, a U(0.9, 1.1) factor per
+# weight), L1-norm initial prunings at rates over [0.1, 0.8), softmax roulette at T = 1
+# on the raw fitness, children replace the population. Stated in full, not left to the
+# defaults, so that a change of a default does not change the reproduction.
+REFERENCE = {"selection": "weighted", "crossover": "reference", "mask_flip_prob": 0.0,
+             "mutation": "weights", "mutation_rate": 0.01, "mutation_low": 0.9, "mutation_high": 1.1,
+             "init_scores": "l1", "init_prune_low": 0.1, "init_prune_high": 0.8,
+             "selection_temperature": 1.0, "elitism": 0}
+REFERENCE_PREFIX = "ref-weighting"
+
 PRESETS: dict[str, dict] = {
     **{f"weighting{c}": {"selection": "weighted", "weights": _weights(c)} for c in WEIGHTINGS},
+    **{f"{REFERENCE_PREFIX}{c}": {**REFERENCE, "weights": _weights(c)} for c in WEIGHTINGS},
     **{f"pareto{c}": {"selection": "nsga2", "weights": _weights(c)} for c in PARETO},
     "quality121": {**QUALITY, "weights": _weights("121")},
     "quality101": {**QUALITY, "weights": _weights("101")},
@@ -59,6 +74,9 @@ DESCRIPTIONS = {
     "quality121": "NSGA-II over accuracy, similarity, compression; " + _QUALITY_TEXT,
     "quality101": "NSGA-II over accuracy, compression (no similarity); " + _QUALITY_TEXT,
     **{f"weighting{c}": f"weighted selection, weights accuracy {c[0]}, similarity {c[1]}, compression {c[2]}"
+       for c in WEIGHTINGS},
+    **{f"{REFERENCE_PREFIX}{c}": f"the reference study's operators (crossover reference, no mask flips), "
+                                  f"weights accuracy {c[0]}, similarity {c[1]}, compression {c[2]}"
        for c in WEIGHTINGS},
     **{f"pareto{c}": "NSGA-II over " + ", ".join(o for o, w in zip(("accuracy", "similarity", "compression"), c)
                                                  if w != "0") for c in PARETO},

@@ -7,13 +7,25 @@ from deap import base, tools
 from .nets.chain import Chain
 from .config import EcompConfig
 from .genome import Genome, fitness_weights, make_types
-from .operators import (cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights,
+from .errors import ConfigError
+from .operators import (cx_layerwise, cx_reference, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights,
                         sel_softmax_roulette)
 
 
 def recombination_indices(config: EcompConfig, arch: Chain) -> list[int]:
     names = config.recombination_layers if config.recombination_layers is not None else arch.stage_names
     return [arch.stage_names.index(n) for n in names]
+
+
+def crossover_operator(config: EcompConfig, arch: Chain):
+    """cx_layerwise (aligned, ours) or cx_reference (the reference study's; MLP parents
+    without BatchNorm only: it reads rows and columns of Linear weights by kept-unit position)."""
+    if config.crossover == "reference":
+        if not arch.is_mlp or any(st.norm is not None for st in arch.stages):
+            raise ConfigError(f"crossover 'reference' recombines MLP parents without BatchNorm only (Linear layers "
+                              f"and hidden units); this parent is {arch.describe()}: use crossover 'layerwise'")
+        return cx_reference
+    return cx_layerwise
 
 
 def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biases,
@@ -30,7 +42,7 @@ def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biase
     tb.register("population", init_pruned_population, ind_cls, parent_weights, parent_biases,
                 low=config.init_prune_low, high=config.init_prune_high, scores=init_scores, norms=parent_norms)
     tb.register("clone", Genome.clone)
-    tb.register("mate", cx_layerwise, layers=rec, gen=gen)
+    tb.register("mate", crossover_operator(config, arch), layers=rec, gen=gen)
     if config.mutation == "units":
         tb.register("mutate", mut_scale_units, layers=rec, low=config.mutation_low, high=config.mutation_high,
                     gen=gen, repeats=[st.in_repeat for st in arch.stages])

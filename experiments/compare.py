@@ -2,6 +2,7 @@
 
     python experiments/compare.py OUT/weighting121 OUT/pareto121 [...] [--out DIR]
     python experiments/compare.py OUT/pareto121 --baselines OUT/baselines --sizes 0.25 0.5 0.75
+    python experiments/compare.py OUT/weighting* OUT/ref-weighting* OUT/pareto* --against pareto121
 
 Each argument is one experiment folder (``OUT/NAME`` holding ``run_0.json``,
 ``run_1.json``, ...). Prints two Markdown tables and writes them, atomically, to
@@ -19,7 +20,17 @@ Each argument is one experiment folder (``OUT/NAME`` holding ``run_0.json``,
                            median [q25-q75] test accuracy of each run's front
                            network of at most that size (chosen on validation
                            accuracy), the baselines at that size (--baselines)
-                           and the parent.
+                           and the parent (printed with one row per experiment
+                           once there are more than two);
+* ``comparison_published.csv`` (when experiments are named weightingABC or
+                           ref-weightingABC) the reference study's published
+                           median [min-max] of best test accuracy and final mean
+                           compression beside ours, and whether ours is in range;
+                           the Markdown adds Spearman's rank correlation of the
+                           medians per family.
+
+--against NAME tests every experiment against NAME only (not all pairs); with
+more than one pair the p-values are also given Holm-adjusted.
 
 The written paths are printed last, one per line. Only saved results are read.
 """
@@ -50,6 +61,9 @@ def build_parser():
                              "table (default: 0.25 0.5 0.75)")
     parser.add_argument("--baselines", metavar="FOLDER",
                         help="a baselines folder (experiments/baselines.py) to put in the accuracy-at-size table")
+    parser.add_argument("--against", metavar="NAME",
+                        help="pairwise tests of every experiment against this one (its folder name) instead of "
+                             "all pairs; with more than one pair, Holm-adjusted p-values are shown too")
     add_common_args(parser, "the parent folder of the first FOLDER", figures=False)
     return parser
 
@@ -62,9 +76,11 @@ def main(argv) -> int:
     exps = load_experiments(args.folders)
     groups = [(e.name, e.runs) for e in exps]
     summary = comparison.summary_rows(groups)
-    pairs = comparison.pairwise_rows(groups)
+    pairs = comparison.pairwise_rows(groups, args.against)
     sizes = comparison.size_rows(groups, args.sizes, baselines)
-    report = comparison.format_report(summary, pairs, sizes)
+    published = comparison.published_rows(groups)
+    correlations = comparison.rank_correlations(published)
+    report = comparison.format_report(summary, pairs, sizes, published, correlations, args.against)
 
     out = Path(args.out) if args.out else parent_folder(args.folders[0])
     if out.exists() and not out.is_dir():
@@ -72,8 +88,12 @@ def main(argv) -> int:
     paths = [out / "comparison.md", out / "comparison.csv", out / "comparison_pairs.csv", out / "comparison_sizes.csv"]
     save_text(paths[0], report)
     save_csv(paths[1], comparison.csv_rows(summary, comparison.SUMMARY_FIELDS), comparison.SUMMARY_FIELDS)
-    save_csv(paths[2], comparison.csv_rows(pairs, comparison.PAIRWISE_FIELDS), comparison.PAIRWISE_FIELDS)
+    fields = comparison.pairwise_fields(pairs)
+    save_csv(paths[2], comparison.csv_rows(pairs, fields), fields)
     save_csv(paths[3], *comparison.size_csv_rows(sizes, [e.name for e in exps]))
+    if published:  # experiments named after the reference's weightings
+        paths.append(out / "comparison_published.csv")
+        save_csv(paths[4], comparison.csv_rows(published, comparison.PUBLISHED_FIELDS), comparison.PUBLISHED_FIELDS)
 
     print(report)
     for p in paths:

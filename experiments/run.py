@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int,
                             parent_spec, positive_int, run_main)
-from ecomp_deap.config import DEVICES, INIT_SCORES, KERNELS, MUTATIONS, SELECTIONS
+from ecomp_deap.config import CROSSOVERS, DEVICES, INIT_SCORES, KERNELS, MUTATIONS, SELECTIONS
 from ecomp_deap.errors import ConfigError
 
 
@@ -66,6 +66,9 @@ def build_parser() -> OneLineParser:
                    help="lower end of the weight mutation's U(low, high) factors (preset: 0.9)")
     g.add_argument("--mutation-high", type=finite_float,
                    help="upper end of the weight mutation's U(low, high) factors (preset: 1.1)")
+    g.add_argument("--crossover", choices=CROSSOVERS,
+                   help="layerwise: aligned one-point crossover (ours); reference: the reference study's "
+                        "recombination, a child takes one parent's widths (preset: layerwise; ref-* presets: reference)")
     g.add_argument("--mask-flip-prob", type=finite_float, help="per-unit mask flip probability per child (preset: 0.002)")
     g.add_argument("--init-scores", choices=INIT_SCORES,
                    help="how the initial prunings rank units: l1 (incoming weight norm, the reference) or "
@@ -95,7 +98,7 @@ def build_parser() -> OneLineParser:
     return p
 
 
-OVERRIDES = ("weights", "selection", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
+OVERRIDES = ("weights", "selection", "crossover", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
              "mutation", "mutation_low", "mutation_high",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
              "embedding_layers", "recombination_layers", "similarity_batch", "init_scores")

@@ -63,8 +63,8 @@ def figure_boxplots(exps):
             for j, acc in enumerate(sorted(parents)):
                 ax.axhline(acc, color="black", ls="--", lw=1.0, zorder=1,
                            label="parent network" if j == 0 else None)
-            if parents:
-                ax.legend(loc="best")
+            if parents:  # outside the axes: a legend inside may cover runs' dots
+                fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center")
         ax.set_xticks(pos)
         ax.set_xticklabels(names, rotation=30 if rotate else 0, ha="right" if rotate else "center")
         ax.set_xlim(0.4, n + 0.6)

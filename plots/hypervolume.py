@@ -58,7 +58,9 @@ def figure_hypervolume(exps, show_runs: bool):
     ax.set_xlabel("generation")
     ax.set_ylabel("hypervolume (higher = better)\nreference: accuracy 0, compression 1")
     ax.set_title("Hypervolume of the population's accuracy–compression front")
-    ax.legend(loc="lower right")
+    handles, labels = ax.get_legend_handles_labels()
+    # below the axes: inside, the legend sat on the curves
+    fig.legend(handles, labels, loc="outside lower center", ncols=2 if len(labels) > 3 else 1)
     return fig
 
 

@@ -84,10 +84,11 @@ def test_list_presets_and_help():
     assert p.returncode == 0
     names = [line.split()[0] for line in p.stdout.splitlines()]
     assert names == ["weighting001", "weighting020", "weighting021", "weighting100", "weighting101", "weighting120",
-                     "weighting121", "pareto101", "pareto120", "pareto121", "quality121", "quality101",
+                     "weighting121", "ref-weighting001", "ref-weighting020", "ref-weighting021", "ref-weighting100",
+                     "ref-weighting101", "ref-weighting120", "ref-weighting121", "pareto101", "pareto120", "pareto121", "quality121", "quality101",
                      "cnn_weighting121", "cnn_pareto121", "cnn_quality121", "cnn_quality101"]
     h = run_script("experiments/run.py", "--help")
-    assert h.returncode == 0 and "--runs 10 --name weighting121" in h.stdout
+    assert h.returncode == 0 and "--runs 10 --name weighting121" in h.stdout and "--crossover" in h.stdout
 
 
 def test_quality_presets_are_valid_and_differ_only_in_the_similarity_weight():

@@ -88,7 +88,8 @@ def test_pairwise_p_values_match_scipy():
     for r in rows[1:]:
         assert r["p_accuracy"] is None and r["p_hypervolume"] is None
     md = comparison.pairwise_markdown(rows)
-    assert md.count("n/a") == 4
+    assert md.count("n/a") == 8  # raw and Holm-adjusted, two measures, two untestable pairs
+    assert ab["p_accuracy_holm"] == ab["p_accuracy"]  # the only test: nothing to correct
     assert comparison.mann_whitney_p([1.0, None], [2.0, 3.0]) is None  # one finite value left
 
 
@@ -128,7 +129,8 @@ def test_compare_script(results, tmp_path):
     proc = run_compare(results["weighted"], results["nsga2"], results["single"], "--out", out)
     assert proc.returncode == 0, proc.stderr
     paths = [out / "comparison.md", out / "comparison.csv", out / "comparison_pairs.csv", out / "comparison_sizes.csv"]
-    printed = proc.stdout.strip().splitlines()[-4:]
+    paths.append(out / "comparison_published.csv")  # weighting121 is a published weighting
+    printed = proc.stdout.strip().splitlines()[-5:]
     assert printed == [str(p) for p in paths]
     for p in paths:
         assert p.is_file() and p.stat().st_size > 0
