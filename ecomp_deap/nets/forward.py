@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .chain import Stage
 
@@ -39,6 +40,10 @@ def run_stage(st: Stage, h: torch.Tensor, w, b, norm, positions=()) -> tuple[tor
     for i, op in enumerate(st.tail):
         if op.kind == "norm":
             z = batch_norm(z, norm, op.module.eps)
+        elif isinstance(op.module, nn.MaxPool2d):
+            # the same maxima, about 5x faster from a channels-last copy on the CPU; back to
+            # the usual layout so that what follows computes exactly as the exported module
+            z = op.module(z.contiguous(memory_format=torch.channels_last)).contiguous()
         elif op.kind in ("act", "pool"):
             z = op.module(z)
         # 'drop' is the identity at evaluation; 'flatten' only reshapes (done by the next layer)
