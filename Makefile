@@ -71,7 +71,7 @@ test-slow: $(STAMP) data
 	$(BIN)/python -m pytest -q -m slow
 
 bench: $(STAMP) data
-	$(BIN)/python benchmarks/bench_generation.py
+	$(BIN)/python benchmarks/bench_generation.py --cnn
 
 # The accuracy-at-size study behind the README's table (about 8 min per run on 2 cores).
 quality: $(STAMP) data
