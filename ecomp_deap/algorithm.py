@@ -122,6 +122,8 @@ class Evolution:
             if float(torch.rand((), generator=g)) < cfg.mutation_rate:
                 tb.mutate(ind)
             tb.mutate_mask(ind)
+            if hasattr(tb, "recalibrate"):  # adaptive BatchNorm for the child's channels
+                tb.recalibrate(ind)
             del ind.fitness.values
         return offspring
 
@@ -161,7 +163,11 @@ class Evolution:
         return info
 
     def initial_state(self) -> EvolutionState:
-        return EvolutionState(0, self.toolbox.population(n=self.config.pop_size), tools.Logbook(), self.gen)
+        population = self.toolbox.population(n=self.config.pop_size)
+        if hasattr(self.toolbox, "recalibrate"):
+            for ind in population:
+                self.toolbox.recalibrate(ind)
+        return EvolutionState(0, population, tools.Logbook(), self.gen)
 
     def run(self, state: EvolutionState | None = None,
             on_generation: Callable[[EvolutionState], None] | None = None,

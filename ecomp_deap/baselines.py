@@ -23,7 +23,7 @@ from .nets.forward import as_input, run_stage
 from .config import EcompConfig
 from .evaluate import PopulationEvaluator
 from .genome import Genome
-from .operators import l1_unit_scores, top_units_mask
+from .operators import l1_unit_scores, recalibrate_norms, top_units_mask
 
 METHODS = ("l1", "random", "activation")
 BASELINES_SCHEMA = "ecomp_deap.baselines/1"
@@ -72,9 +72,11 @@ def pruned(arch: Chain, weights, biases, scores, size: float, norms=None) -> Gen
 
 
 def baseline_curves(parent: torch.nn.Module, sizes, test_x, test_y, activation_x=None, seeds: int = 5,
-                    methods=METHODS, seed: int = 0) -> dict:
+                    methods=METHODS, seed: int = 0, calibration_x=None) -> dict:
     """Test accuracy of every method at every size: ``{method: [{size, compression,
-    hidden_units, test_accuracy, test_accuracy_std}, ...]}``."""
+    hidden_units, test_accuracy, test_accuracy_std}, ...]}``. With ``calibration_x``
+    every pruned network's BatchNorm statistics are re-estimated on it first (adaptive
+    BatchNorm, as ``EcompConfig.norm_calibration`` does for evolved networks)."""
     arch = Chain.from_module(parent, input_shape=parent_input_shape(parent, test_x))
     weights, biases, norms = parent_tensors(parent, arch)
     ev = PopulationEvaluator(arch, weights, biases, EcompConfig(embedding_layers=None, recombination_layers=None),
@@ -86,6 +88,9 @@ def baseline_curves(parent: torch.nn.Module, sizes, test_x, test_y, activation_x
         gen = torch.Generator().manual_seed(seed)
         score_sets = [unit_scores(method, arch, weights, biases, activation_x, gen, norms) for _ in range(repeats)]
         population = [pruned(arch, weights, biases, sc, s, norms) for s in sizes for sc in score_sets]
+        if calibration_x is not None:
+            for ind in population:
+                recalibrate_norms(ind, arch, calibration_x)
         acc = ev.accuracy(population, test_x, test_y).reshape(len(sizes), repeats)  # (sizes, repeats)
         out[method] = [{"size": float(s), "compression": sum(keep_counts(arch, s)) / total,
                         "hidden_units": keep_counts(arch, s), "test_accuracy": float(np.mean(acc[i])),

@@ -70,6 +70,12 @@ class EcompConfig:
     """How the initial prunings rank units: 'l1' (L1 norm of the incoming weights, the
     reference) or 'activation' (mean |activation| on the evolution subset's first
     batches times the L2 norm of the outgoing weights)."""
+    norm_calibration: int = 0
+    """Images (the first of the evolution subset) on which every new individual's
+    BatchNorm running statistics are re-estimated for its kept channels, forward only,
+    no gradient ("adaptive BatchNorm"); 0 = off: individuals inherit the parent's
+    statistics. Stages after the first only (the first one's inputs are never pruned).
+    CNN parents with BatchNorm; nothing to do for others."""
     selection_temperature: float = 1.0
     """Weighted mode: roulette probabilities softmax(fitness / T). T = 1 is the reference
     (almost uniform for fitnesses a few hundredths apart); smaller T, more pressure."""
@@ -140,6 +146,8 @@ class EcompConfig:
         need(0 < self.mutation_low <= self.mutation_high, f"mutation factors need 0 < low <= high, got [{self.mutation_low}, {self.mutation_high}]")
         need(self.mutation in MUTATIONS, f"mutation must be one of {', '.join(MUTATIONS)}, got {self.mutation!r}")
         need(self.crossover in CROSSOVERS, f"crossover must be one of {', '.join(CROSSOVERS)}, got {self.crossover!r}")
+        need(isinstance(self.norm_calibration, int) and self.norm_calibration >= 0,
+             f"norm_calibration must be an integer >= 0 (images), got {self.norm_calibration}")
         need(self.init_scores in INIT_SCORES,
              f"init_scores must be one of {', '.join(INIT_SCORES)}, got {self.init_scores!r}")
         need(0.0 <= self.init_prune_low < self.init_prune_high <= 1.0,
@@ -183,6 +191,9 @@ class EcompConfig:
 
     def validate_data(self, n_train: int) -> "EcompConfig":
         """Check that the evolution subset and the validation split fit the training data."""
+        if self.norm_calibration > self.subset_size:
+            raise ConfigError(f"norm_calibration ({self.norm_calibration} images) exceeds the evolution subset "
+                              f"(generations x batch size = {self.subset_size})")
         if self.subset_size + self.val_size > n_train:
             raise ConfigError(f"generations x batch size ({self.generations} x {self.batch_size} = {self.subset_size}) "
                               f"plus val_size ({self.val_size}) exceed the {n_train} training images")

@@ -112,8 +112,9 @@ class EcompRun:
         self.val_batches = list(_batches(val_x, val_y, config.batch_size))
         self.evaluator = PopulationEvaluator(self.arch, self.weights, self.biases, config, config.resolved_device(),
                                              self.norms)
+        calibration = self.subset_images(config.norm_calibration) if config.norm_calibration else None
         self.toolbox = build_toolbox(config, self.arch, self.weights, self.biases, self.gen, self.init_scores(),
-                                     self.norms)
+                                     self.norms, calibration)
         self.evolution = Evolution(config, self.toolbox, self.evaluator, self.stream, self.gen, progress)
 
     def init_scores(self, images: int = INIT_SCORE_IMAGES):
@@ -124,6 +125,11 @@ class EcompRun:
         batches = range(min(self.stream.n_batches, max(1, images // self.config.batch_size)))
         x = torch.cat([self.stream.batch(0, i)[0] for i in batches])
         return unit_scores(self.config.init_scores, self.arch, self.weights, self.biases, x, norms=self.norms)
+
+    def subset_images(self, images: int) -> torch.Tensor:
+        """The first ``images`` images of the evolution subset, in its first epoch's order."""
+        batches = range(min(self.stream.n_batches, -(-images // self.config.batch_size)))
+        return torch.cat([self.stream.batch(0, i)[0] for i in batches])[:images]
 
     def describe(self, ind, m: Measures, i: int) -> dict:
         kept = ind.hidden_units()

@@ -10,6 +10,8 @@ from typing import Sequence
 
 import torch
 
+from .nets.forward import recalibrated_norms
+
 
 def l1_unit_scores(weights) -> list[torch.Tensor]:
     """Per hidden stage, (H_l,): the L1 norm of each group's incoming weights, a Linear
@@ -182,6 +184,16 @@ def mut_flip_units(ind, flip_prob: float, gen: torch.Generator):
         flips = torch.rand(m.shape, generator=gen) < flip_prob
         if bool(flips.any()):
             ind.masks[l] = ensure_nonempty(m ^ flips, gen)
+    return (ind,)
+
+
+def recalibrate_norms(ind, chain, x: torch.Tensor):
+    """Adaptive BatchNorm: the individual's BatchNorm running statistics re-estimated on
+    the images ``x`` for the channels it keeps (forward only, no gradient; stages after
+    the first). Returns a tuple, in DEAP's style."""
+    if any(n is not None for n in ind.norms[1:]):
+        with torch.inference_mode():
+            ind.norms = recalibrated_norms(chain, x, ind.weights, ind.biases, ind.norms, ind.masks)
     return (ind,)
 
 

@@ -8,8 +8,8 @@ from .nets.chain import Chain
 from .config import EcompConfig
 from .genome import Genome, fitness_weights, make_types
 from .errors import ConfigError
-from .operators import (cx_layerwise, cx_reference, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights,
-                        sel_softmax_roulette)
+from .operators import (cx_layerwise, cx_reference, init_pruned_population, mut_flip_units, mut_scale_units,
+                        mut_scale_weights, recalibrate_norms, sel_softmax_roulette)
 
 
 def recombination_indices(config: EcompConfig, arch: Chain) -> list[int]:
@@ -29,11 +29,14 @@ def crossover_operator(config: EcompConfig, arch: Chain):
 
 
 def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biases,
-                  gen: torch.Generator, init_scores=None, parent_norms=None) -> base.Toolbox:
+                  gen: torch.Generator, init_scores=None, parent_norms=None,
+                  calibration_x: torch.Tensor | None = None) -> base.Toolbox:
     """Registers: population, clone, mate, mutate, mutate_mask, select (and, for NSGA-II,
     select_parents). ``init_scores``: per hidden layer (H_l,) unit scores ranking the
     initial prunings (None: L1 norm of the incoming weights, the reference);
-    ``parent_norms``: per stage the parent's BatchNorm stack or None.
+    ``parent_norms``: per stage the parent's BatchNorm stack or None; with
+    ``config.norm_calibration``, ``recalibrate`` (adaptive BatchNorm on ``calibration_x``)
+    is registered too, for parents with BatchNorm after the first stage.
     Evaluation is batched over the population and lives in
     :class:`ecomp_deap.evaluate.PopulationEvaluator`, not in a per-individual function."""
     _, ind_cls = make_types(fitness_weights(config.selection, config.weights))
@@ -50,6 +53,8 @@ def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biase
         tb.register("mutate", mut_scale_weights, layers=rec, low=config.mutation_low, high=config.mutation_high,
                     gen=gen)
     tb.register("mutate_mask", mut_flip_units, flip_prob=config.mask_flip_prob, gen=gen)
+    if config.norm_calibration and any(st.norm is not None for st in arch.stages[1:]):
+        tb.register("recalibrate", recalibrate_norms, chain=arch, x=calibration_x)
     if config.selection == "weighted":
         tb.register("select", sel_softmax_roulette, temperature=config.selection_temperature, gen=gen)
     else:

@@ -36,6 +36,9 @@ def build_parser() -> OneLineParser:
                    help="class-balanced training images for the activation statistics (the evolution subset)")
     p.add_argument("--data-dir", help="FashionMNIST root (default: $ECOMP_DATA_DIR or ~/.cache/ecomp_deap/data)")
     p.add_argument("--cache-dir", help="parent weights cache (default: ~/.cache/ecomp_deap)")
+    p.add_argument("--norm-calibration", type=non_negative_int, default=0, metavar="IMAGES",
+                   help="adaptive BatchNorm: re-estimate each pruned network's BatchNorm statistics on the first "
+                        "IMAGES of the subset first (as run.py --norm-calibration does; 0: off)")
     add_parent_arguments(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
@@ -76,9 +79,12 @@ def main(argv) -> int:
         model, parent_acc = info.model, info.test_accuracy
     subset = make_splits(data.train_y, args.subset, 0, args.seed).subset
     t0 = time.perf_counter()
-    methods = baseline_curves(model, sizes, data.test_x, data.test_y, data.train_x[subset], args.seeds, seed=args.seed)
+    calibration = data.train_x[subset[:args.norm_calibration]] if args.norm_calibration else None
+    methods = baseline_curves(model, sizes, data.test_x, data.test_y, data.train_x[subset], args.seeds, seed=args.seed,
+                              calibration_x=calibration)
     save_json(folder / "baselines.json", {"schema": BASELINES_SCHEMA, "parent": {"test_accuracy": parent_acc},
                                           "sizes": sizes, "random_seeds": args.seeds, "methods": methods,
+                                          "norm_calibration": args.norm_calibration,
                                           "wall_time_s": time.perf_counter() - t0})
     print(f"parent test accuracy {parent_acc:.4f}")
     print("size   " + "  ".join(f"{m:>10}" for m in methods))

@@ -73,6 +73,10 @@ def build_parser() -> OneLineParser:
     g.add_argument("--init-scores", choices=INIT_SCORES,
                    help="how the initial prunings rank units: l1 (incoming weight norm, the reference) or "
                         "activation (mean |activation| x outgoing weight norm on the evolution subset)")
+    g.add_argument("--norm-calibration", type=non_negative_int, metavar="IMAGES",
+                   help="adaptive BatchNorm: re-estimate every new individual's BatchNorm statistics for its kept "
+                        "channels on this many images of the evolution subset (forward only; CNNs with BatchNorm; "
+                        "preset: 0, off)")
     g.add_argument("--temperature", type=finite_float, dest="selection_temperature",
                    help="weighted mode: softmax temperature of the roulette (preset: 1, the reference)")
     g.add_argument("--elitism", type=non_negative_int, help="weighted mode: best individuals kept unchanged (preset: 0)")
@@ -101,7 +105,7 @@ def build_parser() -> OneLineParser:
 OVERRIDES = ("weights", "selection", "crossover", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
              "mutation", "mutation_low", "mutation_high",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
-             "embedding_layers", "recombination_layers", "similarity_batch", "init_scores")
+             "embedding_layers", "recombination_layers", "similarity_batch", "init_scores", "norm_calibration")
 
 
 def experiment_configs(args):

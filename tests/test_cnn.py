@@ -274,3 +274,64 @@ def test_mlp_with_dropout_and_batchnorm1d_is_a_chain_too():
     x = torch.randn(4, 3, 4)
     with torch.no_grad():
         assert torch.allclose(network_forward(chain, x, w, b, norms), model(x), atol=1e-6)
+
+
+def test_recalibrated_norms_are_the_pruned_networks_batch_statistics():
+    factory, shape = CNNS["stride2-nobias-bn-avgpool"]
+    torch.manual_seed(4)
+    model = randomise_norms(factory(), 8)
+    chain, (w, b, norms), pop = population(model, shape, n=4)
+    x = torch.randn(64, *shape)
+    from ecomp_deap.operators import recalibrate_norms
+
+    for ind in pop:
+        before = list(ind.norms)
+        recalibrate_norms(ind, chain, x)
+        assert ind.norms[0] is before[0]  # the first stage's inputs are never pruned
+        net = export_individual(ind, chain)
+        # a BatchNorm in training mode, fed the pruned network's own activations, agrees
+        reference = export_individual(ind, chain)
+        second = [m for m in reference if isinstance(m, nn.BatchNorm2d)][1]
+        second.reset_running_stats()
+        second.momentum = None  # cumulative average: the statistics of x
+        second.train()  # the first BatchNorm keeps the parent's statistics, as recalibration does
+        with torch.no_grad():
+            reference(x)
+        bns = [m for m in net if isinstance(m, nn.BatchNorm2d)]
+        ref_bns = [m for m in reference if isinstance(m, nn.BatchNorm2d)]
+        assert torch.allclose(bns[1].running_mean, ref_bns[1].running_mean, atol=1e-5)
+        assert torch.allclose(bns[1].running_var, ref_bns[1].running_var, rtol=1e-4, atol=1e-6)
+        kept = ind.masks[1].nonzero().squeeze(1)
+        untouched = ~ind.masks[1]
+        assert torch.equal(ind.norms[1][:2], before[1][:2])  # weight and bias are not statistics
+        assert torch.equal(ind.norms[1][2:, untouched], before[1][2:, untouched])
+        assert not torch.allclose(ind.norms[1][2:, kept], before[1][2:, kept])
+
+
+def test_a_run_with_norm_calibration_recalibrates_every_child(tiny_cnn_data):
+    from ecomp_deap.ecomp import run_ecomp
+
+    data, model = tiny_cnn_data
+    cfg = EcompConfig(selection="nsga2", weights=(1, 0, 1), embedding_layers=None, recombination_layers=None,
+                      pop_size=8, generations=3, batch_size=40, perplexity=5.0, val_size=40, device="cpu",
+                      norm_calibration=60)
+    r = run_ecomp(cfg, model, data, progress=False)
+    parent_bn = model.l4.running_mean
+    for ind in r.evolution.population:
+        assert not torch.allclose(ind.norms[1][2][ind.masks[1]], parent_bn[ind.masks[1]])
+    with pytest.raises(Exception, match="norm_calibration"):
+        run_ecomp(cfg.replace(norm_calibration=10_000), model, data, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_cnn_data():
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(0)
+    factory, shape = CNNS["stride2-nobias-bn-avgpool"]
+    centers = torch.randn(4, *shape, generator=g)
+    y = torch.arange(400) % 4
+    x = centers[y] + 0.8 * torch.randn(400, *shape, generator=g)
+    torch.manual_seed(0)
+    model = randomise_norms(factory(), 9)
+    return SimpleNamespace(train_x=x[:300], train_y=y[:300], test_x=x[300:], test_y=y[300:]), model

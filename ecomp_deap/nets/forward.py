@@ -52,6 +52,42 @@ def run_stage(st: Stage, h: torch.Tensor, w, b, norm, positions=()) -> tuple[tor
     return z, kept
 
 
+def recalibrated_norms(chain, x: torch.Tensor, weights, biases, norms, masks) -> list:
+    """Per stage, the BatchNorm stack (4, out) with the running mean and variance of the
+    kept channels replaced by their statistics on ``x`` in the network the masks keep
+    (what a BatchNorm in training mode would accumulate over ``x``: the unbiased
+    variance); None where a stage has no BatchNorm. The first stage's stacks are
+    returned as they are (the same tensors): its inputs are never pruned."""
+    new = list(norms)
+    h, prev = as_input(chain, x), None
+    last = len(chain.stages) - 1
+    for k, st in enumerate(chain.stages):
+        keep = masks[k].nonzero().squeeze(1) if k < last else torch.arange(st.out_size)
+        w, b, n = weights[k].index_select(0, keep), biases[k].index_select(0, keep), norms[k]
+        n = n.index_select(1, keep) if n is not None else None
+        if prev is not None:
+            w = w.index_select(1, st.input_columns(prev))
+        z = layer(st, h, w, b)
+        for op in st.tail:
+            if op.kind == "norm":
+                if k > 0:
+                    dims = [0, *range(2, z.dim())]  # all but the channel
+                    count = z.numel() // z.shape[1]
+                    z64 = z.double()
+                    mean = z64.mean(dims)
+                    var = z64.var(dims, correction=1 if count > 1 else 0)
+                    n = n.clone()
+                    n[2], n[3] = mean.float(), var.float()
+                    full = norms[k].clone()
+                    full[:, keep] = n
+                    new[k] = full
+                z = batch_norm(z, n, op.module.eps)
+            elif op.kind in ("act", "pool"):
+                z = op.module(z)
+        h, prev = z, (keep if k < last else None)
+    return new
+
+
 def network_forward(chain, x: torch.Tensor, weights, biases, norms, masks=None) -> torch.Tensor:
     """Logits (B, K) of one network (``masks``: per hidden stage a (H,) bool, the groups
     kept; None: all). The reference for tests: the evaluator's paths and the exported
