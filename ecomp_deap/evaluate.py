@@ -24,7 +24,7 @@ import torch
 from .config import EcompConfig
 from .genome import Genome
 from .nets.chain import Chain
-from .nets.forward import as_input, per_individual, run_stage, stacked_stage
+from .nets.forward import as_input, kept_tensors, per_individual, run_stage, stacked_stage
 from .similarity import (centred_gram, distances_from_gram, joint_probabilities, similarity_from_distances,
                          squared_distances)
 
@@ -218,12 +218,7 @@ class PopulationEvaluator:
                     prev = keep
                     continue
                 else:
-                    w, b, n = ind.weights[k], ind.biases[k], ind.norms[k]
-                    if keep is not None:
-                        w, b = w.index_select(0, keep), b.index_select(0, keep)
-                        n = n.index_select(1, keep) if n is not None else None
-                    if prev is not None:
-                        w = w.index_select(1, st.input_columns(prev))  # (h_k, h_{k-1} * S[, kh, kw])
+                    w, b, n = kept_tensors(st, ind.weights[k], ind.biases[k], ind.norms[k], keep, prev)
                     h, kept = run_stage(st, h, w, b, n, positions)
                 for pos, where in wanted.get(k, ()):
                     dists[pos][i] = squared_distances(kept[where][:rows].flatten(1))

@@ -3,6 +3,7 @@ FashionMNIST (skipped with a reason when absent; CI installs it)."""
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,3 +75,15 @@ def fashion_parent(fashion, tmp_path_factory):
 
     cache = Path(os.environ.get("ECOMP_TEST_CACHE", tmp_path_factory.mktemp("cache")))
     return load_or_train_parent(ParentSpec(hidden=(32, 32), epochs=1), fashion, cache, progress=False, log=lambda s: None)
+
+
+def stop_processes(procs) -> None:
+    """Terminate started servers (the last started first), killing any that hang."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in reversed(procs):
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)

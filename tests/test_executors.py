@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("distributed")
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, stop_processes  # noqa: E402
 from test_cli import SMALL, cache_dir, run_script  # noqa: E402,F401  (fixture)
 
 from ecomp_deap.config import EcompConfig  # noqa: E402
@@ -110,14 +110,7 @@ def test_external_scheduler_and_resume_across_executors(tmp_path, cache_dir, ser
         assert_same_results(serial_out, out, NAMES, 2)
         assert no_temporary_files(out)
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+        stop_processes(procs)
 
 
 def test_unreachable_scheduler_and_misplaced_options_are_one_line_errors(tmp_path):

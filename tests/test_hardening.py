@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import ecomp_deap
-from conftest import REPO, make_tiny_data
+from conftest import REPO, make_tiny_data, stop_processes
 from ecomp_deap import data as D
 from ecomp_deap import results
 from ecomp_deap.nets.chain import ELEMENTWISE
@@ -502,11 +502,4 @@ def test_run_py_over_tls_with_the_readmes_commands(tmp_path, idx_root, parents):
         assert f"scheduler {address}, 1 worker(s)" in p.stdout and "[1/1] weighting121 run 1/1" in p.stdout
         assert (tmp_path / "out" / "weighting121" / "run_0.json").exists()
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=30)
+        stop_processes(procs)

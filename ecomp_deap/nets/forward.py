@@ -52,6 +52,18 @@ def run_stage(st: Stage, h: torch.Tensor, w, b, norm, positions=()) -> tuple[tor
     return z, kept
 
 
+def kept_tensors(st: Stage, w, b, norm, keep, prev):
+    """A stage's tensors cut to one network: rows (filters), biases and BatchNorm entries
+    of the ``keep`` output groups (None: all), input columns of the ``prev`` kept groups
+    of the stage below (None: all). Returns (w, b, norm)."""
+    if keep is not None:
+        w, b = w.index_select(0, keep), b.index_select(0, keep)
+        norm = norm.index_select(1, keep) if norm is not None else None
+    if prev is not None:
+        w = w.index_select(1, st.input_columns(prev))  # (h_k, h_{k-1} * S[, kh, kw])
+    return w, b, norm
+
+
 def recalibrated_norms(chain, x: torch.Tensor, weights, biases, norms, masks) -> list:
     """Per stage, the BatchNorm stack (4, out) with the running mean and variance of the
     kept channels replaced by their statistics on ``x`` in the network the masks keep
@@ -62,11 +74,8 @@ def recalibrated_norms(chain, x: torch.Tensor, weights, biases, norms, masks) ->
     h, prev = as_input(chain, x), None
     last = len(chain.stages) - 1
     for k, st in enumerate(chain.stages):
-        keep = masks[k].nonzero().squeeze(1) if k < last else torch.arange(st.out_size)
-        w, b, n = weights[k].index_select(0, keep), biases[k].index_select(0, keep), norms[k]
-        n = n.index_select(1, keep) if n is not None else None
-        if prev is not None:
-            w = w.index_select(1, st.input_columns(prev))
+        keep = masks[k].nonzero().squeeze(1) if k < last else None
+        w, b, n = kept_tensors(st, weights[k], biases[k], norms[k], keep, prev)
         z = layer(st, h, w, b)
         for op in st.tail:
             if op.kind == "norm":
@@ -84,7 +93,7 @@ def recalibrated_norms(chain, x: torch.Tensor, weights, biases, norms, masks) ->
                 z = batch_norm(z, n, op.module.eps)
             elif op.kind in ("act", "pool"):
                 z = op.module(z)
-        h, prev = z, (keep if k < last else None)
+        h, prev = z, keep
     return new
 
 
@@ -96,13 +105,7 @@ def network_forward(chain, x: torch.Tensor, weights, biases, norms, masks=None) 
     last = len(chain.stages) - 1
     for k, st in enumerate(chain.stages):
         keep = masks[k].nonzero().squeeze(1) if masks is not None and k < last else None
-        w, b, n = weights[k], biases[k], norms[k]
-        if keep is not None:
-            w, b = w.index_select(0, keep), b.index_select(0, keep)
-            n = n.index_select(1, keep) if n is not None else None
-        if prev is not None:
-            w = w.index_select(1, st.input_columns(prev))
-        h, _ = run_stage(st, h, w, b, n)
+        h, _ = run_stage(st, h, *kept_tensors(st, weights[k], biases[k], norms[k], keep, prev))
         prev = keep
     return h.reshape(h.shape[0], -1)
 
