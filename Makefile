@@ -11,9 +11,10 @@ DATA_ROOT := $(or $(ECOMP_DATA_DIR),$(HOME)/.cache/ecomp_deap/data)
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
 # The study (issue #14): every weighted and Pareto preset and the reference presets.
-# RUNS defaults to 10 here (make study RUNS=3 for fewer); WORKERS to the CPUs available.
+# RUNS defaults to 10 here (make study RUNS=3 for fewer). The cores are used as run.py
+# does by default (threads per run, then parallel runs); WORKERS=N forces N local workers.
 STUDY_RUNS := $(if $(filter file,$(origin RUNS)),10,$(RUNS))
-WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+WORKERS ?=
 STUDY_ARGS ?=
 WEIGHTINGS := 001 020 021 100 101 120 121
 STUDY := $(addprefix weighting,$(WEIGHTINGS)) pareto101 pareto120 pareto121 $(addprefix ref-weighting,$(WEIGHTINGS))
@@ -30,7 +31,7 @@ help:
 	@echo "make quality    the accuracy-at-size study: quality121 vs quality101 (RUNS=10 for the README's table)"
 	@echo "make cnn        the default CNN parent: cnn_weighting121 vs cnn_pareto121, CNN baselines, compare, plot"
 	@echo "make cnn-quality  the CNN accuracy-at-size study: cnn_quality121 vs cnn_quality101 (RUNS=10: the README's)"
-	@echo "make study      every weighted, Pareto and ref-weighting preset (RUNS=10 by default, WORKERS=CPUs),"
+	@echo "make study      every weighted, Pareto and ref-weighting preset (RUNS=10 by default, all CPUs),"
 	@echo "                one comparison with the reference's published table, figures in OUT/plots/"
 	@echo "                (STUDY_ARGS='--pop-size 8 --generations 3' passes options to run.py: a quick trial)"
 
@@ -96,7 +97,7 @@ cnn-quality: $(STAMP) data
 # Resumes: finished runs are kept, so an interrupted study continues where it stopped.
 study: $(STAMP) data
 	$(BIN)/python experiments/run.py --name $(STUDY) --runs $(STUDY_RUNS) --out $(OUT) --resume --quiet \
-	    --executor local --workers $(WORKERS) $(STUDY_ARGS)
+	    $(if $(WORKERS),--executor local --workers $(WORKERS)) $(STUDY_ARGS)
 	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
 	$(BIN)/python experiments/compare.py $(STUDY_DIRS) --baselines $(OUT)/baselines --against pareto121 --out $(OUT)
 	$(BIN)/python plots/study.py $(STUDY_DIRS) --out $(OUT)/plots

@@ -69,9 +69,9 @@ from ecomp_deap.similarity import similarity_from_distances  # noqa: E402
 
 SIM_RTOL = 1e-3
 TINY = SimpleNamespace(pop=8, batch=20, hidden=(16, 16), perplexity=5.0, generations=5, val_size=40,
-                       scale_pops=(8,), wide_hidden=(64, 64))
+                       scale_pops=(8,), wide_hidden=(64, 64), late=3)
 REF = SimpleNamespace(pop=100, batch=100, hidden=(256, 256), perplexity=30.0, generations=100, val_size=5000,
-                      scale_pops=(100, 300, 1000), wide_hidden=(1024, 1024))
+                      scale_pops=(100, 300, 1000), wide_hidden=(1024, 1024), late=90)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -153,12 +153,14 @@ def fresh_state(run: EcompRun, base_pop, t0: int) -> EvolutionState:
     return EvolutionState(t0, [run.toolbox.clone(ind) for ind in base_pop], tools.Logbook(), run.gen)
 
 
-def prepared_run(cfg: EcompConfig, parent, data):
-    """An EcompRun after one warm-up generation: its post-variation population (own
-    weights, as in every generation but the first) and the generation index t0."""
+def prepared_run(cfg: EcompConfig, parent, data, generations: int = 1):
+    """An EcompRun after ``generations`` generations (one: a warm-up; later ones: the
+    first layer's sharing between individuals has faded): its post-variation
+    population and the index t0 of the generation that would follow."""
     run = EcompRun(cfg, parent, data, progress=False)
     state = run.evolution.initial_state()
-    run.evolution.step(state)
+    for _ in range(generations):
+        run.evolution.step(state)
     return run, [run.toolbox.clone(ind) for ind in state.population], state.t
 
 
@@ -213,9 +215,11 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
                 sims = []
                 for m, dists in outs:
                     s = torch.zeros(m[0].shape[0], dtype=torch.float64, device=ev.device)
-                    for (layer, _), d_child, ref in zip(ev.embeddings, dists, refs):
+                    for (layer, _), d_child, ref in zip(ev.embeddings, dists, refs):  # d_child (C, 1, B, B)
                         s = s + similarity_from_distances(ref.p, d_child, cfg.perplexity, cfg.kernel,
-                                                          dof=m[layer].sum(1), log_beta_init=ref.warm_start(d_child))
+                                                          dof=m[layer].sum(1)[:, None],
+                                                          log_beta_init=ref.warm_start(d_child),
+                                                          parent_term=ref.term)[:, 0]
                     sims.append(s)
                 return sims
 
@@ -393,6 +397,36 @@ def run_scale(args, s, data, parent, device, log) -> list[dict]:
     return results
 
 
+# ----------------------------------------------------------------------------- report
+PART_LABELS = {"forward": "forward + child distances + acc/comp",
+               "similarity": "similarity (parent P once + search + KL)",
+               "variation": "variation (Evolution.vary)", "selection": "selection (toolbox.select)",
+               "bookkeeping": "bookkeeping (assign + record)"}
+
+
+def describe_population(log, run, pop) -> None:
+    distinct = len({id(ind.weights[0]) for ind in pop})
+    kept = float(np.mean([sum(ind.hidden_units()) / sum(run.arch.hidden_widths) for ind in pop]))
+    log(f"timed population: {len(pop)} individuals, {distinct} distinct first-layer weight tensors "
+        f"(individuals sharing one share its product), mean {100 * kept:.0f}% of the hidden units kept")
+
+
+def log_parts(log, parts: dict, step: dict) -> None:
+    log("ours: parts, each called directly:")
+    total = 0.0
+    for k in ("forward", "similarity", "variation", "selection", "bookkeeping"):
+        total += parts[k]["median_s"]
+        log(f"  {PART_LABELS[k]:<48} {_spread(parts[k])}  {100 * parts[k]['median_s'] / step['median_s']:5.1f}% "
+            "of the step")
+    log(f"  {'sum of the parts':<48} {_ms(total)}  (whole step {_ms(step['median_s']).strip()})")
+
+
+def log_bound(log, bound: dict) -> None:
+    log(f"compute bound: forward matmuls     {_ms(bound['median_s'])}  (sum of per-layer best medians, n={bound['n']}: "
+        + ", ".join(f"{1e3 * l['median_s']:.2f} ms {l['best']}" for l in bound["layers"])
+        + f"; {bound['flops'] / 1e9:.2f} GFLOP, {bound['gflops_per_s']:.1f} GFLOP/s)")
+
+
 # ----------------------------------------------------------------------------- main
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
@@ -469,8 +503,13 @@ def main(argv=None) -> int:
     run.evaluator.clear_cache()
     check = agreement(run.evaluator.measure(base_pop, x, y), ref.measure(base_pop, x, y))
     bound_timer = ComputeBound(base_pop, x, device)
-    raw = {k: [] for k in ("ours_step", "ours_nsga2", "ours_measure", "ref_step", "ref_measure")}
-    parts_raw = {}
+    # a late generation: the first layer's sharing between individuals has faded
+    run_l, base_l, t_l = prepared_run(cfg, parent, data, s.late)
+    x_l, y_l = run_l.stream.batch(*divmod(t_l, run_l.stream.n_batches))
+    bound_late = ComputeBound(base_l, x_l, device)
+    raw = {k: [] for k in ("ours_step", "ours_nsga2", "ours_measure", "ref_step", "ref_measure", "late_step",
+                           "late_measure")}
+    parts_raw, late_parts_raw = {}, {}
     loads = []
     # Rounds: every quantity is measured once per round, so a change in the machine's
     # load during the benchmark hits ours, the reference and the bound alike.
@@ -485,43 +524,38 @@ def main(argv=None) -> int:
                                       step=lambda st: reference_step(run.evolution, st, ref))
         raw["ref_measure"] += time_measure(ref.measure, base_pop, x, y, 1, device)
         bound_timer.time(3)
+        raw["late_step"] += time_steps(run_l, base_l, t_l, 1, device)
+        raw["late_measure"] += time_measure(run_l.evaluator.measure, base_l, x_l, y_l, 1, device,
+                                            run_l.evaluator.clear_cache)
+        for k, v in time_parts(run_l, base_l, t_l, 1, device).items():
+            late_parts_raw.setdefault(k, []).extend(v)
+        bound_late.time(3)
         loads.append(os.getloadavg()[0])
-    ours_step, ours_nsga2, ours_measure, ref_step, ref_measure = (
-        _summary(raw[k]) for k in ("ours_step", "ours_nsga2", "ours_measure", "ref_step", "ref_measure"))
+    ours_step, ours_nsga2, ours_measure, ref_step, ref_measure, late_step, late_measure = (
+        _summary(raw[k]) for k in ("ours_step", "ours_nsga2", "ours_measure", "ref_step", "ref_measure",
+                                   "late_step", "late_measure"))
     parts = {k: _summary(v) for k, v in parts_raw.items()}
-    bound = bound_timer.summary()
+    late_parts = {k: _summary(v) for k, v in late_parts_raw.items()}
+    bound, bound_l = bound_timer.summary(), bound_late.summary()
     report["machine"]["loadavg_1min_per_round"] = loads
 
     report.update(ours={"step_weighted": ours_step, "step_nsga2": ours_nsga2, "evaluation": ours_measure,
                         "parts": parts, "eval_chunk": run.evaluator.chunk_size(s.batch)},
                   reference={"step_weighted": ref_step, "evaluation": ref_measure}, bound=bound, agreement=check)
+    report["late"] = {"t": t_l, "step_weighted": late_step, "evaluation": late_measure, "parts": late_parts,
+                      "bound": bound_l, "ours_over_bound_generation": late_step["median_s"] / bound_l["median_s"]}
 
     log("")
     log(f"== one generation (weighted unless said; generation t={t0}, same population and batch for all) ==")
-    distinct = len({id(ind.weights[0]) for ind in base_pop})
-    kept = float(np.mean([sum(ind.hidden_units()) / sum(run.arch.hidden_widths) for ind in base_pop]))
-    log(f"timed population: {len(base_pop)} individuals, {distinct} distinct first-layer weight tensors "
-        f"(individuals sharing one share its product), mean {100 * kept:.0f}% of the hidden units kept")
+    describe_population(log, run, base_pop)
     log(f"ours: Evolution.step, weighted     {_spread(ours_step)}")
     log(f"ours: Evolution.step, NSGA-II      {_spread(ours_nsga2)}   (evaluates parents and offspring: "
         f"{2 * s.pop} evaluations)")
     log(f"ours: evaluation only (measure)    {_spread(ours_measure)}")
-    log("ours: parts, each called directly:")
-    total_parts = 0.0
-    labels = {"forward": "forward + child distances + acc/comp",
-              "similarity": "similarity (parent P once + search + KL)",
-              "variation": "variation (Evolution.vary)", "selection": "selection (toolbox.select)",
-              "bookkeeping": "bookkeeping (assign + record)"}
-    for k in ("forward", "similarity", "variation", "selection", "bookkeeping"):
-        total_parts += parts[k]["median_s"]
-        share = parts[k]["median_s"] / ours_step["median_s"]
-        log(f"  {labels[k]:<48} {_spread(parts[k])}  {100 * share:5.1f}% of the step")
-    log(f"  {'sum of the parts':<48} {_ms(total_parts)}  (whole step {_ms(ours_step['median_s']).strip()})")
+    log_parts(log, parts, ours_step)
     log(f"reference: per-network generation  {_spread(ref_step)}")
     log(f"reference: evaluation only         {_spread(ref_measure)}")
-    log(f"compute bound: forward matmuls     {_ms(bound['median_s'])}  (sum of per-layer best medians, n={bound['n']}: "
-        + ", ".join(f"{1e3 * l['median_s']:.2f} ms {l['best']}" for l in bound["layers"])
-        + f"; {bound['flops'] / 1e9:.2f} GFLOP, {bound['gflops_per_s']:.1f} GFLOP/s)")
+    log_bound(log, bound)
     log(f"agreement check (reference vs ours on the timed generation, {check['n']} individuals): "
         f"accuracy equal {check['accuracy_equal']}/{check['n']}, compression equal "
         f"{check['compression_equal']}/{check['n']}, similarity max rel diff {check['similarity_max_rel_diff']:.2e} "
@@ -535,6 +569,17 @@ def main(argv=None) -> int:
         f"(evaluation only: {ratios['reference_over_ours_evaluation']:.1f}x)")
     log(f"ratio ours / bound (generation): {ratios['ours_over_bound_generation']:.1f}x   "
         f"(evaluation only: {ratios['ours_over_bound_evaluation']:.1f}x)")
+
+    log("")
+    log(f"== one weighted generation late in a run (t={t_l}: a default run evolved {t_l} generations, "
+        "the first layer's sharing faded) ==")
+    describe_population(log, run_l, base_l)
+    log(f"ours: Evolution.step, weighted     {_spread(late_step)}")
+    log(f"ours: evaluation only (measure)    {_spread(late_measure)}")
+    log_parts(log, late_parts, late_step)
+    log_bound(log, bound_l)
+    log(f"ratio ours / bound (generation t={t_l}): {late_step['median_s'] / bound_l['median_s']:.1f}x   "
+        f"(evaluation only: {late_measure['median_s'] / bound_l['median_s']:.1f}x)")
 
     # ---------------------------------------------------------------- whole run
     if args.full:
@@ -566,6 +611,12 @@ def main(argv=None) -> int:
                                "best_compression": result.best["compression"]}
         log(f"ours: run_ecomp wall time          {ours_run:9.1f} s   (best: test accuracy "
             f"{result.best['test_accuracy']:.4f}, compression {result.best['compression']:.3f})")
+        ph = result.phase_times_s
+        report["whole_run"]["phase_times_s"] = ph
+        report["whole_run"]["final_pass_share"] = ph["final_pass"] / result.wall_time_s
+        log(f"ours: phases: generations {ph['generations']:.1f} s, final pass (all training batches + validation) "
+            f"{ph['final_pass']:.1f} s = {100 * ph['final_pass'] / result.wall_time_s:.0f}% of the run, "
+            f"test pass + export {ph['test_and_export']:.1f} s")
         log(f"reference: ESTIMATE from measured per-generation times: {est['total_s']:.1f} s = "
             f"{n_gen} x {ref_step['median_s']:.3f} s (generations) + {n_batches} x {ref_measure['median_s']:.3f} s "
             f"(all-batches pass) + {chosen} chosen x {n_test_batches} test batches x {per_net * 1e3:.2f} ms/network")

@@ -57,6 +57,9 @@ class RunResult:
     best_module: torch.nn.Sequential
     extremes: dict = field(default_factory=dict)
     front_modules: list = field(default_factory=list)
+    phase_times_s: dict = field(default_factory=dict)
+    """Wall time of the run's phases: generations (this session's, when resumed), the
+    final pass (all training batches + validation) and the test pass with the export."""
 
     @property
     def final_population(self) -> dict:
@@ -78,7 +81,9 @@ class RunResult:
                 "config": cfg.to_dict(), "versions": versions(), "seed": cfg.seed,
                 "logbook": self.logbook, "parent": self.parent, "best": self.best, "extremes": self.extremes,
                 "front": self.front, "final_population": self.final_population, "test_hypervolume": self.test_hypervolume,
-                "hypervolume_reference": dict(HV_REFERENCE), "wall_time_s": self.wall_time_s}
+                "hypervolume_reference": dict(HV_REFERENCE), "wall_time_s": self.wall_time_s,
+                "phase_times_s": self.phase_times_s,
+                "threads": torch.get_num_threads()}  # a run's last bits depend on it
 
 
 class EcompRun:
@@ -154,8 +159,11 @@ class EcompRun:
             elapsed_before_s: float = 0.0) -> RunResult:
         """Evolve (from ``state`` when resuming), select, measure on the test set, export."""
         t0 = time.perf_counter() - elapsed_before_s
+        t_gen = time.perf_counter()
         state = self.evolution.run(state, on_generation, on_failure)
+        t_final = time.perf_counter()
         evo = self.evolution.finish(state, self.val_batches)
+        t_test = time.perf_counter()
         pop = evo.population
         chosen = sorted(set(evo.front_indices) | {evo.best_index} | set(evo.extremes.values()))
         test = self.test_measures([pop[i] for i in chosen])
@@ -178,9 +186,12 @@ class EcompRun:
         parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.arch.hidden_widths),
                   "parameters": params, "macs": macs}
         extremes = {k: row[i] for k, i in evo.extremes.items()}
-        return RunResult(self.config, self.arch, evo, best, front, parent, hv, time.perf_counter() - t0,
-                         export_individual(pop[evo.best_index], self.arch), extremes,
-                         [export_individual(pop[i], self.arch) for i in evo.front_indices])
+        best_module = export_individual(pop[evo.best_index], self.arch)
+        front_modules = [export_individual(pop[i], self.arch) for i in evo.front_indices]
+        end = time.perf_counter()
+        phases = {"generations": t_final - t_gen, "final_pass": t_test - t_final, "test_and_export": end - t_test}
+        return RunResult(self.config, self.arch, evo, best, front, parent, hv, end - t0, best_module, extremes,
+                         front_modules, phases)
 
 
 def run_ecomp(config: EcompConfig, parent_model: torch.nn.Module, data, progress: bool = True,

@@ -11,6 +11,13 @@ logits and the hidden outputs come, per individual, accuracy ``a``, compression 
 embedding layers; a feature map enters as its flattened C*H*W vector).
 The parent's side of the similarity (its joint probabilities) is computed once per
 batch and shared by every individual.
+
+Several equal batches can be measured as one program (``measure_batches``: the final
+pass over all training batches, validation, test): each individual's forward runs on
+their concatenation and the similarity on a ``(batches, B, B)`` stack per individual;
+the measures are the per-batch ones, averaged. The children's distances and perplexity
+search run in ``config.similarity_dtype`` (float32 by default; the parent's side is
+float64; see :mod:`ecomp_deap.similarity`).
 """
 from __future__ import annotations
 
@@ -25,10 +32,12 @@ from .config import EcompConfig
 from .genome import Genome
 from .nets.chain import Chain
 from .nets.forward import as_input, kept_tensors, per_individual, run_stage, stacked_stage
-from .similarity import (centred_gram, distances_from_gram, joint_probabilities, similarity_from_distances,
-                         squared_distances)
+from .similarity import (_SAFE_RANGE, DTYPES, _rescaled, centred_gram, distances_from_gram, joint_probabilities,
+                         parent_entropy_term, similarity_from_distances, squared_distances)
 
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
+SIMILARITY_BYTES = 512 * 2**20  # bound on a chunk's similarity work space (distances and search)
+IMAGE_BYTES = 128 * 2**20  # bound on one forward's largest feature map when batches are concatenated
 # Features per group from which a shared first stage's embedding distances come from
 # per-group Gram matrices (summing a group's rows x rows Gram costs what recomputing it
 # costs divided by its feature count): feature maps yes, Linear units (1 feature) no.
@@ -42,17 +51,31 @@ def row_means(d: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class ParentReference:
-    """The parent's side of one embedding layer's similarity on one batch."""
+    """The parent's side of one embedding layer's similarity on one batch, or on a
+    stack of batches (a leading (batches,) dimension on every field)."""
 
-    p: torch.Tensor  # (B, B) joint probabilities
+    p: torch.Tensor  # (B, B) joint probabilities, float64
     log_beta: torch.Tensor  # (B,) log-precisions of its rows' Gaussians
     mean_d: torch.Tensor  # (B,) mean squared distance of each row
+    term: torch.Tensor  # () sum P log P, the KL's part that does not depend on the child
 
     def warm_start(self, d_child: torch.Tensor) -> torch.Tensor:
-        """(C, B) starting log-precisions for children's rows: the parent's, rescaled by
-        how much smaller the child's distances are (a Gaussian's precision scales
+        """(C, ..., B) starting log-precisions for children's rows: the parent's, rescaled
+        by how much smaller the child's distances are (a Gaussian's precision scales
         inversely with its distances). Only the search's speed depends on it."""
-        return self.log_beta + torch.log(self.mean_d) - torch.log(row_means(d_child))
+        return self.log_beta + torch.log(self.mean_d) - torch.log(row_means(d_child).to(self.mean_d.dtype))
+
+    @staticmethod
+    def stack(refs: Sequence["ParentReference"]) -> "ParentReference":
+        """One reference per batch -> one with a leading (batches,) dimension."""
+        return ParentReference(*(torch.stack([getattr(r, f) for r in refs]) for f in ("p", "log_beta", "mean_d", "term")))
+
+
+def block_rows(t: torch.Tensor, blocks: int, rows: int, lead: int = 0) -> torch.Tensor:
+    """(*lead, blocks*B, *features) -> (*lead, blocks, rows, F): each batch's first
+    ``rows`` images, features flattened (an embedding's input to the distances)."""
+    head = t.shape[:lead]
+    return t.reshape(*head, blocks, t.shape[lead] // blocks, -1)[..., :rows, :]
 
 
 class NonFiniteError(ArithmeticError):
@@ -125,20 +148,34 @@ class PopulationEvaluator:
         self._parent_cache: dict = {}
         # CPU: each individual on its kept groups; elsewhere one stacked masked forward
         self.kept_units_forward = self.device.type == "cpu"
+        # the children's distances and search: float32 unless the kernel is not scale-free
+        student = config.kernel.lower().replace("-", "_") in ("student_t", "studentt", "t")
+        self.similarity_dtype = torch.float64 if student else DTYPES[config.similarity_dtype]
 
     def _largest_feature_map(self) -> int:
         """Elements of one example's largest stage output (bounds a stacked chunk's memory)."""
         sizes = [st.out_size * st.out_hw[0] * st.out_hw[1] for st in self.arch.stages]
         return max(sizes)
 
-    def chunk_size(self, batch: int) -> int:
-        """Individuals per batched forward: bounded weights and feature maps."""
+    def chunk_size(self, batch: int, similarity_entries: int = 0) -> int:
+        """Individuals per batched forward: bounded weights and feature maps, and, with
+        ``similarity_entries`` (distance entries per individual over all embedding
+        layers), a bounded similarity work space."""
         if self.config.eval_chunk:
             return self.config.eval_chunk
         per_ind = self.bytes_per_ind
         if not self.kept_units_forward:  # the stacked program holds every individual's feature maps at once
             per_ind += 3 * 4 * batch * self.feature_elems
-        return max(1, CHUNK_BYTES // per_ind)
+        step = max(1, CHUNK_BYTES // per_ind)
+        if similarity_entries:  # the search holds about 12 float64-sized copies of the distances
+            step = min(step, max(1, SIMILARITY_BYTES // (12 * 8 * similarity_entries)))
+        return step
+
+    def distances(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(..., rows, F) embeddings -> (..., rows, rows) squared distances in the
+        children's precision (float32: rescaled by a power of two, see similarity)."""
+        dtype = dtype or self.similarity_dtype
+        return squared_distances(t, dtype, rescale=dtype != torch.float64)
 
     # ------------------------------------------------------------------ forward
     def _stack(self, population):
@@ -162,10 +199,10 @@ class PopulationEvaluator:
             wanted.setdefault(stage, []).append((pos, where))
         return wanted
 
-    def _forward_stacked(self, population, x: torch.Tensor, rows: int):
+    def _forward_stacked(self, population, x: torch.Tensor, rows: int, blocks: int = 1, dtype=None):
         """One masked batched program for the chunk (GPU; also the CPU reference in
-        tests). Returns logits (C, B, K), the masks (C, H_l) float and the embeddings'
-        squared distances (C, rows, rows)."""
+        tests). ``x`` holds ``blocks`` equal batches. Returns logits (C, N, K), the masks
+        (C, H_l) float and the embeddings' squared distances (C, blocks, rows, rows)."""
         weights, biases, norms, masks = self._stack(population)
         C, last, wanted = len(population), len(self.arch.stages) - 1, self._wanted(rows)
         dists = [None] * len(self.embeddings)
@@ -175,22 +212,24 @@ class PopulationEvaluator:
             h, kept = stacked_stage(st, h, weights[k], biases[k], norms[k], masks[k] if k < last else None,
                                     shared=k == 0, positions=positions)
             for pos, where in wanted.get(k, ()):
-                dists[pos] = squared_distances(per_individual(kept[where], C)[:, :rows])  # (C, rows, rows)
+                dists[pos] = self.distances(block_rows(per_individual(kept[where], C), blocks, rows, 1), dtype)
         logits = per_individual(h, C).reshape(C, x.shape[0], -1)  # (C, B, K)
         return logits, masks, dists
 
-    def _forward_kept_units(self, population, x: torch.Tensor, rows: int):
+    def _forward_kept_units(self, population, x: torch.Tensor, rows: int, blocks: int = 1, dtype=None):
         """CPU forward of each individual on its kept groups only (filters and rows
         gathered to the kept outputs, inputs to the kept groups below).
 
-        Returns logits (C, B, K) and, per embedding layer, the squared distances
-        (C, rows, rows) float64 between the first ``rows`` images' embeddings, computed
-        from the kept groups (a masked group is 0 in every image, so it adds nothing):
-        the same values as from the masked forward, at the cost of the kept groups."""
+        ``x`` holds ``blocks`` equal batches. Returns logits (C, N, K) and, per embedding
+        layer, the squared distances (C, blocks, rows, rows) between the embeddings of
+        each batch's first ``rows`` images, computed from the kept groups (a masked group
+        is 0 in every image, so it adds nothing): the same values as from the masked
+        forward, at the cost of the kept groups."""
+        dtype = dtype or self.similarity_dtype
         h0 = as_input(self.arch, x)
         C, last = len(population), len(self.arch.stages) - 1
         logits = x.new_empty(C, x.shape[0], self.arch.n_classes)
-        dists = [torch.empty(C, rows, rows, dtype=torch.float64) for _ in self.embeddings]
+        dists = [torch.empty(C, blocks, rows, rows, dtype=dtype) for _ in self.embeddings]
         wanted = self._wanted(rows)
         first_positions = [where for _, where in wanted.get(0, ())]
         # The first stage sees the same input in every individual: individuals sharing its
@@ -206,55 +245,62 @@ class PopulationEvaluator:
                 positions = [where for _, where in wanted.get(k, ())]
                 if k == 0 and first[i] in shared:  # k = 0 is a hidden stage: keep is set
                     if first[i] not in first_outputs:
-                        first_outputs[first[i]] = self._shared_first_stage(ind, h0, first_positions, rows)
+                        first_outputs[first[i]] = self._shared_first_stage(ind, h0, first_positions, rows, blocks,
+                                                                           dtype)
                     full, shared_embeddings = first_outputs[first[i]]
                     h = full.index_select(1, keep)
                     for pos, where in wanted.get(0, ()):
                         kind, t = shared_embeddings[where]
                         if kind == "gram":  # the Gram of the kept groups is the sum of theirs
-                            dists[pos][i] = distances_from_gram(t.index_select(0, keep).sum(0)[None])[0]
+                            dists[pos][i] = distances_from_gram(t.index_select(0, keep).sum(0))
                         else:
-                            dists[pos][i] = squared_distances(t.index_select(1, keep)[:rows].flatten(1))
+                            dists[pos][i] = self.distances(block_rows(t.index_select(1, keep), blocks, rows), dtype)
                     prev = keep
                     continue
                 else:
                     w, b, n = kept_tensors(st, ind.weights[k], ind.biases[k], ind.norms[k], keep, prev)
                     h, kept = run_stage(st, h, w, b, n, positions)
                 for pos, where in wanted.get(k, ()):
-                    dists[pos][i] = squared_distances(kept[where][:rows].flatten(1))
+                    dists[pos][i] = self.distances(block_rows(kept[where], blocks, rows), dtype)
                 prev = keep
             logits[i] = h.reshape(h.shape[0], -1)
         return logits, dists
 
-    def _shared_first_stage(self, ind, h0: torch.Tensor, positions, rows: int):
+    def _shared_first_stage(self, ind, h0: torch.Tensor, positions, rows: int, blocks: int, dtype):
         """The first stage at full width for individuals sharing its tensors: its output
         and, per embedding position, ('gram', the centred Gram of each group's features
-        on the first ``rows`` images, (H_0, rows, rows) float64), computed once and then
-        summed over each individual's kept groups, when a group has at least
-        GRAM_SHARING_MIN features (a feature map's H*W); else ('full', the output), from
-        which each individual's distances are computed as usual."""
+        on each batch's first ``rows`` images, (H_0, blocks, rows, rows) in ``dtype``),
+        computed once and then summed over each individual's kept groups, when a group
+        has at least GRAM_SHARING_MIN features (a feature map's H*W); else ('full', the
+        output), from which each individual's distances are computed as usual."""
         out, full_kept = run_stage(self.arch.stages[0], h0, ind.weights[0], ind.biases[0], ind.norms[0], positions)
         shared = {}
         for where, t in full_kept.items():
-            per_group = t[:rows].reshape(rows, t.shape[1], -1)  # (rows, H_0, features per group)
-            if per_group.shape[2] >= GRAM_SHARING_MIN:
-                shared[where] = ("gram", centred_gram(per_group.transpose(0, 1)))  # (H_0, rows, rows)
+            per_group = block_rows(t.flatten(2) if t.dim() > 2 else t[..., None], blocks, rows)  # (blocks, rows, H_0*S)
+            per_group = per_group.reshape(blocks, rows, t.shape[1], -1).to(dtype)  # (blocks, rows, H_0, S)
+            if per_group.shape[3] >= GRAM_SHARING_MIN:
+                if dtype != torch.float64:  # one power of two for all groups: their Grams still add up
+                    top = per_group.abs().amax()
+                    if not (_SAFE_RANGE[0] < float(top) ** 2 < _SAFE_RANGE[1]):
+                        per_group = _rescaled(per_group.reshape(1, -1, 1)).reshape(per_group.shape)
+                shared[where] = ("gram", centred_gram(per_group.permute(2, 0, 1, 3), dtype))  # (H_0, blocks, rows, rows)
             else:
                 shared[where] = ("full", t)
         return out, shared
 
-    def outputs(self, population, x: torch.Tensor, rows: int = 0):
-        """Logits (C, B, K), masks [(C, H_l) float] and, per embedding layer, the
-        squared distances (C, rows, rows) between the embeddings of the first ``rows``
-        images, for a chunk of individuals."""
+    def outputs(self, population, x: torch.Tensor, rows: int = 0, blocks: int = 1, dtype=None):
+        """Logits (C, N, K), masks [(C, H_l) float] and, per embedding layer, the
+        squared distances (C, blocks, rows, rows) between the embeddings of the first
+        ``rows`` images of each of the ``blocks`` equal batches that make up ``x``, for a
+        chunk of individuals; in ``dtype`` (default: the children's precision)."""
         if self.kept_units_forward:
             masks = [torch.stack([ind.masks[l] for ind in population]).float() for l in range(self.arch.n_hidden)]
-            logits, dists = self._forward_kept_units(population, x, rows)
+            logits, dists = self._forward_kept_units(population, x, rows, blocks, dtype)
             return logits, masks, dists
-        logits, masks, dists = self._forward_stacked(population, x, rows)
+        logits, masks, dists = self._forward_stacked(population, x, rows, blocks, dtype)
         if not rows:
-            dists = [torch.empty(len(population), 0, 0, dtype=torch.float64, device=self.device)
-                     for _ in self.embeddings]
+            dists = [torch.empty(len(population), blocks, 0, 0, dtype=dtype or self.similarity_dtype,
+                                 device=self.device) for _ in self.embeddings]
         return logits, masks, dists
 
     def parent_genome(self) -> Genome:
@@ -265,11 +311,12 @@ class PopulationEvaluator:
         """Per embedding layer, the parent's :class:`ParentReference` on ``x``."""
         if key is not None and key in self._parent_cache:
             return self._parent_cache[key]
-        _, _, dists = self.outputs([self.parent_genome()], x, len(x))
+        _, _, dists = self.outputs([self.parent_genome()], x, len(x), dtype=torch.float64)
         refs = []
         for d in dists:
-            p, log_beta = joint_probabilities(d[0], self.config.perplexity, return_log_beta=True)
-            refs.append(ParentReference(p, log_beta, row_means(d[0])))
+            d = d[0, 0]  # (B, B)
+            p, log_beta = joint_probabilities(d, self.config.perplexity, return_log_beta=True)
+            refs.append(ParentReference(p, log_beta, row_means(d), parent_entropy_term(p)))
         if key is not None:
             self._parent_cache[key] = refs
         return refs
@@ -278,26 +325,43 @@ class PopulationEvaluator:
         self._parent_cache.clear()
 
     # ----------------------------------------------------------------- measures
+    def similarity_rows(self, batch: int) -> int:
+        """Images of a batch of ``batch`` that enter the similarity (the first ones)."""
+        return min(self.config.similarity_batch or batch, batch)
+
     @torch.inference_mode()
     def measure(self, population, x: torch.Tensor, y: torch.Tensor, key=None) -> Measures:
         """Accuracy, compression and similarity of every individual on one batch."""
-        x = x.to(self.device)
-        y = y.to(self.device)
-        n_sim = min(self.config.similarity_batch or len(x), len(x))  # the first n_sim images enter the similarity
-        refs = self.parent_reference(x[:n_sim], key)
+        x, y = x.to(self.device), y.to(self.device)
+        refs = self.parent_reference(x[:self.similarity_rows(len(x))], key)
+        acc, comp, sim = self.measure_blocks(population, x, y, [refs])
+        return Measures(acc[:, 0], comp, sim[:, 0])
+
+    @torch.inference_mode()
+    def measure_blocks(self, population, x: torch.Tensor, y: torch.Tensor, refs: Sequence[list]):
+        """Per-batch measures of every individual on ``len(refs)`` equal batches
+        concatenated in ``x`` (N = batches * B images), as one program: each chunk's
+        forward on all the images, the similarity on a (C, batches, rows, rows) stack.
+        ``refs``: per batch, the parent's references of its embedding layers.
+        Returns numpy accuracy (P, batches), compression (P,), similarity (P, batches)."""
+        blocks = len(refs)
+        rows = self.similarity_rows(len(x) // blocks)
+        stacked = [ParentReference.stack([r[e] for r in refs]) for e in range(len(self.embeddings))]
         acc, comp, sim = [], [], []
-        step = self.chunk_size(len(x))
+        step = self.chunk_size(len(x), blocks * rows * rows * len(self.embeddings))
         for start in range(0, len(population), step):
             chunk = population[start:start + step]
-            logits, masks, dists = self.outputs(chunk, x, n_sim)
-            acc.append((logits.argmax(-1) == y).double().mean(1))  # (C,)
+            logits, masks, dists = self.outputs(chunk, x, rows, blocks)
+            hits = (logits.argmax(-1) == y).reshape(len(chunk), blocks, -1)  # (C, blocks, B)
+            acc.append(hits.double().mean(2))  # (C, blocks)
             comp.append(sum(m.sum(1, dtype=torch.float64) for m in masks) / self.total_hidden)
-            s = torch.zeros(len(chunk), dtype=torch.float64, device=self.device)
-            for (layer, _), d_child, ref in zip(self.embeddings, dists, refs):
+            s = torch.zeros(len(chunk), blocks, dtype=torch.float64, device=self.device)
+            for (layer, _), d_child, ref in zip(self.embeddings, dists, stacked):
                 s = s + similarity_from_distances(ref.p, d_child, self.config.perplexity, self.config.kernel,
-                                                  dof=masks[layer].sum(1), log_beta_init=ref.warm_start(d_child))
+                                                  dof=masks[layer].sum(1)[:, None],
+                                                  log_beta_init=ref.warm_start(d_child), parent_term=ref.term)
             sim.append(s)
-        return Measures(*(torch.cat(v).cpu().numpy() for v in (acc, comp, sim)))
+        return tuple(torch.cat(v).cpu().numpy() for v in (acc, comp, sim))
 
     @torch.inference_mode()
     def accuracy(self, population, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
@@ -312,9 +376,29 @@ class PopulationEvaluator:
                 correct[start:start + len(chunk)] += (logits.argmax(-1) == yb).sum(1)
         return (correct / len(x)).cpu().numpy()
 
+    @torch.inference_mode()
     def measure_batches(self, population, batches, key: tuple | None = None) -> Measures:
         """Mean measures over an iterable of (x, y) batches; with ``key``, batch ``i``'s
-        parent reference is cached under ``(*key, i)``."""
-        parts = [self.measure(population, x, y, key=None if key is None else (*key, i))
-                 for i, (x, y) in enumerate(batches)]
-        return Measures.mean(parts)
+        parent reference is cached under ``(*key, i)``. Equal batches are measured
+        together (:meth:`measure_blocks`), as many at a time as keep the largest
+        feature map of one forward under IMAGE_BYTES; the result is the mean of the
+        per-batch measures either way."""
+        batches = [(x.to(self.device), y.to(self.device)) for x, y in batches]
+        if not batches:
+            raise ValueError("measure_batches needs at least one batch")
+        if len({len(x) for x, _ in batches}) > 1:  # unequal batches: one at a time
+            parts = [self.measure(population, x, y, key=None if key is None else (*key, i))
+                     for i, (x, y) in enumerate(batches)]
+            return Measures.mean(parts)
+        size = len(batches[0][0])
+        rows = self.similarity_rows(size)
+        refs = [self.parent_reference(x[:rows], None if key is None else (*key, i)) for i, (x, _) in enumerate(batches)]
+        group = max(1, IMAGE_BYTES // (4 * size * self.feature_elems))  # batches per forward
+        acc, sim = [], []
+        for g in range(0, len(batches), group):
+            part = batches[g:g + group]
+            a, comp, s = self.measure_blocks(population, torch.cat([x for x, _ in part]),
+                                             torch.cat([y for _, y in part]), refs[g:g + group])
+            acc.append(a)
+            sim.append(s)
+        return Measures(np.concatenate(acc, 1).mean(1), comp, np.concatenate(sim, 1).mean(1))

@@ -269,10 +269,58 @@ def run_on_cluster(experiments, client, parent_model: nn.Module, data_spec, pare
 
 
 def default_workers() -> int:
+    """The CPUs this process may use (its affinity mask, e.g. under ``taskset``)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:
         return max(1, os.cpu_count() or 1)
+
+
+# How a machine's cores are used by default (issue #13). Measured on a 2-core machine
+# (README, "Speed"): one run with 2 torch threads finishes two runs sooner than two
+# one-thread runs side by side (they compete for the same caches and memory bus), so
+# up to RUN_THREADS cores go to one run's threads; beyond that, independent runs in
+# parallel processes (a local Dask cluster), RUN_THREADS threads each, scale better
+# than more threads per run (a run's matrices are small: 100 images x a few hundred
+# units). MAX_THREADS bounds the threads of a run that has a big machine to itself.
+RUN_THREADS = 2
+MAX_THREADS = 8
+
+
+@dataclass(frozen=True)
+class CorePlan:
+    """Where ``tasks`` independent runs execute by default: ``executor`` 'serial' (one
+    run after the other, with checkpoints) or 'local' (``workers`` processes), each run
+    with ``threads`` torch threads."""
+
+    executor: str
+    workers: int
+    threads: int
+
+    def describe(self) -> str:
+        if self.executor == "serial":
+            return f"serial, {self.threads} torch thread(s) per run"
+        return f"local cluster of {self.workers} worker process(es), {self.threads} torch thread(s) each"
+
+
+def plan_cores(tasks: int, cores: int | None = None, executor: str | None = None,
+               workers: int | None = None, threads: int | None = None) -> CorePlan:
+    """The default use of ``cores`` (default: the CPUs available) for ``tasks`` runs;
+    an ``executor``, ``workers`` or ``threads`` given by the user is kept and the rest
+    fills the cores around it. The 'dask' executor (someone else's machines) gets
+    ``threads`` or 1 per run."""
+    cores = cores or default_workers()
+    if executor == "dask":
+        return CorePlan("dask", 0, threads or 1)
+    if executor is None:  # several runs side by side once the cores outnumber one run's threads
+        many = tasks > 1 and cores >= 2 * (threads or RUN_THREADS)
+        executor = "local" if many or workers is not None else "serial"
+    if executor == "serial":
+        return CorePlan("serial", 1, threads or max(1, min(cores, MAX_THREADS)))
+    if workers is None:
+        per = threads or RUN_THREADS
+        workers = max(1, min(tasks, cores // per))
+    return CorePlan("local", workers, threads or max(1, min(cores // workers, MAX_THREADS)))
 
 
 TLS_SETTINGS = {  # Dask setting -> its environment variable; the client's side of a TLS connection

@@ -23,6 +23,15 @@ distances enter, so H and h may differ.
 Everything is vectorised over arbitrary leading (population) dimensions.  The
 precision search uses safeguarded Newton steps on the entropy in log(beta)
 (dH/dlog(beta) = -beta^2 Var_p(D)) inside a per-row bisection bracket.
+
+Precision: float64 by default (entropy tolerance 1e-9). With ``dtype=torch.float32``
+the child's distances and its perplexity search run in float32 (twice as fast on a
+CPU) to scikit-learn's own entropy tolerance, 1e-5; rows that do not converge in
+float32 are searched again in float64, and the KL divergence is always accumulated in
+float64. The Gaussian P depends on the distances only up to their scale (beta absorbs
+it), so float32 distances are computed from embeddings rescaled by a power of two
+(``rescale=True``), which keeps huge and tiny activations inside float32's range. The
+Student-t kernel is not scale-free and stays in float64.
 """
 
 from __future__ import annotations
@@ -44,11 +53,15 @@ __all__ = [
     "count_active_units",
     "tsne_similarity_loss",
     "similarity_from_distances",
+    "parent_entropy_term",
+    "DTYPES",
 ]
 
 EPS = float(np.finfo(np.float64).eps)  # floor for probabilities (= sklearn's MACHINE_EPSILON)
 _ROW_SUM_FLOOR = 1e-8  # sklearn's EPSILON_DBL floor of the row sum (never hit after the shift)
-_ENTROPY_TOL = 1e-9  # |H_i - log(perplexity)| convergence threshold
+_ENTROPY_TOL = 1e-9  # |H_i - log(perplexity)| convergence threshold in float64
+_ENTROPY_TOL_FLOAT32 = 1e-5  # ... in float32 (scikit-learn's tolerance; float32 resolves H to ~1e-6)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _MAX_ITER = 100  # same step budget as sklearn's binary search
 
 
@@ -56,9 +69,13 @@ _MAX_ITER = 100  # same step budget as sklearn's binary search
 # helpers
 # --------------------------------------------------------------------------- #
 def _as_float64(x) -> Tensor:
+    return _as_dtype(x, torch.float64)
+
+
+def _as_dtype(x, dtype: torch.dtype) -> Tensor:
     if isinstance(x, Tensor):
-        return x.to(torch.float64)
-    return torch.as_tensor(np.asarray(x), dtype=torch.float64)
+        return x.to(dtype)
+    return torch.as_tensor(np.asarray(x), dtype=dtype)
 
 
 def _offdiag(x: Tensor) -> Tensor:
@@ -79,6 +96,23 @@ def _from_offdiag(o: Tensor) -> Tensor:
     return flat.reshape(*lead, B, B)
 
 
+_SAFE_RANGE = (2.0**-100, 2.0**100)  # squared norms inside which a float32 Gram is trusted
+
+
+def _rescaled(x: Tensor, which: Tensor | None = None) -> Tensor:
+    """(N, B, D) -> the matrices selected by ``which`` (N,) bool (default: all) times the
+    power of two that brings their largest |entry| into [0.5, 1): exact (only exponents
+    change), so float32 neither overflows on huge activations nor underflows on tiny
+    ones. All-zero matrices stay as they are."""
+    top = x.abs().amax(dim=(-2, -1), keepdim=True).to(torch.float64)  # (N, 1, 1) largest |entry|
+    _, exponent = torch.frexp(top)
+    scale = torch.ldexp(torch.ones_like(top), -exponent)  # 2^-e
+    use = top > 0
+    if which is not None:
+        use = use & which.reshape(-1, 1, 1)
+    return x * torch.where(use, scale, torch.ones_like(scale)).to(x.dtype)
+
+
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     """(n, M), (n, M) -> (n,): sum_j a_ij b_ij without a full-size temporary."""
     return torch.einsum("nm,nm->n", a, b)
@@ -87,31 +121,49 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- #
 # distances
 # --------------------------------------------------------------------------- #
-def squared_distances(x: Tensor) -> Tensor:
+def squared_distances(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False) -> Tensor:
     """Pairwise squared Euclidean distances D_ij = ||x_i - x_j||^2.
 
-    x: (..., B, D) -> (..., B, B), float64, symmetric, clamped >= 0, exact zero
+    x: (..., B, D) -> (..., B, B) in ``dtype``, symmetric, clamped >= 0, exact zero
     diagonal.  Rows are centred over the batch first (D is translation
-    invariant; this limits cancellation in the Gram formula).
+    invariant; this limits cancellation in the Gram formula). ``rescale``: the
+    distances of a matrix with huge or tiny entries come scaled by a power of two
+    (see :func:`centred_gram`).
     """
     lead, B = x.shape[:-2], x.shape[-2]
-    return distances_from_gram(centred_gram(x).reshape(-1, B, B)).reshape(*lead, B, B)
+    return distances_from_gram(centred_gram(x, dtype, rescale).reshape(-1, B, B)).reshape(*lead, B, B)
 
 
-def centred_gram(x: Tensor) -> Tensor:
-    """(..., B, D) -> (..., B, B) float64 Gram matrix of the rows centred over the batch.
+def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False) -> Tensor:
+    """(..., B, D) -> (..., B, B) Gram matrix in ``dtype`` of the rows centred over the batch.
 
     Centring is per feature, so the Gram of a concatenation of feature blocks is the
     sum of the blocks' Grams: the evaluator adds up per-channel Grams of a shared
-    feature map instead of recomputing them for every subset of channels."""
+    feature map instead of recomputing them for every subset of channels.
+    ``rescale``: a (B, D) matrix whose largest squared norm comes out beyond 2^±100 (or
+    not finite) is computed again from its entries multiplied by the power of two that
+    puts them in [0.5, 1) (exact; for float32, whose range is small; only for
+    scale-free uses such as the Gaussian P)."""
     x = torch.as_tensor(x)
-    x64 = x.to(torch.float64)
-    if x64.data_ptr() == x.data_ptr():  # already float64: do not modify the caller's tensor
-        x64 = x64.clone()
-    x64 -= x64.mean(dim=-2, keepdim=True)  # (..., B, D)
-    lead, (B, F) = x64.shape[:-2], x64.shape[-2:]
-    x3 = x64.reshape(-1, B, F)  # (N, B, D)
-    return torch.bmm(x3, x3.transpose(-1, -2)).reshape(*lead, B, B)  # (..., B, B)
+    lead, (B, F) = x.shape[:-2], x.shape[-2:]
+    x3 = x.reshape(-1, B, F)  # (N, B, D)
+    gram = _gram(x3, dtype)  # (N, B, B)
+    if rescale:  # a matrix whose squared norms left the safe range (or overflowed) again, rescaled
+        top = gram.diagonal(dim1=-2, dim2=-1).amax(dim=-1)  # (N,) largest squared norm
+        bad = ~torch.isfinite(top) | (top > _SAFE_RANGE[1]) | (top < _SAFE_RANGE[0])
+        if bad.any():  # rare: huge or tiny activations (or all-zero ones, which stay zero)
+            idx = torch.nonzero(bad).squeeze(1)
+            gram.index_copy_(0, idx, _gram(_rescaled(x3.index_select(0, idx).to(dtype)), dtype))
+    return gram.reshape(*lead, B, B)  # (..., B, B)
+
+
+def _gram(x3: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N, B, D) -> (N, B, B) in ``dtype``: Gram matrices of the rows centred over the batch."""
+    xc = x3.to(dtype)
+    if xc.data_ptr() == x3.data_ptr():  # still the caller's tensor: do not modify it
+        xc = xc.clone()
+    xc -= xc.mean(dim=-2, keepdim=True)  # (N, B, D)
+    return torch.bmm(xc, xc.transpose(-1, -2))  # (N, B, B)
 
 
 def distances_from_gram(gram: Tensor) -> Tensor:
@@ -132,14 +184,15 @@ def distances_from_gram(gram: Tensor) -> Tensor:
 def _conditional_probabilities(
     d: Tensor,
     perplexity: float,
-    tol: float = _ENTROPY_TOL,
+    tol: float | None = None,
     max_iter: int = _MAX_ITER,
     t_init: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Row-wise Gaussian conditionals with entropy log(perplexity).
 
-    d: (N, M) float64 squared distances of each row to its M = B-1 neighbours
-    (self already removed); t_init: optional (N,) starting log(beta) per row
+    d: (N, M) float64 or float32 squared distances of each row to its M = B-1
+    neighbours (self already removed); tol: entropy tolerance (default 1e-9 in
+    float64, 1e-5 in float32); t_init: optional (N,) starting log(beta) per row
     (non-finite entries: the default guess).  Returns (p, n_iter, t): p (N, M)
     with rows summing to 1, p_j = exp(-beta d_j) / sum_k exp(-beta d_k); n_iter
     (N,) the number of entropy evaluations each row used (0 for rows solved in
@@ -154,6 +207,11 @@ def _conditional_probabilities(
     """
     N, M = d.shape
     target = math.log(perplexity)
+    if tol is None:
+        tol = _ENTROPY_TOL if d.dtype == torch.float64 else _ENTROPY_TOL_FLOAT32
+    info = torch.finfo(d.dtype)
+    floor = 1e-300 if d.dtype == torch.float64 else info.tiny  # smallest variance / slope used
+    span = 1e-14 / EPS * info.eps  # a bracket this narrow (relative) has collapsed: 1e-14 in float64
     d = d - d.amin(dim=1, keepdim=True)  # (N, M), row minimum is 0
     out = torch.empty_like(d)
     n_iter = torch.zeros(N, dtype=torch.long, device=d.device)
@@ -183,7 +241,7 @@ def _conditional_probabilities(
     # Initial guess from the second-order cumulant expansion around beta = 0:
     # H(beta) ~= log M - beta^2 Var_uniform(d) / 2.
     mean_u = dw.mean(dim=1)  # (n,)
-    var_u = (d2w.mean(dim=1) - mean_u * mean_u).clamp_min(1e-300)  # (n,) uniform-weight variance
+    var_u = (d2w.mean(dim=1) - mean_u * mean_u).clamp_min(floor)  # (n,) uniform-weight variance
     t = 0.5 * torch.log(2.0 * (math.log(M) - target) / var_u)  # (n,) t = log(beta)
     if t_init is not None:  # a warm start, e.g. the parent's solution rescaled
         ti = t_init.to(d.dtype).reshape(N).index_select(0, idx)
@@ -210,7 +268,7 @@ def _conditional_probabilities(
         if it == max_iter - 1:
             done = active
         else:
-            done = active & ((err.abs() < tol) | (hi - lo <= 1e-14 * t.abs().clamp_min(1.0)))
+            done = active & ((err.abs() < tol) | (hi - lo <= span * t.abs().clamp_min(1.0)))
         if done.any():
             sel = torch.nonzero(done).squeeze(1)
             rows = idx.index_select(0, sel)
@@ -231,7 +289,7 @@ def _conditional_probabilities(
         # safeguarded Newton step in log(beta): dH/dt = -beta^2 Var_p(d)
         slope = beta.square() * v  # (n,) = -dH/dt >= 0
         t_newton = t + err / slope
-        ok = (slope > 1e-300) & torch.isfinite(t_newton) & (t_newton > lo) & (t_newton < hi)
+        ok = (slope > floor) & torch.isfinite(t_newton) & (t_newton > lo) & (t_newton < hi)
         both = torch.isfinite(lo) & torch.isfinite(hi)
         expand = torch.where(err > 0, t + step, t - step)  # geometric expansion when unbracketed
         use_expand = ~ok & ~both
@@ -243,10 +301,12 @@ def _conditional_probabilities(
 
 
 def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init: Tensor | None = None,
-                        return_log_beta: bool = False):
+                        return_log_beta: bool = False, dtype: torch.dtype = torch.float64):
     """Symmetric t-SNE joint probabilities from squared distances.
 
-    sq_dist: (..., B, B).  Returns P (..., B, B) float64 with
+    sq_dist: (..., B, B).  Returns P (..., B, B) in ``dtype`` (float64 or float32:
+    the precision of the search; float32 rows that do not converge are searched
+    again in float64) with
     P = (P_cond + P_cond^T) / sum(P_cond + P_cond^T), off-diagonal floored at
     eps, zero diagonal; its condensed upper triangle equals sklearn's
     ``_joint_probabilities(sq_dist, perplexity, 0)`` (sums to ~1/2).
@@ -257,7 +317,7 @@ def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init
     """
     if perplexity <= 0:
         raise ValueError("perplexity must be positive")
-    d = _as_float64(sq_dist)
+    d = _as_dtype(sq_dist, dtype)
     B = d.shape[-1]
     if d.shape[-2] != B:
         raise ValueError(f"expected (..., B, B) distances, got {tuple(d.shape)}")
@@ -267,7 +327,15 @@ def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init
         return (p, torch.full(d.shape[:-1], math.nan, dtype=d.dtype)) if return_log_beta else p
     off = _offdiag(d).reshape(-1, B - 1)  # (N = prod(lead) * B, B-1)
     t_init = None if log_beta_init is None else log_beta_init.expand(*lead, B).reshape(-1)
-    cond, _, log_beta = _conditional_probabilities(off, perplexity, t_init=t_init)
+    cond, n_iter, log_beta = _conditional_probabilities(off, perplexity, t_init=t_init)
+    if dtype != torch.float64:  # float32 rows that used every step (or broke): again in float64
+        redo = torch.nonzero((n_iter >= _MAX_ITER) | ~torch.isfinite(cond.sum(dim=1))).squeeze(1)
+        if redo.numel():
+            c64, _, t64 = _conditional_probabilities(
+                off.index_select(0, redo).double(), perplexity,
+                t_init=None if t_init is None else t_init.index_select(0, redo))
+            cond.index_copy_(0, redo, c64.to(dtype))
+            log_beta.index_copy_(0, redo, t64.to(dtype))
     cond = _from_offdiag(cond.reshape(*lead, B, B - 1))  # (..., B, B)
     p = cond + cond.transpose(-1, -2)  # (..., B, B)
     p.div_(p.sum(dim=(-2, -1), keepdim=True).clamp_min(EPS))
@@ -314,6 +382,25 @@ def kl_divergence(p: Tensor, q: Tensor) -> Tensor:
     return torch.linalg.vecdot(p.flatten(-2), log_ratio.flatten(-2))  # (...,)
 
 
+def parent_entropy_term(p: Tensor) -> Tensor:
+    """(..., B, B) joint P -> (...,) float64 sum_ij P_ij log max(P_ij, eps): the part of
+    KL(P || Q) that does not depend on Q (computed once per parent batch)."""
+    p = _as_float64(p)
+    return torch.linalg.vecdot(p.flatten(-2), torch.log(p.clamp_min(EPS)).flatten(-2))
+
+
+def _kl_from_floored_q(p: Tensor, q: Tensor, p_term: Tensor) -> Tensor:
+    """KL(P || Q) for a Q from this module (off-diagonal floored at eps, zero diagonal):
+    ``p_term`` - sum_ij P_ij log Q_ij, with log Q in float64 whatever Q's precision (the
+    diagonal, where P is 0, contributes 0). p (..., B, B) float64 broadcast against q."""
+    log_q = q.to(torch.float64)
+    if log_q.data_ptr() == q.data_ptr():
+        log_q = log_q.clone()
+    log_q.log_().diagonal(dim1=-2, dim2=-1).zero_()  # (..., B, B)
+    kl = p_term - torch.linalg.vecdot(p.flatten(-2), log_q.flatten(-2))
+    return kl.clamp_min_(0.0)  # KL >= 0; the difference can round to -1e-15 when Q == P
+
+
 def count_active_units(x: Tensor) -> Tensor:
     """Number of columns of x (..., B, h) not identically zero over the batch, at least 1 -> (...,)."""
     x = torch.as_tensor(x)
@@ -330,6 +417,7 @@ def tsne_similarity_loss(
     kernel: str = "gaussian",
     parent_p: Tensor | None = None,
     dof: Tensor | float | None = None,
+    dtype: torch.dtype = torch.float64,
 ):
     """t-SNE similarity loss KL(P_parent || Q_child).
 
@@ -341,6 +429,10 @@ def tsne_similarity_loss(
     (q_ij ∝ (1 + D_ij/dof)^(-(dof+1)/2), dof default = number of active child
     units, i.e. columns not identically zero over the batch, at least 1).
 
+    dtype: precision of the child's distances and perplexity search (float32: twice as
+    fast, to scikit-learn's tolerance; the parent's P stays float64; the Student-t
+    kernel always runs in float64).
+
     Loss = 2 sum_{i<j} P_ij log(max(P_ij, eps) / Q_ij).
     """
     child = torch.as_tensor(child_embeddings) if not isinstance(child_embeddings, Tensor) else child_embeddings
@@ -350,25 +442,32 @@ def tsne_similarity_loss(
         parent_p = joint_probabilities(squared_distances(parent_embeddings), perplexity)  # (B, B)
     else:
         parent_p = _as_float64(parent_p)
-    if dof is None and kernel.lower().replace("-", "_") in ("student_t", "studentt", "t"):
+    student = kernel.lower().replace("-", "_") in ("student_t", "studentt", "t")
+    if dof is None and student:
         dof = count_active_units(child)  # (...,)
-    return similarity_from_distances(parent_p, squared_distances(child), perplexity, kernel, dof)
+    dtype = torch.float64 if student else dtype
+    d_child = squared_distances(child, dtype, rescale=dtype != torch.float64)
+    return similarity_from_distances(parent_p, d_child, perplexity, kernel, dof)
 
 
 def similarity_from_distances(parent_p: Tensor, d_child: Tensor, perplexity: float = 30.0,
                               kernel: str = "gaussian", dof: Tensor | float | None = None,
-                              log_beta_init: Tensor | None = None):
+                              log_beta_init: Tensor | None = None, parent_term: Tensor | None = None):
     """The loss of :func:`tsne_similarity_loss` from the child's squared distances
-    ``d_child`` (B, B) or (P, B, B) and the parent's joint P (B, B); ``dof`` is
-    required by the Student-t kernel; ``log_beta_init`` (..., B) warm-starts the
-    Gaussian kernel's perplexity search. Returns a python float or a (P,) tensor."""
+    ``d_child`` (..., B, B) and the parent's joint P (broadcast against them); ``dof``
+    is required by the Student-t kernel; ``log_beta_init`` (..., B) warm-starts the
+    Gaussian kernel's perplexity search, which runs in the distances' precision
+    (float32 or float64); ``parent_term``: :func:`parent_entropy_term` of ``parent_p``,
+    when the caller has it (computed here otherwise). Returns a python float or a
+    (...,) float64 tensor."""
     parent_p = _as_float64(parent_p).to(d_child.device)
     if parent_p.shape[-2:] != d_child.shape[-2:]:
         raise ValueError(f"batch size mismatch: parent P {tuple(parent_p.shape)} vs child distances "
                          f"{tuple(d_child.shape)}")
     kernel = kernel.lower().replace("-", "_")
     if kernel == "gaussian":
-        q = joint_probabilities(d_child, perplexity, log_beta_init)  # (..., B, B)
+        dtype = torch.float32 if d_child.dtype == torch.float32 else torch.float64
+        q = joint_probabilities(d_child, perplexity, log_beta_init, dtype=dtype)  # (..., B, B)
     elif kernel in ("student_t", "studentt", "t"):
         if dof is None:
             raise ValueError("the Student-t kernel needs dof (degrees of freedom)")
@@ -376,7 +475,9 @@ def similarity_from_distances(parent_p: Tensor, d_child: Tensor, perplexity: flo
     else:
         raise ValueError(f"unknown kernel {kernel!r} (expected 'gaussian' or 'student_t')")
 
-    loss = kl_divergence(parent_p, q)  # (...,)
+    if parent_term is None:
+        parent_term = parent_entropy_term(parent_p)
+    loss = _kl_from_floored_q(parent_p, q, parent_term.to(parent_p.device))  # (...,)
     if loss.dim() == 0:
         return float(loss)
     return loss

@@ -39,15 +39,18 @@ def build_parser() -> OneLineParser:
                    help="generations between checkpoints (0: only when interrupted by Ctrl-C / SIGTERM)")
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     x = p.add_argument_group("where the runs execute (results are the same with every executor)")
-    x.add_argument("--executor", choices=("serial", "local", "dask"), default="serial",
+    x.add_argument("--executor", choices=("serial", "local", "dask"),
                    help="serial: here, one run after the other (with checkpoints); local: a Dask LocalCluster "
                         "on this machine; dask: an existing Dask scheduler (--scheduler). On a cluster each run "
-                        "is one task and only finished runs are written (no checkpoints)")
-    x.add_argument("--threads", type=positive_int, default=1,
+                        "is one task and only finished runs are written (no checkpoints). Default: every CPU "
+                        "available; serial with 2 threads per run on up to 3 CPUs (faster there than runs side "
+                        "by side), else a local cluster of runs with 2 threads each")
+    x.add_argument("--threads", type=positive_int,
                    help="torch threads per run, with every executor (a run's last bits depend on it: results are "
-                        "identical across executors for the same value)")
+                        "identical across executors for the same value; each run file records it). Default: "
+                        "the CPUs left to each run (1 with --executor dask)")
     x.add_argument("--workers", type=positive_int,
-                   help="--executor local: worker processes, one thread each; none given: one per CPU available")
+                   help="local cluster: worker processes (default: one per 2 CPUs, at most one per run)")
     x.add_argument("--scheduler", metavar="ADDRESS",
                    help="--executor dask: the scheduler to connect to, e.g. tcp://10.0.0.5:8786")
     g = p.add_argument_group("evolution (override the preset)")
@@ -88,6 +91,9 @@ def build_parser() -> OneLineParser:
                         "output; CNN presets: all)")
     g.add_argument("--kernel", choices=KERNELS, help="child similarity kernel (preset: gaussian)")
     g.add_argument("--perplexity", type=finite_float, help="t-SNE perplexity (preset: 30)")
+    g.add_argument("--similarity-dtype", choices=("float32", "float64"),
+                   help="precision of the children's distances and perplexity search (preset: float32, about "
+                        "twice as fast as float64; the parent's side is float64 either way)")
     g.add_argument("--similarity-batch", type=non_negative_int,
                    help="first images of each batch that enter the similarity loss (preset: 0 = the whole batch)")
     g.add_argument("--val-size", type=non_negative_int, help="validation images for final selection (preset: 5000)")
@@ -105,7 +111,8 @@ def build_parser() -> OneLineParser:
 OVERRIDES = ("weights", "selection", "crossover", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
              "mutation", "mutation_low", "mutation_high",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
-             "embedding_layers", "recombination_layers", "similarity_batch", "init_scores", "norm_calibration")
+             "embedding_layers", "recombination_layers", "similarity_batch", "init_scores", "norm_calibration",
+             "similarity_dtype")
 
 
 def experiment_configs(args):
@@ -136,7 +143,7 @@ def main(argv) -> int:
         raise ConfigError("give --name NAME (a preset, or any name with --weights); see --list-presets")
     if len(set(args.name)) != len(args.name):
         raise ConfigError("each --name may appear once")
-    if args.workers is not None and args.executor != "local":
+    if args.workers is not None and args.executor not in (None, "local"):
         raise ConfigError("--workers goes with --executor local")
     if args.trust_parent_file and not args.parent:
         raise ConfigError("--trust-parent-file goes with --parent PATH")
@@ -151,16 +158,19 @@ def main(argv) -> int:
     out = Path(args.out)
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    experiments = [Experiment(name, cfg, args.runs, args.seed, out, args.checkpoint_every, args.threads)
+    from ecomp_deap.executors import dask_client, plan_cores
+
+    plan = plan_cores(args.runs * len(configs), executor=args.executor, workers=args.workers, threads=args.threads)
+    experiments = [Experiment(name, cfg, args.runs, args.seed, out, args.checkpoint_every, plan.threads)
                    for name, cfg in configs.items()]
     for exp in experiments:  # refuse before any work
         check_output_folder(exp.folder, args.overwrite, args.resume)
-    if args.executor == "serial":
+    print(f"cores: {plan.describe()}")
+    if plan.executor == "serial":
         return run_experiments(args, argv, experiments)
-    from ecomp_deap.executors import dask_client
-
     # connect (or start the local cluster) before any work: an unreachable scheduler fails fast
-    with dask_client(args.executor, args.workers, args.scheduler) as client:
+    with dask_client(plan.executor, plan.workers, args.scheduler) as client:
+        args.executor = plan.executor
         return run_experiments(args, argv, experiments, client)
 
 

@@ -335,3 +335,26 @@ def tiny_cnn_data():
     torch.manual_seed(0)
     model = randomise_norms(factory(), 9)
     return SimpleNamespace(train_x=x[:300], train_y=y[:300], test_x=x[300:], test_y=y[300:]), model
+
+
+@pytest.mark.parametrize("name", CNNS)
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-first-stage", "own-tensors"])
+def test_batched_final_pass_equals_the_per_batch_one(name, shared):
+    """All batches in one program (per-channel Grams of a shared first stage on a
+    (batches, rows, rows) stack included) = the mean of the per-batch measures."""
+    from ecomp_deap.evaluate import Measures
+
+    factory, shape = CNNS[name]
+    torch.manual_seed(5)
+    model = randomise_norms(factory(), 5)
+    chain, (w, b, norms), pop = population(model, shape, mutate=not shared)
+    cfg = EcompConfig(embedding_layers=chain.embedding_names, recombination_layers=None, perplexity=4.0,
+                      batch_size=16, similarity_batch=12)
+    ev = PopulationEvaluator(chain, w, b, cfg, parent_norms=norms)
+    g = torch.Generator().manual_seed(6)
+    batches = [(torch.randn(16, *shape, generator=g), torch.randint(0, chain.n_classes, (16,), generator=g))
+               for _ in range(3)]
+    expected = Measures.mean([ev.measure(pop, x, y) for x, y in batches])
+    got = ev.measure_batches(pop, batches)
+    np.testing.assert_allclose(got.accuracy, expected.accuracy, rtol=1e-12)
+    np.testing.assert_allclose(got.similarity, expected.similarity, rtol=1e-5)

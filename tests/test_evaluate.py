@@ -157,7 +157,58 @@ def test_kept_units_forward_equals_the_stacked_masked_forward(embeddings, mutate
         assert torch.equal(a, s)
     assert len(kept[2]) == len(ev.embeddings)
     for a, s in zip(kept[2], stacked[2]):
-        assert a.shape == (6, 15, 15)
+        assert a.shape == (6, 1, 15, 15)  # (individuals, batches, rows, rows)
         assert torch.allclose(a, s, rtol=1e-5, atol=1e-6)
     assert np.array_equal(m_kept.accuracy, m_stacked.accuracy)
     assert np.allclose(m_kept.similarity, m_stacked.similarity, rtol=1e-5)
+
+
+def _per_batch_mean(ev, pop, batches):
+    from ecomp_deap.evaluate import Measures
+
+    return Measures.mean([ev.measure(pop, x, y) for x, y in batches])
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("similarity_batch", [0, 12])
+def test_batched_final_pass_equals_the_per_batch_one(stacked, dtype, similarity_batch, monkeypatch):
+    """measure_batches (every batch in one forward, the similarity on a (batches, B, B)
+    stack) gives the per-batch measures' mean, also when the batches are split into
+    several forwards, and unequal batches still work (one at a time)."""
+    import ecomp_deap.evaluate as evaluate
+
+    torch.manual_seed(3)
+    model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
+    arch, w, b, pop = varied_population(model, n=6, seed=3)
+    cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=20,
+                      similarity_batch=similarity_batch, similarity_dtype=dtype)
+    ev = PopulationEvaluator(arch, w, b, cfg)
+    ev.kept_units_forward = not stacked
+    g = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(20, 15, generator=g), torch.randint(0, 4, (20,), generator=g)) for _ in range(5)]
+    expected = _per_batch_mean(ev, pop, batches)
+    for image_bytes in (evaluate.IMAGE_BYTES, 2 * 20 * 24 * 4):  # all five batches at once; two at a time
+        monkeypatch.setattr(evaluate, "IMAGE_BYTES", image_bytes)
+        ev.clear_cache()
+        got = ev.measure_batches(pop, batches, key=("train",))
+        np.testing.assert_allclose(got.accuracy, expected.accuracy, rtol=1e-12)
+        np.testing.assert_array_equal(got.compression, expected.compression)
+        np.testing.assert_allclose(got.similarity, expected.similarity, rtol=1e-5)
+    uneven = batches[:2] + [(batches[2][0][:13], batches[2][1][:13])]
+    np.testing.assert_allclose(ev.measure_batches(pop, uneven).similarity,
+                               _per_batch_mean(ev, pop, uneven).similarity, rtol=1e-12)
+
+
+def test_float32_similarity_agrees_with_float64_in_the_evaluator():
+    torch.manual_seed(4)
+    model = build_mlp((32, 24), in_features=15, n_classes=4, activation="relu")
+    arch, w, b, pop = varied_population(model, n=8, seed=4)
+    x, y = torch.randn(60, 15), torch.randint(0, 4, (60,))
+    m = {}
+    for dtype in ("float32", "float64"):
+        cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=10.0, batch_size=60,
+                          similarity_dtype=dtype)
+        m[dtype] = PopulationEvaluator(arch, w, b, cfg).measure(pop, x, y)
+    np.testing.assert_array_equal(m["float32"].accuracy, m["float64"].accuracy)
+    np.testing.assert_allclose(m["float32"].similarity, m["float64"].similarity, rtol=1e-4)

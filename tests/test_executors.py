@@ -34,6 +34,7 @@ TINY = dict(pop_size=8, generations=6, batch_size=30, perplexity=5.0, val_size=6
 def without_time(path: Path) -> dict:
     d = json.loads(path.read_text())
     d.pop("wall_time_s", None)  # a run's; summaries hold one per row and a median
+    d.pop("phase_times_s", None)
     for row in d.get("runs", []):  # summary.json
         row.pop("wall_time_s")
     d.get("median", {}).pop("wall_time_s", None)
@@ -66,8 +67,9 @@ def free_port() -> int:
 def serial_out(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("serial")
     p = run_script("experiments/run.py", "--name", *NAMES, "--runs", "2", *SMALL, "--cache-dir", cache_dir,
-                   "--out", out)
+                   "--out", out, "--executor", "serial", "--threads", "1")  # as the workers: 1 thread per run
     assert p.returncode == 0, p.stderr
+    assert "cores: serial, 1 torch thread(s) per run" in p.stdout
     return out
 
 
@@ -117,7 +119,7 @@ def test_unreachable_scheduler_and_misplaced_options_are_one_line_errors(tmp_pat
     port = free_port()  # nothing listens there
     for args, expected in ((["--executor", "dask", "--scheduler", f"tcp://127.0.0.1:{port}"], "cannot reach"),
                            (["--executor", "dask"], "--scheduler"),
-                           (["--workers", "2"], "--executor local"),
+                           (["--executor", "serial", "--workers", "2"], "--executor local"),
                            (["--executor", "local", "--scheduler", "tcp://127.0.0.1:1"], "--executor dask")):
         p = run_script("experiments/run.py", "--name", "weighting121", "--out", tmp_path / "o", *args, timeout=120,
                        env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"})
@@ -234,3 +236,25 @@ def test_a_worker_killed_mid_run_ends_with_every_run_written_once(tmp_path, clie
     assert no_temporary_files(tmp_path / "out")
     assert_same_results(tiny_serial, tmp_path / "out", ["w", "p"], 3)
     client.wait_for_workers(2, timeout=60)
+
+
+@pytest.mark.parametrize("tasks,cores,given,expected", [
+    (1, 2, {}, ("serial", 1, 2)),  # this machine: one run, both cores as threads
+    (20, 2, {}, ("serial", 1, 2)),  # measured faster here than two one-thread runs side by side
+    (20, 3, {}, ("serial", 1, 3)),
+    (1, 16, {}, ("serial", 1, 8)),  # one run alone: threads, at most MAX_THREADS
+    (20, 16, {}, ("local", 8, 2)),  # many runs: processes of RUN_THREADS threads
+    (3, 16, {}, ("local", 3, 5)),  # fewer runs than worker slots: the cores shared among them
+    (20, 2, {"threads": 1}, ("local", 2, 1)),  # one thread asked for: runs fill the cores
+    (20, 16, {"workers": 4}, ("local", 4, 4)),
+    (20, 16, {"executor": "serial"}, ("serial", 1, 8)),
+    (20, 16, {"executor": "local", "threads": 3}, ("local", 5, 3)),
+    (20, 16, {"executor": "dask"}, ("dask", 0, 1)),  # someone else's machines: 1 unless told
+    (20, 16, {"executor": "dask", "threads": 4}, ("dask", 0, 4)),
+])
+def test_default_use_of_the_cores(tasks, cores, given, expected):
+    from ecomp_deap.executors import plan_cores
+
+    plan = plan_cores(tasks, cores, **given)
+    assert (plan.executor, plan.workers, plan.threads) == expected
+    assert plan.describe()

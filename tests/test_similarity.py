@@ -399,3 +399,83 @@ def test_warm_start_changes_the_iterations_not_the_solution():
     # non-finite starts fall back to the default guess
     nan_start = torch.full((6, 100), float("nan"), dtype=torch.float64)
     torch.testing.assert_close(joint_probabilities(dc, 30.0, nan_start), joint_probabilities(dc, 30.0))
+
+
+# --------------------------------------------------------------------------- #
+# float32 (the evaluator's default precision for the children)
+# --------------------------------------------------------------------------- #
+F32_RTOL = 1e-4  # issue #13: relative error of the loss against the oracle
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("b,h", [(20, 5), (100, 64)])
+def test_float32_loss_matches_sklearn_reference(kind, b, h):
+    rng = np.random.default_rng(_seed(kind, b, h, "loss"))
+    parent = make_data(kind, b, rng)
+    child = parent @ rng.normal(size=(parent.shape[1], h)) / math.sqrt(h) + rng.normal(size=(b, h)) * 0.3
+    parent = f32(parent).astype(np.float32)
+    child = child.astype(np.float32)
+    perplexity = 10.0 if b == 20 else 30.0
+    got = tsne_similarity_loss(torch.tensor(parent), torch.tensor(child), perplexity=perplexity, dtype=torch.float32)
+    ref = sk_loss(parent.astype(np.float64), child.astype(np.float64), perplexity=perplexity)
+    assert got == pytest.approx(ref, rel=F32_RTOL)
+
+
+def _oracle_children(b: int, g: torch.Generator) -> dict:
+    """Degenerate children whose float32-cast distances scikit-learn can still take."""
+    return {
+        **_degenerate_children(b, g),
+        "large_scale": torch.relu(torch.randn(b, 32, generator=g)) * 1e8,
+        "small_scale": torch.relu(torch.randn(b, 32, generator=g)) * 1e-8,
+        "near_duplicates": torch.randn(b // 4, 16, generator=g).repeat(4, 1) + 1e-3 * torch.randn(b, 16, generator=g),
+    }
+
+
+@pytest.mark.parametrize("parent_kind", ["random", "relu"])
+def test_float32_loss_on_degenerate_children_matches_sklearn(parent_kind):
+    g = torch.Generator().manual_seed(13)
+    b = 100
+    parent = torch.randn(b, 20, generator=g)
+    if parent_kind == "relu":
+        parent = torch.relu(parent)
+    for name, child in _oracle_children(b, g).items():
+        got = tsne_similarity_loss(parent, child, dtype=torch.float32)
+        ref = sk_loss(parent.double().numpy(), child.double().numpy())
+        assert got == pytest.approx(ref, rel=F32_RTOL), name
+
+
+def test_float32_survives_scales_beyond_its_range():
+    """Activations whose squares overflow (1e30) or underflow (1e-30) float32: the
+    rescaled float32 loss equals the float64 one (sklearn's float32 cast cannot take
+    these), and a batch mixing them with ordinary children is unaffected."""
+    g = torch.Generator().manual_seed(14)
+    parent = torch.randn(100, 20, generator=g)
+    base = torch.relu(torch.randn(100, 24, generator=g)).double()
+    children = torch.stack([base * 1e30, base * 1e-30, base, torch.zeros_like(base)])  # (4, B, 24) float64
+    f64 = tsne_similarity_loss(parent, children)
+    f32 = tsne_similarity_loss(parent, children, dtype=torch.float32)
+    assert torch.isfinite(f32).all()
+    torch.testing.assert_close(f32, f64, rtol=F32_RTOL, atol=0)
+    torch.testing.assert_close(f32[0], f32[2], rtol=F32_RTOL, atol=0)  # the scale does not matter
+
+
+def test_float32_search_falls_back_to_float64_for_rows_it_cannot_solve():
+    """Rows whose float32 search runs out of steps are solved again in float64."""
+    g = torch.Generator().manual_seed(15)
+    d = squared_distances(torch.randn(60, 10, generator=g))
+    p64 = joint_probabilities(d)
+    p32 = joint_probabilities(d, dtype=torch.float32)
+    off = ~torch.eye(60, dtype=torch.bool)
+    assert p32.dtype == torch.float32
+    rel32 = ((p32.double() - p64).abs() / p64)[off].max()
+    assert 1e-6 < rel32 < 1e-4  # float32's own search: to its entropy tolerance
+    import ecomp_deap.similarity as sim
+
+    original = sim._MAX_ITER
+    try:  # every float32 row now counts as out of steps: all of them take the float64 path
+        sim._MAX_ITER = 1
+        p_fallback = joint_probabilities(d, dtype=torch.float32)
+    finally:
+        sim._MAX_ITER = original
+    assert p_fallback.dtype == torch.float32
+    assert ((p_fallback.double() - p64).abs() / p64)[off].max() < 1e-6  # the float64 solution, rounded
