@@ -289,8 +289,12 @@ def _conditional_probabilities(
         # safeguarded Newton step in log(beta): dH/dt = -beta^2 Var_p(d)
         slope = beta.square() * v  # (n,) = -dH/dt >= 0
         t_newton = t + err / slope
-        ok = (slope > floor) & torch.isfinite(t_newton) & (t_newton > lo) & (t_newton < hi)
         both = torch.isfinite(lo) & torch.isfinite(hi)
+        # Newton inside the bracket; while one side is still open, no further than the
+        # expansion step (on an entropy plateau, e.g. a unique nearest neighbour before
+        # many near-ties, the slope is ~0 and a Newton step would overflow beta)
+        ok = (slope > floor) & torch.isfinite(t_newton) & (t_newton > lo) & (t_newton < hi) \
+            & (both | ((t_newton - t).abs() <= step))
         expand = torch.where(err > 0, t + step, t - step)  # geometric expansion when unbracketed
         use_expand = ~ok & ~both
         step = torch.where(use_expand, 2.0 * step, step)

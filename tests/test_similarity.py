@@ -479,3 +479,19 @@ def test_float32_search_falls_back_to_float64_for_rows_it_cannot_solve():
         sim._MAX_ITER = original
     assert p_fallback.dtype == torch.float32
     assert ((p_fallback.double() - p64).abs() / p64)[off].max() < 1e-6  # the float64 solution, rounded
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_entropy_plateau_does_not_overflow_the_search(dtype):
+    """A unique nearest neighbour before many near-ties: H(beta) has a plateau (slope
+    ~0) where an unguarded Newton step sent log(beta) to 1e29 and the row to NaN."""
+    d = torch.tensor([[1.46e-7] + [1.28e-4] * 20 + [1.0] * 28], dtype=dtype)
+    p, n_iter, t = _conditional_probabilities(d, 5.0)
+    assert torch.isfinite(p).all() and int(n_iter[0]) < 100
+    p = p.double()
+    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum()
+    assert float(entropy) == pytest.approx(math.log(5.0), abs=1e-4)
+    # the same rows inside a batch of distances (as the evaluator sees them)
+    x = torch.cat([torch.zeros(1, 3), torch.full((1, 3), 2e-4), torch.randn(20, 3) * 1e-3 + 0.01,
+                   torch.randn(28, 3) + 5.0]).to(dtype)
+    assert torch.isfinite(joint_probabilities(squared_distances(x, dtype), 5.0, dtype=dtype)).all()
