@@ -206,8 +206,7 @@ def test_compress_with_max_size_and_its_errors():
         ecomp_deap.compress(model, train=(x, y), test=(x, y), config=cfg, progress=False, max_size=0.01)
 
 
-@pytest.mark.parametrize("value,expected", [("0", r"max_size must be a fraction"), ("1.5", "(0, 1]"),
-                                            ("abc", "--max-size")])
+@pytest.mark.parametrize("value,expected", [("0", r"max_size must be a fraction"), ("abc", "--max-size")])
 def test_cli_refuses_a_bad_max_size_in_one_line(tmp_path, value, expected):
     p = subprocess.run([sys.executable, str(REPO / "experiments/run.py"), "--name", "quality25", "--max-size", value,
                         "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=120,
