@@ -20,7 +20,16 @@ WEIGHTINGS := 001 020 021 100 101 120 121
 STUDY := $(addprefix weighting,$(WEIGHTINGS)) pareto101 pareto120 pareto121 $(addprefix ref-weighting,$(WEIGHTINGS))
 STUDY_DIRS := $(addprefix $(OUT)/,$(STUDY))
 
-.PHONY: run test test-slow data install bench quality study cnn cnn-quality clean help
+# The size-budget study (issue #15): the quality search within 12.5 / 25 / 50 % of the hidden units, with
+# and without the similarity objective; the baselines at those sizes; every network fine-tuned (1 and 5
+# epochs by default) with one recipe; one size table. Resumes, like make study.
+BUDGETS := 12.5 25 50
+QUALITY := $(foreach b,$(BUDGETS),quality$(b) quality$(b)_nosim)
+QUALITY_DIRS := $(addprefix $(OUT)/,$(QUALITY))
+QUALITY_SIZES := 0.125 0.25 0.5
+FINETUNE_EPOCHS ?= 1 5
+
+.PHONY: run test test-slow data install bench quality quality-front study cnn cnn-quality clean help
 
 help:
 	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each),"
@@ -28,7 +37,9 @@ help:
 	@echo "make test       install and run the test suite"
 	@echo "make test-slow  the slow tests only (minutes; CI runs them after make test)"
 	@echo "make bench      the speed benchmark"
-	@echo "make quality    the accuracy-at-size study: quality121 vs quality101 (RUNS=10 for the README's table)"
+	@echo "make quality    the size-budget study: quality12.5/25/50 with and without similarity ($(RUNS) runs each,"
+	@echo "                RUNS=10 for the README's table), baselines, fine-tuning ($(FINETUNE_EPOCHS) epochs), one size table"
+	@echo "make quality-front  the accuracy-at-size study of whole fronts: quality121 vs quality101"
 	@echo "make cnn        the default CNN parent: cnn_weighting121 vs cnn_pareto121, CNN baselines, compare, plot"
 	@echo "make cnn-quality  the CNN accuracy-at-size study: cnn_quality121 vs cnn_quality101 (RUNS=10: the README's)"
 	@echo "make study      every weighted, Pareto and ref-weighting preset (RUNS=10 by default, all CPUs),"
@@ -74,8 +85,16 @@ test-slow: $(STAMP) data
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/bench_generation.py --cnn
 
-# The accuracy-at-size study behind the README's table (about 8 min per run on 2 cores).
 quality: $(STAMP) data
+	$(BIN)/python experiments/run.py --name $(QUALITY) --runs $(RUNS) --out $(OUT) --resume --quiet
+	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite --sizes 0.125 0.875 0.125
+	$(BIN)/python experiments/finetune.py $(QUALITY_DIRS) --baselines $(OUT)/baselines --epochs $(FINETUNE_EPOCHS) \
+	    --sizes $(QUALITY_SIZES) --overwrite --quiet
+	$(BIN)/python experiments/compare.py $(QUALITY_DIRS) --baselines $(OUT)/baselines --sizes $(QUALITY_SIZES) --out $(OUT)
+	@echo "size table (before and after fine-tuning): $(OUT)/comparison.md"
+
+# The accuracy-at-size study of whole fronts (issue #7; about 8 min per run on 2 cores).
+quality-front: $(STAMP) data
 	$(BIN)/python experiments/run.py --name quality121 quality101 --runs $(RUNS) --out $(OUT) --overwrite
 	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
 	$(BIN)/python experiments/compare.py $(OUT)/quality121 $(OUT)/quality101 --baselines $(OUT)/baselines

@@ -13,7 +13,10 @@ A generation ``t`` uses batch ``t % generations`` of epoch ``t // generations``.
 At the end the final population is evaluated on all training batches (averaged).
 Weighted mode picks the best weighted fitness; Pareto mode takes the non-dominated
 set, re-measures it on the validation split, keeps what is non-dominated there and
-picks its knee (accuracy vs compression) as "best".
+picks its knee (accuracy vs compression) as "best". With a size budget
+(``max_size``), either mode measures the whole final population on the validation
+split, keeps what is non-dominated there and picks its most accurate network (every
+individual is within the budget).
 """
 from __future__ import annotations
 
@@ -204,6 +207,8 @@ class Evolution:
         # the generations' cache keys: epoch 0's parent references are reused
         train = self.evaluator.measure_batches(pop, self.stream.all_batches(), key=("batch", 0))
         self.assign(pop, train)
+        if cfg.max_size is not None:
+            return self.finish_within_budget(state, train, val_batches)
         objectives = cfg.active_objectives
         pts, senses = objective_matrix(train, objectives)
         front = np.flatnonzero(non_dominated_mask(pts, senses)).tolist()
@@ -230,3 +235,21 @@ class Evolution:
                     "compression": candidates[int(np.argmin(ref.compression))]}
         return EvolutionResult(pop, train, knee, candidates, state.logbook, val_measures=val,
                                selected_by=selected_by, extremes=extremes)
+
+    def finish_within_budget(self, state: EvolutionState, train: Measures, val_batches=None) -> EvolutionResult:
+        """Size-budget mode, weighted or NSGA-II: the whole final population (all of it
+        within the budget) measured on the validation split; its non-dominated set over
+        the run's objectives is the front, and "best" is the front's most accurate
+        network (ties: the smaller). Without a validation split, the training measures."""
+        cfg, pop = self.config, state.population
+        where = "on the validation split" if val_batches else "on all training batches"
+        ref = self.evaluator.measure_batches(pop, val_batches) if val_batches else train
+        pts, senses = objective_matrix(ref, cfg.active_objectives)
+        front = np.flatnonzero(non_dominated_mask(pts, senses)).tolist()
+        acc, comp = ref.accuracy[front], ref.compression[front]
+        best = front[max(range(len(front)), key=lambda j: (acc[j], -comp[j]))]
+        extremes = {"accuracy": best, "compression": front[int(np.argmin(comp))]}
+        val = Measures(acc, comp, ref.similarity[front]) if val_batches else None
+        return EvolutionResult(pop, train, best, front, state.logbook, val_measures=val,
+                               selected_by=f"most accurate {where} within the size budget ({cfg.max_size:g})",
+                               extremes=extremes)

@@ -4,6 +4,7 @@
     result = ecomp_deap.compress(model, train=(X, y), val=(Xv, yv), test=(Xt, yt))
     result.best.module          # the chosen network, physically smaller nn.Sequential
     [(c.compression, c.accuracy) for c in result.front]
+    ecomp_deap.compress(model, train=(X, y), val=(Xv, yv), test=(Xt, yt), max_size=0.25)  # at most 25 % of the units
 
 ``model`` is an ``nn.Sequential`` chain: ``Linear`` layers with elementwise activations
 (an MLP, optionally with ``Flatten``, ``Dropout``, ``BatchNorm1d``), or ``Conv2d`` blocks
@@ -97,8 +98,13 @@ def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompCon
 
 
 def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, config: EcompConfig | None = None,
-             progress: bool = True, trust_pickle: bool = False) -> CompressionResult:
+             progress: bool = True, trust_pickle: bool = False, max_size: float | None = None) -> CompressionResult:
     """Evolve compressed versions of ``model``; return the chosen one and the front.
+
+    ``max_size=F`` asks for the most accurate network with at most the fraction F of the
+    model's hidden units (or channels): every candidate stays within that budget and
+    ``best`` is the most accurate one on ``val`` (it overrides ``config.max_size``; F in
+    (0, 1] and at least one unit per hidden layer, else a :class:`ConfigError`).
 
     ``val`` is used for the final choice (Pareto mode: the validation front's knee);
     without it, ``config.val_size`` images are held out of ``train``. Measures are
@@ -135,6 +141,8 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
         config = default_config(len(x), val_size=0 if validation is not None else min(1000, len(x) // 5 // 100 * 100))
     if report is None:
         raise ConfigError("give val or test data: compressed networks are measured on data not used for evolution")
+    if max_size is not None:
+        config = config.replace(max_size=max_size)
     data = _TensorData(x, y, *report)
     r = run_ecomp(config, model, data, progress=progress, validation=validation, check_data=False)
 

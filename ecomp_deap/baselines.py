@@ -71,12 +71,29 @@ def pruned(arch: Chain, weights, biases, scores, size: float, norms=None) -> Gen
     return Genome(masks, weights, biases, norms)
 
 
+def baseline_prunings(arch: Chain, weights, biases, norms, method: str, sizes, activation_x=None, seeds: int = 5,
+                      seed: int = 0, calibration_x=None) -> list[Genome]:
+    """One method's pruned networks, size-major: for each size, ``seeds`` networks for
+    'random' (scores drawn in turn from one generator seeded with ``seed``), one for the
+    others. With ``calibration_x`` every network's BatchNorm statistics are re-estimated
+    on it (adaptive BatchNorm, as ``EcompConfig.norm_calibration`` does for evolved
+    networks). :func:`baseline_curves` measures these; ``experiments/finetune.py``
+    rebuilds and fine-tunes the same ones."""
+    repeats = seeds if method == "random" else 1
+    gen = torch.Generator().manual_seed(seed)
+    score_sets = [unit_scores(method, arch, weights, biases, activation_x, gen, norms) for _ in range(repeats)]
+    population = [pruned(arch, weights, biases, sc, s, norms) for s in sizes for sc in score_sets]
+    if calibration_x is not None:
+        for ind in population:
+            recalibrate_norms(ind, arch, calibration_x)
+    return population
+
+
 def baseline_curves(parent: torch.nn.Module, sizes, test_x, test_y, activation_x=None, seeds: int = 5,
                     methods=METHODS, seed: int = 0, calibration_x=None) -> dict:
     """Test accuracy of every method at every size: ``{method: [{size, compression,
-    hidden_units, test_accuracy, test_accuracy_std}, ...]}``. With ``calibration_x``
-    every pruned network's BatchNorm statistics are re-estimated on it first (adaptive
-    BatchNorm, as ``EcompConfig.norm_calibration`` does for evolved networks)."""
+    hidden_units, test_accuracy, test_accuracy_std}, ...]}``, the networks of
+    :func:`baseline_prunings`."""
     arch = Chain.from_module(parent, input_shape=parent_input_shape(parent, test_x))
     weights, biases, norms = parent_tensors(parent, arch)
     ev = PopulationEvaluator(arch, weights, biases, EcompConfig(embedding_layers=None, recombination_layers=None),
@@ -85,12 +102,8 @@ def baseline_curves(parent: torch.nn.Module, sizes, test_x, test_y, activation_x
     out = {}
     for method in methods:
         repeats = seeds if method == "random" else 1
-        gen = torch.Generator().manual_seed(seed)
-        score_sets = [unit_scores(method, arch, weights, biases, activation_x, gen, norms) for _ in range(repeats)]
-        population = [pruned(arch, weights, biases, sc, s, norms) for s in sizes for sc in score_sets]
-        if calibration_x is not None:
-            for ind in population:
-                recalibrate_norms(ind, arch, calibration_x)
+        population = baseline_prunings(arch, weights, biases, norms, method, sizes, activation_x, seeds, seed,
+                                       calibration_x)
         acc = ev.accuracy(population, test_x, test_y).reshape(len(sizes), repeats)  # (sizes, repeats)
         out[method] = [{"size": float(s), "compression": sum(keep_counts(arch, s)) / total,
                         "hidden_units": keep_counts(arch, s), "test_accuracy": float(np.mean(acc[i])),

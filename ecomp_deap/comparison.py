@@ -14,6 +14,8 @@ returns plain rows (dicts), so it is testable without files or subprocesses.
 * :func:`front_at_size` / :func:`size_rows`: per size budget (fraction of the parent's
   hidden units), the test accuracy of each run's front network chosen on validation
   accuracy, against the pruning baselines at that size.
+* :func:`finetune_rows`: the same sizes before and after N epochs of fine-tuning, from
+  the ``finetune.json`` files of ``experiments/finetune.py`` (:mod:`ecomp_deap.finetune`).
 * :func:`markdown_table`, :func:`format_report`: the tables as Markdown.
 """
 from __future__ import annotations
@@ -261,6 +263,78 @@ def size_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict
     return out, fields
 
 
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def epoch_label(n: int) -> str:
+    return "not fine-tuned" if n == 0 else f"after {n} epoch{'s' if n != 1 else ''} of fine-tuning"
+
+
+def finetune_epochs(tuned: dict, baselines_tuned: dict | None) -> list[int]:
+    """Every epoch count recorded in the fine-tuning results (0: before fine-tuning)."""
+    entries = [e for body in tuned.values() for e in body.get("runs") or []]
+    entries += [p for rows in (baselines_tuned or {}).get("methods", {}).values() for p in rows]
+    entries += [body["parent"] for body in [*tuned.values(), baselines_tuned or {}] if body.get("parent")]
+    return sorted({int(k) for e in entries for k in (e.get("after_epochs") or {})})
+
+
+def finetune_rows(names: Sequence[str], tuned: dict, baselines_tuned: dict | None,
+                  sizes: Sequence[float]) -> list[dict]:
+    """Per size and epoch count N (0 = before fine-tuning): each experiment's median
+    [q25-q75] over runs of the test accuracy of its fine-tuned network (``tuned[name]``,
+    an experiment's ``finetune.json``), counting the runs whose network has at most that
+    size; each baseline method's fine-tuned pruning at exactly that size (random: mean
+    over its seeds); the parent fine-tuned by the same recipe."""
+    epochs = finetune_epochs(tuned, baselines_tuned)
+    parent = (baselines_tuned or {}).get("parent") or next(
+        (b["parent"] for b in tuned.values() if b.get("parent")), None)
+    methods = list((baselines_tuned or {}).get("methods", {}))
+    rows = []
+    for size in sizes:
+        for n in epochs:
+            row: dict[str, Any] = {"size": float(size), "epochs": n}
+            for name in names:
+                entries = [e for e in (tuned.get(name) or {}).get("runs") or []
+                           if e.get("compression") is not None and e["compression"] <= size + SIZE_TOL]
+                vals = finite_values((e.get("after_epochs") or {}).get(str(n)) for e in entries)
+                med, q25, q75 = median_iqr(vals)
+                row[name] = {"median": med, "q25": q25, "q75": q75, "runs": len(vals)}
+            for method in methods:
+                point = next((p for p in baselines_tuned["methods"][method]
+                              if abs(float(p.get("size", -1)) - size) <= 1e-6), None)
+                row[f"baseline_{method}"] = (point.get("after_epochs") or {}).get(str(n)) if point else None
+            row["parent_accuracy"] = (parent.get("after_epochs") or {}).get(str(n)) if parent else None
+            rows.append(row)
+    return rows
+
+
+def finetune_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
+    """One row per experiment, baseline and the parent; per size, one column per epoch
+    count: not fine-tuned, then after N epochs of fine-tuning."""
+    methods = [k[len("baseline_"):] for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
+    headers = ["network"] + [f"≤ {100 * r['size']:g} %, {epoch_label(r['epochs'])}" for r in rows]
+    body = [[n] + [f"{fmt_median_iqr(r[n]['median'], r[n]['q25'], r[n]['q75'])} ({r[n]['runs']})" for r in rows]
+            for n in names]
+    body += [[f"{m} pruning"] + [fmt_number(r[f"baseline_{m}"]) for r in rows] for m in methods]
+    body.append(["parent"] + [fmt_number(r["parent_accuracy"]) for r in rows])
+    return markdown_table(headers, body, ["l"] + ["r"] * len(rows))
+
+
+def finetune_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """Flat rows (one per size and epoch count) for ``save_csv`` and their field names."""
+    methods = [k for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
+    fields = (["size", "epochs"] + [f"{n}_{s}" for n in names for s in ("median", "q25", "q75", "runs")]
+              + methods + ["parent_accuracy"])
+    out = []
+    for r in rows:
+        flat = {"size": r["size"], "epochs": r["epochs"], "parent_accuracy": r["parent_accuracy"]}
+        for n in names:
+            flat.update({f"{n}_{s}": r[n][s] for s in ("median", "q25", "q75", "runs")})
+        flat.update({m: r[m] for m in methods})
+        out.append({f: (NA if flat.get(f) is None else flat[f]) for f in fields})
+    return out, fields
+
+
 # --------------------------------------------------------------------------- formatting
 
 
@@ -446,10 +520,12 @@ def published_markdown(rows: Sequence[dict], correlations: Sequence[dict] = ()) 
 
 def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequence[dict] = (),
                   published: Sequence[dict] = (), correlations: Sequence[dict] = (),
-                  against: str | None = None) -> str:
+                  against: str | None = None, finetune: Sequence[dict] = (), finetune_names: Sequence[str] = (),
+                  recipe: str = "") -> str:
     """The whole comparison as Markdown (summary table, the pairwise tests, the
-    accuracy-at-size table when ``sizes`` rows are given, and the reference's published
-    table beside ours when ``published`` rows are given)."""
+    accuracy-at-size table when ``sizes`` rows are given, the same sizes before and
+    after fine-tuning when ``finetune`` rows (:func:`finetune_rows`) are given, and the
+    reference's published table beside ours when ``published`` rows are given)."""
     parts = [
         "## Experiments",
         "",
@@ -487,6 +563,20 @@ def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequenc
             "Baselines: structured pruning to exactly that size, no retraining.",
             "",
             size_markdown(sizes, names),
+        ]
+    if finetune:
+        parts += [
+            "",
+            "## Test accuracy at a size budget, before and after fine-tuning",
+            "",
+            "Each run's exported network (run_K.pt, counted at every size it fits) and the baseline prunings at "
+            "exactly that size, each fine-tuned by one recipe"
+            + (f" ({recipe})" if recipe else "")
+            + " on the training images outside the validation split; median and interquartile range of the "
+            "test accuracy across runs (runs in brackets). Baselines: L1 and activation one network each, random "
+            "the mean over its seeds. Parent: fine-tuned by the same recipe (the control).",
+            "",
+            finetune_markdown(finetune, finetune_names),
         ]
     if published:
         parts += ["", "## The reference study's published table", "", published_markdown(published, correlations)]

@@ -88,6 +88,12 @@ class EcompConfig:
     """Weighted mode: the best `elitism` individuals survive unchanged (0 = the reference)."""
     val_size: int = 5000
     """Class-balanced validation images (disjoint from the evolution subset), for final selection."""
+    max_size: float | None = None
+    """Size budget: at most this fraction of the parent's hidden groups (units, channels)
+    in every individual (``ecomp_deap.budget``); None = no budget. The initial prunings
+    lie within it, a repair after every operator that can grow a mask drops the
+    lowest-scoring groups (by ``init_scores``) until it holds, and the run's "best" is
+    the most accurate network on validation within it."""
     seed: int = 0
     device: str = "auto"
     eval_chunk: int = 0
@@ -95,6 +101,8 @@ class EcompConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        if isinstance(self.max_size, int) and not isinstance(self.max_size, bool):
+            object.__setattr__(self, "max_size", float(self.max_size))
         for name in ("embedding_layers", "recombination_layers"):
             v = getattr(self, name)
             if v is not None:
@@ -175,6 +183,10 @@ class EcompConfig:
         need(isinstance(self.val_size, int) and self.val_size >= 0, f"val_size must be an integer >= 0, got {self.val_size}")
         need(self.val_size == 0 or self.val_size >= self.batch_size,
              f"val_size must be 0 (no validation) or at least one batch ({self.batch_size}), got {self.val_size}")
+        if self.max_size is not None:
+            need(isinstance(self.max_size, (int, float)) and not isinstance(self.max_size, bool)
+                 and math.isfinite(self.max_size) and 0.0 < self.max_size <= 1.0,
+                 f"max_size must be a fraction of the parent's hidden units in (0, 1], got {self.max_size}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         need(isinstance(self.eval_chunk, int) and self.eval_chunk >= 0, f"eval_chunk must be an integer >= 0, got {self.eval_chunk}")
         if self.device == "cuda":
@@ -185,6 +197,10 @@ class EcompConfig:
 
     def validate_for(self, arch) -> "EcompConfig":
         """Check the layer names against a parent :class:`~ecomp_deap.nets.chain.Chain`."""
+        if self.max_size is not None:
+            from .budget import check_budget
+
+            check_budget(self.max_size, arch.hidden_widths, arch.group_kind)
         names = ", ".join(arch.embedding_names)
         for layer in self.embedding_layers or ():
             try:

@@ -68,7 +68,8 @@ def check_output_folder(folder: Path, overwrite: bool, resume: bool = False) -> 
 
 
 def clear_results(folder: Path) -> None:
-    for pattern in ("run_*.json", "run_*.pt", "run_*.ckpt", "summary.json", "summary.csv"):
+    # finetune.json (experiments/finetune.py) belongs to the runs it was made from
+    for pattern in ("run_*.json", "run_*.pt", "run_*.ckpt", "summary.json", "summary.csv", "finetune.json"):
         for p in folder.glob(pattern):
             p.unlink()
 

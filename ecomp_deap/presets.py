@@ -9,6 +9,13 @@ non-zero. Everything else is the reference setting (``EcompConfig``'s defaults: 
 100, mutation 0.01, embedding layers layer_1_act layer_2_act, recombination layers
 layer_1_linear layer_2_linear output, 1 epoch of 100 batches of 100). ``quality121`` and
 ``quality101`` are the configuration behind the README's accuracy-at-size table.
+
+``qualityS`` and ``qualityS_nosim`` (S = 12.5, 25, 50) are the quality configuration
+with a size budget of S % of the parent's hidden units (``max_size``, see
+:mod:`ecomp_deap.budget`): NSGA-II over accuracy, similarity and compression (``_nosim``:
+accuracy and compression) with every network within the budget, and the most accurate
+one on validation as the run's result (``run_K.pt``, which ``experiments/finetune.py``
+fine-tunes). They make the table of issue #15: ``make quality``.
 """
 from __future__ import annotations
 
@@ -48,12 +55,18 @@ REFERENCE = {"selection": "weighted", "crossover": "reference", "mask_flip_prob"
              "selection_temperature": 1.0, "elitism": 0}
 REFERENCE_PREFIX = "ref-weighting"
 
+# Size-budget presets (issue #15): the quality search with every network within S % of
+# the parent's hidden units, with and without the similarity objective.
+BUDGETS = {"12.5": 0.125, "25": 0.25, "50": 0.5}
+
 PRESETS: dict[str, dict] = {
     **{f"weighting{c}": {"selection": "weighted", "weights": _weights(c)} for c in WEIGHTINGS},
     **{f"{REFERENCE_PREFIX}{c}": {**REFERENCE, "weights": _weights(c)} for c in WEIGHTINGS},
     **{f"pareto{c}": {"selection": "nsga2", "weights": _weights(c)} for c in PARETO},
     "quality121": {**QUALITY, "weights": _weights("121")},
     "quality101": {**QUALITY, "weights": _weights("101")},
+    **{f"quality{b}": {**QUALITY, "weights": _weights("121"), "max_size": f} for b, f in BUDGETS.items()},
+    **{f"quality{b}_nosim": {**QUALITY, "weights": _weights("101"), "max_size": f} for b, f in BUDGETS.items()},
     "cnn_weighting121": {**CNN_LAYERS, "selection": "weighted", "weights": _weights("121")},
     "cnn_pareto121": {**CNN_LAYERS, "selection": "nsga2", "weights": _weights("121")},
     "cnn_quality121": {**CNN_QUALITY, "weights": _weights("121")},
@@ -73,6 +86,10 @@ DESCRIPTIONS = {
     "cnn_quality101": "CNN parent; NSGA-II over accuracy, compression (no similarity); " + _CNN_QUALITY_TEXT,
     "quality121": "NSGA-II over accuracy, similarity, compression; " + _QUALITY_TEXT,
     "quality101": "NSGA-II over accuracy, compression (no similarity); " + _QUALITY_TEXT,
+    **{f"quality{b}": f"at most {b} % of the hidden units (max_size {f}); NSGA-II over accuracy, similarity, "
+                      "compression; " + _QUALITY_TEXT for b, f in BUDGETS.items()},
+    **{f"quality{b}_nosim": f"at most {b} % of the hidden units (max_size {f}); NSGA-II over accuracy, compression "
+                            "(no similarity); " + _QUALITY_TEXT for b, f in BUDGETS.items()},
     **{f"weighting{c}": f"weighted selection, weights accuracy {c[0]}, similarity {c[1]}, compression {c[2]}"
        for c in WEIGHTINGS},
     **{f"{REFERENCE_PREFIX}{c}": f"the reference study's operators (crossover reference, no mask flips), "

@@ -4,12 +4,13 @@ from __future__ import annotations
 import torch
 from deap import base, tools
 
+from .budget import budget_rates, check_budget, group_ranks, within_budget
 from .nets.chain import Chain
 from .config import EcompConfig
 from .genome import Genome, fitness_weights, make_types
 from .errors import ConfigError
-from .operators import (cx_layerwise, cx_reference, init_pruned_population, mut_flip_units, mut_scale_units,
-                        mut_scale_weights, recalibrate_norms, sel_softmax_roulette)
+from .operators import (cx_layerwise, cx_reference, init_pruned_population, l1_unit_scores, mut_flip_units,
+                        mut_scale_units, mut_scale_weights, recalibrate_norms, sel_softmax_roulette)
 
 
 def recombination_indices(config: EcompConfig, arch: Chain) -> list[int]:
@@ -37,13 +38,19 @@ def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biase
     ``parent_norms``: per stage the parent's BatchNorm stack or None; with
     ``config.norm_calibration``, ``recalibrate`` (adaptive BatchNorm on ``calibration_x``)
     is registered too, for parents with BatchNorm after the first stage.
+    With ``config.max_size``, the initial prunings are scaled into the budget
+    (:func:`ecomp_deap.budget.budget_rates`) and ``population``, ``mate``, ``mutate`` and
+    ``mutate_mask`` are decorated with the budget repair, ranked by the same unit scores.
     Evaluation is batched over the population and lives in
     :class:`ecomp_deap.evaluate.PopulationEvaluator`, not in a per-individual function."""
     _, ind_cls = make_types(fitness_weights(config.selection, config.weights))
     rec = recombination_indices(config, arch)
     tb = base.Toolbox()
+    low, high = config.init_prune_low, config.init_prune_high
+    if config.max_size is not None:
+        low, high = budget_rates(config.max_size, low, high)
     tb.register("population", init_pruned_population, ind_cls, parent_weights, parent_biases,
-                low=config.init_prune_low, high=config.init_prune_high, scores=init_scores, norms=parent_norms)
+                low=low, high=high, scores=init_scores, norms=parent_norms)
     tb.register("clone", Genome.clone)
     tb.register("mate", crossover_operator(config, arch), layers=rec, gen=gen)
     if config.mutation == "units":
@@ -60,4 +67,11 @@ def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biase
     else:
         tb.register("select", tools.selNSGA2)
         tb.register("select_parents", tools.selTournamentDCD)
+    if config.max_size is not None:  # every operator that returns individuals ends within the budget
+        budget = check_budget(config.max_size, arch.hidden_widths, arch.group_kind)
+        ranks = group_ranks(init_scores if init_scores is not None else l1_unit_scores(parent_weights))
+        tb.decorate("population", within_budget(budget, ranks))
+        tb.decorate("mate", within_budget(budget, ranks))
+        tb.decorate("mutate", within_budget(budget, ranks))
+        tb.decorate("mutate_mask", within_budget(budget, ranks))
     return tb

@@ -83,7 +83,8 @@ def main(argv) -> int:
     methods = baseline_curves(model, sizes, data.test_x, data.test_y, data.train_x[subset], args.seeds, seed=args.seed,
                               calibration_x=calibration)
     save_json(folder / "baselines.json", {"schema": BASELINES_SCHEMA, "parent": {"test_accuracy": parent_acc},
-                                          "sizes": sizes, "random_seeds": args.seeds, "methods": methods,
+                                          "sizes": sizes, "random_seeds": args.seeds, "seed": args.seed,
+                                          "subset": args.subset, "methods": methods,
                                           "norm_calibration": args.norm_calibration,
                                           "wall_time_s": time.perf_counter() - t0})
     print(f"parent test accuracy {parent_acc:.4f}")

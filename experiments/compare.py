@@ -3,6 +3,7 @@
     python experiments/compare.py OUT/weighting121 OUT/pareto121 [...] [--out DIR]
     python experiments/compare.py OUT/pareto121 --baselines OUT/baselines --sizes 0.25 0.5 0.75
     python experiments/compare.py OUT/weighting* OUT/ref-weighting* OUT/pareto* --against pareto121
+    python experiments/compare.py OUT/quality25 OUT/quality25_nosim --baselines OUT/baselines --sizes 0.125 0.25 0.5
 
 Each argument is one experiment folder (``OUT/NAME`` holding ``run_0.json``,
 ``run_1.json``, ...). Prints two Markdown tables and writes them, atomically, to
@@ -22,6 +23,13 @@ Each argument is one experiment folder (``OUT/NAME`` holding ``run_0.json``,
                            accuracy), the baselines at that size (--baselines)
                            and the parent (printed with one row per experiment
                            once there are more than two);
+* ``comparison_finetune.csv`` (when experiments/finetune.py has written finetune.json
+                           into the folders or the --baselines folder) one row per
+                           size and epoch count N (0: not fine-tuned): per experiment
+                           the median [q25-q75] test accuracy of the runs' fine-tuned
+                           networks of at most that size, the baselines fine-tuned at
+                           that size, the parent fine-tuned the same way; the Markdown
+                           shows them as "after N epochs of fine-tuning" columns;
 * ``comparison_published.csv`` (when experiments are named weightingABC or
                            ref-weightingABC) the reference study's published
                            median [min-max] of best test accuracy and final mean
@@ -68,6 +76,32 @@ def build_parser():
     return parser
 
 
+def load_finetuned(exps, baselines_folder):
+    """The fine-tuning results (``finetune.json``) of the experiments and the baselines:
+    ``({name: body}, baselines body or None, the recipe in words or None when there are
+    none)``. Results for other runs than the folder's, or made with different recipes,
+    are refused: the comparison is only fair with one recipe."""
+    from ecomp_deap.finetune import Recipe, check_against_runs, load_finetune
+    from ecomp_deap.results import ResultsError
+
+    tuned = {}
+    for e in exps:
+        body = load_finetune(e.folder)
+        if body is not None:
+            check_against_runs(body, e.runs, e.folder)
+            tuned[e.name] = body
+    baselines_tuned = load_finetune(baselines_folder) if baselines_folder else None
+    bodies = [*tuned.values(), *([baselines_tuned] if baselines_tuned else [])]
+    if not bodies:
+        return tuned, baselines_tuned, None
+    recipes = {repr(sorted((k, v) for k, v in b["recipe"].items() if k != "epochs")) for b in bodies}
+    if len(recipes) > 1:
+        raise ResultsError("the finetune.json files were made with different recipes (learning rate, batch size or "
+                           "seed); rerun experiments/finetune.py on all folders with the same options")
+    r = bodies[0]["recipe"]
+    return tuned, baselines_tuned, Recipe(tuple(r["epochs"]), r["lr"], r["batch_size"], r["seed"]).describe()
+
+
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     if not all(0 < s <= 1 for s in args.sizes):
@@ -80,7 +114,11 @@ def main(argv) -> int:
     sizes = comparison.size_rows(groups, args.sizes, baselines)
     published = comparison.published_rows(groups)
     correlations = comparison.rank_correlations(published)
-    report = comparison.format_report(summary, pairs, sizes, published, correlations, args.against)
+    tuned, baselines_tuned, recipe = load_finetuned(exps, args.baselines)
+    names = [e.name for e in exps if e.name in tuned]
+    finetune = comparison.finetune_rows(names, tuned, baselines_tuned, args.sizes) if recipe is not None else []
+    report = comparison.format_report(summary, pairs, sizes, published, correlations, args.against, finetune, names,
+                                      recipe or "")
 
     out = Path(args.out) if args.out else parent_folder(args.folders[0])
     if out.exists() and not out.is_dir():
@@ -93,7 +131,10 @@ def main(argv) -> int:
     save_csv(paths[3], *comparison.size_csv_rows(sizes, [e.name for e in exps]))
     if published:  # experiments named after the reference's weightings
         paths.append(out / "comparison_published.csv")
-        save_csv(paths[4], comparison.csv_rows(published, comparison.PUBLISHED_FIELDS), comparison.PUBLISHED_FIELDS)
+        save_csv(paths[-1], comparison.csv_rows(published, comparison.PUBLISHED_FIELDS), comparison.PUBLISHED_FIELDS)
+    if finetune:  # experiments/finetune.py has run
+        paths.append(out / "comparison_finetune.csv")
+        save_csv(paths[-1], *comparison.finetune_csv_rows(finetune, names))
 
     print(report)
     for p in paths:

@@ -7,6 +7,8 @@
     python experiments/run.py --runs 10 --name weighting121 pareto121 --executor local --workers 4
     python experiments/run.py --runs 10 --name weighting121 --executor dask --scheduler tcp://HOST:8786
     python experiments/run.py --runs 10 --name cnn_weighting121 cnn_pareto121     # the default CNN parent
+    python experiments/run.py --runs 10 --name quality25 quality25_nosim          # the best network with <= 25 % of the units
+    python experiments/run.py --name pareto121 --max-size 0.25                    # any preset within a size budget
 
 Results go to OUT/NAME/run_K.json (+ run_K.pt, the chosen network) and
 OUT/NAME/summary.{json,csv}; compare experiments with experiments/compare.py and
@@ -97,6 +99,9 @@ def build_parser() -> OneLineParser:
     g.add_argument("--similarity-batch", type=non_negative_int,
                    help="first images of each batch that enter the similarity loss (preset: 0 = the whole batch)")
     g.add_argument("--val-size", type=non_negative_int, help="validation images for final selection (preset: 5000)")
+    g.add_argument("--max-size", type=finite_float, metavar="F",
+                   help="size budget: every network keeps at most this fraction (0, 1] of the parent's hidden units "
+                        "(channels); the result is the most accurate on validation within it (quality* budget presets)")
     g.add_argument("--device", choices=DEVICES, help="cpu, cuda, or auto (cuda when available; preset: auto)")
     d = p.add_argument_group("data and parent")
     d.add_argument("--data-dir", help="FashionMNIST root (default: $ECOMP_DATA_DIR or ~/.cache/ecomp_deap/data)")
@@ -112,7 +117,7 @@ OVERRIDES = ("weights", "selection", "crossover", "pop_size", "generations", "ep
              "mutation", "mutation_low", "mutation_high",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
              "embedding_layers", "recombination_layers", "similarity_batch", "init_scores", "norm_calibration",
-             "similarity_dtype")
+             "similarity_dtype", "max_size")
 
 
 def experiment_configs(args):
@@ -225,8 +230,9 @@ def run_experiments(args, argv, experiments, client=None) -> int:
 
 
 def describe(exp) -> str:
+    budget = f", at most {100 * exp.config.max_size:g} % of the hidden units" if exp.config.max_size else ""
     return (f"== {exp.name}: {exp.runs} run(s), {exp.config.selection}, weights {list(exp.config.weights)}, "
-            f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations -> {exp.folder}")
+            f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations{budget} -> {exp.folder}")
 
 
 def run_distributed(args, client, experiments, model, parent_acc, data) -> int:

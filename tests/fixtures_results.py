@@ -109,6 +109,53 @@ def make_baselines(root, name: str = "baselines", seed: int = 0) -> Path:
     return folder
 
 
+def _after(rng, before: float, epochs) -> dict:
+    """Test accuracy before (``"0"``) and after each epoch count, rising towards 0.89."""
+    out, acc = {"0": before}, before
+    for n in epochs:
+        acc = acc + (0.89 - acc) * rng.uniform(0.3, 0.7)
+        out[str(n)] = float(acc)
+    return out
+
+
+def make_finetune(folder, epochs=(1, 5), seed: int = 0) -> Path:
+    """``folder/finetune.json`` for an experiment written by :func:`make_experiment`, as
+    ``experiments/finetune.py`` writes it: one entry per run (its best network)."""
+    from ecomp_deap.finetune import FINETUNE_SCHEMA, Recipe
+    from ecomp_deap.results import load_experiment
+
+    rng = np.random.default_rng([seed, 15])
+    folder = Path(folder)
+    runs = []
+    for r in load_experiment(folder):
+        best = r["best"]
+        runs.append({"run": r["run"], "seed": r["seed"], "compression": best["compression"],
+                     "hidden_units": best["hidden_units"], "parameters": best["parameters"],
+                     "reported_test_accuracy": best["test_accuracy"],
+                     "after_epochs": _after(rng, best["test_accuracy"], epochs), "wall_time_s": 1.0})
+    save_json(folder / "finetune.json", {"schema": FINETUNE_SCHEMA, "kind": "experiment", "name": folder.name,
+                                         "recipe": Recipe(tuple(epochs)).to_dict(),
+                                         "parent": {"after_epochs": _after(rng, PARENT["test_accuracy"], epochs)},
+                                         "runs": runs})
+    return folder / "finetune.json"
+
+
+def make_baselines_finetune(folder, sizes=(0.125, 0.25, 0.5), epochs=(1, 5), seed: int = 0) -> Path:
+    """``folder/finetune.json`` for a baselines folder: every method at every size."""
+    from ecomp_deap.finetune import FINETUNE_SCHEMA, Recipe
+
+    rng = np.random.default_rng([seed, 16])
+    methods = {m: [{"size": float(s), "compression": float(s), "hidden_units": [round(256 * s)] * 2,
+                    "repeats": 5 if m == "random" else 1,
+                    "after_epochs": _after(rng, float(0.87 * (1 - np.exp(-s / scale))), epochs)} for s in sizes]
+               for m, scale in (("l1", 0.08), ("random", 0.2), ("activation", 0.1))}
+    path = Path(folder) / "finetune.json"
+    save_json(path, {"schema": FINETUNE_SCHEMA, "kind": "baselines", "recipe": Recipe(tuple(epochs)).to_dict(),
+                     "parent": {"after_epochs": _after(rng, PARENT["test_accuracy"], epochs)},
+                     "sizes": list(sizes), "methods": methods})
+    return path
+
+
 def make_all(root, runs: int = 3, gens: int = 5) -> dict[str, Path]:
     """A weighted experiment, an NSGA-II experiment and a baselines folder."""
     return {

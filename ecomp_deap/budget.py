@@ -1,0 +1,116 @@
+"""The size budget (``EcompConfig.max_size``): every individual keeps at most a fraction
+F of the parent's hidden groups (units or channels, summed over the hidden layers).
+
+* :func:`budget_groups` turns F into a whole number of groups, ``floor(F * total)``;
+  :func:`check_budget` refuses F outside (0, 1] or a budget below one group per layer.
+* :func:`group_ranks` makes the initial prunings' per-layer scores comparable across
+  layers: a group's score becomes its percentile within its layer (1 = the layer's
+  best), so a repair of a uniform pruning stays uniform whatever the layers' scales.
+* :func:`repair_to_budget` (DEAP style: changes the individual, returns a tuple) drops
+  the kept groups of lowest percentile until the budget holds, never a layer's last
+  one; it replaces mask tensors, never writes into them.
+* :func:`within_budget` is a DEAP ``toolbox.decorate`` decorator that repairs every
+  individual an operator returns (``checkBounds`` in DEAP's documentation is the same
+  idea), so no operator (initialisation, crossover, mutation, mask flips) can leave an
+  individual over budget.
+* :func:`budget_rates` scales the initial prunings' rates so that the largest initial
+  individual sits at the budget and the others spread below it as they would below
+  the parent.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+import torch
+
+from .errors import ConfigError
+
+SIZE_TOL = 1e-9  # F * total is a float: 0.25 * 512 must give 128, not 127
+
+
+def budget_groups(max_size: float, widths: Sequence[int]) -> int:
+    """The most hidden groups an individual may keep: ``floor(max_size * sum(widths))``."""
+    return int(math.floor(max_size * sum(widths) + SIZE_TOL))
+
+
+def check_budget(max_size, widths: Sequence[int], kind: str = "units") -> int:
+    """``budget_groups`` after checking F: a one-line :class:`ConfigError` for F outside
+    (0, 1] or a budget that cannot give every hidden layer one group."""
+    if isinstance(max_size, bool) or not isinstance(max_size, (int, float)) or not math.isfinite(max_size) \
+            or not 0.0 < max_size <= 1.0:
+        raise ConfigError(f"max_size must be a fraction of the parent's hidden {kind} in (0, 1], got {max_size}")
+    total, layers = sum(widths), len(widths)
+    budget = budget_groups(max_size, widths)
+    if budget < layers:
+        raise ConfigError(f"max_size {max_size:g} allows {budget} of the parent's {total} hidden {kind}, fewer than "
+                          f"one per hidden layer ({layers} layers): the smallest budget is {layers / total:.4g}")
+    return budget
+
+
+def group_ranks(scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per hidden layer, (H_l,) float: each group's percentile within its layer by
+    ``scores`` (the layer's lowest (1/H_l), ..., its highest 1.0; ties: the lower index
+    ranks higher, as :func:`ecomp_deap.operators.top_units_mask` keeps it first)."""
+    ranks = []
+    for s in scores:
+        h = len(s)
+        order = torch.argsort(s, descending=True, stable=True)  # best first
+        r = torch.empty(h, dtype=torch.float64)
+        r[order] = torch.arange(h, 0, -1, dtype=torch.float64) / h  # best: h/h = 1
+        ranks.append(r)
+    return ranks
+
+
+def repair_to_budget(ind, budget: int, ranks: Sequence[torch.Tensor]):
+    """Drop ``ind``'s kept groups of lowest rank (:func:`group_ranks`), over all hidden
+    layers, until at most ``budget`` are kept; each layer keeps its best-ranked group.
+    An individual within the budget is left as it is. Returns ``(ind,)``."""
+    kept = [int(m.sum()) for m in ind.masks]
+    excess = sum(kept) - budget
+    if excess <= 0:
+        return (ind,)
+    keys = []
+    for m, r in zip(ind.masks, ranks):
+        key = torch.where(m, r, torch.full_like(r, math.inf))  # (H_l,): dropped groups are never chosen
+        if bool(m.any()):
+            key[int(torch.argmax(torch.where(m, r, torch.full_like(r, -math.inf))))] = math.inf  # the layer's best stays
+        keys.append(key)
+    flat = torch.cat(keys)  # (sum H_l,), layer-major: ties drop the lower layer first, then alternate
+    drop = torch.argsort(flat, stable=True)[:excess]
+    masks = torch.cat([m for m in ind.masks]).clone()
+    masks[drop] = False
+    start = 0
+    for l, m in enumerate(ind.masks):
+        new = masks[start:start + len(m)].clone()  # its own tensor, not a view of the others
+        if not torch.equal(new, m):
+            ind.masks[l] = new
+        start += len(m)
+    return (ind,)
+
+
+def within_budget(budget: int, ranks: Sequence[torch.Tensor]):
+    """A ``toolbox.decorate`` decorator: every individual the operator returns (a tuple
+    from ``cx_``/``mut_``, a list from ``init_``) is repaired to the budget."""
+    def decorator(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            out = func(*args, **kwargs)
+            for ind in out:
+                repair_to_budget(ind, budget, ranks)
+            return out
+
+        return wrapper
+
+    return decorator
+
+
+def budget_rates(max_size: float, low: float, high: float) -> tuple[float, float]:
+    """Pruning rates for initial prunings within the budget: a pruning at rate ``r``
+    over [low, high) keeps ``max_size * (1 - r) / (1 - low)`` of each layer instead of
+    ``1 - r`` (the largest exactly at the budget, the smallest at the same fraction of
+    the budget as before of the parent). Returned as the [low', high') that
+    :func:`ecomp_deap.operators.init_pruned_population` spaces evenly."""
+    scale = max_size / (1.0 - low)
+    return 1.0 - scale * (1.0 - low), 1.0 - scale * (1.0 - high)
