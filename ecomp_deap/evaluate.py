@@ -38,6 +38,11 @@ from .similarity import (_SAFE_RANGE, DTYPES, _rescaled, centred_gram, distances
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
 SIMILARITY_BYTES = 512 * 2**20  # bound on a chunk's similarity work space (distances and search)
 IMAGE_BYTES = 128 * 2**20  # bound on one forward's largest feature map when batches are concatenated
+# From this many images (the final pass's concatenated batches), the first stage runs once
+# on the population's distinct groups: late in a run most kept rows/filters are copies
+# (a default MLP run at t = 99: 14009 kept first-layer rows, 1379 distinct).
+DEDUPE_MIN_IMAGES = 1000
+PAD_MAX_ELEMENTS = 2**16  # embeddings up to this size get their distances computed together, zero-padded
 # Features per group from which a shared first stage's embedding distances come from
 # per-group Gram matrices (summing a group's rows x rows Gram costs what recomputing it
 # costs divided by its feature count): feature maps yes, Linear units (1 feature) no.
@@ -76,6 +81,18 @@ def block_rows(t: torch.Tensor, blocks: int, rows: int, lead: int = 0) -> torch.
     ``rows`` images, features flattened (an embedding's input to the distances)."""
     head = t.shape[:lead]
     return t.reshape(*head, blocks, t.shape[lead] // blocks, -1)[..., :rows, :]
+
+
+@dataclass
+class FirstStagePool:
+    """The first stage on ``x`` for the population's distinct groups (a group = its
+    filter or row, bias and BatchNorm entries): output (N, U, ...), the wanted tail
+    positions' tensors, and per individual (by id) its kept groups' columns in U."""
+
+    x: torch.Tensor
+    out: torch.Tensor
+    kept: dict
+    columns: dict
 
 
 class NonFiniteError(ArithmeticError):
@@ -151,6 +168,7 @@ class PopulationEvaluator:
         # the children's distances and search: float32 unless the kernel is not scale-free
         student = config.kernel.lower().replace("-", "_") in ("student_t", "studentt", "t")
         self.similarity_dtype = torch.float64 if student else DTYPES[config.similarity_dtype]
+        self._pool: FirstStagePool | None = None  # set by measure_blocks for a many-image pass
 
     def _largest_feature_map(self) -> int:
         """Elements of one example's largest stage output (bounds a stacked chunk's memory)."""
@@ -171,11 +189,12 @@ class PopulationEvaluator:
             step = min(step, max(1, SIMILARITY_BYTES // (12 * 8 * similarity_entries)))
         return step
 
-    def distances(self, t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def distances(self, t: torch.Tensor, dtype: torch.dtype | None = None, overwrite: bool = False) -> torch.Tensor:
         """(..., rows, F) embeddings -> (..., rows, rows) squared distances in the
-        children's precision (float32: rescaled by a power of two, see similarity)."""
+        children's precision (float32: rescaled by a power of two, see similarity);
+        ``overwrite``: ``t`` is a scratch tensor that may be modified."""
         dtype = dtype or self.similarity_dtype
-        return squared_distances(t, dtype, rescale=dtype != torch.float64)
+        return squared_distances(t, dtype, rescale=dtype != torch.float64, overwrite=overwrite)
 
     # ------------------------------------------------------------------ forward
     def _stack(self, population):
@@ -224,47 +243,160 @@ class PopulationEvaluator:
         layer, the squared distances (C, blocks, rows, rows) between the embeddings of
         each batch's first ``rows`` images, computed from the kept groups (a masked group
         is 0 in every image, so it adds nothing): the same values as from the masked
-        forward, at the cost of the kept groups."""
+        forward, at the cost of the kept groups. The first stage runs for many
+        individuals at once (:meth:`_first_stage`) and the distances of all individuals'
+        embeddings are computed together, zero-padded to a common width."""
         dtype = dtype or self.similarity_dtype
         h0 = as_input(self.arch, x)
         C, last = len(population), len(self.arch.stages) - 1
         logits = x.new_empty(C, x.shape[0], self.arch.n_classes)
         dists = [torch.empty(C, blocks, rows, rows, dtype=dtype) for _ in self.embeddings]
+        embedded = [[None] * C for _ in self.embeddings]  # per embedding: (blocks, rows, F_i) or None
         wanted = self._wanted(rows)
-        first_positions = [where for _, where in wanted.get(0, ())]
-        # The first stage sees the same input in every individual: individuals sharing its
-        # tensors (operators never copy a tensor both parents share) share one full-width
-        # output, from which each takes its kept groups (dim 1: units or channels).
-        first = [(id(ind.weights[0]), id(ind.biases[0]), id(ind.norms[0])) for ind in population]
-        shared = {key for key, n in Counter(first).items() if n > 1}
-        first_outputs: dict = {}
+        keeps = [[ind.masks[k].nonzero().squeeze(1) for k in range(last)] for ind in population]  # (h_k,)
+        positions = [where for _, where in wanted.get(0, ())]
+        pool = self._pool
+        if pool is not None and pool.x is x and all(id(ind) in pool.columns for ind in population) \
+                and set(positions) <= set(pool.kept):
+            first = [self._from_pool(pool, ind, positions) for ind in population]
+        else:
+            first = self._first_stage(population, h0, keeps, positions, rows, blocks, dtype)
         for i, ind in enumerate(population):
-            h, prev = h0, None  # prev: kept group indices of the stage below
-            for k, st in enumerate(self.arch.stages):
-                keep = ind.masks[k].nonzero().squeeze(1) if k < last else None  # (h_k,)
-                positions = [where for _, where in wanted.get(k, ())]
-                if k == 0 and first[i] in shared:  # k = 0 is a hidden stage: keep is set
-                    if first[i] not in first_outputs:
-                        first_outputs[first[i]] = self._shared_first_stage(ind, h0, first_positions, rows, blocks,
-                                                                           dtype)
-                    full, shared_embeddings = first_outputs[first[i]]
-                    h = full.index_select(1, keep)
-                    for pos, where in wanted.get(0, ()):
-                        kind, t = shared_embeddings[where]
-                        if kind == "gram":  # the Gram of the kept groups is the sum of theirs
-                            dists[pos][i] = distances_from_gram(t.index_select(0, keep).sum(0))
-                        else:
-                            dists[pos][i] = self.distances(block_rows(t.index_select(1, keep), blocks, rows), dtype)
-                    prev = keep
-                    continue
+            h, kept = first[i]
+            for pos, where in wanted.get(0, ()):
+                if isinstance(kept[where], tuple):  # ('dist', distances from the shared per-group Grams)
+                    dists[pos][i] = kept[where][1]
                 else:
-                    w, b, n = kept_tensors(st, ind.weights[k], ind.biases[k], ind.norms[k], keep, prev)
-                    h, kept = run_stage(st, h, w, b, n, positions)
+                    embedded[pos][i] = block_rows(kept[where], blocks, rows)
+            prev = keeps[i][0]  # kept group indices of the stage below
+            for k in range(1, last + 1):
+                st = self.arch.stages[k]
+                keep = keeps[i][k] if k < last else None
+                w, b, n = kept_tensors(st, ind.weights[k], ind.biases[k], ind.norms[k], keep, prev)
+                h, kept = run_stage(st, h, w, b, n, [where for _, where in wanted.get(k, ())])
                 for pos, where in wanted.get(k, ()):
-                    dists[pos][i] = self.distances(block_rows(kept[where], blocks, rows), dtype)
+                    embedded[pos][i] = block_rows(kept[where], blocks, rows)
                 prev = keep
             logits[i] = h.reshape(h.shape[0], -1)
+        for pos in range(len(self.embeddings)):
+            self._padded_distances(embedded[pos], dists[pos], dtype)
         return logits, dists
+
+    def _first_stage(self, population, h0: torch.Tensor, keeps, positions, rows: int, blocks: int, dtype):
+        """Per individual, (its first stage's output on its kept groups, {position:
+        embedding, or ('dist', squared distances)}). The first stage's input is the same
+        for every individual and every one of its operations is per group, so:
+        individuals sharing its tensors (operators never copy a tensor both parents
+        share) share one full-width output, from which each takes its kept groups;
+        the others run side by side, their kept groups concatenated into one layer (one
+        GEMM or convolution instead of one per individual), in groups whose output stays
+        under IMAGE_BYTES."""
+        st = self.arch.stages[0]
+        key = [(id(ind.weights[0]), id(ind.biases[0]), id(ind.norms[0])) for ind in population]
+        counts = Counter(key)
+        out: list = [None] * len(population)
+        shared: dict = {}
+        own = []
+        for i, ind in enumerate(population):
+            if counts[key[i]] == 1:
+                own.append(i)
+                continue
+            if key[i] not in shared:
+                shared[key[i]] = self._shared_first_stage(ind, h0, positions, rows, blocks, dtype)
+            full, embeddings = shared[key[i]]
+            keep = keeps[i][0]
+            kept = {}
+            for where in positions:
+                kind, t = embeddings[where]
+                if kind == "gram":  # the Gram of the kept groups is the sum of theirs
+                    kept[where] = ("dist", distances_from_gram(t.index_select(0, keep).sum(0)))
+                else:
+                    kept[where] = t.index_select(1, keep)
+            out[i] = (full.index_select(1, keep), kept)
+        group_bytes = 4 * h0.shape[0] * st.out_hw[0] * st.out_hw[1]  # one output group's feature map
+        sizes = {i: int(keeps[i][0].shape[0]) for i in own}
+        group: list[int] = []
+        width = 0
+        for j, i in enumerate(own):
+            group.append(i)
+            width += sizes[i]
+            nxt = own[j + 1] if j + 1 < len(own) else None
+            if nxt is None or (width + sizes[nxt]) * group_bytes > IMAGE_BYTES:
+                tensors = [kept_tensors(st, population[g].weights[0], population[g].biases[0], population[g].norms[0],
+                                        keeps[g][0], None) for g in group]
+                norm = torch.cat([t[2] for t in tensors], 1) if tensors[0][2] is not None else None
+                z, kept = run_stage(st, h0, torch.cat([t[0] for t in tensors]), torch.cat([t[1] for t in tensors]),
+                                    norm, positions)  # (N, width, ...)
+                start = 0
+                for g in group:
+                    n = sizes[g]
+                    out[g] = (z[:, start:start + n], {where: t[:, start:start + n] for where, t in kept.items()})
+                    start += n
+                group, width = [], 0
+        return out
+
+    @staticmethod
+    def _from_pool(pool: FirstStagePool, ind, positions):
+        """An individual's first-stage output and wanted tail tensors, from the pool."""
+        cols = pool.columns[id(ind)]
+        out = pool.out.index_select(1, cols)
+        return out, {where: out if pool.kept[where] is pool.out else pool.kept[where].index_select(1, cols)
+                     for where in positions}
+
+    def first_stage_pool(self, population, x: torch.Tensor, rows: int) -> FirstStagePool | None:
+        """The first stage on ``x`` for the distinct groups of ``population`` (exact
+        duplicates found by ``torch.unique`` over each group's filter, bias and BatchNorm
+        entries), or None when its output would not fit in IMAGE_BYTES."""
+        st = self.arch.stages[0]
+        keeps = [ind.masks[0].nonzero().squeeze(1) for ind in population]
+        pieces = []
+        for ind, keep in zip(population, keeps):
+            w, b, n = kept_tensors(st, ind.weights[0], ind.biases[0], ind.norms[0], keep, None)
+            pieces.append(torch.cat([w.reshape(len(keep), -1), b[:, None]] + ([n.T] if n is not None else []), 1))
+        rows_all = torch.cat(pieces)  # (sum of kept, filter + bias + BatchNorm entries)
+        distinct, inverse = torch.unique(rows_all, dim=0, return_inverse=True)  # (U, ...), (sum of kept,)
+        positions = [where for _, where in self._wanted(rows).get(0, ())]
+        if 4 * len(x) * len(distinct) * st.out_hw[0] * st.out_hw[1] * (1 + len(positions)) > IMAGE_BYTES:
+            return None
+        w_shape = population[0].weights[0].shape[1:]
+        n_w = int(np.prod(w_shape))
+        w = distinct[:, :n_w].reshape(len(distinct), *w_shape)
+        b = distinct[:, n_w]
+        n = distinct[:, n_w + 1:].T.contiguous() if population[0].norms[0] is not None else None
+        out, kept = run_stage(st, as_input(self.arch, x), w, b, n, positions)  # (N, U, ...)
+        columns, start = {}, 0
+        for ind, keep in zip(population, keeps):
+            columns[id(ind)] = inverse[start:start + len(keep)]
+            start += len(keep)
+        return FirstStagePool(x, out, kept, columns)
+
+    def _padded_distances(self, embedded: list, out: torch.Tensor, dtype) -> None:
+        """Squared distances of the embeddings (blocks, rows, F_i) not None in
+        ``embedded``, written into ``out`` (C, blocks, rows, rows): computed for many
+        individuals at once, their features zero-padded to a common width (zero
+        features add nothing to a distance), in groups under IMAGE_BYTES."""
+        todo = []
+        for i, e in enumerate(embedded):
+            if e is None:
+                continue
+            if e.numel() > PAD_MAX_ELEMENTS:  # large already (many batches): padding would only copy
+                out[i] = self.distances(e, dtype)
+            else:
+                todo.append(i)
+        while todo:
+            group, width = [], 0
+            for i in todo:
+                w = max(width, embedded[i].shape[-1])
+                if group and (len(group) + 1) * w * embedded[i][..., 0].numel() * 4 > IMAGE_BYTES:
+                    break
+                group.append(i)
+                width = w
+            todo = todo[len(group):]
+            first = embedded[group[0]]
+            stack = first.new_zeros(len(group), *first.shape[:-1], width)  # (G, blocks, rows, width)
+            for j, i in enumerate(group):
+                stack[j, ..., :embedded[i].shape[-1]] = embedded[i]
+            out[torch.tensor(group)] = self.distances(stack, dtype, overwrite=True)
 
     def _shared_first_stage(self, ind, h0: torch.Tensor, positions, rows: int, blocks: int, dtype):
         """The first stage at full width for individuals sharing its tensors: its output
@@ -349,6 +481,15 @@ class PopulationEvaluator:
         stacked = [ParentReference.stack([r[e] for r in refs]) for e in range(len(self.embeddings))]
         acc, comp, sim = [], [], []
         step = self.chunk_size(len(x), blocks * rows * rows * len(self.embeddings))
+        many = self.kept_units_forward and len(x) >= DEDUPE_MIN_IMAGES and len(population) > step
+        self._pool = self.first_stage_pool(population, x, rows) if many else None
+        try:
+            return self._measure_chunks(population, x, y, blocks, rows, stacked, step)
+        finally:
+            self._pool = None
+
+    def _measure_chunks(self, population, x, y, blocks: int, rows: int, stacked, step: int):
+        acc, comp, sim = [], [], []
         for start in range(0, len(population), step):
             chunk = population[start:start + step]
             logits, masks, dists = self.outputs(chunk, x, rows, blocks)

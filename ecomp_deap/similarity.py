@@ -121,20 +121,22 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- #
 # distances
 # --------------------------------------------------------------------------- #
-def squared_distances(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False) -> Tensor:
+def squared_distances(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False,
+                      overwrite: bool = False) -> Tensor:
     """Pairwise squared Euclidean distances D_ij = ||x_i - x_j||^2.
 
     x: (..., B, D) -> (..., B, B) in ``dtype``, symmetric, clamped >= 0, exact zero
     diagonal.  Rows are centred over the batch first (D is translation
     invariant; this limits cancellation in the Gram formula). ``rescale``: the
     distances of a matrix with huge or tiny entries come scaled by a power of two
-    (see :func:`centred_gram`).
+    (see :func:`centred_gram`). ``overwrite``: ``x`` may be modified in place.
     """
     lead, B = x.shape[:-2], x.shape[-2]
-    return distances_from_gram(centred_gram(x, dtype, rescale).reshape(-1, B, B)).reshape(*lead, B, B)
+    return distances_from_gram(centred_gram(x, dtype, rescale, overwrite).reshape(-1, B, B)).reshape(*lead, B, B)
 
 
-def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False) -> Tensor:
+def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False,
+                 overwrite: bool = False) -> Tensor:
     """(..., B, D) -> (..., B, B) Gram matrix in ``dtype`` of the rows centred over the batch.
 
     Centring is per feature, so the Gram of a concatenation of feature blocks is the
@@ -147,7 +149,7 @@ def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = 
     x = torch.as_tensor(x)
     lead, (B, F) = x.shape[:-2], x.shape[-2:]
     x3 = x.reshape(-1, B, F)  # (N, B, D)
-    gram = _gram(x3, dtype)  # (N, B, B)
+    gram = _gram(x3, dtype, overwrite)  # (N, B, B)
     if rescale:  # a matrix whose squared norms left the safe range (or overflowed) again, rescaled
         top = gram.diagonal(dim1=-2, dim2=-1).amax(dim=-1)  # (N,) largest squared norm
         bad = ~torch.isfinite(top) | (top > _SAFE_RANGE[1]) | (top < _SAFE_RANGE[0])
@@ -157,10 +159,11 @@ def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = 
     return gram.reshape(*lead, B, B)  # (..., B, B)
 
 
-def _gram(x3: Tensor, dtype: torch.dtype) -> Tensor:
-    """(N, B, D) -> (N, B, B) in ``dtype``: Gram matrices of the rows centred over the batch."""
+def _gram(x3: Tensor, dtype: torch.dtype, overwrite: bool = False) -> Tensor:
+    """(N, B, D) -> (N, B, B) in ``dtype``: Gram matrices of the rows centred over the batch
+    (``overwrite``: ``x3`` may be centred in place)."""
     xc = x3.to(dtype)
-    if xc.data_ptr() == x3.data_ptr():  # still the caller's tensor: do not modify it
+    if not overwrite and xc.data_ptr() == x3.data_ptr():  # still the caller's tensor: do not modify it
         xc = xc.clone()
     xc -= xc.mean(dim=-2, keepdim=True)  # (N, B, D)
     return torch.bmm(xc, xc.transpose(-1, -2))  # (N, B, B)
