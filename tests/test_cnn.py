@@ -339,17 +339,23 @@ def tiny_cnn_data():
 
 @pytest.mark.parametrize("name", CNNS)
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-first-stage", "own-tensors"])
-def test_batched_final_pass_equals_the_per_batch_one(name, shared):
+@pytest.mark.parametrize("pool", [False, True], ids=["", "distinct-first-filters"])
+def test_batched_final_pass_equals_the_per_batch_one(name, shared, pool, monkeypatch):
     """All batches in one program (per-channel Grams of a shared first stage on a
-    (batches, rows, rows) stack included) = the mean of the per-batch measures."""
+    (batches, rows, rows) stack included; with ``pool``, the first stage once for the
+    population's distinct filters with their BatchNorm entries) = the mean of the
+    per-batch measures."""
+    import ecomp_deap.evaluate as evaluate
     from ecomp_deap.evaluate import Measures
 
     factory, shape = CNNS[name]
     torch.manual_seed(5)
     model = randomise_norms(factory(), 5)
     chain, (w, b, norms), pop = population(model, shape, mutate=not shared)
+    if pool:
+        monkeypatch.setattr(evaluate, "DEDUPE_MIN_IMAGES", 1)
     cfg = EcompConfig(embedding_layers=chain.embedding_names, recombination_layers=None, perplexity=4.0,
-                      batch_size=16, similarity_batch=12)
+                      batch_size=16, similarity_batch=12, eval_chunk=3 if pool else 0)
     ev = PopulationEvaluator(chain, w, b, cfg, parent_norms=norms)
     g = torch.Generator().manual_seed(6)
     batches = [(torch.randn(16, *shape, generator=g), torch.randint(0, chain.n_classes, (16,), generator=g))

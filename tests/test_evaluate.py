@@ -172,17 +172,26 @@ def _per_batch_mean(ev, pop, batches):
 @pytest.mark.parametrize("stacked", [False, True])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("similarity_batch", [0, 12])
-def test_batched_final_pass_equals_the_per_batch_one(stacked, dtype, similarity_batch, monkeypatch):
+@pytest.mark.parametrize("pool", [False, True], ids=["", "distinct-first-groups"])
+def test_batched_final_pass_equals_the_per_batch_one(stacked, dtype, similarity_batch, pool, monkeypatch):
     """measure_batches (every batch in one forward, the similarity on a (batches, B, B)
-    stack) gives the per-batch measures' mean, also when the batches are split into
+    stack; with ``pool``, the first layer computed once for the population's distinct
+    rows) gives the per-batch measures' mean, also when the batches are split into
     several forwards, and unequal batches still work (one at a time)."""
     import ecomp_deap.evaluate as evaluate
 
     torch.manual_seed(3)
     model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
     arch, w, b, pop = varied_population(model, n=6, seed=3)
+    pop += [ind.__class__(ind.masks, ind.weights, ind.biases) for ind in pop[:2]]  # copies: rows shared with others
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=20,
-                      similarity_batch=similarity_batch, similarity_dtype=dtype)
+                      similarity_batch=similarity_batch, similarity_dtype=dtype, eval_chunk=3 if pool else 0)
+    if pool:
+        monkeypatch.setattr(evaluate, "DEDUPE_MIN_IMAGES", 1)
+        built = []
+        original = PopulationEvaluator.first_stage_pool
+        monkeypatch.setattr(PopulationEvaluator, "first_stage_pool",
+                            lambda self, *a: built.append(original(self, *a)) or built[-1])
     ev = PopulationEvaluator(arch, w, b, cfg)
     ev.kept_units_forward = not stacked
     g = torch.Generator().manual_seed(4)
@@ -195,6 +204,10 @@ def test_batched_final_pass_equals_the_per_batch_one(stacked, dtype, similarity_
         np.testing.assert_allclose(got.accuracy, expected.accuracy, rtol=1e-12)
         np.testing.assert_array_equal(got.compression, expected.compression)
         np.testing.assert_allclose(got.similarity, expected.similarity, rtol=1e-5)
+    if pool and not stacked:  # the pool was built (and refused once IMAGE_BYTES was tiny), with fewer
+        made = [p for p in built if p is not None]  # distinct rows than kept ones
+        assert made and None in built
+        assert made[0].out.shape[1] < sum(int(ind.masks[0].sum()) for ind in pop)
     uneven = batches[:2] + [(batches[2][0][:13], batches[2][1][:13])]
     np.testing.assert_allclose(ev.measure_batches(pop, uneven).similarity,
                                _per_batch_mean(ev, pop, uneven).similarity, rtol=1e-12)
