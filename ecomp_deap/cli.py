@@ -76,6 +76,15 @@ def run_main(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | 
     sys.exit(int(code or 0))
 
 
+def add_data_and_parent_arguments(group) -> None:
+    """--data-dir, --no-download, --cache-dir and the parent's options (the scripts that
+    load FashionMNIST and a parent share them)."""
+    group.add_argument("--data-dir", help="FashionMNIST root (default: $ECOMP_DATA_DIR or ~/.cache/ecomp_deap/data)")
+    group.add_argument("--no-download", action="store_true", help="never try torchvision's download")
+    group.add_argument("--cache-dir", help="parent weights cache (default: ~/.cache/ecomp_deap)")
+    add_parent_arguments(group)
+
+
 def add_parent_arguments(group) -> None:
     """The options that choose the parent network, shared by run.py and baselines.py."""
     group.add_argument("--arch", choices=("mlp", "cnn"),

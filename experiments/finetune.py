@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int,
+from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int,
                             parent_spec, positive_int, run_main)
 from ecomp_deap.errors import ConfigError
 
@@ -53,10 +53,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--seed", type=non_negative_int, default=0, help="shuffling (and Dropout) seed, the same for all")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads (results depend on it in the last bits)")
     p.add_argument("--overwrite", action="store_true", help="replace existing finetune.json files")
-    p.add_argument("--data-dir", help="FashionMNIST root (default: $ECOMP_DATA_DIR or ~/.cache/ecomp_deap/data)")
-    p.add_argument("--no-download", action="store_true", help="never try torchvision's download")
-    p.add_argument("--cache-dir", help="parent weights cache (default: ~/.cache/ecomp_deap)")
-    add_parent_arguments(p)
+    add_data_and_parent_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars (the one-line results stay)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p

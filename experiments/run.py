@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int,
+from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int,
                             parent_spec, positive_int, run_main)
 from ecomp_deap.config import CROSSOVERS, DEVICES, INIT_SCORES, KERNELS, MUTATIONS, SELECTIONS
 from ecomp_deap.errors import ConfigError
@@ -104,10 +104,7 @@ def build_parser() -> OneLineParser:
                         "(channels); the result is the most accurate on validation within it (quality* budget presets)")
     g.add_argument("--device", choices=DEVICES, help="cpu, cuda, or auto (cuda when available; preset: auto)")
     d = p.add_argument_group("data and parent")
-    d.add_argument("--data-dir", help="FashionMNIST root (default: $ECOMP_DATA_DIR or ~/.cache/ecomp_deap/data)")
-    d.add_argument("--no-download", action="store_true", help="never try torchvision's download")
-    d.add_argument("--cache-dir", help="parent weights cache (default: ~/.cache/ecomp_deap)")
-    add_parent_arguments(d)
+    add_data_and_parent_arguments(d)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p

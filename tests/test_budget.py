@@ -14,7 +14,6 @@ from conftest import REPO
 from ecomp_deap.budget import budget_groups, budget_rates, check_budget, group_ranks, repair_to_budget
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
-from ecomp_deap.genome import fitness_weights, make_types
 from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.nets.parents import build_cnn, build_mlp
 from ecomp_deap.operators import l1_unit_scores
@@ -58,13 +57,7 @@ def test_ranks_are_percentiles_within_each_layer():
     assert ranks[1].tolist() == [0.5, 1.0]
 
 
-def setup(hidden=(16, 12, 8), seed=0):
-    torch.manual_seed(seed)
-    model = build_mlp(hidden, in_features=10, n_classes=5)
-    arch = Chain.from_module(model)
-    w, b, _ = parent_tensors(model, arch)
-    _, ind_cls = make_types(fitness_weights("nsga2", (1, 1, 1)))
-    return arch, w, b, ind_cls
+from test_operators import setup  # noqa: E402  (a small MLP's chain, tensors and individual type)
 
 
 def test_repair_of_a_uniform_pruning_stays_uniform_and_drops_the_lowest_scores():
