@@ -32,8 +32,8 @@ from .config import EcompConfig
 from .genome import Genome
 from .nets.chain import Chain
 from .nets.forward import as_input, kept_tensors, per_individual, run_stage, stacked_stage
-from .similarity import (_SAFE_RANGE, DTYPES, _rescaled, centred_gram, distances_from_gram, joint_probabilities,
-                         parent_entropy_term, similarity_from_distances, squared_distances)
+from .similarity import (DTYPES, centred_gram, distances_from_gram, joint_probabilities,
+                         parent_entropy_term, rescaled_as_one, similarity_from_distances, squared_distances)
 
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
 SIMILARITY_BYTES = 512 * 2**20  # bound on a chunk's similarity work space (distances and search)
@@ -412,9 +412,7 @@ class PopulationEvaluator:
             per_group = per_group.reshape(blocks, rows, t.shape[1], -1).to(dtype)  # (blocks, rows, H_0, S)
             if per_group.shape[3] >= GRAM_SHARING_MIN:
                 if dtype != torch.float64:  # one power of two for all groups: their Grams still add up
-                    top = per_group.abs().amax()
-                    if not (_SAFE_RANGE[0] < float(top) ** 2 < _SAFE_RANGE[1]):
-                        per_group = _rescaled(per_group.reshape(1, -1, 1)).reshape(per_group.shape)
+                    per_group = rescaled_as_one(per_group)
                 shared[where] = ("gram", centred_gram(per_group.permute(2, 0, 1, 3), dtype))  # (H_0, blocks, rows, rows)
             else:
                 shared[where] = ("full", t)

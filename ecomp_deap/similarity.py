@@ -55,6 +55,7 @@ __all__ = [
     "similarity_from_distances",
     "parent_entropy_term",
     "DTYPES",
+    "rescaled_as_one",
 ]
 
 EPS = float(np.finfo(np.float64).eps)  # floor for probabilities (= sklearn's MACHINE_EPSILON)
@@ -99,18 +100,24 @@ def _from_offdiag(o: Tensor) -> Tensor:
 _SAFE_RANGE = (2.0**-100, 2.0**100)  # squared norms inside which a float32 Gram is trusted
 
 
-def _rescaled(x: Tensor, which: Tensor | None = None) -> Tensor:
-    """(N, B, D) -> the matrices selected by ``which`` (N,) bool (default: all) times the
-    power of two that brings their largest |entry| into [0.5, 1): exact (only exponents
-    change), so float32 neither overflows on huge activations nor underflows on tiny
-    ones. All-zero matrices stay as they are."""
+def _rescaled(x: Tensor) -> Tensor:
+    """(N, B, D) -> each matrix times the power of two that brings its largest |entry|
+    into [0.5, 1): exact (only exponents change), so float32 neither overflows on huge
+    activations nor underflows on tiny ones. All-zero matrices stay as they are."""
     top = x.abs().amax(dim=(-2, -1), keepdim=True).to(torch.float64)  # (N, 1, 1) largest |entry|
     _, exponent = torch.frexp(top)
     scale = torch.ldexp(torch.ones_like(top), -exponent)  # 2^-e
-    use = top > 0
-    if which is not None:
-        use = use & which.reshape(-1, 1, 1)
-    return x * torch.where(use, scale, torch.ones_like(scale)).to(x.dtype)
+    return x * torch.where(top > 0, scale, torch.ones_like(scale)).to(x.dtype)
+
+
+def rescaled_as_one(x: Tensor) -> Tensor:
+    """``x`` (any shape) times one power of two when its largest squared entry lies
+    outside the float32-safe range (else ``x`` itself): for blocks whose Grams are added
+    up afterwards (per-channel Grams of a feature map), which must share one scale."""
+    top = float(x.abs().amax()) if x.numel() else 0.0
+    if top == 0.0 or _SAFE_RANGE[0] < top * top < _SAFE_RANGE[1]:
+        return x
+    return _rescaled(x.reshape(1, -1, 1)).reshape(x.shape)
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
