@@ -238,13 +238,19 @@ def size_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
 
 
 def size_markdown_by_experiment(rows: Sequence[dict], names: Sequence[str]) -> str:
+    return rows_as_columns_markdown(rows, names, "hidden units kept",
+                                    [f"≤ {100 * r['size']:g} % median [q25–q75] (runs)" for r in rows])
+
+
+def rows_as_columns_markdown(rows: Sequence[dict], names: Sequence[str], first: str, labels: Sequence[str]) -> str:
+    """A table whose columns are ``rows`` (labelled ``labels``) and whose rows are the
+    experiments (median [q25–q75] (runs)), the baseline methods and the parent."""
     methods = [k[len("baseline_"):] for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
-    headers = ["hidden units kept"] + [f"≤ {100 * r['size']:g} % median [q25–q75] (runs)" for r in rows]
     body = [[n] + [f"{fmt_median_iqr(r[n]['median'], r[n]['q25'], r[n]['q75'])} ({r[n]['runs']})" for r in rows]
             for n in names]
     body += [[f"{m} pruning"] + [fmt_number(r[f"baseline_{m}"]) for r in rows] for m in methods]
     body.append(["parent"] + [fmt_number(r["parent_accuracy"]) for r in rows])
-    return markdown_table(headers, body, ["l"] + ["r"] * len(rows))
+    return markdown_table([first, *labels], body, ["l"] + ["r"] * len(rows))
 
 
 def size_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict], list[str]]:
@@ -311,13 +317,8 @@ def finetune_rows(names: Sequence[str], tuned: dict, baselines_tuned: dict | Non
 def finetune_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
     """One row per experiment, baseline and the parent; per size, one column per epoch
     count: not fine-tuned, then after N epochs of fine-tuning."""
-    methods = [k[len("baseline_"):] for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
-    headers = ["network"] + [f"≤ {100 * r['size']:g} %, {epoch_label(r['epochs'])}" for r in rows]
-    body = [[n] + [f"{fmt_median_iqr(r[n]['median'], r[n]['q25'], r[n]['q75'])} ({r[n]['runs']})" for r in rows]
-            for n in names]
-    body += [[f"{m} pruning"] + [fmt_number(r[f"baseline_{m}"]) for r in rows] for m in methods]
-    body.append(["parent"] + [fmt_number(r["parent_accuracy"]) for r in rows])
-    return markdown_table(headers, body, ["l"] + ["r"] * len(rows))
+    return rows_as_columns_markdown(rows, names, "network",
+                                    [f"≤ {100 * r['size']:g} %, {epoch_label(r['epochs'])}" for r in rows])
 
 
 def finetune_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict], list[str]]:
