@@ -10,7 +10,9 @@ A generation ``t`` uses batch ``t % generations`` of epoch ``t // generations``.
   come from the same data), offspring by DCD tournament and the same operators,
   evaluate them, ``selNSGA2`` over parents plus offspring.
 
-At the end the final population is evaluated on all training batches (averaged).
+At the end the final population is evaluated on all training batches (averaged),
+after, with ``refit_images``, the closed-form refit of its Linear layers to the parent
+(:mod:`ecomp_deap.refit`).
 Weighted mode picks the best weighted fitness; Pareto mode takes the non-dominated
 set, re-measures it on the validation split, keeps what is non-dominated there and
 picks its knee (accuracy vs compression) as "best". With a size budget
@@ -125,6 +127,8 @@ class Evolution:
             if float(torch.rand((), generator=g)) < cfg.mutation_rate:
                 tb.mutate(ind)
             tb.mutate_mask(ind)
+            if hasattr(tb, "refit") and cfg.refit_children:  # Lamarckian: the child keeps the refitted weights
+                tb.refit(ind)
             if hasattr(tb, "recalibrate"):  # adaptive BatchNorm for the child's channels
                 tb.recalibrate(ind)
             del ind.fitness.values
@@ -167,8 +171,10 @@ class Evolution:
 
     def initial_state(self) -> EvolutionState:
         population = self.toolbox.population(n=self.config.pop_size)
-        if hasattr(self.toolbox, "recalibrate"):
-            for ind in population:
+        for ind in population:
+            if hasattr(self.toolbox, "refit") and self.config.refit_children:
+                self.toolbox.refit(ind)
+            if hasattr(self.toolbox, "recalibrate"):
                 self.toolbox.recalibrate(ind)
         return EvolutionState(0, population, tools.Logbook(), self.gen)
 
@@ -204,6 +210,11 @@ class Evolution:
         """Evaluate the final population on all training batches and choose."""
         cfg = self.config
         pop = state.population
+        if hasattr(self.toolbox, "refit"):  # closed-form refit to the parent (refit_images), then the measures
+            for ind in pop:
+                self.toolbox.refit(ind)
+                if hasattr(self.toolbox, "recalibrate"):
+                    self.toolbox.recalibrate(ind)
         # the generations' cache keys: epoch 0's parent references are reused
         train = self.evaluator.measure_batches(pop, self.stream.all_batches(), key=("batch", 0))
         self.assign(pop, train)

@@ -11,7 +11,10 @@ or channels) chosen by
   group actually sends downstream).
 
 The pruned networks are masked individuals of the parent, measured by the same
-evaluator as the evolved ones.
+evaluator as the evolved ones. With calibration images for the refit, each method also
+appears refitted (``l1+refit``, ...): the same pruning, then the closed-form refit of
+its Linear layers to the parent that evolved runs with ``refit_images`` get
+(:mod:`ecomp_deap.refit`), so that the comparison stays fair.
 """
 from __future__ import annotations
 
@@ -24,8 +27,17 @@ from .config import EcompConfig
 from .evaluate import PopulationEvaluator
 from .genome import Genome
 from .operators import l1_unit_scores, recalibrate_norms, top_units_mask
+from .refit import Refit
 
 METHODS = ("l1", "random", "activation")
+REFIT_SUFFIX = "+refit"
+
+
+def split_method(name: str) -> tuple[str, bool]:
+    """'l1+refit' -> ('l1', True); 'l1' -> ('l1', False)."""
+    if name.endswith(REFIT_SUFFIX):
+        return name[:-len(REFIT_SUFFIX)], True
+    return name, False
 BASELINES_SCHEMA = "ecomp_deap.baselines/1"
 
 
@@ -72,28 +84,39 @@ def pruned(arch: Chain, weights, biases, scores, size: float, norms=None) -> Gen
 
 
 def baseline_prunings(arch: Chain, weights, biases, norms, method: str, sizes, activation_x=None, seeds: int = 5,
-                      seed: int = 0, calibration_x=None) -> list[Genome]:
+                      seed: int = 0, calibration_x=None, refit_x=None, refit_ridge: float = 1e-4) -> list[Genome]:
     """One method's pruned networks, size-major: for each size, ``seeds`` networks for
     'random' (scores drawn in turn from one generator seeded with ``seed``), one for the
     others. With ``calibration_x`` every network's BatchNorm statistics are re-estimated
     on it (adaptive BatchNorm, as ``EcompConfig.norm_calibration`` does for evolved
-    networks). :func:`baseline_curves` measures these; ``experiments/finetune.py``
-    rebuilds and fine-tunes the same ones."""
+    networks). A method named ``M+refit`` is ``M`` followed by the refit on ``refit_x``
+    (:class:`ecomp_deap.refit.Refit`). :func:`baseline_curves` measures these;
+    ``experiments/finetune.py`` rebuilds and fine-tunes the same ones."""
+    method, refit = split_method(method)
+    if refit and refit_x is None:
+        raise ValueError(f"baseline {method}{REFIT_SUFFIX} needs calibration images for the refit")
     repeats = seeds if method == "random" else 1
     gen = torch.Generator().manual_seed(seed)
     score_sets = [unit_scores(method, arch, weights, biases, activation_x, gen, norms) for _ in range(repeats)]
     population = [pruned(arch, weights, biases, sc, s, norms) for s in sizes for sc in score_sets]
-    if calibration_x is not None:
-        for ind in population:
+    refitter = Refit(arch, weights, biases, norms, refit_x, refit_ridge) if refit else None
+    for ind in population:
+        if refitter is not None:
+            refitter(ind)
+        if calibration_x is not None:
             recalibrate_norms(ind, arch, calibration_x)
     return population
 
 
 def baseline_curves(parent: torch.nn.Module, sizes, test_x, test_y, activation_x=None, seeds: int = 5,
-                    methods=METHODS, seed: int = 0, calibration_x=None) -> dict:
+                    methods=METHODS, seed: int = 0, calibration_x=None, refit_x=None,
+                    refit_ridge: float = 1e-4) -> dict:
     """Test accuracy of every method at every size: ``{method: [{size, compression,
     hidden_units, test_accuracy, test_accuracy_std}, ...]}``, the networks of
-    :func:`baseline_prunings`."""
+    :func:`baseline_prunings`; with ``refit_x``, every method refitted too
+    (``{method}+refit``)."""
+    if refit_x is not None:
+        methods = [*methods, *(m + REFIT_SUFFIX for m in methods if not m.endswith(REFIT_SUFFIX))]
     arch = Chain.from_module(parent, input_shape=parent_input_shape(parent, test_x))
     weights, biases, norms = parent_tensors(parent, arch)
     ev = PopulationEvaluator(arch, weights, biases, EcompConfig(embedding_layers=None, recombination_layers=None),
@@ -101,9 +124,9 @@ def baseline_curves(parent: torch.nn.Module, sizes, test_x, test_y, activation_x
     total = sum(arch.hidden_widths)
     out = {}
     for method in methods:
-        repeats = seeds if method == "random" else 1
+        repeats = seeds if split_method(method)[0] == "random" else 1
         population = baseline_prunings(arch, weights, biases, norms, method, sizes, activation_x, seeds, seed,
-                                       calibration_x)
+                                       calibration_x, refit_x, refit_ridge)
         acc = ev.accuracy(population, test_x, test_y).reshape(len(sizes), repeats)  # (sizes, repeats)
         out[method] = [{"size": float(s), "compression": sum(keep_counts(arch, s)) / total,
                         "hidden_units": keep_counts(arch, s), "test_accuracy": float(np.mean(acc[i])),

@@ -81,6 +81,16 @@ class EcompConfig:
     no gradient ("adaptive BatchNorm"); 0 = off: individuals inherit the parent's
     statistics. Stages after the first only (the first one's inputs are never pruned).
     CNN parents with BatchNorm; nothing to do for others."""
+    refit_images: int = 0
+    """Images (the first of the evolution subset) on which the final population's Linear
+    layers after the first are refitted to the parent's pre-activations by closed-form
+    ridge least squares before the final measures and the choice (:mod:`ecomp_deap.refit`;
+    no gradient); 0 = off (the reference)."""
+    refit_ridge: float = 1e-4
+    """The refit's ridge, relative to the mean squared input of each refitted layer."""
+    refit_children: bool = False
+    """With ``refit_images``: refit every child after variation too (Lamarckian: it keeps
+    the refitted weights), so that selection sees each mask at its refitted accuracy."""
     selection_temperature: float = 1.0
     """Weighted mode: roulette probabilities softmax(fitness / T). T = 1 is the reference
     (almost uniform for fitnesses a few hundredths apart); smaller T, more pressure."""
@@ -165,6 +175,11 @@ class EcompConfig:
              f"similarity_dtype must be float32 or float64, got {self.similarity_dtype!r}")
         need(isinstance(self.norm_calibration, int) and self.norm_calibration >= 0,
              f"norm_calibration must be an integer >= 0 (images), got {self.norm_calibration}")
+        need(isinstance(self.refit_images, int) and not isinstance(self.refit_images, bool)
+             and (self.refit_images == 0 or self.refit_images >= 2),
+             f"refit_images must be 0 (off) or an integer >= 2 (images), got {self.refit_images}")
+        need(isinstance(self.refit_ridge, (int, float)) and math.isfinite(self.refit_ridge) and self.refit_ridge > 0,
+             f"refit_ridge must be a finite number > 0, got {self.refit_ridge}")
         need(self.init_scores in INIT_SCORES,
              f"init_scores must be one of {', '.join(INIT_SCORES)}, got {self.init_scores!r}")
         need(0.0 <= self.init_prune_low < self.init_prune_high <= 1.0,
@@ -218,6 +233,9 @@ class EcompConfig:
         """Check that the evolution subset and the validation split fit the training data."""
         if self.norm_calibration > self.subset_size:
             raise ConfigError(f"norm_calibration ({self.norm_calibration} images) exceeds the evolution subset "
+                              f"(generations x batch size = {self.subset_size})")
+        if self.refit_images > self.subset_size:
+            raise ConfigError(f"refit_images ({self.refit_images} images) exceeds the evolution subset "
                               f"(generations x batch size = {self.subset_size})")
         if self.subset_size + self.val_size > n_train:
             raise ConfigError(f"generations x batch size ({self.generations} x {self.batch_size} = {self.subset_size}) "

@@ -118,8 +118,9 @@ class EcompRun:
         self.evaluator = PopulationEvaluator(self.arch, self.weights, self.biases, config, config.resolved_device(),
                                              self.norms)
         calibration = self.subset_images(config.norm_calibration) if config.norm_calibration else None
+        refit_x = self.subset_images(config.refit_images) if config.refit_images else None
         self.toolbox = build_toolbox(config, self.arch, self.weights, self.biases, self.gen, self.init_scores(),
-                                     self.norms, calibration)
+                                     self.norms, calibration, refit_x)
         self.evolution = Evolution(config, self.toolbox, self.evaluator, self.stream, self.gen, progress)
 
     def init_scores(self, images: int = INIT_SCORE_IMAGES):

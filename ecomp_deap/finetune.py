@@ -205,7 +205,7 @@ def finetune_baselines(parent: nn.Module, baselines: dict, data, sizes: Sequence
     the random seeds), after_epochs_std, repeats}, ...]}``."""
     import numpy as np
 
-    from .baselines import METHODS, baseline_prunings
+    from .baselines import METHODS, baseline_prunings, split_method
     from .data import make_splits
     from .nets.chain import Chain, parent_input_shape, parent_tensors
     from .nets.export import export_individual
@@ -216,12 +216,16 @@ def finetune_baselines(parent: nn.Module, baselines: dict, data, sizes: Sequence
     subset = make_splits(data.train_y, int(baselines.get("subset", 10000)), 0, seed).subset
     activation_x = data.train_x[subset]
     calibration = int(baselines.get("norm_calibration") or 0)
-    methods = [m for m in baselines.get("methods", {}) if m in METHODS]
+    refit_images = int(baselines.get("refit_images") or 0)
+    refit_x = activation_x[:refit_images] if refit_images else None
+    methods = [m for m in baselines.get("methods", {}) if split_method(m)[0] in METHODS
+               and (refit_x is not None or not split_method(m)[1])]
     total = sum(arch.hidden_widths)
     out = {}
     for method in methods:
         nets = baseline_prunings(arch, weights, biases, norms, method, sizes, activation_x, seeds, seed,
-                                 activation_x[:calibration] if calibration else None)
+                                 activation_x[:calibration] if calibration else None, refit_x,
+                                 float(baselines.get("refit_ridge") or 1e-4))
         repeats = len(nets) // len(sizes)
         rows = []
         for i, size in enumerate(sizes):

@@ -9,6 +9,7 @@ from .nets.chain import Chain
 from .config import EcompConfig
 from .genome import Genome, fitness_weights, make_types
 from .errors import ConfigError
+from .refit import Refit
 from .operators import (cx_layerwise, cx_reference, init_pruned_population, l1_unit_scores, mut_flip_units,
                         mut_scale_units, mut_scale_weights, recalibrate_norms, sel_softmax_roulette)
 
@@ -31,13 +32,15 @@ def crossover_operator(config: EcompConfig, arch: Chain):
 
 def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biases,
                   gen: torch.Generator, init_scores=None, parent_norms=None,
-                  calibration_x: torch.Tensor | None = None) -> base.Toolbox:
+                  calibration_x: torch.Tensor | None = None, refit_x: torch.Tensor | None = None) -> base.Toolbox:
     """Registers: population, clone, mate, mutate, mutate_mask, select (and, for NSGA-II,
     select_parents). ``init_scores``: per hidden layer (H_l,) unit scores ranking the
     initial prunings (None: L1 norm of the incoming weights, the reference);
     ``parent_norms``: per stage the parent's BatchNorm stack or None; with
     ``config.norm_calibration``, ``recalibrate`` (adaptive BatchNorm on ``calibration_x``)
-    is registered too, for parents with BatchNorm after the first stage.
+    is registered too, for parents with BatchNorm after the first stage; with
+    ``config.refit_images``, ``refit`` (:class:`ecomp_deap.refit.Refit` on ``refit_x``),
+    which the final selection applies to the final population.
     With ``config.max_size``, the initial prunings are scaled into the budget
     (:func:`ecomp_deap.budget.budget_rates`) and ``population``, ``mate``, ``mutate`` and
     ``mutate_mask`` are decorated with the budget repair, ranked by the same unit scores.
@@ -62,6 +65,8 @@ def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biase
     tb.register("mutate_mask", mut_flip_units, flip_prob=config.mask_flip_prob, gen=gen)
     if config.norm_calibration and any(st.norm is not None for st in arch.stages[1:]):
         tb.register("recalibrate", recalibrate_norms, chain=arch, x=calibration_x)
+    if config.refit_images:
+        tb.register("refit", Refit(arch, parent_weights, parent_biases, parent_norms, refit_x, config.refit_ridge))
     if config.selection == "weighted":
         tb.register("select", sel_softmax_roulette, temperature=config.selection_temperature, gen=gen)
     else:

@@ -39,6 +39,12 @@ def build_parser() -> OneLineParser:
     p.add_argument("--norm-calibration", type=non_negative_int, default=0, metavar="IMAGES",
                    help="adaptive BatchNorm: re-estimate each pruned network's BatchNorm statistics on the first "
                         "IMAGES of the subset first (as run.py --norm-calibration does; 0: off)")
+    p.add_argument("--refit", type=non_negative_int, default=0, metavar="IMAGES",
+                   help="also measure every method refitted (l1+refit, ...): its Linear layers after the first "
+                        "refitted to the parent's pre-activations on the first IMAGES of the subset by closed-form "
+                        "ridge least squares, as run.py --refit does for evolved networks (0: off)")
+    p.add_argument("--refit-ridge", type=finite_float, default=1e-4, metavar="LAMBDA",
+                   help="the refit's ridge, relative to each layer's mean squared input")
     add_parent_arguments(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return p
@@ -77,15 +83,22 @@ def main(argv) -> int:
         spec = parent_spec(args)
         info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
         model, parent_acc = info.model, info.test_accuracy
+    if args.refit == 1 or args.refit > args.subset:
+        raise ConfigError(f"--refit needs 0 (off) or 2 to --subset ({args.subset}) images, got {args.refit}")
+    if not args.refit_ridge > 0:
+        raise ConfigError(f"--refit-ridge must be > 0, got {args.refit_ridge}")
     subset = make_splits(data.train_y, args.subset, 0, args.seed).subset
     t0 = time.perf_counter()
     calibration = data.train_x[subset[:args.norm_calibration]] if args.norm_calibration else None
     methods = baseline_curves(model, sizes, data.test_x, data.test_y, data.train_x[subset], args.seeds, seed=args.seed,
-                              calibration_x=calibration)
+                              calibration_x=calibration,
+                              refit_x=data.train_x[subset[:args.refit]] if args.refit else None,
+                              refit_ridge=args.refit_ridge)
     save_json(folder / "baselines.json", {"schema": BASELINES_SCHEMA, "parent": {"test_accuracy": parent_acc},
                                           "sizes": sizes, "random_seeds": args.seeds, "seed": args.seed,
                                           "subset": args.subset, "methods": methods,
                                           "norm_calibration": args.norm_calibration,
+                                          "refit_images": args.refit, "refit_ridge": args.refit_ridge,
                                           "wall_time_s": time.perf_counter() - t0})
     print(f"parent test accuracy {parent_acc:.4f}")
     print("size   " + "  ".join(f"{m:>10}" for m in methods))

@@ -82,6 +82,15 @@ def build_parser() -> OneLineParser:
                    help="adaptive BatchNorm: re-estimate every new individual's BatchNorm statistics for its kept "
                         "channels on this many images of the evolution subset (forward only; CNNs with BatchNorm; "
                         "preset: 0, off)")
+    g.add_argument("--refit", type=non_negative_int, dest="refit_images", metavar="IMAGES",
+                   help="before the final choice, refit every network's Linear layers after the first to the "
+                        "parent's pre-activations on this many images of the evolution subset (closed-form ridge "
+                        "least squares, no gradient; quality budget presets: 5000; others: 0, off)")
+    g.add_argument("--refit-ridge", type=finite_float, metavar="LAMBDA",
+                   help="the refit's ridge, relative to each layer's mean squared input (preset: 1e-4)")
+    g.add_argument("--refit-children", action="store_true", default=None,
+                   help="with --refit: refit every new network during the search too (Lamarckian), so selection "
+                        "compares masks at their refitted accuracy")
     g.add_argument("--temperature", type=finite_float, dest="selection_temperature",
                    help="weighted mode: softmax temperature of the roulette (preset: 1, the reference)")
     g.add_argument("--elitism", type=non_negative_int, help="weighted mode: best individuals kept unchanged (preset: 0)")
@@ -114,7 +123,8 @@ OVERRIDES = ("weights", "selection", "crossover", "pop_size", "generations", "ep
              "mutation", "mutation_low", "mutation_high",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
              "embedding_layers", "recombination_layers", "similarity_batch", "init_scores", "norm_calibration",
-             "similarity_dtype", "max_size")
+             "similarity_dtype", "max_size", "refit_images", "refit_ridge",
+             "refit_children")
 
 
 def experiment_configs(args):
