@@ -87,7 +87,7 @@ bench: $(STAMP) data
 
 quality: $(STAMP) data
 	$(BIN)/python experiments/run.py --name $(QUALITY) --runs $(RUNS) --out $(OUT) --resume --quiet
-	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite --sizes 0.125 0.875 0.125
+	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite --sizes 0.125 0.875 0.125 --refit 1000
 	$(BIN)/python experiments/finetune.py $(QUALITY_DIRS) --baselines $(OUT)/baselines --epochs $(FINETUNE_EPOCHS) \
 	    --sizes $(QUALITY_SIZES) --overwrite --quiet
 	$(BIN)/python experiments/compare.py $(QUALITY_DIRS) --baselines $(OUT)/baselines --sizes $(QUALITY_SIZES) --out $(OUT)
