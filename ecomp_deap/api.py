@@ -87,12 +87,28 @@ def as_tensors(data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x.detach().to(torch.float32).cpu(), y.detach().cpu()
 
 
+DEFAULT_REFIT_IMAGES = 5000
+
+
 def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompConfig:
     """NSGA-II over accuracy, similarity and compression, similarity on every hidden
     activation, every Linear layer recombined, as many generations as the training
-    data has batches (at most 100)."""
+    data has batches (at most 100), and the final population's Linear layers refitted
+    to the parent on up to 5000 training images (:mod:`ecomp_deap.refit`).
+
+    Measured on a user's own MLP (784-300-100-10 on FashionMNIST, test accuracy
+    0.8731; README "Your own network"): the refit lifts the front's best network at
+    <= 25 % of the units from 0.827 to 0.864 and at <= 50 % from 0.862 to 0.871 at no
+    measurable cost in time (about a minute per call on one thread,
+    ``benchmarks/compress_defaults.py``). ``refit_children=True`` (every child
+    refitted) buys more for more time (1.7x in the ``quality25`` search; more where
+    the evaluation batches are small); ``refit_images=0`` is the search without it."""
+    generations = max(1, min(100, n_train // batch_size))
     settings = dict(selection="nsga2", weights=(1.0, 1.0, 1.0), embedding_layers=None, recombination_layers=None,
-                    batch_size=batch_size, generations=max(1, min(100, n_train // batch_size)))
+                    batch_size=batch_size, generations=generations,
+                    refit_images=min(DEFAULT_REFIT_IMAGES, generations * batch_size))
+    if settings["refit_images"] < 2:  # a one-image subset: nothing to fit on
+        settings["refit_images"] = 0
     settings.update(overrides)
     return EcompConfig(**settings)
 

@@ -561,7 +561,10 @@ def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequenc
             "and the best validation accuracy (chosen without the test set); median and "
             "interquartile range of its test accuracy across runs (runs with such a network in "
             "brackets); with two experiments, the two-sided Mann–Whitney U p-value between them. "
-            "Baselines: structured pruning to exactly that size, no retraining.",
+            "Baselines: structured pruning to exactly that size, no retraining"
+            + ("; '+refit': its Linear layers then refitted to the parent by closed-form least squares "
+               "(ecomp_deap.refit, no gradient), as evolved runs with refit_images are."
+               if any(k.endswith("+refit") for k in (sizes[0] if sizes else {})) else "."),
             "",
             size_markdown(sizes, names),
         ]

@@ -264,3 +264,13 @@ def test_cli_refuses_bad_refit_settings_in_one_line(tmp_path, argv, expected):
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1 and expected in lines[0], p.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_compress_refits_by_default_on_up_to_5000_training_images():
+    from ecomp_deap.api import default_config
+
+    assert default_config(60000).refit_images == 5000  # 100 generations x 100 images: 10000 in the subset
+    assert default_config(900, batch_size=100).refit_images == 900
+    assert default_config(1, batch_size=1).refit_images == 0  # nothing to fit on
+    assert default_config(60000, refit_images=0).refit_images == 0  # the search without it
+    default_config(60000).validate().validate_data(60000)
