@@ -199,9 +199,12 @@ def test_compress_with_max_size_and_its_errors():
         ecomp_deap.compress(model, train=(x, y), test=(x, y), config=cfg, progress=False, max_size=0.01)
 
 
-@pytest.mark.parametrize("value,expected", [("0", r"max_size must be a fraction"), ("abc", "--max-size")])
-def test_cli_refuses_a_bad_max_size_in_one_line(tmp_path, value, expected):
-    p = subprocess.run([sys.executable, str(REPO / "experiments/run.py"), "--name", "quality25", "--max-size", value,
+@pytest.mark.parametrize("argv,expected", [
+    (["--max-size", "0"], r"max_size must be a fraction"), (["--max-size", "abc"], "--max-size"),
+    (["--refit", "-3"], "--refit"), (["--refit", "1"], "refit_images must be 0"),  # the refit (ecomp_deap.refit)
+    (["--refit-ridge", "0"], "refit_ridge must be a finite number > 0")])
+def test_cli_refuses_a_bad_budget_or_refit_in_one_line(tmp_path, argv, expected):
+    p = subprocess.run([sys.executable, str(REPO / "experiments/run.py"), "--name", "quality25", *argv,
                         "--out", str(tmp_path / "o")], cwd=REPO, capture_output=True, text=True, timeout=120,
                        env={**os.environ})
     lines = p.stderr.strip().splitlines()
