@@ -62,7 +62,7 @@ REFERENCE_PREFIX = "ref-weighting"
 # the parent's hidden units, with and without the similarity objective. Measured on
 # seeds 0 and 1 at 25 % (README): compression as a third objective spreads the
 # population below the budget and costs ~0.5 point; the Lamarckian refit ~0.5 point
-# over a refit of the final population only, at ~2.5x the time; 5 epochs with it
+# over a refit of the final population only, at ~1.7x the time; 5 epochs with it
 # beat 25 without it.
 BUDGETS = {"12.5": 0.125, "25": 0.25, "50": 0.5}
 BUDGET_SEARCH = {**QUALITY, "epochs": 5, "refit_images": 1000, "refit_children": True}

@@ -11,9 +11,9 @@ where ``A_k`` (n, kept inputs) is the *pruned* network's input to stage ``k`` (i
 refitted stages below included, so errors do not accumulate) and ``Z_k`` (n, kept
 outputs) the *parent's* pre-activations of the outputs the network keeps (all of them
 for the output layer: its logits). ``lam`` is ``ridge`` times the mean of the diagonal
-of ``A_k^T A_k``, so the setting does not depend on the activations' scale; the bias is
-not penalised. The solve runs in float64 on a (kept inputs + 1)-square system: a few
-milliseconds for an MLP individual. This is the least-squares reconstruction of
+of ``A_k^T A_k`` (centred), so the setting does not depend on the activations' scale;
+the bias is not penalised (the system is centred). The solve runs in float64 on a
+(kept inputs)-square system: a few milliseconds for an MLP individual. This is the least-squares reconstruction of
 channel-pruning work (e.g. He et al. 2017, ThiNet), applied to every network alike:
 the evolved ones (``EcompConfig.refit_images``: the final population, before the
 validation choice) and the baselines (``experiments/baselines.py --refit``), so the
