@@ -127,12 +127,18 @@ class Evolution:
             if float(torch.rand((), generator=g)) < cfg.mutation_rate:
                 tb.mutate(ind)
             tb.mutate_mask(ind)
-            if hasattr(tb, "refit") and cfg.refit_children:  # Lamarckian: the child keeps the refitted weights
-                tb.refit(ind)
-            if hasattr(tb, "recalibrate"):  # adaptive BatchNorm for the child's channels
-                tb.recalibrate(ind)
+            self.settle(ind, refit=cfg.refit_children)
             del ind.fitness.values
         return offspring
+
+    def settle(self, ind, refit: bool) -> None:
+        """What a new individual gets before it is measured: with ``refit``, the refit to
+        the parent (Lamarckian: it keeps the refitted weights), then adaptive BatchNorm
+        for its channels; each only where the toolbox registers it."""
+        if refit and hasattr(self.toolbox, "refit"):
+            self.toolbox.refit(ind)
+        if hasattr(self.toolbox, "recalibrate"):
+            self.toolbox.recalibrate(ind)
 
     def record(self, state: EvolutionState, population, epoch: int, index: int, evals: int) -> dict:
         acc = np.array([ind.measures[0] for ind in population])
@@ -172,10 +178,7 @@ class Evolution:
     def initial_state(self) -> EvolutionState:
         population = self.toolbox.population(n=self.config.pop_size)
         for ind in population:
-            if hasattr(self.toolbox, "refit") and self.config.refit_children:
-                self.toolbox.refit(ind)
-            if hasattr(self.toolbox, "recalibrate"):
-                self.toolbox.recalibrate(ind)
+            self.settle(ind, refit=self.config.refit_children)
         return EvolutionState(0, population, tools.Logbook(), self.gen)
 
     def run(self, state: EvolutionState | None = None,
@@ -210,11 +213,9 @@ class Evolution:
         """Evaluate the final population on all training batches and choose."""
         cfg = self.config
         pop = state.population
-        if hasattr(self.toolbox, "refit"):  # closed-form refit to the parent (refit_images), then the measures
+        if hasattr(self.toolbox, "refit") and not cfg.refit_children:  # refit_children: every one refitted already
             for ind in pop:
-                self.toolbox.refit(ind)
-                if hasattr(self.toolbox, "recalibrate"):
-                    self.toolbox.recalibrate(ind)
+                self.settle(ind, refit=True)
         # the generations' cache keys: epoch 0's parent references are reused
         train = self.evaluator.measure_batches(pop, self.stream.all_batches(), key=("batch", 0))
         self.assign(pop, train)

@@ -104,11 +104,10 @@ def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompCon
     refitted) buys more for more time (1.7x in the ``quality25`` search; more where
     the evaluation batches are small); ``refit_images=0`` is the search without it."""
     generations = max(1, min(100, n_train // batch_size))
+    refit = min(DEFAULT_REFIT_IMAGES, generations * batch_size)
     settings = dict(selection="nsga2", weights=(1.0, 1.0, 1.0), embedding_layers=None, recombination_layers=None,
                     batch_size=batch_size, generations=generations,
-                    refit_images=min(DEFAULT_REFIT_IMAGES, generations * batch_size))
-    if settings["refit_images"] < 2:  # a one-image subset: nothing to fit on
-        settings["refit_images"] = 0
+                    refit_images=refit if refit >= 2 else 0)  # a one-image subset: nothing to fit on
     settings.update(overrides)
     return EcompConfig(**settings)
 

@@ -13,8 +13,8 @@ outputs) the *parent's* pre-activations of the outputs the network keeps (all of
 for the output layer: its logits). ``lam`` is ``ridge`` times the mean of the diagonal
 of ``A_k^T A_k`` (centred), so the setting does not depend on the activations' scale;
 the bias is not penalised (the system is centred). The solve runs in float64 on a
-(kept inputs)-square system: a few milliseconds for an MLP individual. This is the least-squares reconstruction of
-channel-pruning work (e.g. He et al. 2017, ThiNet), applied to every network alike:
+(kept inputs)-square system: a few milliseconds for an MLP individual. This is the
+least-squares reconstruction of channel-pruning work (e.g. He et al. 2017, ThiNet), applied to every network alike:
 the evolved ones (``EcompConfig.refit_images``: the final population, before the
 validation choice) and the baselines (``experiments/baselines.py --refit``), so the
 comparison stays fair.
@@ -26,6 +26,8 @@ least-squares problem of another size, not done here). BatchNorm after a refitte
 Linear stays as it is: its target is the parent's pre-normalisation output.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -70,14 +72,14 @@ class Refit:
     pre-activations on ``x`` are computed once, here."""
 
     def __init__(self, chain: Chain, weights, biases, norms, x: torch.Tensor, ridge: float = 1e-4):
-        if not (isinstance(ridge, (int, float)) and ridge > 0 and ridge == ridge and ridge != float("inf")):
+        if not (isinstance(ridge, (int, float)) and math.isfinite(ridge) and ridge > 0):
             raise ConfigError(f"refit ridge must be a finite number > 0, got {ridge}")
         if len(x) < 2:
             raise ConfigError(f"the refit needs at least 2 calibration images, got {len(x)}")
         self.chain, self.x, self.ridge = chain, x, float(ridge)
-        self.norms = norms
-        self.targets = parent_preactivations(chain, x, weights, biases, norms)
-        self.stages = [k for k, st in enumerate(chain.stages) if k >= 1 and st.kind == "linear"]
+        stages = [k for k, st in enumerate(chain.stages) if k >= 1 and st.kind == "linear"]
+        preactivations = parent_preactivations(chain, x, weights, biases, norms)
+        self.targets = {k: preactivations[k] for k in stages}  # only the refitted stages' (n, out)
 
     def __call__(self, ind):
         chain = self.chain
@@ -87,7 +89,7 @@ class Refit:
         with torch.no_grad():
             for k, st in enumerate(chain.stages):
                 keep = ind.masks[k].nonzero().squeeze(1) if k < last else None
-                if k in self.stages:
+                if k in self.targets:
                     rows = keep if keep is not None else torch.arange(st.out_size)
                     target = self.targets[k].index_select(1, rows)  # (n, kept outputs)
                     w, b = ridge_solve(h.flatten(1), target, self.ridge, st.has_bias)  # (kept out, kept in * S), (kept out,)
