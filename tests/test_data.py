@@ -111,3 +111,29 @@ def test_balanced_subset_on_unbalanced_labels_is_as_equal_as_possible():
     assert len(set(idx.tolist())) == 90
     with pytest.raises(DataError, match="only 210"):
         D.balanced_indices(labels, 300, torch.Generator())
+
+
+def test_idx_files_read_as_torchvision_reads_them(tmp_path):
+    """Our idx reader (no torchvision import at start-up) gives torchvision's arrays."""
+    import numpy as np
+    from torchvision.datasets import FashionMNIST
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "debian"
+    src.mkdir()
+    for name, (magic, items, item_bytes) in D.RAW_FILES.items():
+        header = (magic.to_bytes(4, "big") + items.to_bytes(4, "big")
+                  + ((28).to_bytes(4, "big") * 2 if magic == 2051 else b""))
+        body = rng.integers(0, 256 if item_bytes > 1 else 10, items * item_bytes, dtype=np.uint8).tobytes()
+        with gzip.open(src / f"{name}.gz", "wb") as f:
+            f.write(header + body)
+    root = tmp_path / "root"
+    D.provision(root, allow_download=False, debian_dir=src)
+    for train, images, labels in ((True, "train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                                  (False, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")):
+        tv = FashionMNIST(str(root), train=train, download=False)
+        assert torch.equal(D.read_idx(D.raw_dir(root) / images), tv.data)
+        assert torch.equal(D.read_idx(D.raw_dir(root) / labels).long(), tv.targets)
+    data = D.load_fashion_mnist(root, allow_download=False)
+    tv = FashionMNIST(str(root), train=False, download=False)
+    assert torch.equal(data.test_x, (tv.data.float() / 255.0).unsqueeze(1)) and data.test_x.shape == (10000, 1, 28, 28)
