@@ -129,17 +129,20 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 # distances
 # --------------------------------------------------------------------------- #
 def squared_distances(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False,
-                      overwrite: bool = False) -> Tensor:
+                      overwrite: bool = False, symmetric: bool = True) -> Tensor:
     """Pairwise squared Euclidean distances D_ij = ||x_i - x_j||^2.
 
-    x: (..., B, D) -> (..., B, B) in ``dtype``, symmetric, clamped >= 0, exact zero
-    diagonal.  Rows are centred over the batch first (D is translation
-    invariant; this limits cancellation in the Gram formula). ``rescale``: the
-    distances of a matrix with huge or tiny entries come scaled by a power of two
-    (see :func:`centred_gram`). ``overwrite``: ``x`` may be modified in place.
+    x: (..., B, D) -> (..., B, B) in ``dtype``, clamped >= 0, exact zero diagonal and,
+    with ``symmetric``, exactly symmetric (else D_ij and D_ji may differ in the last
+    bit, as the Gram matrix's product rounds them; the search reads rows).  Rows are
+    centred over the batch first (D is translation invariant; this limits
+    cancellation in the Gram formula). ``rescale``: the distances of a matrix with huge
+    or tiny entries come scaled by a power of two (see :func:`centred_gram`).
+    ``overwrite``: ``x`` may be modified in place.
     """
     lead, B = x.shape[:-2], x.shape[-2]
-    return distances_from_gram(centred_gram(x, dtype, rescale, overwrite).reshape(-1, B, B)).reshape(*lead, B, B)
+    gram = centred_gram(x, dtype, rescale, overwrite).reshape(-1, B, B)
+    return distances_from_gram(gram, symmetric).reshape(*lead, B, B)
 
 
 def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False,
@@ -176,13 +179,13 @@ def _gram(x3: Tensor, dtype: torch.dtype, overwrite: bool = False) -> Tensor:
     return torch.bmm(xc, xc.transpose(-1, -2))  # (N, B, B)
 
 
-def distances_from_gram(gram: Tensor) -> Tensor:
-    """(N, B, B) centred Gram matrices -> squared distances: symmetric, >= 0, zero
-    diagonal. Overwrites ``gram``."""
+def distances_from_gram(gram: Tensor, symmetric: bool = True) -> Tensor:
+    """(N, B, B) centred Gram matrices -> squared distances: >= 0, zero diagonal,
+    exactly symmetric with ``symmetric``. Overwrites ``gram``."""
     sq = torch.diagonal(gram, dim1=-2, dim2=-1).clone()  # (N, B); same product, so duplicates give exactly 0
-    norms = sq.unsqueeze(-1) + sq.unsqueeze(-2)  # (N, B, B)
-    d = gram.mul_(-2.0).add_(norms)  # (N, B, B)
-    d = d.add_(d.transpose(-1, -2).clone()).mul_(0.5)  # exact symmetry
+    d = gram.mul_(-2.0).add_(sq.unsqueeze(-1)).add_(sq.unsqueeze(-2))  # (N, B, B) sq_i + sq_j - 2 G_ij
+    if symmetric:
+        d = d.add_(d.transpose(-1, -2).clone()).mul_(0.5)  # exact symmetry
     d.clamp_(min=0.0)
     d.diagonal(dim1=-2, dim2=-1).zero_()
     return d
@@ -191,6 +194,13 @@ def distances_from_gram(gram: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- #
 # perplexity search
 # --------------------------------------------------------------------------- #
+# Rows x neighbours per piece of the search: its few working arrays then stay in a
+# core's cache, where the elementwise passes run 2-3x faster than from memory.
+_SEARCH_ELEMENTS = 2**17
+_NEWTON_STEPS = 8  # evaluations of the plain Newton phase before the bracketed search takes over
+_NEWTON_MAX_STEP = 2.0  # largest change of log(beta) in one plain Newton step
+
+
 def _conditional_probabilities(
     d: Tensor,
     perplexity: float,
@@ -214,48 +224,144 @@ def _conditional_probabilities(
     log(#nearest ties) (beta -> inf); targets outside that range are
     returned at the corresponding limit (sklearn walks to the same limit by
     halving / doubling beta 100 times).
+
+    A row is solved where |H - log(perplexity)| < tol first holds: plain Newton
+    steps in log(beta) from the start (most rows need two or three evaluations),
+    then, for the few rows these do not settle, a safeguarded search inside a
+    bisection bracket. Rows are searched in pieces of about _SEARCH_ELEMENTS entries.
     """
     N, M = d.shape
     target = math.log(perplexity)
     if tol is None:
         tol = _ENTROPY_TOL if d.dtype == torch.float64 else _ENTROPY_TOL_FLOAT32
-    info = torch.finfo(d.dtype)
-    floor = 1e-300 if d.dtype == torch.float64 else info.tiny  # smallest variance / slope used
-    span = 1e-14 / EPS * info.eps  # a bracket this narrow (relative) has collapsed: 1e-14 in float64
-    d = d - d.amin(dim=1, keepdim=True)  # (N, M), row minimum is 0
     out = torch.empty_like(d)
     n_iter = torch.zeros(N, dtype=torch.long, device=d.device)
     t_out = torch.full((N,), math.nan, dtype=d.dtype, device=d.device)
-
     # beta = 0 limit: every row's maximal entropy log(M) is already <= target.
     if math.log(M) <= target + tol:
         out.fill_(1.0 / M)
         return out, n_iter, t_out
+    rows = max(1, min(N, _SEARCH_ELEMENTS // M))
+    scratch = d.new_empty(2, M, rows)  # reused by every piece: (M, rows) distances and exp(-beta d)
+    for s in range(0, N, rows):
+        piece = slice(s, min(N, s + rows))
+        _search_piece(d[piece], target, tol, max_iter, None if t_init is None else t_init[piece],
+                      out[piece], n_iter[piece], t_out[piece], scratch)
+    return out, n_iter, t_out
 
-    # beta -> inf limit: uniform over the nearest (tied) neighbours.
-    is_min = d == 0  # (N, M)
-    n_ties = is_min.sum(dim=1)  # (N,) >= 1
-    tie_rows = torch.log(n_ties.to(d.dtype)) >= target - tol  # (N,)
+
+def _search_piece(d: Tensor, target: float, tol: float, max_iter: int, t_init: Tensor | None,
+                  out: Tensor, n_iter: Tensor, t_out: Tensor, scratch: Tensor) -> None:
+    """:func:`_conditional_probabilities` on rows d (n, M), written into ``out`` (n, M),
+    ``n_iter`` (n,) and ``t_out`` (n,) (views of the caller's results); ``scratch``
+    (2, M, >= n) work space."""
+    N, M = d.shape
+    floor = 1e-300 if d.dtype == torch.float64 else torch.finfo(d.dtype).tiny  # smallest variance used
+    dT, w = (s[:, :N] for s in scratch)  # (M, n) each; dT: the rows transposed, so that every
+    # pass runs along contiguous memory (strided views of the scratch: passes over them stay in order)
+    torch.sub(d, d.amin(dim=1, keepdim=True), out=dT.T)  # row minimum 0 (p and H do not depend on it)
+
+    t = None if t_init is None else t_init.to(d.dtype).reshape(N)
+    if t is None or not bool(torch.isfinite(t).all()):
+        # Initial guess from the second-order cumulant expansion around beta = 0:
+        # H(beta) ~= log M - beta^2 Var_uniform(d) / 2.
+        mean_u = dT.mean(dim=0)  # (n,)
+        var_u = (torch.linalg.vecdot(dT, dT, dim=0) / M - mean_u * mean_u).clamp_min(floor)  # uniform-weight variance
+        guess = 0.5 * torch.log(2.0 * (math.log(M) - target) / var_u)  # (n,) t = log(beta)
+        t = guess if t is None else torch.where(torch.isfinite(t), t, guess)  # a warm start where given
+
+    steps = min(_NEWTON_STEPS, max_iter)
+    rest, t, used = _newton_phase(dT, w, t.clone(), target, tol, steps, steps >= max_iter, out, n_iter, t_out)
+    if rest is None:
+        return
+    # rows the plain Newton steps did not settle. The beta -> inf limit first: a row whose
+    # nearest neighbours tie (at least perplexity of them) is uniform over them.
+    dw = dT.index_select(1, rest).T.contiguous()  # (k, M)
+    is_min = dw == 0  # (k, M)
+    n_ties = is_min.sum(dim=1)  # (k,) >= 1
+    tie_rows = torch.log(n_ties.to(d.dtype)) >= target - tol  # (k,)
     if tie_rows.any():
-        out[tie_rows] = is_min[tie_rows].to(d.dtype) / n_ties[tie_rows].unsqueeze(1).to(d.dtype)
-        idx = torch.nonzero(~tie_rows).squeeze(1)  # rows still to solve
-        if idx.numel() == 0:
-            return out, n_iter, t_out
-        dw = d.index_select(0, idx)  # (n, M) working set
-    else:
-        idx = torch.arange(N, device=d.device)
-        dw = d
+        ties = torch.nonzero(tie_rows).squeeze(1)
+        out.index_copy_(0, rest.index_select(0, ties),
+                        is_min.index_select(0, ties).to(d.dtype) / n_ties.index_select(0, ties).unsqueeze(1).to(d.dtype))
+        n_iter.index_fill_(0, rest.index_select(0, ties), 0)
+        others = torch.nonzero(~tie_rows).squeeze(1)
+        rest, dw, t = rest.index_select(0, others), dw.index_select(0, others), t.index_select(0, others)
+        if rest.numel() == 0:
+            return
+    # the rest: the bracketed search
+    p, k, t_r = _bracketed_search(dw, target, tol, floor, max_iter - used, t)
+    out.index_copy_(0, rest, p)
+    n_iter.index_copy_(0, rest, k + used)
+    t_out.index_copy_(0, rest, t_r)
+
+
+def _newton_phase(dT: Tensor, w: Tensor, t: Tensor, target: float, tol: float, steps: int, final: bool,
+                  out: Tensor, n_iter: Tensor, t_out: Tensor):
+    """Plain Newton steps in t = log(beta) (no further than _NEWTON_MAX_STEP each) for
+    the rows of dT (M, n) (distances transposed: every pass then runs along contiguous
+    memory), starting at t (n,); ``w`` (M, n) work space. A row stops where its entropy is
+    first within ``tol`` (it is written into out/n_iter/t_out, n_iter counting the
+    evaluations spent on it); with ``final``, every row ends at the last step (the
+    caller's step budget). Returns (the positions of the rows it left unsolved, or None;
+    their t; the evaluations spent)."""
+    n = dT.shape[1]
+    pos = None  # the active rows' positions among the n (None: all of them, in order)
+    for k in range(1, steps + 1):
+        nbeta = t.exp().neg_()  # (a,) -beta
+        torch.mul(dT, nbeta, out=w).exp_()  # (M, a) exp(-beta d), max entry 1 per row
+        z = w.sum(0)  # (a,) >= 1 (the row minimum is 0)
+        m = torch.linalg.vecdot(w, dT, dim=0).div_(z)  # (a,) E_p[d]
+        e2 = torch.linalg.vecdot(w.mul_(dT), dT, dim=0).div_(z)  # (a,) E_p[d^2]; w now holds w * d
+        v = e2.sub_(m * m).clamp_min_(0.0)  # (a,) Var_p[d]
+        err = torch.log(z).sub_(nbeta * m).sub_(target)  # (a,) H - target, > 0: beta too small
+        conv = err.abs() < tol  # rows that settled stay where they are (same t, same values)
+        if k == steps and final:  # the step budget is spent: every row ends here
+            conv = torch.ones_like(conv)
+        n_conv = int(conv.sum())
+        if n_conv and (n_conv * 2 >= len(conv) or k == steps):  # write the settled rows, keep the rest
+            if pos is None:  # the first write: every row at once, in place (the unsettled ones are
+                torch.mul(dT, nbeta, out=out.T).exp_().div_(z)  # written again when they settle)
+                n_iter.fill_(k)
+                t_out.copy_(t)
+            else:
+                done = torch.nonzero(conv).squeeze(1)
+                at = pos.index_select(0, done)
+                p = torch.mul(dT.index_select(1, done), nbeta.index_select(0, done)).exp_().div_(z.index_select(0, done))
+                out.index_copy_(0, at, p.T.contiguous())
+                n_iter.index_fill_(0, at, k)
+                t_out.index_copy_(0, at, t.index_select(0, done))
+            if n_conv == len(conv):
+                return None, None, k
+            keep = torch.nonzero(~conv).squeeze(1)
+            pos = keep if pos is None else pos.index_select(0, keep)
+            dT = dT.index_select(1, keep).contiguous()
+            t, err, nbeta, v, conv = t[keep], err[keep], nbeta[keep], v[keep], conv[keep]
+            w = w[:, :len(keep)]
+        if k == steps:
+            break
+        step = err.div_(nbeta.square_().mul_(v)).clamp_(-_NEWTON_MAX_STEP, _NEWTON_MAX_STEP)  # NaN stays NaN
+        t = t.add_(step.masked_fill_(conv, 0.0))
+    return torch.arange(n, device=dT.device) if pos is None else pos, t, steps
+
+
+def _bracketed_search(dw: Tensor, target: float, tol: float, floor: float, max_iter: int, t: Tensor):
+    """The safeguarded search for rows dw (n, M) (row minimum 0) from t (n,) (non-finite:
+    the default guess): Newton steps in log(beta) inside a bisection bracket, geometric
+    expansion while it is open. Returns (p (n, M), evaluations (n,), final t (n,))."""
+    N, M = dw.shape
+    info = torch.finfo(dw.dtype)
+    span = 1e-14 / EPS * info.eps  # a bracket this narrow (relative) has collapsed: 1e-14 in float64
+    out = torch.empty_like(dw)
+    n_iter = torch.zeros(N, dtype=torch.long, device=dw.device)
+    t_out = torch.full((N,), math.nan, dtype=dw.dtype, device=dw.device)
+    idx = torch.arange(N, device=dw.device)
     d2w = dw * dw  # (n, M)
     buf = torch.empty_like(dw)  # (n, M) reused for exp(-beta d)
-
-    # Initial guess from the second-order cumulant expansion around beta = 0:
-    # H(beta) ~= log M - beta^2 Var_uniform(d) / 2.
     mean_u = dw.mean(dim=1)  # (n,)
     var_u = (d2w.mean(dim=1) - mean_u * mean_u).clamp_min(floor)  # (n,) uniform-weight variance
-    t = 0.5 * torch.log(2.0 * (math.log(M) - target) / var_u)  # (n,) t = log(beta)
-    if t_init is not None:  # a warm start, e.g. the parent's solution rescaled
-        ti = t_init.to(d.dtype).reshape(N).index_select(0, idx)
-        t = torch.where(torch.isfinite(ti), ti, t)
+    guess = 0.5 * torch.log(2.0 * (math.log(M) - target) / var_u)
+    t = guess if t is None else torch.where(torch.isfinite(t), t, guess)
     lo = torch.full_like(t, -math.inf)  # bracket on log(beta)
     hi = torch.full_like(t, math.inf)
     step = torch.full_like(t, 2.0)  # unbracketed fallback step on log(beta), doubled at each use
@@ -464,6 +570,11 @@ def tsne_similarity_loss(
     return similarity_from_distances(parent_p, d_child, perplexity, kernel, dof)
 
 
+# Distance entries per block of the loss (distances, search, Q, KL): the passes over a
+# block then stay in a core's cache instead of streaming a whole population's matrices.
+_BLOCK_ELEMENTS = 2**18
+
+
 def similarity_from_distances(parent_p: Tensor, d_child: Tensor, perplexity: float = 30.0,
                               kernel: str = "gaussian", dof: Tensor | float | None = None,
                               log_beta_init: Tensor | None = None, parent_term: Tensor | None = None):
@@ -473,25 +584,79 @@ def similarity_from_distances(parent_p: Tensor, d_child: Tensor, perplexity: flo
     Gaussian kernel's perplexity search, which runs in the distances' precision
     (float32 or float64); ``parent_term``: :func:`parent_entropy_term` of ``parent_p``,
     when the caller has it (computed here otherwise). Returns a python float or a
-    (...,) float64 tensor."""
+    (...,) float64 tensor. Computed in blocks of about _BLOCK_ELEMENTS distances."""
     parent_p = _as_float64(parent_p).to(d_child.device)
     if parent_p.shape[-2:] != d_child.shape[-2:]:
         raise ValueError(f"batch size mismatch: parent P {tuple(parent_p.shape)} vs child distances "
                          f"{tuple(d_child.shape)}")
     kernel = kernel.lower().replace("-", "_")
-    if kernel == "gaussian":
-        dtype = torch.float32 if d_child.dtype == torch.float32 else torch.float64
-        q = joint_probabilities(d_child, perplexity, log_beta_init, dtype=dtype)  # (..., B, B)
-    elif kernel in ("student_t", "studentt", "t"):
+    if kernel in ("student_t", "studentt", "t"):
         if dof is None:
             raise ValueError("the Student-t kernel needs dof (degrees of freedom)")
-        q = student_t_probabilities(d_child, dof)  # (..., B, B)
-    else:
+        kernel = "student_t"
+    elif kernel != "gaussian":
         raise ValueError(f"unknown kernel {kernel!r} (expected 'gaussian' or 'student_t')")
+    # without the parent's term, each block computes it (summed as the block's KL is:
+    # identical P and Q then give exactly 0)
+    own_term = parent_term is None
+    parent_term = torch.full((), math.nan, dtype=torch.float64) if own_term else parent_term
+    parent_term = torch.as_tensor(parent_term, dtype=torch.float64).to(parent_p.device)
+    B = d_child.shape[-1]
+    lead = torch.broadcast_shapes(parent_p.shape[:-2], d_child.shape[:-2], parent_term.shape)
+    operands = [(parent_p, 2), (d_child, 2), (parent_term, 0)]
+    if kernel == "gaussian" and log_beta_init is not None:
+        operands.append((log_beta_init, 1))
+    if kernel == "student_t":
+        operands.append((torch.as_tensor(dof, dtype=torch.float64, device=d_child.device), 0))
+    flat = [_flat_leading(x, lead, tail) for x, tail in operands]
+    total = math.prod(lead)
+    size = max(1, _BLOCK_ELEMENTS // max(1, B * B))  # matrices per block, aligned with the last
+    inner = lead[-1] if lead else 1  # leading dim (a broadcast operand then reads a slice of itself)
+    size = -(-inner // -(-inner // size)) if inner > size else inner * (size // inner)
+    loss = torch.empty(total, dtype=torch.float64, device=d_child.device)
+    for s in range(0, total, size):
+        block = [_block_rows(x, idx, s, min(total, s + size)) for x, idx in flat]
+        if own_term:
+            block[2] = parent_entropy_term(block[0])
+        loss[s:s + size] = _loss_block(kernel, perplexity, *block)
+    if not lead:
+        return float(loss[0])
+    return loss.reshape(lead)
 
-    if parent_term is None:
-        parent_term = parent_entropy_term(parent_p)
-    loss = _kl_from_floored_q(parent_p, q, parent_term.to(parent_p.device))  # (...,)
-    if loss.dim() == 0:
-        return float(loss)
-    return loss
+
+def _flat_leading(x: Tensor, lead, tail: int) -> tuple[Tensor, Tensor | None]:
+    """``x`` (*leading, *tail) with leading dims broadcastable to ``lead`` -> (x as
+    (n, *tail), the (prod(lead),) rows of it each position of ``lead`` reads, or None
+    when that is every row in order)."""
+    shape = x.shape[:x.dim() - tail]
+    rows = x.reshape(-1, *x.shape[x.dim() - tail:])
+    if tuple(shape) == tuple(lead):
+        return rows, None
+    idx = torch.arange(rows.shape[0], device=x.device).reshape(shape).expand(lead).reshape(-1)
+    return rows, idx
+
+
+def _block_rows(rows: Tensor, idx: Tensor | None, s: int, e: int) -> Tensor:
+    """Rows ``idx[s:e]`` of ``rows`` (all of them in order when idx is None): a view when
+    they are one row repeated or consecutive rows, else a gathered copy."""
+    if idx is None:
+        return rows[s:e]
+    if rows.shape[0] == 1:
+        return rows[:1].expand(e - s, *rows.shape[1:])
+    first = int(idx[s])
+    if int(idx[e - 1]) - first == e - 1 - s:  # broadcast indices step by +1, 0 or back: all +1 here
+        return rows[first:first + e - s]
+    return rows.index_select(0, idx[s:e])
+
+
+def _loss_block(kernel: str, perplexity: float, parent_p: Tensor, d_child: Tensor, parent_term: Tensor,
+                extra: Tensor | None = None) -> Tensor:
+    """(g,) losses of g matrices: parent P (g, B, B) float64, child distances (g, B, B),
+    the parent's sum P log P (g,), and the warm start (g, B) (Gaussian) or dof (g,)
+    (Student-t)."""
+    if kernel == "gaussian":
+        dtype = torch.float32 if d_child.dtype == torch.float32 else torch.float64
+        q = joint_probabilities(d_child, perplexity, extra, dtype=dtype)  # (g, B, B)
+    else:
+        q = student_t_probabilities(d_child, extra)  # (g, B, B)
+    return _kl_from_floored_q(parent_p, q, parent_term)  # (g,)

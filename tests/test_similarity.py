@@ -495,3 +495,38 @@ def test_entropy_plateau_does_not_overflow_the_search(dtype):
     x = torch.cat([torch.zeros(1, 3), torch.full((1, 3), 2e-4), torch.randn(20, 3) * 1e-3 + 0.01,
                    torch.randn(28, 3) + 5.0]).to(dtype)
     assert torch.isfinite(joint_probabilities(squared_distances(x, dtype), 5.0, dtype=dtype)).all()
+
+
+@pytest.mark.parametrize("kernel,dtype", [("gaussian", torch.float64), ("gaussian", torch.float32),
+                                          ("student_t", torch.float64)])
+def test_the_loss_in_small_blocks_equals_it_in_one(kernel, dtype, monkeypatch):
+    """similarity_from_distances works through blocks of matrices (views of broadcast
+    parents where it can, gathered copies where it cannot): any block size gives the
+    one-block losses, for the evaluator's layouts (a parent per batch against
+    (individuals, batches) children; one parent against many) and odd broadcasts."""
+    import ecomp_deap.similarity as sim
+    from ecomp_deap.similarity import parent_entropy_term, similarity_from_distances
+
+    g = torch.Generator().manual_seed(21)
+    B = 12
+    parents = torch.relu(torch.randn(5, B, 7, generator=g))  # 5 batches
+    children = parents[None] * (torch.rand(4, 1, 1, 7, generator=g) < 0.6)  # (4 individuals, 5 batches, B, 7)
+    pp = joint_probabilities(squared_distances(parents), 5.0)  # (5, B, B)
+    dc = squared_distances(children, dtype, rescale=dtype == torch.float32)  # (4, 5, B, B)
+    # float32: a row's search may settle one step apart when its piece has another width
+    # (the reductions' last bits): the losses then agree to the search's tolerance
+    tol = dict(rtol=1e-12, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    warm = torch.randn(4, 5, B, generator=g)
+    dof = torch.arange(1.0, 5.0)[:, None]  # (4, 1) broadcast over the batches
+    cases = [(pp, dc, warm, parent_entropy_term(pp)),  # per-batch parents
+             (pp[0], dc[:, 0], warm[:, 0], None),  # one parent, own term
+             (pp[:, None].expand(5, 4, B, B).transpose(0, 1)[:, :3], dc[:, :3], None, None),  # a strided parent
+             (pp[None, :3], dc[:2, :3], warm[:1, :3], parent_entropy_term(pp[:3]))]  # broadcast warm start
+    for p, d, w, term in cases:
+        kw = dict(kernel=kernel, dof=dof[:d.shape[0]] if d.dim() == 4 else dof[:d.shape[0], 0],
+                  log_beta_init=w, parent_term=term)
+        monkeypatch.setattr(sim, "_BLOCK_ELEMENTS", 2**30)
+        whole = similarity_from_distances(p, d, 5.0, **kw)
+        for elements in (1, B * B, 3 * B * B, 7 * B * B):
+            monkeypatch.setattr(sim, "_BLOCK_ELEMENTS", elements)
+            torch.testing.assert_close(similarity_from_distances(p, d, 5.0, **kw), whole, **tol)
