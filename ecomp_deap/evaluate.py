@@ -32,6 +32,7 @@ from .config import EcompConfig
 from .genome import Genome
 from .nets.chain import Chain
 from .nets.forward import as_input, kept_tensors, per_individual, run_stage, stacked_stage
+from .row_keys import group_keys
 from .similarity import (DTYPES, centred_gram, distances_from_gram, joint_probabilities,
                          parent_entropy_term, rescaled_as_one, similarity_from_distances, squared_distances)
 
@@ -81,6 +82,28 @@ def block_rows(t: torch.Tensor, blocks: int, rows: int, lead: int = 0) -> torch.
     ``rows`` images, features flattened (an embedding's input to the distances)."""
     head = t.shape[:lead]
     return t.reshape(*head, blocks, t.shape[lead] // blocks, -1)[..., :rows, :]
+
+
+def row_numbers(keys: torch.Tensor) -> torch.Tensor:
+    """(S, K) int64 -> (S,) int64: sum_k keys[:, k] * m_k with odd multipliers m_k
+    (wrapping around): equal rows give equal numbers."""
+    mix = torch.tensor([1] + [0x9E3779B97F4A7C15 - 2**64 + 2 * j for j in range(keys.shape[1] - 1)],
+                       dtype=torch.int64)
+    return (keys * mix).sum(1)
+
+
+def unique_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, K) int64 -> (distinct rows (U, K), inverse (S,)) like ``torch.unique(keys,
+    dim=0, return_inverse=True)`` but through one int64 per row (a 1-D sort, ~20x faster),
+    checked against the rows: if two different rows ever share that number, the
+    exact 2-D unique is used instead."""
+    _, inverse = torch.unique(row_numbers(keys), return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1 if len(inverse) else 0,), len(keys), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(keys)), "amin")  # each number's first row
+    distinct = keys.index_select(0, first)
+    if not torch.equal(distinct.index_select(0, inverse), keys):  # a shared number: the exact way
+        return torch.unique(keys, dim=0, return_inverse=True)
+    return distinct, inverse
 
 
 @dataclass
@@ -191,10 +214,12 @@ class PopulationEvaluator:
 
     def distances(self, t: torch.Tensor, dtype: torch.dtype | None = None, overwrite: bool = False) -> torch.Tensor:
         """(..., rows, F) embeddings -> (..., rows, rows) squared distances in the
-        children's precision (float32: rescaled by a power of two, see similarity);
-        ``overwrite``: ``t`` is a scratch tensor that may be modified."""
+        children's precision (float32: rescaled by a power of two, see similarity, and
+        not symmetrised: the search reads rows); ``overwrite``: ``t`` is a scratch
+        tensor that may be modified."""
         dtype = dtype or self.similarity_dtype
-        return squared_distances(t, dtype, rescale=dtype != torch.float64, overwrite=overwrite)
+        exact = dtype == torch.float64
+        return squared_distances(t, dtype, rescale=not exact, overwrite=overwrite, symmetric=exact)
 
     # ------------------------------------------------------------------ forward
     def _stack(self, population):
@@ -344,29 +369,46 @@ class PopulationEvaluator:
                      for where in positions}
 
     def first_stage_pool(self, population, x: torch.Tensor, rows: int) -> FirstStagePool | None:
-        """The first stage on ``x`` for the distinct groups of ``population`` (exact
-        duplicates found by ``torch.unique`` over each group's filter, bias and BatchNorm
-        entries), or None when its output would not fit in IMAGE_BYTES."""
+        """The first stage on ``x`` for the distinct groups of ``population`` (equal
+        filter or row, bias and BatchNorm entries: :func:`~ecomp_deap.row_keys.group_keys`),
+        or None when its output would not fit in IMAGE_BYTES. Each distinct group is
+        computed from its first holder's tensors; groups come in the order of their keys,
+        so the same population always gives the same program."""
         st = self.arch.stages[0]
-        keeps = [ind.masks[0].nonzero().squeeze(1) for ind in population]
-        pieces = []
-        for ind, keep in zip(population, keeps):
-            w, b, n = kept_tensors(st, ind.weights[0], ind.biases[0], ind.norms[0], keep, None)
-            pieces.append(torch.cat([w.reshape(len(keep), -1), b[:, None]] + ([n.T] if n is not None else []), 1))
-        rows_all = torch.cat(pieces)  # (sum of kept, filter + bias + BatchNorm entries)
-        distinct, inverse = torch.unique(rows_all, dim=0, return_inverse=True)  # (U, ...), (sum of kept,)
+        keeps = [ind.masks[0].nonzero().squeeze(1) for ind in population]  # (h_i,) each
+        keys = torch.cat([group_keys(ind.weights[0], ind.biases[0], ind.norms[0]).index_select(0, keep)
+                          for ind, keep in zip(population, keeps)])  # (S, K) over all kept groups
+        distinct, inverse = unique_rows(keys)  # (U, K), (S,)
+        n_distinct, n_kept = len(distinct), len(keys)
         positions = [where for _, where in self._wanted(rows).get(0, ())]
-        if 4 * len(x) * len(distinct) * st.out_hw[0] * st.out_hw[1] * (1 + len(positions)) > IMAGE_BYTES:
+        if 4 * len(x) * n_distinct * st.out_hw[0] * st.out_hw[1] * (1 + len(positions)) > IMAGE_BYTES:
             return None
-        w_shape = population[0].weights[0].shape[1:]
-        n_w = int(np.prod(w_shape))
-        w = distinct[:, :n_w].reshape(len(distinct), *w_shape)
-        b = distinct[:, n_w]
-        n = distinct[:, n_w + 1:].T.contiguous() if population[0].norms[0] is not None else None
-        out, kept = run_stage(st, as_input(self.arch, x), w, b, n, positions)  # (N, U, ...)
+        # one holder per distinct group (its first occurrence): (individual, row)
+        first = torch.full((n_distinct,), n_kept, dtype=torch.long).scatter_reduce_(
+            0, inverse, torch.arange(n_kept), "amin")  # (U,)
+        owner = torch.repeat_interleave(torch.arange(len(population)), torch.tensor([len(k) for k in keeps]))
+        rep_owner, rep_row = owner[first], torch.cat(keeps)[first]  # (U,) each
+        ref = population[0]
+        w = ref.weights[0].new_empty(n_distinct, *ref.weights[0].shape[1:])  # (U, ...) filters or rows
+        b = ref.biases[0].new_empty(n_distinct)
+        n = ref.norms[0].new_empty(4, n_distinct) if ref.norms[0] is not None else None
+        order = torch.argsort(rep_owner, stable=True)
+        counts = torch.bincount(rep_owner, minlength=len(population)).tolist()
+        start = 0
+        for i, count in enumerate(counts):  # copy each holder's groups in one gather
+            if count:
+                at = order[start:start + count]  # positions in U
+                ind, r = population[i], rep_row.index_select(0, at)
+                w.index_copy_(0, at, ind.weights[0].index_select(0, r))
+                b.index_copy_(0, at, ind.biases[0].index_select(0, r))
+                if n is not None:
+                    n.index_copy_(1, at, ind.norms[0].index_select(1, r))
+                start += count
+        out, kept = run_stage(st, as_input(self.arch, x), w.to(self.device), b.to(self.device),
+                              n.to(self.device) if n is not None else None, positions)  # (N, U, ...)
         columns, start = {}, 0
         for ind, keep in zip(population, keeps):
-            columns[id(ind)] = inverse[start:start + len(keep)]
+            columns[id(ind)] = inverse[start:start + len(keep)].to(self.device)
             start += len(keep)
         return FirstStagePool(x, out, kept, columns)
 
@@ -479,12 +521,23 @@ class PopulationEvaluator:
         stacked = [ParentReference.stack([r[e] for r in refs]) for e in range(len(self.embeddings))]
         acc, comp, sim = [], [], []
         step = self.chunk_size(len(x), blocks * rows * rows * len(self.embeddings))
-        many = self.kept_units_forward and len(x) >= DEDUPE_MIN_IMAGES and len(population) > step
-        self._pool = self.first_stage_pool(population, x, rows) if many else None
+        self._pool = self.first_stage_pool(population, x, rows) if self._pooled(population, x, step) else None
         try:
             return self._measure_chunks(population, x, y, blocks, rows, stacked, step)
         finally:
             self._pool = None
+
+    def _pooled(self, population, x: torch.Tensor, step: int) -> bool:
+        """Whether the first stage runs once on the population's distinct groups (see
+        :meth:`first_stage_pool`): on the CPU for a Linear first stage (its shared input
+        makes every copied row a wasted GEMM row), and for a convolution from
+        DEDUPE_MIN_IMAGES images when the population is measured in several chunks
+        (below that, individuals sharing the parent's filters share per-channel Grams)."""
+        if not self.kept_units_forward or len(population) < 2:
+            return False
+        if self.arch.stages[0].kind == "linear":
+            return True
+        return len(x) >= DEDUPE_MIN_IMAGES and len(population) > step
 
     def _measure_chunks(self, population, x, y, blocks: int, rows: int, stacked, step: int):
         acc, comp, sim = [], [], []
@@ -507,12 +560,16 @@ class PopulationEvaluator:
         """(P,) accuracy over all of ``x`` (any length): the forward pass only."""
         correct = torch.zeros(len(population), dtype=torch.float64, device=self.device)
         step = self.chunk_size(batch_size)
-        for start in range(0, len(population), step):
-            chunk = population[start:start + step]
-            for i in range(0, len(x), batch_size):
-                xb, yb = x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device)
-                logits, _, _ = self.outputs(chunk, xb)
-                correct[start:start + len(chunk)] += (logits.argmax(-1) == yb).sum(1)
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device)
+            self._pool = self.first_stage_pool(population, xb, 0) if self._pooled(population, xb, step) else None
+            try:
+                for start in range(0, len(population), step):
+                    chunk = population[start:start + step]
+                    logits, _, _ = self.outputs(chunk, xb)
+                    correct[start:start + len(chunk)] += (logits.argmax(-1) == yb).sum(1)
+            finally:
+                self._pool = None
         return (correct / len(x)).cpu().numpy()
 
     @torch.inference_mode()

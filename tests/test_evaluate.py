@@ -225,3 +225,34 @@ def test_float32_similarity_agrees_with_float64_in_the_evaluator():
         m[dtype] = PopulationEvaluator(arch, w, b, cfg).measure(pop, x, y)
     np.testing.assert_array_equal(m["float32"].accuracy, m["float64"].accuracy)
     np.testing.assert_allclose(m["float32"].similarity, m["float64"].similarity, rtol=1e-4)
+
+
+def test_the_first_layer_on_distinct_rows_gives_the_same_measures(monkeypatch):
+    """On the CPU a Linear first stage runs once per distinct row of the population
+    (copies found by content keys, also in a generation's single batch and in
+    ``accuracy``): the same measures as each individual on its own rows."""
+    torch.manual_seed(5)
+    model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
+    arch, w, b, pop = varied_population(model, n=8, seed=5, mutate=False)
+    mutate_some = varied_population(model, n=4, seed=6)[3]
+    pop += mutate_some + [ind.clone() for ind in pop[:2]]  # shared, copied and mutated rows
+    cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=30)
+    ev = PopulationEvaluator(arch, w, b, cfg)
+    built = []
+    original = PopulationEvaluator.first_stage_pool
+    monkeypatch.setattr(PopulationEvaluator, "first_stage_pool",
+                        lambda self, *a: built.append(original(self, *a)) or built[-1])
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(30, 15, generator=g), torch.randint(0, 4, (30,), generator=g)
+    pooled = ev.measure(pop, x, y)
+    acc_pooled = ev.accuracy(pop, x, y, batch_size=7)
+    assert built and all(p is not None for p in built)
+    kept = sum(int(ind.masks[0].sum()) for ind in pop)
+    assert built[0].out.shape[1] < kept  # fewer distinct rows than kept ones
+    monkeypatch.setattr(PopulationEvaluator, "_pooled", lambda self, *a: False)
+    ev.clear_cache()
+    own = ev.measure(pop, x, y)
+    np.testing.assert_array_equal(pooled.accuracy, own.accuracy)
+    np.testing.assert_array_equal(pooled.compression, own.compression)
+    np.testing.assert_allclose(pooled.similarity, own.similarity, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(acc_pooled, ev.accuracy(pop, x, y, batch_size=7))
