@@ -285,6 +285,7 @@ def _search_piece(d: Tensor, target: float, tol: float, max_iter: int, t_init: T
         out.index_copy_(0, rest.index_select(0, ties),
                         is_min.index_select(0, ties).to(d.dtype) / n_ties.index_select(0, ties).unsqueeze(1).to(d.dtype))
         n_iter.index_fill_(0, rest.index_select(0, ties), 0)
+        t_out.index_fill_(0, rest.index_select(0, ties), math.nan)  # closed form: no beta
         others = torch.nonzero(~tie_rows).squeeze(1)
         rest, dw, t = rest.index_select(0, others), dw.index_select(0, others), t.index_select(0, others)
         if rest.numel() == 0:

@@ -530,3 +530,22 @@ def test_the_loss_in_small_blocks_equals_it_in_one(kernel, dtype, monkeypatch):
         for elements in (1, B * B, 3 * B * B, 7 * B * B):
             monkeypatch.setattr(sim, "_BLOCK_ELEMENTS", elements)
             torch.testing.assert_close(similarity_from_distances(p, d, 5.0, **kw), whole, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_rows_of_tied_neighbours_are_solved_in_closed_form_after_the_newton_phase(dtype):
+    """A row whose nearest neighbours tie (at least perplexity of them) has no finite
+    beta: the plain Newton steps cannot settle it, and it ends uniform over its ties
+    (no evaluations counted, log(beta) NaN); its neighbours in the same piece are
+    searched as usual."""
+    g = torch.Generator().manual_seed(22)
+    x = torch.cat([torch.zeros(40, 4), torch.randn(30, 4, generator=g) + 3.0]).to(dtype)
+    d = _offdiag(squared_distances(x, dtype)).reshape(-1, 69)
+    p, n_iter, t = _conditional_probabilities(d, 30.0)
+    tied = torch.arange(70) < 40
+    torch.testing.assert_close(p[tied], torch.cat([torch.full((40, 39), 1 / 39), torch.zeros(40, 30)], 1).to(dtype))
+    assert bool((n_iter[tied] == 0).all()) and bool(torch.isnan(t[tied]).all())
+    assert bool((n_iter[~tied] > 0).all()) and bool(torch.isfinite(t[~tied]).all())
+    p64 = p[~tied].double()
+    entropy = -(p64 * torch.log(p64.clamp_min(1e-300))).sum(1)
+    assert torch.all((entropy - math.log(30.0)).abs() < (1e-8 if dtype == torch.float64 else 1e-4))
