@@ -15,8 +15,9 @@ hit ours, the reference and the bound alike):
 * **ours**: ``Evolution.step`` at the reference settings (pop 100, batch 100, trained
   784-256-256-10 parent, embeddings layer_1_act/layer_2_act), weighted and NSGA-II,
   and, separately, the parts of a weighted generation, each by calling the package's
-  pieces directly: forward (``PopulationEvaluator.outputs``: the kept units' forward and
-  the child embeddings' squared distances, + accuracy/compression), similarity (the
+  pieces directly: forward (the first stage once on the population's distinct rows,
+  ``first_stage_pool``, then ``PopulationEvaluator.outputs``: the kept units' forward
+  and the child embeddings' squared distances, + accuracy/compression), similarity (the
   parent's P once per batch + perplexity search and KL, ``similarity_from_distances``), variation (``Evolution.vary``), selection (``toolbox.select``) and
   bookkeeping (``Evolution.assign`` + ``Evolution.record``).
 * **reference** (``benchmarks/reference.py``): the same generation with every individual
@@ -200,11 +201,16 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
                 xd, yd = x.to(ev.device), y.to(ev.device)
                 acc, comp, outs = [], [], []
                 step = ev.chunk_size(len(xd))
-                for start in range(0, len(pop), step):
-                    logits, m, dists = ev.outputs(pop[start:start + step], xd, len(xd))
-                    acc.append((logits.argmax(-1) == yd).double().mean(1))
-                    comp.append(sum(mk.sum(1, dtype=torch.float64) for mk in m) / ev.total_hidden)
-                    outs.append((m, dists))
+                # the first stage once for the population's distinct rows, as measure_blocks does
+                ev._pool = ev.first_stage_pool(pop, xd, len(xd)) if ev._pooled(pop, xd, step) else None
+                try:
+                    for start in range(0, len(pop), step):
+                        logits, m, dists = ev.outputs(pop[start:start + step], xd, len(xd))
+                        acc.append((logits.argmax(-1) == yd).double().mean(1))
+                        comp.append(sum(mk.sum(1, dtype=torch.float64) for mk in m) / ev.total_hidden)
+                        outs.append((m, dists))
+                finally:
+                    ev._pool = None
                 return xd, acc, comp, outs
 
             t, (xd, acc, comp, outs) = _timed(forward, device)
