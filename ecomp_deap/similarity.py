@@ -242,7 +242,7 @@ def _conditional_probabilities(
         out.fill_(1.0 / M)
         return out, n_iter, t_out
     rows = max(1, min(N, _SEARCH_ELEMENTS // M))
-    scratch = d.new_empty(3, M, rows)  # reused by every piece: (M, rows) distances, exp(-beta d), times d
+    scratch = d.new_empty(2, M, rows)  # reused by every piece: (M, rows) distances and exp(-beta d)
     for s in range(0, N, rows):
         piece = slice(s, min(N, s + rows))
         _search_piece(d[piece], target, tol, max_iter, None if t_init is None else t_init[piece],
@@ -254,10 +254,10 @@ def _search_piece(d: Tensor, target: float, tol: float, max_iter: int, t_init: T
                   out: Tensor, n_iter: Tensor, t_out: Tensor, scratch: Tensor) -> None:
     """:func:`_conditional_probabilities` on rows d (n, M), written into ``out`` (n, M),
     ``n_iter`` (n,) and ``t_out`` (n,) (views of the caller's results); ``scratch``
-    (3, M, >= n) work space."""
+    (2, M, >= n) work space."""
     N, M = d.shape
     floor = 1e-300 if d.dtype == torch.float64 else torch.finfo(d.dtype).tiny  # smallest variance used
-    dT, w, wd = (s[:, :N] for s in scratch)  # (M, n) each; dT: the rows transposed, so that every
+    dT, w = (s[:, :N] for s in scratch)  # (M, n) each; dT: the rows transposed, so that every
     # pass runs along contiguous memory (strided views of the scratch: passes over them stay in order)
     torch.sub(d, d.amin(dim=1, keepdim=True), out=dT.T)  # row minimum 0 (p and H do not depend on it)
 
@@ -271,7 +271,7 @@ def _search_piece(d: Tensor, target: float, tol: float, max_iter: int, t_init: T
         t = guess if t is None else torch.where(torch.isfinite(t), t, guess)  # a warm start where given
 
     steps = min(_NEWTON_STEPS, max_iter)
-    rest, t, used = _newton_phase(dT, w, wd, t.clone(), target, tol, steps, steps >= max_iter, out, n_iter, t_out)
+    rest, t, used = _newton_phase(dT, w, t.clone(), target, tol, steps, steps >= max_iter, out, n_iter, t_out)
     if rest is None:
         return
     # rows the plain Newton steps did not settle. The beta -> inf limit first: a row whose
@@ -297,11 +297,11 @@ def _search_piece(d: Tensor, target: float, tol: float, max_iter: int, t_init: T
     t_out.index_copy_(0, rest, t_r)
 
 
-def _newton_phase(dT: Tensor, w: Tensor, wd: Tensor, t: Tensor, target: float, tol: float, steps: int,
-                  final: bool, out: Tensor, n_iter: Tensor, t_out: Tensor):
+def _newton_phase(dT: Tensor, w: Tensor, t: Tensor, target: float, tol: float, steps: int, final: bool,
+                  out: Tensor, n_iter: Tensor, t_out: Tensor):
     """Plain Newton steps in t = log(beta) (no further than _NEWTON_MAX_STEP each) for
     the rows of dT (M, n) (distances transposed: every pass then runs along contiguous
-    memory), starting at t (n,); ``w``, ``wd`` (M, n) work space. A row stops where its entropy is
+    memory), starting at t (n,); ``w`` (M, n) work space. A row stops where its entropy is
     first within ``tol`` (it is written into out/n_iter/t_out, n_iter counting the
     evaluations spent on it); with ``final``, every row ends at the last step (the
     caller's step budget). Returns (the positions of the rows it left unsolved, or None;
@@ -313,7 +313,7 @@ def _newton_phase(dT: Tensor, w: Tensor, wd: Tensor, t: Tensor, target: float, t
         torch.mul(dT, nbeta, out=w).exp_()  # (M, a) exp(-beta d), max entry 1 per row
         z = w.sum(0)  # (a,) >= 1 (the row minimum is 0)
         m = torch.linalg.vecdot(w, dT, dim=0).div_(z)  # (a,) E_p[d]
-        e2 = torch.linalg.vecdot(torch.mul(w, dT, out=wd), dT, dim=0).div_(z)  # (a,) E_p[d^2]
+        e2 = torch.linalg.vecdot(w.mul_(dT), dT, dim=0).div_(z)  # (a,) E_p[d^2]; w now holds w * d
         v = e2.sub_(m * m).clamp_min_(0.0)  # (a,) Var_p[d]
         err = torch.log(z).sub_(nbeta * m).sub_(target)  # (a,) H - target, > 0: beta too small
         conv = err.abs() < tol  # rows that settled stay where they are (same t, same values)
@@ -322,13 +322,14 @@ def _newton_phase(dT: Tensor, w: Tensor, wd: Tensor, t: Tensor, target: float, t
         n_conv = int(conv.sum())
         if n_conv and (n_conv * 2 >= len(conv) or k == steps):  # write the settled rows, keep the rest
             if pos is None:  # the first write: every row at once, in place (the unsettled ones are
-                torch.div(w, z, out=out.T)  # written again when they settle)
+                torch.mul(dT, nbeta, out=out.T).exp_().div_(z)  # written again when they settle)
                 n_iter.fill_(k)
                 t_out.copy_(t)
             else:
                 done = torch.nonzero(conv).squeeze(1)
                 at = pos.index_select(0, done)
-                out.index_copy_(0, at, (w.index_select(1, done) / z.index_select(0, done)).T.contiguous())
+                p = torch.mul(dT.index_select(1, done), nbeta.index_select(0, done)).exp_().div_(z.index_select(0, done))
+                out.index_copy_(0, at, p.T.contiguous())
                 n_iter.index_fill_(0, at, k)
                 t_out.index_copy_(0, at, t.index_select(0, done))
             if n_conv == len(conv):
@@ -337,7 +338,7 @@ def _newton_phase(dT: Tensor, w: Tensor, wd: Tensor, t: Tensor, target: float, t
             pos = keep if pos is None else pos.index_select(0, keep)
             dT = dT.index_select(1, keep).contiguous()
             t, err, nbeta, v, conv = t[keep], err[keep], nbeta[keep], v[keep], conv[keep]
-            w, wd = w[:, :len(keep)], wd[:, :len(keep)]
+            w = w[:, :len(keep)]
         if k == steps:
             break
         step = err.div_(nbeta.square_().mul_(v)).clamp_(-_NEWTON_MAX_STEP, _NEWTON_MAX_STEP)  # NaN stays NaN
