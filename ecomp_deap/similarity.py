@@ -194,8 +194,9 @@ def distances_from_gram(gram: Tensor, symmetric: bool = True) -> Tensor:
 # --------------------------------------------------------------------------- #
 # perplexity search
 # --------------------------------------------------------------------------- #
-# Rows x neighbours per piece of the search: its few working arrays then stay in a
-# core's cache, where the elementwise passes run 2-3x faster than from memory.
+# Rows x neighbours per piece of the search, per torch thread: its few working arrays
+# then stay in a core's cache, where the elementwise passes run 2-3x faster than from
+# memory (and each thread still gets a useful share of every operation).
 _SEARCH_ELEMENTS = 2**17
 _NEWTON_STEPS = 8  # evaluations of the plain Newton phase before the bracketed search takes over
 _NEWTON_MAX_STEP = 2.0  # largest change of log(beta) in one plain Newton step
@@ -241,7 +242,7 @@ def _conditional_probabilities(
     if math.log(M) <= target + tol:
         out.fill_(1.0 / M)
         return out, n_iter, t_out
-    rows = max(1, min(N, _SEARCH_ELEMENTS // M))
+    rows = max(1, min(N, _SEARCH_ELEMENTS * torch.get_num_threads() // M))  # each thread's share cache-sized
     scratch = d.new_empty(2, M, rows)  # reused by every piece: (M, rows) distances and exp(-beta d)
     for s in range(0, N, rows):
         piece = slice(s, min(N, s + rows))
@@ -311,11 +312,14 @@ def _newton_phase(dT: Tensor, w: Tensor, t: Tensor, target: float, tol: float, s
     for k in range(1, steps + 1):
         nbeta = t.exp().neg_()  # (a,) -beta
         torch.mul(dT, nbeta, out=w).exp_()  # (M, a) exp(-beta d), max entry 1 per row
-        z = w.sum(0)  # (a,) >= 1 (the row minimum is 0)
+        # (a,) >= 1 (the row minimum is 0), accumulated in float64: in float32 the sum of a column's
+        # 99 terms is off by ~1e-7, which moves the loss of a child close to its parent by ~1e-4
+        z64 = w.sum(0, dtype=torch.float64)
+        z = z64.to(w.dtype)
         m = torch.linalg.vecdot(w, dT, dim=0).div_(z)  # (a,) E_p[d]
         e2 = torch.linalg.vecdot(w.mul_(dT), dT, dim=0).div_(z)  # (a,) E_p[d^2]; w now holds w * d
         v = e2.sub_(m * m).clamp_min_(0.0)  # (a,) Var_p[d]
-        err = torch.log(z).sub_(nbeta * m).sub_(target)  # (a,) H - target, > 0: beta too small
+        err = torch.log(z64).sub_(nbeta * m).sub_(target)  # (a,) H - target, > 0: beta too small
         conv = err.abs() < tol  # rows that settled stay where they are (same t, same values)
         if k == steps and final:  # the step budget is spent: every row ends here
             conv = torch.ones_like(conv)
@@ -571,8 +575,8 @@ def tsne_similarity_loss(
     return similarity_from_distances(parent_p, d_child, perplexity, kernel, dof)
 
 
-# Distance entries per block of the loss (distances, search, Q, KL): the passes over a
-# block then stay in a core's cache instead of streaming a whole population's matrices.
+# Distance entries per block of the loss (distances, search, Q, KL), per torch thread:
+# the passes over a block then stay in cache instead of streaming a whole population's.
 _BLOCK_ELEMENTS = 2**18
 
 
@@ -611,7 +615,7 @@ def similarity_from_distances(parent_p: Tensor, d_child: Tensor, perplexity: flo
         operands.append((torch.as_tensor(dof, dtype=torch.float64, device=d_child.device), 0))
     flat = [_flat_leading(x, lead, tail) for x, tail in operands]
     total = math.prod(lead)
-    size = max(1, _BLOCK_ELEMENTS // max(1, B * B))  # matrices per block, aligned with the last
+    size = max(1, _BLOCK_ELEMENTS * torch.get_num_threads() // max(1, B * B))  # matrices per block, aligned with the last
     inner = lead[-1] if lead else 1  # leading dim (a broadcast operand then reads a slice of itself)
     size = -(-inner // -(-inner // size)) if inner > size else inner * (size // inner)
     loss = torch.empty(total, dtype=torch.float64, device=d_child.device)
