@@ -202,15 +202,12 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
                 acc, comp, outs = [], [], []
                 step = ev.chunk_size(len(xd))
                 # the first stage once for the population's distinct rows, as measure_blocks does
-                ev._pool = ev.first_stage_pool(pop, xd, len(xd)) if ev._pooled(pop, xd, step) else None
-                try:
+                with ev.first_stage_once(pop, xd, len(xd), step):
                     for start in range(0, len(pop), step):
                         logits, m, dists = ev.outputs(pop[start:start + step], xd, len(xd))
                         acc.append((logits.argmax(-1) == yd).double().mean(1))
                         comp.append(sum(mk.sum(1, dtype=torch.float64) for mk in m) / ev.total_hidden)
                         outs.append((m, dists))
-                finally:
-                    ev._pool = None
                 return xd, acc, comp, outs
 
             t, (xd, acc, comp, outs) = _timed(forward, device)

@@ -22,6 +22,7 @@ float64; see :mod:`ecomp_deap.similarity`).
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -192,7 +193,7 @@ class PopulationEvaluator:
         # the children's distances and search: float32 unless the kernel is not scale-free
         student = config.kernel.lower().replace("-", "_") in ("student_t", "studentt", "t")
         self.similarity_dtype = torch.float64 if student else DTYPES[config.similarity_dtype]
-        self._pool: FirstStagePool | None = None  # set by measure_blocks for a many-image pass
+        self._pool: FirstStagePool | None = None  # set within first_stage_once
 
     def _largest_feature_map(self) -> int:
         """Elements of one example's largest stage output (bounds a stacked chunk's memory)."""
@@ -520,11 +521,18 @@ class PopulationEvaluator:
         blocks = len(refs)
         rows = self.similarity_rows(len(x) // blocks)
         stacked = [ParentReference.stack([r[e] for r in refs]) for e in range(len(self.embeddings))]
-        acc, comp, sim = [], [], []
         step = self.chunk_size(len(x), blocks * rows * rows * len(self.embeddings))
+        with self.first_stage_once(population, x, rows, step):
+            return self._measure_chunks(population, x, y, blocks, rows, stacked, step)
+
+    @contextmanager
+    def first_stage_once(self, population, x: torch.Tensor, rows: int, step: int):
+        """Within it, :meth:`outputs` on ``x`` for members of ``population`` (measured in
+        chunks of ``step``) reads their first stage from one run on the population's
+        distinct groups (:meth:`first_stage_pool`), where :meth:`_pooled` says so."""
         self._pool = self.first_stage_pool(population, x, rows) if self._pooled(population, x, step) else None
         try:
-            return self._measure_chunks(population, x, y, blocks, rows, stacked, step)
+            yield
         finally:
             self._pool = None
 
@@ -563,14 +571,11 @@ class PopulationEvaluator:
         step = self.chunk_size(batch_size)
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device)
-            self._pool = self.first_stage_pool(population, xb, 0) if self._pooled(population, xb, step) else None
-            try:
+            with self.first_stage_once(population, xb, 0, step):
                 for start in range(0, len(population), step):
                     chunk = population[start:start + step]
                     logits, _, _ = self.outputs(chunk, xb)
                     correct[start:start + len(chunk)] += (logits.argmax(-1) == yb).sum(1)
-            finally:
-                self._pool = None
         return (correct / len(x)).cpu().numpy()
 
     @torch.inference_mode()
