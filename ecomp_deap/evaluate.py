@@ -95,17 +95,24 @@ def row_numbers(keys: torch.Tensor) -> torch.Tensor:
 
 
 def unique_rows(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(S, K) int64 -> (distinct rows (U, K), inverse (S,)) like ``torch.unique(keys,
+    """(S, K) int64 -> (inverse (S,), first (U,)): row i of ``keys`` is distinct row
+    ``inverse[i]``, which first occurs at row ``first[inverse[i]]`` (so the distinct rows
+    are ``keys[first]``, in the order of their numbers). Found like ``torch.unique(keys,
     dim=0, return_inverse=True)`` but through one int64 per row (a 1-D sort, ~20x faster),
-    checked against the rows: if two different rows ever share that number, the
-    exact 2-D unique is used instead."""
+    checked against the rows: if two different rows ever share that number, the exact
+    2-D unique is used instead."""
     _, inverse = torch.unique(row_numbers(keys), return_inverse=True)
-    first = torch.full((int(inverse.max()) + 1 if len(inverse) else 0,), len(keys), dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(len(keys)), "amin")  # each number's first row
-    distinct = keys.index_select(0, first)
-    if not torch.equal(distinct.index_select(0, inverse), keys):  # a shared number: the exact way
-        return torch.unique(keys, dim=0, return_inverse=True)
-    return distinct, inverse
+    first = _first_occurrences(inverse, len(keys))
+    if not torch.equal(keys.index_select(0, first).index_select(0, inverse), keys):  # a shared number
+        _, inverse = torch.unique(keys, dim=0, return_inverse=True)  # the exact way
+        first = _first_occurrences(inverse, len(keys))
+    return inverse, first
+
+
+def _first_occurrences(inverse: torch.Tensor, n: int) -> torch.Tensor:
+    """(n,) group of each row -> (groups,) the first row of each group."""
+    first = torch.full((int(inverse.max()) + 1 if n else 0,), n, dtype=torch.long)
+    return first.scatter_reduce_(0, inverse, torch.arange(n), "amin")
 
 
 @dataclass
@@ -380,14 +387,12 @@ class PopulationEvaluator:
         keeps = [ind.masks[0].nonzero().squeeze(1) for ind in population]  # (h_i,) each
         keys = torch.cat([group_keys(ind.weights[0], ind.biases[0], ind.norms[0]).index_select(0, keep)
                           for ind, keep in zip(population, keeps)])  # (S, K) over all kept groups
-        distinct, inverse = unique_rows(keys)  # (U, K), (S,)
-        n_distinct, n_kept = len(distinct), len(keys)
+        inverse, first = unique_rows(keys)  # (S,), (U,): each kept group's distinct group, each one's first holder
+        n_distinct = len(first)
         positions = [where for _, where in self._wanted(rows).get(0, ())]
         if 4 * len(x) * n_distinct * st.out_hw[0] * st.out_hw[1] * (1 + len(positions)) > IMAGE_BYTES:
             return None
         # one holder per distinct group (its first occurrence): (individual, row)
-        first = torch.full((n_distinct,), n_kept, dtype=torch.long).scatter_reduce_(
-            0, inverse, torch.arange(n_kept), "amin")  # (U,)
         owner = torch.repeat_interleave(torch.arange(len(population)), torch.tensor([len(k) for k in keeps]))
         rep_owner, rep_row = owner[first], torch.cat(keeps)[first]  # (U,) each
         ref = population[0]

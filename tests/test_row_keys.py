@@ -66,7 +66,8 @@ def test_unique_rows_is_torch_unique_and_survives_a_shared_number(monkeypatch):
     g = torch.Generator().manual_seed(2)
     keys = torch.randint(-2**62, 2**62, (50, 3), generator=g)
     keys = torch.cat([keys, keys[::3], keys[5:9]])  # repeated rows
-    distinct, inverse = unique_rows(keys)
+    inverse, first = unique_rows(keys)
+    distinct = keys.index_select(0, first)
     assert torch.equal(distinct.index_select(0, inverse), keys)
     assert len(distinct) == len(torch.unique(keys, dim=0))
     # two different rows that combine to the same number: the exact 2-D unique takes over
@@ -74,5 +75,6 @@ def test_unique_rows_is_torch_unique_and_survives_a_shared_number(monkeypatch):
     a, b = torch.tensor([[1, 0, 0]]), torch.tensor([[1 + m, -1, 0]])
     assert int(row_numbers(a)[0]) == int(row_numbers(b)[0])
     both = torch.cat([a, b, a])
-    distinct, inverse = unique_rows(both)
+    inverse, first = unique_rows(both)
+    distinct = both.index_select(0, first)
     assert len(distinct) == 2 and torch.equal(distinct.index_select(0, inverse), both)
