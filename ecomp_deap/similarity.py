@@ -262,14 +262,7 @@ def _search_piece(d: Tensor, target: float, tol: float, max_iter: int, t_init: T
     # pass runs along contiguous memory (strided views of the scratch: passes over them stay in order)
     torch.sub(d, d.amin(dim=1, keepdim=True), out=dT.T)  # row minimum 0 (p and H do not depend on it)
 
-    t = None if t_init is None else t_init.to(d.dtype).reshape(N)
-    if t is None or not bool(torch.isfinite(t).all()):
-        # Initial guess from the second-order cumulant expansion around beta = 0:
-        # H(beta) ~= log M - beta^2 Var_uniform(d) / 2.
-        mean_u = dT.mean(dim=0)  # (n,)
-        var_u = (torch.linalg.vecdot(dT, dT, dim=0) / M - mean_u * mean_u).clamp_min(floor)  # uniform-weight variance
-        guess = 0.5 * torch.log(2.0 * (math.log(M) - target) / var_u)  # (n,) t = log(beta)
-        t = guess if t is None else torch.where(torch.isfinite(t), t, guess)  # a warm start where given
+    t = _start(None if t_init is None else t_init.to(d.dtype).reshape(N), dT, 0, target, floor)
 
     steps = min(_NEWTON_STEPS, max_iter)
     rest, t, used = _newton_phase(dT, w, t.clone(), target, tol, steps, steps >= max_iter, out, n_iter, t_out)
@@ -296,6 +289,20 @@ def _search_piece(d: Tensor, target: float, tol: float, max_iter: int, t_init: T
     out.index_copy_(0, rest, p)
     n_iter.index_copy_(0, rest, k + used)
     t_out.index_copy_(0, rest, t_r)
+
+
+def _start(t: Tensor | None, d: Tensor, dim: int, target: float, floor: float) -> Tensor:
+    """Starting log(beta) (n,) for the rows of ``d`` along ``dim`` (M neighbours each,
+    row minimum 0): ``t`` where finite (a warm start), elsewhere (all of it when None) the
+    second-order cumulant expansion around beta = 0, H(beta) ~= log M - beta^2
+    Var_uniform(d) / 2."""
+    if t is not None and bool(torch.isfinite(t).all()):
+        return t
+    M = d.shape[dim]
+    mean = d.mean(dim=dim)  # (n,)
+    var = (torch.linalg.vecdot(d, d, dim=dim) / M - mean * mean).clamp_min(floor)  # (n,) uniform-weight variance
+    guess = 0.5 * torch.log(2.0 * (math.log(M) - target) / var)
+    return guess if t is None else torch.where(torch.isfinite(t), t, guess)
 
 
 def _newton_phase(dT: Tensor, w: Tensor, t: Tensor, target: float, tol: float, steps: int, final: bool,
@@ -363,10 +370,7 @@ def _bracketed_search(dw: Tensor, target: float, tol: float, floor: float, max_i
     idx = torch.arange(N, device=dw.device)
     d2w = dw * dw  # (n, M)
     buf = torch.empty_like(dw)  # (n, M) reused for exp(-beta d)
-    mean_u = dw.mean(dim=1)  # (n,)
-    var_u = (d2w.mean(dim=1) - mean_u * mean_u).clamp_min(floor)  # (n,) uniform-weight variance
-    guess = 0.5 * torch.log(2.0 * (math.log(M) - target) / var_u)
-    t = guess if t is None else torch.where(torch.isfinite(t), t, guess)
+    t = _start(t, dw, 1, target, floor)
     lo = torch.full_like(t, -math.inf)  # bracket on log(beta)
     hi = torch.full_like(t, math.inf)
     step = torch.full_like(t, 2.0)  # unbracketed fallback step on log(beta), doubled at each use
@@ -601,29 +605,29 @@ def similarity_from_distances(parent_p: Tensor, d_child: Tensor, perplexity: flo
         kernel = "student_t"
     elif kernel != "gaussian":
         raise ValueError(f"unknown kernel {kernel!r} (expected 'gaussian' or 'student_t')")
-    # without the parent's term, each block computes it (summed as the block's KL is:
-    # identical P and Q then give exactly 0)
-    own_term = parent_term is None
-    parent_term = torch.full((), math.nan, dtype=torch.float64) if own_term else parent_term
-    parent_term = torch.as_tensor(parent_term, dtype=torch.float64).to(parent_p.device)
+    terms = () if parent_term is None else (torch.as_tensor(parent_term, dtype=torch.float64).to(parent_p.device),)
     B = d_child.shape[-1]
-    lead = torch.broadcast_shapes(parent_p.shape[:-2], d_child.shape[:-2], parent_term.shape)
-    operands = [(parent_p, 2), (d_child, 2), (parent_term, 0)]
+    lead = torch.broadcast_shapes(parent_p.shape[:-2], d_child.shape[:-2], *(t.shape for t in terms))
+    parent, child = _flat_leading(parent_p, lead, 2), _flat_leading(d_child, lead, 2)
+    term = _flat_leading(terms[0], lead, 0) if terms else None
+    extra = None  # the Gaussian kernel's warm start (..., B) or the Student-t's dof (...,)
     if kernel == "gaussian" and log_beta_init is not None:
-        operands.append((log_beta_init, 1))
+        extra = _flat_leading(log_beta_init, lead, 1)
     if kernel == "student_t":
-        operands.append((torch.as_tensor(dof, dtype=torch.float64, device=d_child.device), 0))
-    flat = [_flat_leading(x, lead, tail) for x, tail in operands]
+        extra = _flat_leading(torch.as_tensor(dof, dtype=torch.float64, device=d_child.device), lead, 0)
     total = math.prod(lead)
     size = max(1, _BLOCK_ELEMENTS * torch.get_num_threads() // max(1, B * B))  # matrices per block, aligned with the last
     inner = lead[-1] if lead else 1  # leading dim (a broadcast operand then reads a slice of itself)
     size = -(-inner // -(-inner // size)) if inner > size else inner * (size // inner)
     loss = torch.empty(total, dtype=torch.float64, device=d_child.device)
     for s in range(0, total, size):
-        block = [_block_rows(x, idx, s, min(total, s + size)) for x, idx in flat]
-        if own_term:
-            block[2] = parent_entropy_term(block[0])
-        loss[s:s + size] = _loss_block(kernel, perplexity, *block)
+        e = min(total, s + size)
+        p_block = _block_rows(*parent, s, e)
+        # without the parent's term each block computes it, summed as the block's KL is:
+        # identical P and Q then give exactly 0
+        term_block = parent_entropy_term(p_block) if term is None else _block_rows(*term, s, e)
+        loss[s:e] = _loss_block(kernel, perplexity, p_block, _block_rows(*child, s, e), term_block,
+                                None if extra is None else _block_rows(*extra, s, e))
     if not lead:
         return float(loss[0])
     return loss.reshape(lead)
