@@ -63,11 +63,16 @@ def raw_dir(root: Path) -> Path:
     return Path(root) / "FashionMNIST" / "raw"
 
 
+def _header_bytes(magic: int) -> int:
+    """An idx file's header: magic, count and, for images, rows and columns (4 bytes each)."""
+    return 16 if magic == 2051 else 8
+
+
 def check_raw_file(path: Path) -> None:
     """Raise DataError if an idx file has the wrong magic number or length."""
     magic, items, item_bytes = RAW_FILES[path.name]
     size = path.stat().st_size
-    header = 16 if magic == 2051 else 8
+    header = _header_bytes(magic)
     with open(path, "rb") as f:
         head = f.read(8)
     found = int.from_bytes(head[:4], "big") if len(head) >= 4 else None
@@ -167,8 +172,7 @@ def read_idx(path: Path) -> torch.Tensor:
     labels (N,); what torchvision's FashionMNIST reads, without importing torchvision
     (over a second of every run's start)."""
     magic, items, item_bytes = RAW_FILES[path.name]
-    header = 16 if magic == 2051 else 8
-    raw = torch.frombuffer(bytearray(path.read_bytes()[header:]), dtype=torch.uint8)
+    raw = torch.frombuffer(bytearray(path.read_bytes()[_header_bytes(magic):]), dtype=torch.uint8)
     return raw.reshape(items, 28, 28) if item_bytes > 1 else raw
 
 
