@@ -200,6 +200,7 @@ def distances_from_gram(gram: Tensor, symmetric: bool = True) -> Tensor:
 _SEARCH_ELEMENTS = 2**17
 _NEWTON_STEPS = 8  # evaluations of the plain Newton phase before the bracketed search takes over
 _NEWTON_MAX_STEP = 2.0  # largest change of log(beta) in one plain Newton step
+_POLISH_MAX_STEP = 1e-3  # largest unevaluated last step of a settled row (see _newton_phase)
 
 
 def _conditional_probabilities(
@@ -310,51 +311,62 @@ def _newton_phase(dT: Tensor, w: Tensor, t: Tensor, target: float, tol: float, s
     """Plain Newton steps in t = log(beta) (no further than _NEWTON_MAX_STEP each) for
     the rows of dT (M, n) (distances transposed: every pass then runs along contiguous
     memory), starting at t (n,); ``w`` (M, n) work space. A row stops where its entropy is
-    first within ``tol`` (it is written into out/n_iter/t_out, n_iter counting the
-    evaluations spent on it); with ``final``, every row ends at the last step (the
-    caller's step budget). Returns (the positions of the rows it left unsolved, or None;
-    their t; the evaluations spent)."""
+    first within ``tol``: it is written into out/n_iter/t_out (n_iter counting the
+    evaluations spent on it) after one more Newton step that is not evaluated (the
+    polish: from within tol that step's error is about the square of the last, so the
+    written rows are far closer to the target than tol; skipped where the step would be
+    larger than _POLISH_MAX_STEP, as on an entropy plateau). With ``final``, every row
+    ends at the last step (the caller's step budget). Returns (the positions of the rows
+    it left unsolved, or None; their t; the evaluations spent)."""
     n = dT.shape[1]
     pos = None  # the active rows' positions among the n (None: all of them, in order)
     for k in range(1, steps + 1):
         nbeta = t.exp().neg_()  # (a,) -beta
         torch.mul(dT, nbeta, out=w).exp_()  # (M, a) exp(-beta d), max entry 1 per row
-        # (a,) >= 1 (the row minimum is 0), accumulated in float64: in float32 the sum of a column's
-        # 99 terms is off by ~1e-7, which moves the loss of a child close to its parent by ~1e-4
-        z64 = w.sum(0, dtype=torch.float64)
-        z = z64.to(w.dtype)
-        m = torch.linalg.vecdot(w, dT, dim=0).div_(z)  # (a,) E_p[d]
-        e2 = torch.linalg.vecdot(w.mul_(dT), dT, dim=0).div_(z)  # (a,) E_p[d^2]; w now holds w * d
+        # the sums in place, in the distances' precision: enough for the entropy (the written
+        # rows' normalisation is summed in float64, see _normalised)
+        z = w.sum(0)  # (a,) >= 1 (the row minimum is 0)
+        m = w.mul_(dT).sum(0).div_(z)  # (a,) E_p[d]; w now holds w * d
+        e2 = w.mul_(dT).sum(0).div_(z)  # (a,) E_p[d^2]; w now holds w * d^2
         v = e2.sub_(m * m).clamp_min_(0.0)  # (a,) Var_p[d]
-        err = torch.log(z64).sub_(nbeta * m).sub_(target)  # (a,) H - target, > 0: beta too small
-        conv = err.abs() < tol  # rows that settled stay where they are (same t, same values)
-        if k == steps and final:  # the step budget is spent: every row ends here
-            conv = torch.ones_like(conv)
+        err = torch.log(z).sub_(nbeta * m).sub_(target)  # (a,) H - target, > 0: beta too small
+        settled = err.abs() < tol
+        conv = torch.ones_like(settled) if k == steps and final else settled  # rows that end here
+        step = err.div_(nbeta.square_().mul_(v)).clamp_(-_NEWTON_MAX_STEP, _NEWTON_MAX_STEP)  # NaN stays NaN
+        polish = settled & (step.abs() <= _POLISH_MAX_STEP)
+        t_next = t + step.masked_fill_(conv & ~polish, 0.0)  # (a,)
         n_conv = int(conv.sum())
         if n_conv and (n_conv * 2 >= len(conv) or k == steps):  # write the settled rows, keep the rest
             if pos is None:  # the first write: every row at once, in place (the unsettled ones are
-                torch.mul(dT, nbeta, out=out.T).exp_().div_(z)  # written again when they settle)
+                _normalised(torch.mul(dT, t_next.exp().neg_(), out=out.T).exp_())  # written again later)
                 n_iter.fill_(k)
-                t_out.copy_(t)
+                t_out.copy_(t_next)
             else:
                 done = torch.nonzero(conv).squeeze(1)
                 at = pos.index_select(0, done)
-                p = torch.mul(dT.index_select(1, done), nbeta.index_select(0, done)).exp_().div_(z.index_select(0, done))
+                t_done = t_next.index_select(0, done)
+                p = _normalised(torch.mul(dT.index_select(1, done), t_done.exp().neg_()).exp_())
                 out.index_copy_(0, at, p.T.contiguous())
                 n_iter.index_fill_(0, at, k)
-                t_out.index_copy_(0, at, t.index_select(0, done))
+                t_out.index_copy_(0, at, t_done)
             if n_conv == len(conv):
                 return None, None, k
             keep = torch.nonzero(~conv).squeeze(1)
             pos = keep if pos is None else pos.index_select(0, keep)
             dT = dT.index_select(1, keep).contiguous()
-            t, err, nbeta, v, conv = t[keep], err[keep], nbeta[keep], v[keep], conv[keep]
+            t, t_next, conv = t[keep], t_next[keep], conv[keep]
             w = w[:, :len(keep)]
-        if k == steps:
+        if k == steps:  # the rows left go to the bracketed search from where they were evaluated
             break
-        step = err.div_(nbeta.square_().mul_(v)).clamp_(-_NEWTON_MAX_STEP, _NEWTON_MAX_STEP)  # NaN stays NaN
-        t = t.add_(step.masked_fill_(conv, 0.0))
+        t = t_next
     return torch.arange(n, device=dT.device) if pos is None else pos, t, steps
+
+
+def _normalised(w: Tensor) -> Tensor:
+    """w (M, a) -> w divided by its column sums, in place. The sums are accumulated in
+    float64: in float32 the sum of a column's 99 terms is off by ~1e-7, which moves the loss
+    of a child close to its parent by ~1e-4."""
+    return w.div_(w.sum(0, dtype=torch.float64).to(w.dtype))
 
 
 def _bracketed_search(dw: Tensor, target: float, tol: float, floor: float, max_iter: int, t: Tensor):

@@ -401,6 +401,25 @@ def test_warm_start_changes_the_iterations_not_the_solution():
     torch.testing.assert_close(joint_probabilities(dc, 30.0, nan_start), joint_probabilities(dc, 30.0))
 
 
+def test_settled_rows_are_written_after_one_more_unevaluated_newton_step():
+    # the polish: a row is written one Newton step past the evaluation that found it within
+    # tol, so float32 rows land far inside tol (1e-5) and agree with the float64 search
+    g = torch.Generator().manual_seed(8)
+    parent = torch.relu(torch.randn(100, 64, generator=g))
+    children = parent[None] * (torch.rand(40, 1, 64, generator=g) < 0.6)  # (40, 100, 64) unit subsets
+    dp, dc = squared_distances(parent), squared_distances(children)
+    _, log_beta = joint_probabilities(dp, 30.0, return_log_beta=True)
+    warm = (log_beta + torch.log(dp.sum(-1) / 99) - torch.log(dc.sum(-1) / 99)).reshape(-1)  # as the evaluator
+    off = _offdiag(dc).reshape(-1, 99)
+    p32, n32, _ = _conditional_probabilities(off.float(), 30.0, t_init=warm)
+    p64, _, _ = _conditional_probabilities(off, 30.0, t_init=warm)
+    assert bool((n32 > 0).all())
+    ent = -(p32.double() * torch.log(p32.double().clamp_min(1e-300))).sum(1)
+    assert float((ent - math.log(30.0)).abs().max()) < 2e-6  # without the polish: ~1e-5
+    assert float(((p32.double() - p64) / p64).abs().max()) < 3e-5  # without: ~1.2e-4
+    torch.testing.assert_close(p32.double().sum(1), torch.ones(len(p32), dtype=torch.float64), rtol=0, atol=3e-7)
+
+
 # --------------------------------------------------------------------------- #
 # float32 (the evaluator's default precision for the children)
 # --------------------------------------------------------------------------- #
