@@ -494,7 +494,7 @@ class PopulationEvaluator:
         refs = []
         for d in dists:
             d = d[0, 0]  # (B, B)
-            p, log_beta = joint_probabilities(d, self.config.perplexity, return_log_beta=True)
+            p, log_beta = joint_probabilities(d, self.config.perplexity, return_log_beta=True, symmetric=True)
             refs.append(ParentReference(p, log_beta, row_means(d), parent_entropy_term(p)))
         if key is not None:
             self._parent_cache[key] = refs

@@ -212,15 +212,37 @@ def _conditional_probabilities(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Row-wise Gaussian conditionals with entropy log(perplexity).
 
-    d: (N, M) float64 or float32 squared distances of each row to its M = B-1
-    neighbours (self already removed); tol: entropy tolerance (default 1e-9 in
-    float64, 1e-5 in float32); t_init: optional (N,) starting log(beta) per row
-    (non-finite entries: the default guess).  Returns (p, n_iter, t): p (N, M)
-    with rows summing to 1, p_j = exp(-beta d_j) / sum_k exp(-beta d_k); n_iter
-    (N,) the number of entropy evaluations each row used (0 for rows solved in
-    closed form); t (N,) the final log(beta) (NaN for rows solved in closed form).
+    d: (N, M) float64 or float32 squared distances of each row to its M neighbours;
+    tol: entropy tolerance (default 1e-9 in float64, 1e-5 in float32); t_init: optional
+    (N,) starting log(beta) per row (non-finite entries: the default guess). Returns
+    (p, n_iter, t): p (N, M) with rows summing to 1, p_j = exp(-beta d_j) / sum_k
+    exp(-beta d_k); n_iter (N,) the number of entropy evaluations each row used (0 for
+    rows solved in closed form); t (N,) the final log(beta) (NaN for rows solved in
+    closed form). The search itself is :func:`_conditional_columns` (on d transposed).
+    """
+    N, M = d.shape
+    p, n_iter, t = _conditional_columns(d.T.unsqueeze(0), perplexity, tol, max_iter, t_init, own=False)
+    return p[0].T.contiguous(), n_iter, t
 
-    With the row minimum subtracted (p and H are invariant to the shift),
+
+def _conditional_columns(
+    d: Tensor,
+    perplexity: float,
+    tol: float | None = None,
+    max_iter: int = _MAX_ITER,
+    t_init: Tensor | None = None,
+    own: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The perplexity search on columns: d (g, L, n), column i of matrix g the squared
+    distances of row i to its neighbours; with ``own`` (L = n = B, a distance matrix
+    read by columns), entry (i, i) is the point itself and is left out (M = B - 1
+    neighbours), else all L = M entries are neighbours. Reading a symmetric distance
+    matrix by columns needs no transposed copy, and every pass then runs along
+    contiguous memory. Returns (c (g, L, n): column i the conditional distribution of
+    row i, 0 at its own entry; n_iter (g n,); t (g n,)), as :func:`_conditional_probabilities`
+    (row g n + i: column i of matrix g).
+
+    With the column minimum subtracted (p and H are invariant to the shift),
     Z = sum_k exp(-beta d_k) >= 1 and H = log Z + beta * E_p[d].
     H decreases monotonically from log(M) (beta = 0, uniform) to
     log(#nearest ties) (beta -> inf); targets outside that range are
@@ -230,143 +252,182 @@ def _conditional_probabilities(
     A row is solved where |H - log(perplexity)| < tol first holds: plain Newton
     steps in log(beta) from the start (most rows need two or three evaluations),
     then, for the few rows these do not settle, a safeguarded search inside a
-    bisection bracket. Rows are searched in pieces of about _SEARCH_ELEMENTS entries.
+    bisection bracket. Columns are searched in pieces of about _SEARCH_ELEMENTS entries
+    per thread (whole matrices, or column ranges of one).
     """
-    N, M = d.shape
+    g, L, n = d.shape
+    M = L - 1 if own else L
     target = math.log(perplexity)
     if tol is None:
         tol = _ENTROPY_TOL if d.dtype == torch.float64 else _ENTROPY_TOL_FLOAT32
-    out = torch.empty_like(d)
-    n_iter = torch.zeros(N, dtype=torch.long, device=d.device)
-    t_out = torch.full((N,), math.nan, dtype=d.dtype, device=d.device)
+    out = torch.empty(d.shape, dtype=d.dtype, device=d.device)
+    n_iter = torch.zeros(g * n, dtype=torch.long, device=d.device)
+    t_out = torch.full((g * n,), math.nan, dtype=d.dtype, device=d.device)
     # beta = 0 limit: every row's maximal entropy log(M) is already <= target.
     if math.log(M) <= target + tol:
         out.fill_(1.0 / M)
+        if own:
+            out.diagonal(dim1=1, dim2=2).zero_()
         return out, n_iter, t_out
-    rows = max(1, min(N, _SEARCH_ELEMENTS * torch.get_num_threads() // M))  # each thread's share cache-sized
-    scratch = d.new_empty(2, M, rows)  # reused by every piece: (M, rows) distances and exp(-beta d)
-    for s in range(0, N, rows):
-        piece = slice(s, min(N, s + rows))
-        _search_piece(d[piece], target, tol, max_iter, None if t_init is None else t_init[piece],
-                      out[piece], n_iter[piece], t_out[piece], scratch)
+    budget = _SEARCH_ELEMENTS * torch.get_num_threads()  # each thread's share cache-sized
+    k, c = (max(1, budget // (L * n)), n) if L * n <= budget else (1, max(1, budget // L))
+    scratch = d.new_empty(2, k * L * c)  # reused by every piece: its distances and exp(-beta d)
+    for s in range(0, g, k):
+        for c0 in range(0, n, c):
+            kk, cc = min(k, g - s), min(c, n - c0)
+            flat = slice(s * n + c0, s * n + c0 + kk * cc)  # the piece's rows in the (g n,) results
+            _search_piece(d[s:s + kk, :, c0:c0 + cc], c0 if own else None, target, tol, max_iter,
+                          None if t_init is None else t_init[flat], out[s:s + kk, :, c0:c0 + cc],
+                          n_iter[flat], t_out[flat], scratch)
     return out, n_iter, t_out
 
 
-def _search_piece(d: Tensor, target: float, tol: float, max_iter: int, t_init: Tensor | None,
+def _search_piece(d: Tensor, own: int | None, target: float, tol: float, max_iter: int, t_init: Tensor | None,
                   out: Tensor, n_iter: Tensor, t_out: Tensor, scratch: Tensor) -> None:
-    """:func:`_conditional_probabilities` on rows d (n, M), written into ``out`` (n, M),
-    ``n_iter`` (n,) and ``t_out`` (n,) (views of the caller's results); ``scratch``
-    (2, M, >= n) work space."""
-    N, M = d.shape
+    """:func:`_conditional_columns` on the columns of d (k, L, c), written into ``out``
+    (k, L, c), ``n_iter`` (k c,) and ``t_out`` (k c,) (views of the caller's results);
+    ``own``: None, or the column offset of the piece in its matrices (column i's own
+    entry is row own + i); ``scratch`` (2, >= k L c) work space."""
+    k, L, c = d.shape
+    M = L if own is None else L - 1
     floor = 1e-300 if d.dtype == torch.float64 else torch.finfo(d.dtype).tiny  # smallest variance used
-    dT, w = (s[:, :N] for s in scratch)  # (M, n) each; dT: the rows transposed, so that every
-    # pass runs along contiguous memory (strided views of the scratch: passes over them stay in order)
-    torch.sub(d, d.amin(dim=1, keepdim=True), out=dT.T)  # row minimum 0 (p and H do not depend on it)
-
-    t = _start(None if t_init is None else t_init.to(d.dtype).reshape(N), dT, 0, target, floor)
-
+    # (L, a = k c): the piece's columns side by side, so that every pass runs along rows of
+    # k c entries (filled from d in runs of c: no transposed copy)
+    x, w = (s[:k * L * c].view(L, k * c) for s in scratch)
+    x.view(L, k, c).copy_(d.transpose(0, 1))
+    diag = None if own is None else x.view(L, k, c).diagonal(offset=-own, dim1=0, dim2=2)  # (k, c) own entries
+    if diag is not None:
+        diag.fill_(math.inf)  # not a neighbour: not the minimum
+    x.sub_(x.amin(dim=0))  # column minimum 0 (p and H do not depend on it)
+    if diag is not None:
+        diag.zero_()  # adds nothing to the starting point's sums
+    # (own entries stay 0: exp(-beta 0) = 1 exactly, which the Newton phase takes off its
+    # sums; a huge entry whose exp underflows instead makes every exp pass ~1.6x slower)
+    t = _start(None if t_init is None else t_init.to(d.dtype).reshape(k * c), x, 0, M, target, floor)
     steps = min(_NEWTON_STEPS, max_iter)
-    rest, t, used = _newton_phase(dT, w, t.clone(), target, tol, steps, steps >= max_iter, out, n_iter, t_out)
+    rest, t, x, used = _newton_phase(x, w, t.clone(), target, tol, steps, steps >= max_iter, own,
+                                     out, n_iter, t_out)
     if rest is None:
         return
-    # rows the plain Newton steps did not settle. The beta -> inf limit first: a row whose
-    # nearest neighbours tie (at least perplexity of them) is uniform over them.
-    dw = dT.index_select(1, rest).T.contiguous()  # (k, M)
-    is_min = dw == 0  # (k, M)
-    n_ties = is_min.sum(dim=1)  # (k,) >= 1
-    tie_rows = torch.log(n_ties.to(d.dtype)) >= target - tol  # (k,)
+    # rows the plain Newton steps did not settle, as rows (r, M) without their own entries
+    dw = x.T.contiguous()  # (r, L)
+
+    def neighbours(at: Tensor) -> Tensor:  # (a, L) mask of the neighbours of the rows at ``at``
+        mask = torch.ones(len(at), L, dtype=torch.bool, device=at.device)
+        mask[torch.arange(len(at), device=at.device), own + at % c] = False
+        return mask
+
+    def write(at: Tensor, p: Tensor) -> None:  # rows p (a, M) at piece positions ``at`` (a,)
+        if own is not None:  # 0 at each row's own entry
+            p = p.new_zeros(len(at), L).masked_scatter_(neighbours(at), p)
+        out[at // c, :, at % c] = p
+
+    if own is not None:
+        dw = dw[neighbours(rest)].view(-1, M)
+
+    # The beta -> inf limit first: a row whose nearest neighbours tie (at least perplexity
+    # of them) is uniform over them.
+    is_min = dw == 0  # (r, M)
+    n_ties = is_min.sum(dim=1)  # (r,) >= 1
+    tie_rows = torch.log(n_ties.to(d.dtype)) >= target - tol  # (r,)
     if tie_rows.any():
         ties = torch.nonzero(tie_rows).squeeze(1)
-        out.index_copy_(0, rest.index_select(0, ties),
-                        is_min.index_select(0, ties).to(d.dtype) / n_ties.index_select(0, ties).unsqueeze(1).to(d.dtype))
-        n_iter.index_fill_(0, rest.index_select(0, ties), 0)
-        t_out.index_fill_(0, rest.index_select(0, ties), math.nan)  # closed form: no beta
+        at = rest.index_select(0, ties)
+        write(at, is_min.index_select(0, ties).to(d.dtype) / n_ties.index_select(0, ties).unsqueeze(1).to(d.dtype))
+        n_iter.index_fill_(0, at, 0)
+        t_out.index_fill_(0, at, math.nan)  # closed form: no beta
         others = torch.nonzero(~tie_rows).squeeze(1)
         rest, dw, t = rest.index_select(0, others), dw.index_select(0, others), t.index_select(0, others)
         if rest.numel() == 0:
             return
     # the rest: the bracketed search
-    p, k, t_r = _bracketed_search(dw, target, tol, floor, max_iter - used, t)
-    out.index_copy_(0, rest, p)
-    n_iter.index_copy_(0, rest, k + used)
+    p, it, t_r = _bracketed_search(dw, target, tol, floor, max_iter - used, t)
+    write(rest, p)
+    n_iter.index_copy_(0, rest, it + used)
     t_out.index_copy_(0, rest, t_r)
 
 
-def _start(t: Tensor | None, d: Tensor, dim: int, target: float, floor: float) -> Tensor:
-    """Starting log(beta) (n,) for the rows of ``d`` along ``dim`` (M neighbours each,
-    row minimum 0): ``t`` where finite (a warm start), elsewhere (all of it when None) the
-    second-order cumulant expansion around beta = 0, H(beta) ~= log M - beta^2
-    Var_uniform(d) / 2."""
+def _start(t: Tensor | None, d: Tensor, dim: int, M: int, target: float, floor: float) -> Tensor:
+    """Starting log(beta) for the rows of ``d`` along ``dim`` (M neighbours each, minimum
+    0, any other entries 0), flattened: ``t`` where finite (a warm start), elsewhere (all
+    of it when None) the second-order cumulant expansion around beta = 0, H(beta) ~=
+    log M - beta^2 Var_uniform(d) / 2."""
     if t is not None and bool(torch.isfinite(t).all()):
         return t
-    M = d.shape[dim]
-    mean = d.mean(dim=dim)  # (n,)
-    var = (torch.linalg.vecdot(d, d, dim=dim) / M - mean * mean).clamp_min(floor)  # (n,) uniform-weight variance
+    mean = d.sum(dim=dim).reshape(-1) / M  # (n,)
+    var = (torch.linalg.vecdot(d, d, dim=dim).reshape(-1) / M - mean * mean).clamp_min(floor)  # uniform-weight variance
     guess = 0.5 * torch.log(2.0 * (math.log(M) - target) / var)
     return guess if t is None else torch.where(torch.isfinite(t), t, guess)
 
 
-def _newton_phase(dT: Tensor, w: Tensor, t: Tensor, target: float, tol: float, steps: int, final: bool,
-                  out: Tensor, n_iter: Tensor, t_out: Tensor):
+def _newton_phase(x: Tensor, w: Tensor, t: Tensor, target: float, tol: float, steps: int, final: bool,
+                  own: int | None, out: Tensor, n_iter: Tensor, t_out: Tensor):
     """Plain Newton steps in t = log(beta) (no further than _NEWTON_MAX_STEP each) for
-    the rows of dT (M, n) (distances transposed: every pass then runs along contiguous
-    memory), starting at t (n,); ``w`` (M, n) work space. A row stops where its entropy is
-    first within ``tol``: it is written into out/n_iter/t_out (n_iter counting the
+    the columns of x (L, a) (minimum 0; with ``own``, the column offset of the piece,
+    column f's own entry is row own + f % c, and is 0), starting at t (a,); ``w`` (L, a)
+    work space. A row stops where its entropy is first within ``tol``: it is
+    written into out (k, L, c), n_iter and t_out (a = k c,) (n_iter counting the
     evaluations spent on it) after one more Newton step that is not evaluated (the
     polish: from within tol that step's error is about the square of the last, so the
     written rows are far closer to the target than tol; skipped where the step would be
     larger than _POLISH_MAX_STEP, as on an entropy plateau). With ``final``, every row
     ends at the last step (the caller's step budget). Returns (the positions of the rows
-    it left unsolved, or None; their t; the evaluations spent)."""
-    n = dT.shape[1]
-    pos = None  # the active rows' positions among the n (None: all of them, in order)
-    for k in range(1, steps + 1):
+    it left unsolved, or None; their t; their columns (L, r); the evaluations spent)."""
+    k, L, c = out.shape
+    pos = None  # the active rows' positions among the a (None: all of them, in order)
+    for it in range(1, steps + 1):
         nbeta = t.exp().neg_()  # (a,) -beta
-        torch.mul(dT, nbeta, out=w).exp_()  # (M, a) exp(-beta d), max entry 1 per row
-        # the sums in place, in the distances' precision: enough for the entropy (the written
-        # rows' normalisation is summed in float64, see _normalised)
-        z = w.sum(0)  # (a,) >= 1 (the row minimum is 0)
-        m = w.mul_(dT).sum(0).div_(z)  # (a,) E_p[d]; w now holds w * d
-        e2 = w.mul_(dT).sum(0).div_(z)  # (a,) E_p[d^2]; w now holds w * d^2
+        torch.mul(x, nbeta, out=w).exp_()  # (L, a) exp(-beta d), max entry 1 per column
+        # the sums in place, in the distances' precision
+        z = w.sum(0)  # (a,) >= 1 (the minimum is 0)
+        if own is not None:
+            z.sub_(1.0)  # the own entry's exp(0) (z stays >= 1: no cancellation)
+        m = w.mul_(x).sum(0).div_(z)  # (a,) E_p[d]; w now holds w * d
+        e2 = w.mul_(x).sum(0).div_(z)  # (a,) E_p[d^2]; w now holds w * d^2
         v = e2.sub_(m * m).clamp_min_(0.0)  # (a,) Var_p[d]
         err = torch.log(z).sub_(nbeta * m).sub_(target)  # (a,) H - target, > 0: beta too small
         settled = err.abs() < tol
-        conv = torch.ones_like(settled) if k == steps and final else settled  # rows that end here
+        conv = torch.ones_like(settled) if it == steps and final else settled  # rows that end here
         step = err.div_(nbeta.square_().mul_(v)).clamp_(-_NEWTON_MAX_STEP, _NEWTON_MAX_STEP)  # NaN stays NaN
         polish = settled & (step.abs() <= _POLISH_MAX_STEP)
         t_next = t + step.masked_fill_(conv & ~polish, 0.0)  # (a,)
         n_conv = int(conv.sum())
-        if n_conv and (n_conv * 2 >= len(conv) or k == steps):  # write the settled rows, keep the rest
-            if pos is None:  # the first write: every row at once, in place (the unsettled ones are
-                _normalised(torch.mul(dT, t_next.exp().neg_(), out=out.T).exp_())  # written again later)
-                n_iter.fill_(k)
+        if n_conv and (n_conv * 2 >= len(conv) or it == steps):  # write the settled rows, keep the rest
+            if pos is None:  # the first write: every row at once (the unsettled ones are written again later)
+                p = torch.mul(x, t_next.exp().neg_(), out=w).exp_()  # (L, a)
+                if own is not None:
+                    p.view(L, k, c).diagonal(offset=-own, dim1=0, dim2=2).zero_()
+                out.copy_(_normalised(p, 0).view(L, k, c).transpose(0, 1))  # in runs of c
+                n_iter.fill_(it)
                 t_out.copy_(t_next)
             else:
                 done = torch.nonzero(conv).squeeze(1)
                 at = pos.index_select(0, done)
                 t_done = t_next.index_select(0, done)
-                p = _normalised(torch.mul(dT.index_select(1, done), t_done.exp().neg_()).exp_())
-                out.index_copy_(0, at, p.T.contiguous())
-                n_iter.index_fill_(0, at, k)
+                p = torch.mul(x.index_select(1, done), t_done.exp().neg_()).exp_()  # (L, done)
+                if own is not None:
+                    p[own + at % c, torch.arange(len(at), device=at.device)] = 0.0
+                out[at // c, :, at % c] = _normalised(p, 0).T
+                n_iter.index_fill_(0, at, it)
                 t_out.index_copy_(0, at, t_done)
             if n_conv == len(conv):
-                return None, None, k
+                return None, None, None, it
             keep = torch.nonzero(~conv).squeeze(1)
             pos = keep if pos is None else pos.index_select(0, keep)
-            dT = dT.index_select(1, keep).contiguous()
-            t, t_next, conv = t[keep], t_next[keep], conv[keep]
+            x = x.index_select(1, keep)
+            t, t_next = t[keep], t_next[keep]
             w = w[:, :len(keep)]
-        if k == steps:  # the rows left go to the bracketed search from where they were evaluated
+        if it == steps:  # the rows left go to the bracketed search from where they were evaluated
             break
         t = t_next
-    return torch.arange(n, device=dT.device) if pos is None else pos, t, steps
+    return torch.arange(k * c, device=x.device) if pos is None else pos, t, x, steps
 
 
-def _normalised(w: Tensor) -> Tensor:
-    """w (M, a) -> w divided by its column sums, in place. The sums are accumulated in
-    float64: in float32 the sum of a column's 99 terms is off by ~1e-7, which moves the loss
-    of a child close to its parent by ~1e-4."""
-    return w.div_(w.sum(0, dtype=torch.float64).to(w.dtype))
+def _normalised(w: Tensor, dim: int = 1) -> Tensor:
+    """``w`` divided by its sums along ``dim``, in place, in its own precision (with the
+    polish, float32 sums here leave the float32 loss of children close to their parent as
+    close to the float64 search's as float64 sums do: within 5e-5 of it)."""
+    return w.div_(w.sum(dim, keepdim=True))
 
 
 def _bracketed_search(dw: Tensor, target: float, tol: float, floor: float, max_iter: int, t: Tensor):
@@ -382,7 +443,7 @@ def _bracketed_search(dw: Tensor, target: float, tol: float, floor: float, max_i
     idx = torch.arange(N, device=dw.device)
     d2w = dw * dw  # (n, M)
     buf = torch.empty_like(dw)  # (n, M) reused for exp(-beta d)
-    t = _start(t, dw, 1, target, floor)
+    t = _start(t, dw, 1, M, target, floor)
     lo = torch.full_like(t, -math.inf)  # bracket on log(beta)
     hi = torch.full_like(t, math.inf)
     step = torch.full_like(t, 2.0)  # unbracketed fallback step on log(beta), doubled at each use
@@ -409,7 +470,7 @@ def _bracketed_search(dw: Tensor, target: float, tol: float, floor: float, max_i
         if done.any():
             sel = torch.nonzero(done).squeeze(1)
             rows = idx.index_select(0, sel)
-            out.index_copy_(0, rows, w.index_select(0, sel) / z.index_select(0, sel).unsqueeze(1))
+            out.index_copy_(0, rows, _normalised(w.index_select(0, sel)))
             n_iter.index_fill_(0, rows, it + 1)
             t_out.index_copy_(0, rows, t.index_select(0, sel))
             active = active & ~done
@@ -442,7 +503,8 @@ def _bracketed_search(dw: Tensor, target: float, tol: float, floor: float, max_i
 
 
 def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init: Tensor | None = None,
-                        return_log_beta: bool = False, dtype: torch.dtype = torch.float64):
+                        return_log_beta: bool = False, dtype: torch.dtype = torch.float64,
+                        symmetric: bool = False):
     """Symmetric t-SNE joint probabilities from squared distances.
 
     sq_dist: (..., B, B).  Returns P (..., B, B) in ``dtype`` (float64 or float32:
@@ -454,7 +516,9 @@ def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init
     log_beta_init: optional (..., B) starting log-precisions of the rows' search
     (a warm start changes the iterations, not the solution). With
     ``return_log_beta``, returns (P, log_beta (..., B)), NaN for rows solved in
-    closed form.
+    closed form. ``symmetric``: ``sq_dist`` is symmetric (up to rounding, as distances
+    from a Gram matrix): the search reads its columns as its rows, without a
+    transposed copy.
     """
     if perplexity <= 0:
         raise ValueError("perplexity must be positive")
@@ -466,19 +530,21 @@ def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init
     if B < 2:
         p = torch.zeros_like(d)
         return (p, torch.full(d.shape[:-1], math.nan, dtype=d.dtype)) if return_log_beta else p
-    off = _offdiag(d).reshape(-1, B - 1)  # (N = prod(lead) * B, B-1)
+    cols = d.reshape(-1, B, B)  # (g, B, B)
+    if not symmetric:
+        cols = cols.transpose(1, 2)  # column i: row i (the search copies it)
     t_init = None if log_beta_init is None else log_beta_init.expand(*lead, B).reshape(-1)
-    cond, n_iter, log_beta = _conditional_probabilities(off, perplexity, t_init=t_init)
-    if dtype != torch.float64:  # float32 rows that used every step (or broke): again in float64
-        redo = torch.nonzero((n_iter >= _MAX_ITER) | ~torch.isfinite(cond.sum(dim=1))).squeeze(1)
+    cond, n_iter, log_beta = _conditional_columns(cols, perplexity, t_init=t_init)  # (g, B, B): [j, i] = p_{j|i}
+    if dtype != torch.float64:  # float32 rows that used every step (or broke): their matrices again in float64
+        bad = (n_iter >= _MAX_ITER) | ~torch.isfinite(cond.sum(dim=1)).reshape(-1)  # (g B,)
+        redo = torch.nonzero(bad.view(-1, B).any(dim=1)).squeeze(1)  # matrices
         if redo.numel():
-            c64, _, t64 = _conditional_probabilities(
-                off.index_select(0, redo).double(), perplexity,
-                t_init=None if t_init is None else t_init.index_select(0, redo))
+            c64, _, t64 = _conditional_columns(
+                cols.index_select(0, redo).double(), perplexity,
+                t_init=None if t_init is None else t_init.view(-1, B).index_select(0, redo).reshape(-1))
             cond.index_copy_(0, redo, c64.to(dtype))
-            log_beta.index_copy_(0, redo, t64.to(dtype))
-    cond = _from_offdiag(cond.reshape(*lead, B, B - 1))  # (..., B, B)
-    p = cond + cond.transpose(-1, -2)  # (..., B, B)
+            log_beta.view(-1, B).index_copy_(0, redo, t64.view(-1, B).to(dtype))
+    p = (cond + cond.transpose(-1, -2)).reshape(*lead, B, B)  # (..., B, B) = P_cond + P_cond^T
     p.div_(p.sum(dim=(-2, -1), keepdim=True).clamp_min(EPS))
     p.clamp_(min=EPS)
     p.diagonal(dim1=-2, dim2=-1).zero_()
@@ -580,7 +646,7 @@ def tsne_similarity_loss(
     if parent_p is None:
         if parent_embeddings is None:
             raise ValueError("either parent_embeddings or parent_p is required")
-        parent_p = joint_probabilities(squared_distances(parent_embeddings), perplexity)  # (B, B)
+        parent_p = joint_probabilities(squared_distances(parent_embeddings), perplexity, symmetric=True)  # (B, B)
     else:
         parent_p = _as_float64(parent_p)
     student = kernel.lower().replace("-", "_") in ("student_t", "studentt", "t")
@@ -600,7 +666,8 @@ def similarity_from_distances(parent_p: Tensor, d_child: Tensor, perplexity: flo
                               kernel: str = "gaussian", dof: Tensor | float | None = None,
                               log_beta_init: Tensor | None = None, parent_term: Tensor | None = None):
     """The loss of :func:`tsne_similarity_loss` from the child's squared distances
-    ``d_child`` (..., B, B) and the parent's joint P (broadcast against them); ``dof``
+    ``d_child`` (..., B, B) (symmetric, up to rounding: the search reads its columns as
+    its rows) and the parent's joint P (broadcast against them); ``dof``
     is required by the Student-t kernel; ``log_beta_init`` (..., B) warm-starts the
     Gaussian kernel's perplexity search, which runs in the distances' precision
     (float32 or float64); ``parent_term``: :func:`parent_entropy_term` of ``parent_p``,
@@ -677,7 +744,7 @@ def _loss_block(kernel: str, perplexity: float, parent_p: Tensor, d_child: Tenso
     (Student-t)."""
     if kernel == "gaussian":
         dtype = torch.float32 if d_child.dtype == torch.float32 else torch.float64
-        q = joint_probabilities(d_child, perplexity, extra, dtype=dtype)  # (g, B, B)
+        q = joint_probabilities(d_child, perplexity, extra, dtype=dtype, symmetric=True)  # (g, B, B)
     else:
         q = student_t_probabilities(d_child, extra)  # (g, B, B)
     return _kl_from_floored_q(parent_p, q, parent_term)  # (g,)
