@@ -201,6 +201,7 @@ _SEARCH_ELEMENTS = 2**17
 _NEWTON_STEPS = 8  # evaluations of the plain Newton phase before the bracketed search takes over
 _NEWTON_MAX_STEP = 2.0  # largest change of log(beta) in one plain Newton step
 _POLISH_MAX_STEP = 1e-3  # largest unevaluated last step of a settled row (see _newton_phase)
+_NUMPY_ON_CPU = True  # the Newton phase's per-row arithmetic in numpy for CPU tensors (tests switch it off)
 
 
 def _conditional_probabilities(
@@ -374,53 +375,83 @@ def _newton_phase(x: Tensor, w: Tensor, t: Tensor, target: float, tol: float, st
     ends at the last step (the caller's step budget). Returns (the positions of the rows
     it left unsolved, or None; their t; their columns (L, r); the evaluations spent)."""
     k, L, c = out.shape
+    # the per-row arithmetic on (a,) vectors in numpy for a CPU tensor (zero-copy views; its
+    # per-call cost is a fifth of torch's, and a step makes about 25 such calls), else in torch
+    cpu = x.device.type == "cpu" and _NUMPY_ON_CPU
+    xp = np if cpu else torch
+    as_xp = Tensor.numpy if cpu else _same
+    as_torch = torch.from_numpy if cpu else _same
+    t = as_xp(t)
     pos = None  # the active rows' positions among the a (None: all of them, in order)
-    for it in range(1, steps + 1):
-        nbeta = t.exp().neg_()  # (a,) -beta
-        torch.mul(x, nbeta, out=w).exp_()  # (L, a) exp(-beta d), max entry 1 per column
-        # the sums in place, in the distances' precision
-        z = w.sum(0)  # (a,) >= 1 (the minimum is 0)
-        if own is not None:
-            z.sub_(1.0)  # the own entry's exp(0) (z stays >= 1: no cancellation)
-        m = w.mul_(x).sum(0).div_(z)  # (a,) E_p[d]; w now holds w * d
-        e2 = w.mul_(x).sum(0).div_(z)  # (a,) E_p[d^2]; w now holds w * d^2
-        v = e2.sub_(m * m).clamp_min_(0.0)  # (a,) Var_p[d]
-        err = torch.log(z).sub_(nbeta * m).sub_(target)  # (a,) H - target, > 0: beta too small
-        settled = err.abs() < tol
-        conv = torch.ones_like(settled) if it == steps and final else settled  # rows that end here
-        step = err.div_(nbeta.square_().mul_(v)).clamp_(-_NEWTON_MAX_STEP, _NEWTON_MAX_STEP)  # NaN stays NaN
-        polish = settled & (step.abs() <= _POLISH_MAX_STEP)
-        t_next = t + step.masked_fill_(conv & ~polish, 0.0)  # (a,)
-        n_conv = int(conv.sum())
-        if n_conv and (n_conv * 2 >= len(conv) or it == steps):  # write the settled rows, keep the rest
-            if pos is None:  # the first write: every row at once (the unsettled ones are written again later)
-                p = torch.mul(x, t_next.exp().neg_(), out=w).exp_()  # (L, a)
-                if own is not None:
-                    p.view(L, k, c).diagonal(offset=-own, dim1=0, dim2=2).zero_()
-                out.copy_(_normalised(p, 0).view(L, k, c).transpose(0, 1))  # in runs of c
-                n_iter.fill_(it)
-                t_out.copy_(t_next)
-            else:
-                done = torch.nonzero(conv).squeeze(1)
-                at = pos.index_select(0, done)
-                t_done = t_next.index_select(0, done)
-                p = torch.mul(x.index_select(1, done), t_done.exp().neg_()).exp_()  # (L, done)
-                if own is not None:
-                    p[own + at % c, torch.arange(len(at), device=at.device)] = 0.0
-                out[at // c, :, at % c] = _normalised(p, 0).T
-                n_iter.index_fill_(0, at, it)
-                t_out.index_copy_(0, at, t_done)
-            if n_conv == len(conv):
-                return None, None, None, it
-            keep = torch.nonzero(~conv).squeeze(1)
-            pos = keep if pos is None else pos.index_select(0, keep)
-            x = x.index_select(1, keep)
-            t, t_next = t[keep], t_next[keep]
-            w = w[:, :len(keep)]
-        if it == steps:  # the rows left go to the bracketed search from where they were evaluated
-            break
-        t = t_next
-    return torch.arange(k * c, device=x.device) if pos is None else pos, t, x, steps
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # inf and NaN steps are handled
+        for it in range(1, steps + 1):
+            torch.mul(x, as_torch(-xp.exp(t)), out=w).exp_()  # (L, a) exp(-beta d), max entry 1 per column
+            # the sums in place, in the distances' precision: z >= 1 (the minimum is 0), w d, w d^2
+            z, s1, s2 = (as_xp(v) for v in (w.sum(0), w.mul_(x).sum(0), w.mul_(x).sum(0)))
+            if own is not None:
+                z = z - 1.0  # the own entry's exp(0) (z stays >= 1: no cancellation)
+            t_next, conv = _newton_step(xp, z, s1, s2, t, target, tol, it == steps and final)
+            n_conv = int(conv.sum())
+            if n_conv and (n_conv * 2 >= len(conv) or it == steps):  # write the settled rows, keep the rest
+                conv_t, t_next_t = as_torch(conv), as_torch(t_next)
+                if pos is None:  # the first write: every row at once (the unsettled ones are written again later)
+                    p = torch.mul(x, as_torch(-xp.exp(t_next)), out=w).exp_()  # (L, a)
+                    if own is not None:
+                        p.view(L, k, c).diagonal(offset=-own, dim1=0, dim2=2).zero_()
+                    out.copy_(_normalised(p, 0).view(L, k, c).transpose(0, 1))  # in runs of c
+                    n_iter.fill_(it)
+                    t_out.copy_(t_next_t)
+                else:
+                    done = torch.nonzero(conv_t).squeeze(1)
+                    at = pos.index_select(0, done)
+                    t_done = t_next_t.index_select(0, done)
+                    p = torch.mul(x.index_select(1, done), t_done.exp().neg_()).exp_()  # (L, done)
+                    if own is not None:
+                        p[own + at % c, torch.arange(len(at), device=at.device)] = 0.0
+                    out[at // c, :, at % c] = _normalised(p, 0).T
+                    n_iter.index_fill_(0, at, it)
+                    t_out.index_copy_(0, at, t_done)
+                if n_conv == len(conv):
+                    return None, None, None, it
+                keep = torch.nonzero(~conv_t).squeeze(1)
+                pos = keep if pos is None else pos.index_select(0, keep)
+                x = x.index_select(1, keep)
+                t, t_next = t[as_xp(keep)], t_next[as_xp(keep)]
+                w = w[:, :len(keep)]
+            if it == steps:  # the rows left go to the bracketed search from where they were evaluated
+                break
+            t = t_next
+    return torch.arange(k * c, device=x.device) if pos is None else pos, as_torch(t), x, steps
+
+
+def _same(v):
+    return v
+
+
+def _newton_step(xp, z, s1, s2, t, target: float, tol: float, end: bool):
+    """One plain Newton step in t = log(beta) (no further than _NEWTON_MAX_STEP) from the
+    column sums z = sum exp(-beta d), s1 = sum exp(-beta d) d and s2 = sum exp(-beta d) d^2
+    (a,) at t (a,), in the array module ``xp`` (numpy or torch). Returns (t_next, conv):
+    conv the rows that end here (entropy within ``tol``, or all of them with ``end``);
+    those within tol take the step as the polish where it is at most _POLISH_MAX_STEP,
+    else stay at t; the others take the step (NaN stays NaN)."""
+    # (numpy: np.maximum/minimum and putmask, as np.clip and np.where with a scalar cost several
+    # times as much on these short vectors)
+    beta = xp.exp(t)
+    m = s1 / z  # E_p[d]
+    v = s2 / z - m * m  # Var_p[d], >= 0 but for rounding
+    v = np.maximum(v, 0.0, out=v) if xp is np else v.clamp_min_(0.0)
+    err = xp.log(z) + beta * m - target  # H - target, > 0: beta too small
+    settled = xp.abs(err) < tol
+    conv = settled | end
+    step = err / (beta * beta * v)  # dH/dt = -beta^2 Var_p[d]; v = 0: an infinite step, clipped
+    polish = settled & (xp.abs(step) <= _POLISH_MAX_STEP)
+    if xp is np:
+        step = np.minimum(np.maximum(step, -_NEWTON_MAX_STEP, out=step), _NEWTON_MAX_STEP, out=step)  # NaN stays NaN
+        np.putmask(step, conv & ~polish, 0.0)
+    else:
+        step = step.clamp_(-_NEWTON_MAX_STEP, _NEWTON_MAX_STEP).masked_fill_(conv & ~polish, 0.0)
+    return t + step, conv
 
 
 def _normalised(w: Tensor, dim: int = 1) -> Tensor:

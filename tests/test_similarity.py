@@ -420,6 +420,27 @@ def test_settled_rows_are_written_after_one_more_unevaluated_newton_step():
     torch.testing.assert_close(p32.double().sum(1), torch.ones(len(p32), dtype=torch.float64), rtol=0, atol=3e-7)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_newton_arithmetic_in_torch_matches_numpy(dtype, monkeypatch):
+    # CPU tensors do the per-row arithmetic in numpy, GPU ones in torch: the same search
+    import ecomp_deap.similarity as sim
+
+    g = torch.Generator().manual_seed(21)
+    x = torch.relu(torch.randn(30, 100, 40, generator=g) - 0.3)
+    x[3, :50] = x[3, 50:]  # duplicated points: tied rows
+    d = squared_distances(x, dtype)
+    warm = torch.randn(30, 100, generator=g, dtype=torch.float64) * 0.2 + 1.0
+    warm[5] = math.nan  # cold-started rows
+    results = []
+    for on in (True, False):
+        monkeypatch.setattr(sim, "_NUMPY_ON_CPU", on)
+        results.append(joint_probabilities(d, 30.0, warm, return_log_beta=True, dtype=dtype, symmetric=True))
+    (p_np, t_np), (p_t, t_t) = results
+    tol = 1e-5 if dtype == torch.float32 else 1e-12  # float32: numpy's and torch's exp and log differ in ulps
+    torch.testing.assert_close(p_t, p_np, rtol=tol, atol=1e-12)
+    torch.testing.assert_close(t_t, t_np, rtol=tol, atol=tol, equal_nan=True)
+
+
 # --------------------------------------------------------------------------- #
 # float32 (the evaluator's default precision for the children)
 # --------------------------------------------------------------------------- #
