@@ -573,6 +573,34 @@ def test_the_loss_in_small_blocks_equals_it_in_one(kernel, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matrices_read_by_columns_in_any_pieces_match_the_row_search(dtype, monkeypatch):
+    """The search on distance matrices (columns as rows, each column's own entry left
+    out) in whole-matrix pieces, pieces of several matrices and column ranges of one
+    matrix, equals the search on the off-diagonal rows, tied rows (closed form, NaN
+    log(beta)) included."""
+    import ecomp_deap.similarity as sim
+
+    g = torch.Generator().manual_seed(23)
+    x = torch.randn(3, 70, 4, generator=g).to(dtype)
+    x[0, :40] = 0.0  # 40 coincident points: rows whose 39 nearest neighbours tie
+    x[1, 35:] = x[1, :35]  # duplicated points
+    d = squared_distances(x, dtype)  # (3, 70, 70), exactly symmetric
+    cond, _, t_rows = _conditional_probabilities(_offdiag(d).reshape(-1, 69), 30.0)
+    full = sim._from_offdiag(cond.reshape(3, 70, 69))
+    ref = full + full.transpose(1, 2)
+    ref = (ref / ref.sum(dim=(1, 2), keepdim=True)).clamp_min(sim.EPS)
+    ref.diagonal(dim1=1, dim2=2).zero_()
+    tol = dict(rtol=1e-9, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-9)
+    for elements in (2**30, 2 * 70 * 70, 7 * 70, 1):  # one piece, 2 matrices, 7 columns, 1 column
+        monkeypatch.setattr(sim, "_SEARCH_ELEMENTS", elements)
+        p, t = joint_probabilities(d, 30.0, return_log_beta=True, dtype=dtype, symmetric=True)
+        torch.testing.assert_close(p, ref.to(dtype), **tol)
+        assert torch.equal(torch.isnan(t), torch.isnan(t_rows.reshape(3, 70)))
+        assert bool(torch.isnan(t[0, :40]).all())
+        torch.testing.assert_close(t, t_rows.reshape(3, 70), equal_nan=True, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_rows_of_tied_neighbours_are_solved_in_closed_form_after_the_newton_phase(dtype):
     """A row whose nearest neighbours tie (at least perplexity of them) has no finite
     beta: the plain Newton steps cannot settle it, and it ends uniform over its ties
