@@ -223,11 +223,11 @@ def _conditional_probabilities(
     rows solved in closed form); t (N,) the final log(beta) (NaN for rows solved in
     closed form). The search itself is :func:`_conditional_columns` (on d transposed).
     """
-    N, M = d.shape
     p, n_iter, t = _conditional_columns(d.T.unsqueeze(0), perplexity, tol, max_iter, t_init, own=False)
     return p[0].T.contiguous(), n_iter, t
 
 
+@torch.no_grad()  # the search is not differentiable (its in-place work space, numpy arithmetic)
 def _conditional_columns(
     d: Tensor,
     perplexity: float,
