@@ -382,14 +382,23 @@ def test_small_batches(b):
         np.testing.assert_allclose(joint_probabilities(torch.tensor(d)).numpy(), sk_joint(f32(d)), rtol=1e-6, atol=1e-12)
 
 
-def test_warm_start_changes_the_iterations_not_the_solution():
+def _unit_subset_children(n: int, keep: float):
+    """A ReLU parent (100 points, 64 units) and ``n`` children keeping random subsets of
+    its units: their squared distances (100, 100) and (n, 100, 100), the parent's
+    log-precisions (100,) and the children's warm start as the evaluator makes it (the
+    parent's, rescaled by the mean distances) (n, 100)."""
     g = torch.Generator().manual_seed(8)
     parent = torch.relu(torch.randn(100, 64, generator=g))
-    children = parent[None] * (torch.rand(6, 1, 64, generator=g) < 0.5)  # (6, 100, 64) unit subsets
+    children = parent[None] * (torch.rand(n, 1, 64, generator=g) < keep)  # (n, 100, 64)
     dp, dc = squared_distances(parent), squared_distances(children)
     _, log_beta = joint_probabilities(dp, 30.0, return_log_beta=True)
+    warm = log_beta + torch.log(dp.sum(-1) / 99) - torch.log(dc.sum(-1) / 99)  # (n, 100)
+    return dp, dc, log_beta, warm
+
+
+def test_warm_start_changes_the_iterations_not_the_solution():
+    dp, dc, log_beta, warm = _unit_subset_children(6, 0.5)
     assert log_beta.shape == (100,) and bool(torch.isfinite(log_beta).all())
-    warm = log_beta + torch.log(dp.sum(-1) / 99) - torch.log(dc.sum(-1) / 99)  # (6, 100)
     off = _offdiag(dc).reshape(-1, 99)
     cold_p, cold_n, _ = _conditional_probabilities(off, 30.0)
     warm_p, warm_n, _ = _conditional_probabilities(off, 30.0, t_init=warm.reshape(-1))
@@ -404,12 +413,8 @@ def test_warm_start_changes_the_iterations_not_the_solution():
 def test_settled_rows_are_written_after_one_more_unevaluated_newton_step():
     # the polish: a row is written one Newton step past the evaluation that found it within
     # tol, so float32 rows land far inside tol (1e-5) and agree with the float64 search
-    g = torch.Generator().manual_seed(8)
-    parent = torch.relu(torch.randn(100, 64, generator=g))
-    children = parent[None] * (torch.rand(40, 1, 64, generator=g) < 0.6)  # (40, 100, 64) unit subsets
-    dp, dc = squared_distances(parent), squared_distances(children)
-    _, log_beta = joint_probabilities(dp, 30.0, return_log_beta=True)
-    warm = (log_beta + torch.log(dp.sum(-1) / 99) - torch.log(dc.sum(-1) / 99)).reshape(-1)  # as the evaluator
+    _, dc, _, warm = _unit_subset_children(40, 0.6)
+    warm = warm.reshape(-1)
     off = _offdiag(dc).reshape(-1, 99)
     p32, n32, _ = _conditional_probabilities(off.float(), 30.0, t_init=warm)
     p64, _, _ = _conditional_probabilities(off, 30.0, t_init=warm)
