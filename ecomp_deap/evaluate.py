@@ -224,7 +224,7 @@ class PopulationEvaluator:
     def distances(self, t: torch.Tensor, dtype: torch.dtype | None = None, overwrite: bool = False) -> torch.Tensor:
         """(..., rows, F) embeddings -> (..., rows, rows) squared distances in the
         children's precision (float32: rescaled by a power of two, see similarity, and
-        not symmetrised: the search reads rows); ``overwrite``: ``t`` is a scratch
+        not symmetrised: the search reads columns as rows); ``overwrite``: ``t`` is a scratch
         tensor that may be modified."""
         dtype = dtype or self.similarity_dtype
         exact = dtype == torch.float64

@@ -134,7 +134,7 @@ def squared_distances(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bo
 
     x: (..., B, D) -> (..., B, B) in ``dtype``, clamped >= 0, exact zero diagonal and,
     with ``symmetric``, exactly symmetric (else D_ij and D_ji may differ in the last
-    bit, as the Gram matrix's product rounds them; the search reads rows).  Rows are
+    bit, as the Gram matrix's product rounds them; the search reads columns as rows).  Rows are
     centred over the batch first (D is translation invariant; this limits
     cancellation in the Gram formula). ``rescale``: the distances of a matrix with huge
     or tiny entries come scaled by a power of two (see :func:`centred_gram`).
@@ -298,7 +298,7 @@ def _search_piece(d: Tensor, own: int | None, target: float, tol: float, max_ite
     # k c entries (filled from d in runs of c: no transposed copy)
     x, w = (s[:k * L * c].view(L, k * c) for s in scratch)
     x.view(L, k, c).copy_(d.transpose(0, 1))
-    diag = None if own is None else x.view(L, k, c).diagonal(offset=-own, dim1=0, dim2=2)  # (k, c) own entries
+    diag = None if own is None else _own_entries(x, k, own)  # (k, c)
     if diag is not None:
         diag.fill_(math.inf)  # not a neighbour: not the minimum
     x.sub_(x.amin(dim=0))  # column minimum 0 (p and H do not depend on it)
@@ -350,6 +350,14 @@ def _search_piece(d: Tensor, own: int | None, target: float, tol: float, max_ite
     t_out.index_copy_(0, rest, t_r)
 
 
+def _own_entries(a: Tensor, k: int, own: int) -> Tensor:
+    """The (k, c) view of each column's own entry in a piece's (L, k c) array, whose
+    columns are k side-by-side blocks of c columns starting at column ``own`` of their
+    matrices (column i of a block: row own + i)."""
+    L, c = a.shape[0], a.shape[1] // k
+    return a.view(L, k, c).diagonal(offset=-own, dim1=0, dim2=2)
+
+
 def _start(t: Tensor | None, d: Tensor, dim: int, M: int, target: float, floor: float) -> Tensor:
     """Starting log(beta) for the rows of ``d`` along ``dim`` (M neighbours each, minimum
     0, any other entries 0), flattened: ``t`` where finite (a warm start), elsewhere (all
@@ -399,7 +407,7 @@ def _newton_phase(x: Tensor, w: Tensor, t: Tensor, target: float, tol: float, st
                 if pos is None:  # the first write: every row at once (the unsettled ones are written again later)
                     p = torch.mul(x, as_torch(-xp.exp(t_next)), out=w).exp_()  # (L, a)
                     if own is not None:
-                        p.view(L, k, c).diagonal(offset=-own, dim1=0, dim2=2).zero_()
+                        _own_entries(p, k, own).zero_()
                     out.copy_(_normalised(p, 0).view(L, k, c).transpose(0, 1))  # in runs of c
                     n_iter.fill_(it)
                     t_out.copy_(t_next_t)
