@@ -21,8 +21,11 @@ distances enter, so H and h may differ.
        = sum_{i != j} P_ij log(max(P_ij, eps) / Q_ij)   (KL of the full matrices).
 
 Everything is vectorised over arbitrary leading (population) dimensions.  The
-precision search uses safeguarded Newton steps on the entropy in log(beta)
-(dH/dlog(beta) = -beta^2 Var_p(D)) inside a per-row bisection bracket.
+precision search takes plain Newton steps on the entropy in log(beta)
+(dH/dlog(beta) = -beta^2 Var_p(D)), then, for the few rows these do not settle,
+safeguarded ones inside a per-row bisection bracket. For float32 on the CPU the plain
+Newton phase runs in a C kernel (``csrc/perplexity.c``, built on first use by
+:mod:`ecomp_deap.native`; the numpy/torch phase here without a compiler and on GPUs).
 
 Precision: float64 by default (entropy tolerance 1e-9). With ``dtype=torch.float32``
 the child's distances and its perplexity search run in float32 (twice as fast on a
@@ -204,6 +207,8 @@ _NEWTON_STEPS = 8  # evaluations of the plain Newton phase before the bracketed 
 _NEWTON_MAX_STEP = 2.0  # largest change of log(beta) in one plain Newton step
 _POLISH_MAX_STEP = 1e-3  # largest unevaluated last step of a settled row (see _newton_phase)
 _NUMPY_ON_CPU = True  # the Newton phase's per-row arithmetic in numpy for CPU tensors (tests switch it off)
+_NATIVE = True  # float32 CPU searches' Newton phase in the C kernel where it builds (tests switch it off)
+_NATIVE_MIN_ROWS = 512  # rows per thread below which the kernel runs on one thread
 
 
 def _conditional_probabilities(
@@ -221,10 +226,73 @@ def _conditional_probabilities(
     (p, n_iter, t): p (N, M) with rows summing to 1, p_j = exp(-beta d_j) / sum_k
     exp(-beta d_k); n_iter (N,) the number of entropy evaluations each row used (0 for
     rows solved in closed form); t (N,) the final log(beta) (NaN for rows solved in
-    closed form). The search itself is :func:`_conditional_columns` (on d transposed).
+    closed form). The search itself is :func:`_conditional_columns` (on d transposed), or
+    the C kernel's (:func:`_conditional_rows_native`) for float32 on the CPU.
     """
+    fn = _native_kernel(d)
+    if fn is not None:
+        return _conditional_rows_native(fn, d, 0, perplexity, tol, max_iter, t_init)
     p, n_iter, t = _conditional_columns(d.T.unsqueeze(0), perplexity, tol, max_iter, t_init, own=False)
     return p[0].T.contiguous(), n_iter, t
+
+
+def _native_kernel(d: Tensor):
+    """The C kernel (:mod:`ecomp_deap.native`) when it applies to ``d`` (float32 on the
+    CPU) and is available, else None."""
+    if not _NATIVE or d.dtype != torch.float32 or d.device.type != "cpu":
+        return None
+    from . import native  # builds the kernel on first use
+
+    return native.newton_rows()
+
+
+@torch.no_grad()
+def _conditional_rows_native(fn, d: Tensor, period: int, perplexity: float, tol: float | None = None,
+                             max_iter: int = _MAX_ITER, t_init: Tensor | None = None):
+    """The perplexity search on the rows of d (R, L) float32 with the C kernel ``fn``:
+    its Newton phase (the same steps as :func:`_newton_phase`, one row at a time), then
+    the rows it leaves to :func:`_settle_rows`. With ``period`` > 0, row r's own entry is
+    column r % period (a stack of (B, B) distance matrices as rows, period B): not a
+    neighbour, 0 in p. Returns (p (R, L), n_iter (R,), t (R,)) as
+    :func:`_conditional_probabilities`. Row ranges run on torch's thread count."""
+    R, L = d.shape
+    M = L - 1 if period else L
+    target = math.log(perplexity)
+    tol = _ENTROPY_TOL_FLOAT32 if tol is None else tol
+    floor = torch.finfo(torch.float32).tiny
+    out = torch.empty(R, L, dtype=torch.float32)
+    n_iter = torch.zeros(R, dtype=torch.long)
+    t_out = torch.full((R,), math.nan, dtype=torch.float32)
+    if math.log(M) <= target + tol:  # beta = 0 limit: every row's maximal entropy is <= target
+        out.fill_(1.0 / M)
+        if period:
+            out.view(-1, period, L).diagonal(dim1=1, dim2=2).zero_()
+        return out, n_iter, t_out
+    d = d.contiguous()
+    t0 = None if t_init is None else t_init.to(torch.float32).contiguous()
+    if t0 is not None and t0.shape != (R,):  # the kernel reads one start per row
+        raise ValueError(f"t_init has shape {tuple(t0.shape)}, expected ({R},)")
+    done = torch.zeros(R, dtype=torch.uint8)
+    steps = min(_NEWTON_STEPS, max_iter)
+    threads = max(1, min(torch.get_num_threads(), R // _NATIVE_MIN_ROWS))
+    fn(d.data_ptr(), R, L, L, period, None if t0 is None else t0.data_ptr(), target, tol, steps,
+       int(steps >= max_iter), _NEWTON_MAX_STEP, _POLISH_MAX_STEP, floor, out.data_ptr(), n_iter.data_ptr(),
+       t_out.data_ptr(), done.data_ptr(), threads)
+    rest = torch.nonzero(done == 0).squeeze(1)
+    if rest.numel():  # rows the Newton phase did not settle: as rows (r, M) of neighbours, minimum 0
+        dw = d.index_select(0, rest)
+        if period:
+            keep = torch.ones(len(rest), L, dtype=torch.bool)
+            keep[torch.arange(len(rest)), rest % period] = False
+            dw = dw[keep].view(-1, M)
+        dw = dw - dw.amin(dim=1, keepdim=True)
+        p, it, t_r = _settle_rows(dw, t_out.index_select(0, rest), target, tol, floor, max_iter, steps)
+        if period:
+            p = p.new_zeros(len(rest), L).masked_scatter_(keep, p)
+        out[rest] = p
+        n_iter[rest] = it
+        t_out[rest] = t_r
+    return out, n_iter, t_out
 
 
 @torch.no_grad()  # the search is not differentiable (its in-place work space, numpy arithmetic)
@@ -320,34 +388,39 @@ def _search_piece(d: Tensor, own: int | None, target: float, tol: float, max_ite
         mask[torch.arange(len(at), device=at.device), own + at % c] = False
         return mask
 
-    def write(at: Tensor, p: Tensor) -> None:  # rows p (a, M) at piece positions ``at`` (a,)
-        if own is not None:  # 0 at each row's own entry
-            p = p.new_zeros(len(at), L).masked_scatter_(neighbours(at), p)
-        out[at // c, :, at % c] = p
-
     if own is not None:
         dw = dw[neighbours(rest)].view(-1, M)
+    p, it, t_r = _settle_rows(dw, t, target, tol, floor, max_iter, used)
+    if own is not None:  # 0 at each row's own entry
+        p = p.new_zeros(len(rest), L).masked_scatter_(neighbours(rest), p)
+    out[rest // c, :, rest % c] = p
+    n_iter.index_copy_(0, rest, it)
+    t_out.index_copy_(0, rest, t_r)
 
-    # The beta -> inf limit first: a row whose nearest neighbours tie (at least perplexity
-    # of them) is uniform over them.
+
+def _settle_rows(dw: Tensor, t: Tensor, target: float, tol: float, floor: float, max_iter: int, used: int):
+    """The rows dw (r, M) (minimum 0, neighbours only) that ``used`` plain Newton
+    evaluations did not settle, from their t (r,): rows whose nearest neighbours tie (at
+    least perplexity of them: the beta -> inf limit) in closed form (uniform over the ties,
+    n_iter 0, t NaN), the others by the bracketed search with the steps left. Returns
+    (p (r, M), n_iter (r,), t (r,))."""
+    p = torch.empty_like(dw)
+    n_iter = torch.zeros(len(dw), dtype=torch.long, device=dw.device)
+    t_out = torch.full((len(dw),), math.nan, dtype=dw.dtype, device=dw.device)
     is_min = dw == 0  # (r, M)
     n_ties = is_min.sum(dim=1)  # (r,) >= 1
-    tie_rows = torch.log(n_ties.to(d.dtype)) >= target - tol  # (r,)
+    tie_rows = torch.log(n_ties.to(dw.dtype)) >= target - tol  # (r,)
     if tie_rows.any():
         ties = torch.nonzero(tie_rows).squeeze(1)
-        at = rest.index_select(0, ties)
-        write(at, is_min.index_select(0, ties).to(d.dtype) / n_ties.index_select(0, ties).unsqueeze(1).to(d.dtype))
-        n_iter.index_fill_(0, at, 0)
-        t_out.index_fill_(0, at, math.nan)  # closed form: no beta
-        others = torch.nonzero(~tie_rows).squeeze(1)
-        rest, dw, t = rest.index_select(0, others), dw.index_select(0, others), t.index_select(0, others)
-        if rest.numel() == 0:
-            return
-    # the rest: the bracketed search
-    p, it, t_r = _bracketed_search(dw, target, tol, floor, max_iter - used, t)
-    write(rest, p)
-    n_iter.index_copy_(0, rest, it + used)
-    t_out.index_copy_(0, rest, t_r)
+        p[ties] = is_min.index_select(0, ties).to(dw.dtype) / n_ties.index_select(0, ties).unsqueeze(1).to(dw.dtype)
+    others = torch.nonzero(~tie_rows).squeeze(1)
+    if others.numel():
+        p_o, it, t_o = _bracketed_search(dw.index_select(0, others), target, tol, floor, max_iter - used,
+                                         t.index_select(0, others))
+        p[others] = p_o
+        n_iter[others] = it + used
+        t_out[others] = t_o
+    return p, n_iter, t_out
 
 
 def _own_entries(a: Tensor, k: int, own: int) -> Tensor:
@@ -575,7 +648,12 @@ def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init
     if not symmetric:
         cols = cols.transpose(1, 2)  # column i: row i (the search copies it)
     t_init = None if log_beta_init is None else log_beta_init.expand(*lead, B).reshape(-1)
-    cond, n_iter, log_beta = _conditional_columns(cols, perplexity, t_init=t_init)  # (g, B, B): [j, i] = p_{j|i}
+    fn = _native_kernel(d)
+    if fn is not None:  # the C kernel reads rows: (g B, B), row i of matrix g at g B + i
+        rows, n_iter, log_beta = _conditional_rows_native(fn, d.reshape(-1, B), B, perplexity, t_init=t_init)
+        cond = rows.view(-1, B, B).transpose(1, 2)  # (g, B, B): [j, i] = p_{j|i}, as below
+    else:
+        cond, n_iter, log_beta = _conditional_columns(cols, perplexity, t_init=t_init)  # (g, B, B): [j, i] = p_{j|i}
     if dtype != torch.float64:  # float32 rows that used every step (or broke): their matrices again in float64
         bad = (n_iter >= _MAX_ITER) | ~torch.isfinite(cond.sum(dim=1)).reshape(-1)  # (g B,)
         redo = torch.nonzero(bad.view(-1, B).any(dim=1)).squeeze(1)  # matrices

@@ -410,7 +410,7 @@ def test_warm_start_changes_the_iterations_not_the_solution():
     torch.testing.assert_close(joint_probabilities(dc, 30.0, nan_start), joint_probabilities(dc, 30.0))
 
 
-def test_settled_rows_are_written_after_one_more_unevaluated_newton_step():
+def test_settled_rows_are_written_after_one_more_unevaluated_newton_step(search_path):
     # the polish: a row is written one Newton step past the evaluation that found it within
     # tol, so float32 rows land far inside tol (1e-5) and agree with the float64 search
     _, dc, _, warm = _unit_subset_children(40, 0.6)
@@ -436,6 +436,7 @@ def test_newton_arithmetic_in_torch_matches_numpy(dtype, monkeypatch):
     d = squared_distances(x, dtype)
     warm = torch.randn(30, 100, generator=g, dtype=torch.float64) * 0.2 + 1.0
     warm[5] = math.nan  # cold-started rows
+    monkeypatch.setattr(sim, "_NATIVE", False)  # the C kernel has its own test (test_native.py)
     results = []
     for on in (True, False):
         monkeypatch.setattr(sim, "_NUMPY_ON_CPU", on)
@@ -452,9 +453,21 @@ def test_newton_arithmetic_in_torch_matches_numpy(dtype, monkeypatch):
 F32_RTOL = 1e-4  # issue #13: relative error of the loss against the oracle
 
 
+@pytest.fixture(params=["native", "numpy"])
+def search_path(request, monkeypatch):
+    """A float32 CPU search through the C kernel (ecomp_deap.native), then through the
+    numpy Newton phase it replaces (the path without a compiler)."""
+    import ecomp_deap.similarity as sim
+
+    if request.param == "native" and sim._native_kernel(torch.zeros(1)) is None:
+        pytest.skip("the C kernel is not available here (no C compiler)")
+    monkeypatch.setattr(sim, "_NATIVE", request.param == "native")
+    return request.param
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("b,h", [(20, 5), (100, 64)])
-def test_float32_loss_matches_sklearn_reference(kind, b, h):
+def test_float32_loss_matches_sklearn_reference(kind, b, h, search_path):
     rng = np.random.default_rng(_seed(kind, b, h, "loss"))
     parent = make_data(kind, b, rng)
     child = parent @ rng.normal(size=(parent.shape[1], h)) / math.sqrt(h) + rng.normal(size=(b, h)) * 0.3
@@ -477,7 +490,7 @@ def _oracle_children(b: int, g: torch.Generator) -> dict:
 
 
 @pytest.mark.parametrize("parent_kind", ["random", "relu"])
-def test_float32_loss_on_degenerate_children_matches_sklearn(parent_kind):
+def test_float32_loss_on_degenerate_children_matches_sklearn(parent_kind, search_path):
     g = torch.Generator().manual_seed(13)
     b = 100
     parent = torch.randn(b, 20, generator=g)
@@ -489,7 +502,7 @@ def test_float32_loss_on_degenerate_children_matches_sklearn(parent_kind):
         assert got == pytest.approx(ref, rel=F32_RTOL), name
 
 
-def test_float32_survives_scales_beyond_its_range():
+def test_float32_survives_scales_beyond_its_range(search_path):
     """Activations whose squares overflow (1e30) or underflow (1e-30) float32: the
     rescaled float32 loss equals the float64 one (sklearn's float32 cast cannot take
     these), and a batch mixing them with ordinary children is unaffected."""
@@ -504,7 +517,7 @@ def test_float32_survives_scales_beyond_its_range():
     torch.testing.assert_close(f32[0], f32[2], rtol=F32_RTOL, atol=0)  # the scale does not matter
 
 
-def test_float32_search_falls_back_to_float64_for_rows_it_cannot_solve():
+def test_float32_search_falls_back_to_float64_for_rows_it_cannot_solve(search_path):
     """Rows whose float32 search runs out of steps are solved again in float64."""
     g = torch.Generator().manual_seed(15)
     d = squared_distances(torch.randn(60, 10, generator=g))
@@ -527,7 +540,7 @@ def test_float32_search_falls_back_to_float64_for_rows_it_cannot_solve():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_entropy_plateau_does_not_overflow_the_search(dtype):
+def test_entropy_plateau_does_not_overflow_the_search(dtype, search_path):
     """A unique nearest neighbour before many near-ties: H(beta) has a plateau (slope
     ~0) where an unguarded Newton step sent log(beta) to 1e29 and the row to NaN."""
     d = torch.tensor([[1.46e-7] + [1.28e-4] * 20 + [1.0] * 28], dtype=dtype)
@@ -585,6 +598,7 @@ def test_matrices_read_by_columns_in_any_pieces_match_the_row_search(dtype, monk
     log(beta)) included."""
     import ecomp_deap.similarity as sim
 
+    monkeypatch.setattr(sim, "_NATIVE", False)  # the column search (the C kernel reads rows)
     g = torch.Generator().manual_seed(23)
     x = torch.randn(3, 70, 4, generator=g).to(dtype)
     x[0, :40] = 0.0  # 40 coincident points: rows whose 39 nearest neighbours tie
@@ -606,7 +620,7 @@ def test_matrices_read_by_columns_in_any_pieces_match_the_row_search(dtype, monk
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_rows_of_tied_neighbours_are_solved_in_closed_form_after_the_newton_phase(dtype):
+def test_rows_of_tied_neighbours_are_solved_in_closed_form_after_the_newton_phase(dtype, search_path):
     """A row whose nearest neighbours tie (at least perplexity of them) has no finite
     beta: the plain Newton steps cannot settle it, and it ends uniform over its ties
     (no evaluations counted, log(beta) NaN); its neighbours in the same piece are
