@@ -115,7 +115,10 @@ _THREAD_RANDOM = ThreadRandom()
 def isolate_random() -> None:
     """Point every loaded ``deap``/``ecomp_deap`` module's ``random`` at :data:`_THREAD_RANDOM`
     (on workers only: the serial path keeps the plain module)."""
-    for name, mod in list(sys.modules.items()):
+    # a snapshot taken in one C call (list(sys.modules.items()) can be interrupted by a
+    # finalizer, and another thread's import then changes the dict under it: seen once as
+    # "dictionary changed size during iteration" at a run's start on a local worker)
+    for name, mod in sys.modules.copy().items():
         if (name == "deap" or name.startswith(("deap.", "ecomp_deap."))) and name != __name__ \
                 and getattr(mod, "random", None) is _stdlib_random:
             mod.random = _THREAD_RANDOM
@@ -197,12 +200,14 @@ def _error_text(exc: BaseException) -> str:
 
 def run_on_cluster(experiments, client, parent_model: nn.Module, data_spec, parent_test_accuracy: float | None = None,
                    overwrite: bool = False, resume: bool = False, log: Callable[[str], None] = print,
-                   log_error: Callable[[str], None] | None = None, task: Callable = run_task) -> Report:
+                   log_error: Callable[[str], None] | None = None, task: Callable = run_task,
+                   details: bool = False) -> Report:
     """Run every (unfinished) run of ``experiments`` as a task on ``client``'s cluster.
 
     Results are written here, by the driver, as tasks complete; a failing run is
-    reported (``log_error``) and the others go on; each experiment's summary is
-    written once all its runs exist. Returns a :class:`Report`.
+    reported (``log_error``; with ``details``, followed by the end of the worker's
+    traceback) and the others go on; each experiment's summary is written once all its
+    runs exist. Returns a :class:`Report`.
     """
     from asyncio import CancelledError
 
@@ -253,6 +258,8 @@ def run_on_cluster(experiments, client, parent_model: nn.Module, data_spec, pare
                 failed_exps.add(exp.name)
                 log_error(f"[{n}/{report.total}] error: {exp.name} run {k + 1}/{exp.runs} "
                           f"(seed {exp.run_config(k).seed}) failed: {_error_text(exc)}")
+                if details and isinstance(exc, RunFailed) and exc.details:
+                    log_error(f"worker traceback (end):\n{exc.details.rstrip()}")
             else:
                 body = write_run(exp.folder, exp.name, k, result_json, module)
                 report.written.append((exp.name, k))

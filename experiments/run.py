@@ -255,7 +255,7 @@ def run_distributed(args, client, experiments, model, parent_acc, data) -> int:
     for exp in experiments:
         print(describe(exp))
     report = run_on_cluster(experiments, client, model, spec, parent_acc, overwrite=args.overwrite,
-                            resume=args.resume, log=print)
+                            resume=args.resume, log=print, details=args.debug)
     done = len(report.written)
     print(f"== {done} of {report.total} run(s) done in {time.perf_counter() - t0:.1f} s"
           + (f", {len(report.skipped)} already finished" if report.skipped else "")

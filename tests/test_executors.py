@@ -180,11 +180,18 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, client, tiny_
     counts = written_once(monkeypatch)
     errors, lines = [], []
     exps = tiny_experiments(tmp_path / "out", runs=3)
-    report = run_on_cluster(exps, client, tiny_parent, tiny_data, log=lines.append, log_error=errors.append, task=task)
+    report = run_on_cluster(exps, client, tiny_parent, tiny_data, log=lines.append, log_error=errors.append, task=task,
+                            details=True)
     failed = {(f.name, f.run): f.error for f in report.failures}
     assert failed == {("p", 1): "RuntimeError: injected failure",
                       ("w", 1): "RecursionError: maximum recursion depth exceeded"}
-    assert len(errors) == 2 and any("p run 2/3" in e and "injected failure" in e for e in errors)
+    lines_failed = [e for e in errors if " failed: " in e]
+    assert len(lines_failed) == 2 and any("p run 2/3" in e and "injected failure" in e for e in lines_failed)
+    # with details (run.py --debug), each is followed by the end of the worker's traceback
+    tracebacks = [e for e in errors if e.startswith("worker traceback (end):")]
+    assert len(tracebacks) == 2 and len(errors) == 4
+    assert any("in task" in t and t.endswith("RuntimeError: injected failure") for t in tracebacks)
+    assert any("in down" in t and t.endswith("RecursionError: maximum recursion depth exceeded") for t in tracebacks)
     assert counts == {(name, k): 1 for name in ("w", "p") for k in (0, 2)}
     assert len([line for line in lines if line.startswith("[")]) == 4
     for name in ("w", "p"):
