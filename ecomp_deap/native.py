@@ -1,17 +1,20 @@
-"""The perplexity search's fused C kernel (``csrc/perplexity.c``): built on first use
-with the system's C compiler, cached, loaded through ctypes.
+"""The float32 similarity's C kernels (``csrc/similarity.c``): built on first use with
+the system's C compiler, cached, loaded through ctypes.
 
-The kernel runs the plain Newton phase of :func:`ecomp_deap.similarity._newton_phase`
-on float32 rows of a CPU tensor, one row at a time while it sits in L1 cache (one pass
-over it per entropy evaluation instead of about seven array passes and two dozen
-small numpy calls). Without a compiler, or with ``ECOMP_DEAP_NATIVE=0``, everything
-runs as before in torch/numpy: same results to float32 rounding, about twice as slow
-in the search.
+* ``newton_rows``: the plain Newton phase of the perplexity search
+  (:func:`ecomp_deap.similarity._newton_phase`) on float32 rows of a CPU tensor, one
+  row at a time while it sits in L1 cache (one pass over it per entropy evaluation
+  instead of about seven array passes and two dozen small numpy calls);
+* ``kl``: the child's joint Q from its conditionals and KL(P || Q) against the parent's
+  P, one matrix at a time (instead of six passes over float64 copies).
+
+Without a compiler, or with ``ECOMP_DEAP_NATIVE=0``, everything runs as before in
+torch/numpy: the same results to float32 rounding, about twice as slow in the search.
 
 The library is compiled once per source version and machine type into
 ``$ECOMP_DEAP_NATIVE_DIR`` (default ``~/.cache/ecomp_deap/native``): about a second,
 the first time a float32 search runs on the CPU. ``CC`` chooses the compiler (default
-``cc``). ``python -m ecomp_deap.native`` builds it and says where it is.
+``cc``). ``python -m ecomp_deap.native`` builds them and says where they are.
 """
 from __future__ import annotations
 
@@ -26,15 +29,16 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
-SOURCE = Path(__file__).with_name("csrc") / "perplexity.c"
+SOURCE = Path(__file__).with_name("csrc") / "similarity.c"
 FLAGS = ("-O3", "-shared", "-fPIC", "-Wno-psabi", "-Wno-unknown-pragmas", "-fno-strict-aliasing")
 # OpenMP first (torch's own runtime, libgomp, is already loaded: the kernel's threads are its
 # workers, not a second pool competing with them); without it the kernel runs on one thread
 OPENMP_FLAGS = (("-fopenmp",), ())
 
 _lock = threading.Lock()
-_loaded: dict[str, object] = {}  # "lib": the ctypes function, or None once a build failed
+_loaded: dict[str, object] = {}  # "lib": the kernels, or None once a build failed
 
 
 def enabled() -> bool:
@@ -58,7 +62,7 @@ def library_path() -> Path:
     key = hashlib.sha256(SOURCE.read_bytes())
     key.update(repr((compiler(), FLAGS, OPENMP_FLAGS, platform.machine(), sys.platform)).encode())
     suffix = ".dll" if sys.platform == "win32" else ".so"
-    return cache_dir() / f"perplexity-{key.hexdigest()[:16]}{suffix}"
+    return cache_dir() / f"similarity-{key.hexdigest()[:16]}{suffix}"
 
 
 def build(path: Path) -> None:
@@ -83,40 +87,46 @@ def build(path: Path) -> None:
             os.unlink(tmp)
 
 
-def _bind(path: Path):
-    fn = ctypes.CDLL(str(path)).newton_rows_f32
+def _bind(path: Path) -> SimpleNamespace:
+    lib = ctypes.CDLL(str(path))
     p, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-    fn.argtypes = [p, i, i, i, i, p, f, f, i, i, f, f, f, p, p, p, p, i]
-    fn.restype = None
-    return fn
+    signatures = {"newton_rows": ("newton_rows_f32", [p, i, i, i, i, p, f, f, i, i, f, f, f, p, p, p, p, i]),
+                  "kl": ("kl_from_conditionals_f32", [p, i, i, p, i, p, f, p, i])}
+    fns = {}
+    for name, (symbol, argtypes) in signatures.items():
+        fn = getattr(lib, symbol)
+        fn.argtypes, fn.restype = argtypes, None
+        fns[name] = fn
+    return SimpleNamespace(**fns)
 
 
-def newton_rows():
-    """The kernel's ctypes function, building it if needed; None when disabled or when
-    it cannot be built or loaded (then one warning says why, once per process)."""
+def kernels() -> SimpleNamespace | None:
+    """The kernels' ctypes functions (``newton_rows``, ``kl``), building them if needed;
+    None when disabled or when they cannot be built or loaded (then one warning says
+    why, once per process)."""
     if not enabled():
         return None
     with _lock:
         if "lib" in _loaded:
             return _loaded["lib"]
-        fn = None
+        lib = None
         try:
             path = library_path()
             if not path.exists():
                 build(path)
-            fn = _bind(path)
+            lib = _bind(path)
         except subprocess.CalledProcessError as e:
             _warn(f"compiling {SOURCE.name} failed ({' '.join(compiler())}: "
                   f"{e.stderr.decode(errors='replace').strip().splitlines()[-1:] or e.returncode})")
         except (OSError, subprocess.SubprocessError, AttributeError) as e:
             _warn(f"{type(e).__name__}: {e}")
-        _loaded["lib"] = fn
-        return fn
+        _loaded["lib"] = lib
+        return lib
 
 
 def _warn(why: str) -> None:
-    warnings.warn(f"ecomp_deap: the C perplexity kernel is not available ({why}); the search runs in "
-                  "numpy, about twice as slow (set CC to a C compiler, or ECOMP_DEAP_NATIVE=0 to silence this)",
+    warnings.warn(f"ecomp_deap: the C similarity kernels are not available ({why}); the similarity runs in "
+                  "torch/numpy, about half as fast (set CC to a C compiler, or ECOMP_DEAP_NATIVE=0 to silence this)",
                   RuntimeWarning, stacklevel=3)
 
 
@@ -127,9 +137,9 @@ def reset() -> None:
 
 
 if __name__ == "__main__":
-    lib = newton_rows()
+    lib = kernels()
     if lib is not None:
-        print(f"C perplexity kernel: {library_path()}")
+        print(f"C similarity kernels: {library_path()}")
     else:
-        print("C perplexity kernel: " + ("not available" if enabled() else "switched off (ECOMP_DEAP_NATIVE=0)"))
+        print("C similarity kernels: " + ("not available" if enabled() else "switched off (ECOMP_DEAP_NATIVE=0)"))
     sys.exit(0 if lib is not None or not enabled() else 1)

@@ -229,21 +229,21 @@ def _conditional_probabilities(
     closed form). The search itself is :func:`_conditional_columns` (on d transposed), or
     the C kernel's (:func:`_conditional_rows_native`) for float32 on the CPU.
     """
-    fn = _native_kernel(d)
-    if fn is not None:
-        return _conditional_rows_native(fn, d, 0, perplexity, tol, max_iter, t_init)
+    lib = _native(d)
+    if lib is not None:
+        return _conditional_rows_native(lib.newton_rows, d, 0, perplexity, tol, max_iter, t_init)
     p, n_iter, t = _conditional_columns(d.T.unsqueeze(0), perplexity, tol, max_iter, t_init, own=False)
     return p[0].T.contiguous(), n_iter, t
 
 
-def _native_kernel(d: Tensor):
-    """The C kernel (:mod:`ecomp_deap.native`) when it applies to ``d`` (float32 on the
-    CPU) and is available, else None."""
+def _native(d: Tensor):
+    """The C kernels (:mod:`ecomp_deap.native`: ``newton_rows``, ``kl``) when they apply
+    to ``d`` (float32 on the CPU) and are available, else None."""
     if not _NATIVE or d.dtype != torch.float32 or d.device.type != "cpu":
         return None
-    from . import native  # builds the kernel on first use
+    from . import native  # builds the kernels on first use
 
-    return native.newton_rows()
+    return native.kernels()
 
 
 @torch.no_grad()
@@ -634,23 +634,38 @@ def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init
     from a Gram matrix): the search reads its columns as its rows, without a
     transposed copy.
     """
+    d = _as_dtype(sq_dist, dtype)
+    lead, B = d.shape[:-2], d.shape[-1]
+    cond, log_beta = _conditionals(d, perplexity, log_beta_init, dtype, symmetric)
+    p = (cond + cond.transpose(-1, -2)).reshape(*lead, B, B)  # (..., B, B) = P_cond + P_cond^T
+    p.div_(p.sum(dim=(-2, -1), keepdim=True).clamp_min(EPS))
+    p.clamp_(min=EPS)
+    p.diagonal(dim1=-2, dim2=-1).zero_()
+    if return_log_beta:
+        return p, log_beta.reshape(*lead, B)
+    return p
+
+
+def _conditionals(d: Tensor, perplexity: float, log_beta_init: Tensor | None, dtype: torch.dtype,
+                  symmetric: bool) -> tuple[Tensor, Tensor]:
+    """The conditionals of :func:`joint_probabilities` (its arguments; d in ``dtype``):
+    (cond (g, B, B), [j, i] = p_{j|i} with g the flattened leading dims, log_beta (g B,))."""
     if perplexity <= 0:
         raise ValueError("perplexity must be positive")
-    d = _as_dtype(sq_dist, dtype)
     B = d.shape[-1]
     if d.shape[-2] != B:
         raise ValueError(f"expected (..., B, B) distances, got {tuple(d.shape)}")
     lead = d.shape[:-2]
-    if B < 2:
-        p = torch.zeros_like(d)
-        return (p, torch.full(d.shape[:-1], math.nan, dtype=d.dtype)) if return_log_beta else p
+    if B < 2:  # no neighbours: P is 0
+        return torch.zeros_like(d).reshape(-1, B, B), torch.full((math.prod(lead) * B,), math.nan, dtype=d.dtype)
     cols = d.reshape(-1, B, B)  # (g, B, B)
     if not symmetric:
         cols = cols.transpose(1, 2)  # column i: row i (the search copies it)
     t_init = None if log_beta_init is None else log_beta_init.expand(*lead, B).reshape(-1)
-    fn = _native_kernel(d)
-    if fn is not None:  # the C kernel reads rows: (g B, B), row i of matrix g at g B + i
-        rows, n_iter, log_beta = _conditional_rows_native(fn, d.reshape(-1, B), B, perplexity, t_init=t_init)
+    lib = _native(d)
+    if lib is not None:  # the C kernel reads rows: (g B, B), row i of matrix g at g B + i
+        rows, n_iter, log_beta = _conditional_rows_native(lib.newton_rows, d.reshape(-1, B), B, perplexity,
+                                                          t_init=t_init)
         cond = rows.view(-1, B, B).transpose(1, 2)  # (g, B, B): [j, i] = p_{j|i}, as below
     else:
         cond, n_iter, log_beta = _conditional_columns(cols, perplexity, t_init=t_init)  # (g, B, B): [j, i] = p_{j|i}
@@ -663,13 +678,7 @@ def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init
                 t_init=None if t_init is None else t_init.view(-1, B).index_select(0, redo).reshape(-1))
             cond.index_copy_(0, redo, c64.to(dtype))
             log_beta.view(-1, B).index_copy_(0, redo, t64.view(-1, B).to(dtype))
-    p = (cond + cond.transpose(-1, -2)).reshape(*lead, B, B)  # (..., B, B) = P_cond + P_cond^T
-    p.div_(p.sum(dim=(-2, -1), keepdim=True).clamp_min(EPS))
-    p.clamp_(min=EPS)
-    p.diagonal(dim1=-2, dim2=-1).zero_()
-    if return_log_beta:
-        return p, log_beta.reshape(*lead, B)
-    return p
+    return cond, log_beta
 
 
 def student_t_probabilities(sq_dist: Tensor, dof: Tensor | float) -> Tensor:
@@ -725,6 +734,32 @@ def _kl_from_floored_q(p: Tensor, q: Tensor, p_term: Tensor) -> Tensor:
     log_q.log_().diagonal(dim1=-2, dim2=-1).zero_()  # (..., B, B)
     kl = p_term - torch.linalg.vecdot(p.flatten(-2), log_q.flatten(-2))
     return kl.clamp_min_(0.0)  # KL >= 0; the difference can round to -1e-15 when Q == P
+
+
+@torch.no_grad()
+def _kl_native(fn, cond: Tensor, parent_p: Tensor, parent_term: Tensor) -> Tensor:
+    """(g,) KL(P || Q) by the C kernel ``fn``, Q the joint of the conditionals cond
+    (g, B, B) float32 (either orientation: Q is symmetric) as :func:`joint_probabilities`
+    builds it, P (g, B, B) float64 (one matrix broadcast, or any layout: gathered), its
+    terms (g,). Matrices the kernel returns NaN for (a NaN in cond) are computed again
+    the torch way, which says NaN where the data does."""
+    g, B = cond.shape[0], cond.shape[-1]
+    c = cond if cond.is_contiguous() else cond.transpose(1, 2)
+    c = c.contiguous()
+    if parent_p.stride(0) == 0 and parent_p.shape[0] > 1 and parent_p[0].is_contiguous():
+        p, stride = parent_p[0], 0  # one parent for all g
+    else:
+        p, stride = parent_p.contiguous(), B * B
+    term = parent_term.to(torch.float64).expand(g).contiguous()
+    out = torch.empty(g, dtype=torch.float64)
+    fn(c.data_ptr(), g, B, p.data_ptr(), stride, term.data_ptr(), EPS, out.data_ptr(),
+       max(1, min(torch.get_num_threads(), g)))
+    bad = torch.nonzero(~torch.isfinite(out)).squeeze(1)
+    if bad.numel():
+        q = (c[bad] + c[bad].transpose(1, 2)).double()
+        q.div_(q.sum(dim=(1, 2), keepdim=True).clamp_min(EPS)).clamp_(min=EPS).diagonal(dim1=1, dim2=2).zero_()
+        out[bad] = _kl_from_floored_q(parent_p[bad], q, term[bad])
+    return out
 
 
 def count_active_units(x: Tensor) -> Tensor:
@@ -863,6 +898,10 @@ def _loss_block(kernel: str, perplexity: float, parent_p: Tensor, d_child: Tenso
     (Student-t)."""
     if kernel == "gaussian":
         dtype = torch.float32 if d_child.dtype == torch.float32 else torch.float64
+        lib = _native(d_child)
+        if lib is not None:  # Q from the conditionals and the KL in one C pass per matrix
+            cond, _ = _conditionals(d_child, perplexity, extra, dtype, symmetric=True)  # (g, B, B)
+            return _kl_native(lib.kl, cond, parent_p, parent_term)
         q = joint_probabilities(d_child, perplexity, extra, dtype=dtype, symmetric=True)  # (g, B, B)
     else:
         q = student_t_probabilities(d_child, extra)  # (g, B, B)

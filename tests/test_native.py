@@ -1,4 +1,4 @@
-"""The perplexity search's C kernel (ecomp_deap.native, csrc/perplexity.c): built where a
+"""The float32 similarity's C kernels (ecomp_deap.native, csrc/similarity.c): built where a
 C compiler is, the same search as the numpy Newton phase it replaces, and a clean
 fallback where it cannot be built."""
 import math
@@ -27,21 +27,21 @@ def fresh_kernel(tmp_path, monkeypatch):
 
 @needs_kernel
 def test_the_kernel_builds_where_there_is_a_compiler(fresh_kernel):
-    assert native.newton_rows() is not None
+    assert native.kernels() is not None
     assert native.library_path().parent == fresh_kernel and native.library_path().exists()
     assert [p.name for p in fresh_kernel.iterdir()] == [native.library_path().name]  # no temporary left
-    assert sim._native_kernel(torch.zeros(3)) is not None  # float32 on the CPU takes it
-    assert sim._native_kernel(torch.zeros(3, dtype=torch.float64)) is None
+    assert sim._native(torch.zeros(3)) is not None  # float32 on the CPU takes it
+    assert sim._native(torch.zeros(3, dtype=torch.float64)) is None
 
 
 def test_without_a_compiler_the_search_warns_once_and_runs_in_numpy(fresh_kernel, monkeypatch):
     monkeypatch.setenv("CC", str(fresh_kernel / "no-such-compiler"))
     native.reset()
-    with pytest.warns(RuntimeWarning, match="C perplexity kernel is not available"):
-        assert native.newton_rows() is None
+    with pytest.warns(RuntimeWarning, match="C similarity kernels are not available"):
+        assert native.kernels() is None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert native.newton_rows() is None  # once per process
+        assert native.kernels() is None  # once per process
         d = squared_distances(torch.randn(30, 5, generator=torch.Generator().manual_seed(1)))
         p = joint_probabilities(d, 10.0, dtype=torch.float32)
     monkeypatch.setattr(sim, "_NATIVE", False)
@@ -51,8 +51,8 @@ def test_without_a_compiler_the_search_warns_once_and_runs_in_numpy(fresh_kernel
 def test_a_failing_compiler_is_reported_not_raised(fresh_kernel, monkeypatch):
     monkeypatch.setenv("CC", "false")  # exits 1: as a compile error would
     native.reset()
-    with pytest.warns(RuntimeWarning, match="compiling perplexity.c failed"):
-        assert native.newton_rows() is None
+    with pytest.warns(RuntimeWarning, match="compiling similarity.c failed"):
+        assert native.kernels() is None
     assert not native.library_path().exists()
 
 
@@ -61,7 +61,7 @@ def test_ecomp_deap_native_0_switches_it_off(fresh_kernel, monkeypatch):
     native.reset()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert native.newton_rows() is None
+        assert native.kernels() is None
     assert not fresh_kernel.exists()  # nothing built
 
 
@@ -159,3 +159,55 @@ def test_a_start_per_row_is_checked_before_the_kernel_reads_it():
     rows = torch.rand(5, 9)
     with pytest.raises(ValueError, match="t_init has shape"):
         _conditional_probabilities(rows, 3.0, t_init=torch.zeros(4))
+
+
+# --------------------------------------------------------------------------- #
+# the KL kernel: the child's joint Q from its conditionals, KL(P || Q)
+
+
+def _kl_case(g_: int, B: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    parent = torch.relu(torch.randn(B, 12, generator=g))
+    pp = joint_probabilities(squared_distances(parent), 5.0)  # (B, B) float64
+    children = parent[None] * (torch.rand(g_, 1, 12, generator=g) < 0.7)  # (g, B, 12)
+    d = squared_distances(children, torch.float32, rescale=True)
+    return pp, d
+
+
+@needs_kernel
+@pytest.mark.parametrize("B", [2, 3, 13, 100])
+def test_the_kl_kernel_gives_the_torch_loss(B, monkeypatch):
+    from ecomp_deap.similarity import parent_entropy_term, similarity_from_distances
+
+    pp, d = _kl_case(9, B, B)
+    term = parent_entropy_term(pp)
+    kernel = _search(monkeypatch, True, similarity_from_distances, pp, d, 5.0 if B > 6 else 1.5, parent_term=term)
+    monkeypatch.setattr(sim, "_NATIVE", True)
+    cond, _ = sim._conditionals(d, 5.0 if B > 6 else 1.5, None, torch.float32, True)
+    q = cond.double() + cond.double().transpose(1, 2)  # Q in float64, as the kernel builds it
+    q = (q / q.sum(dim=(1, 2), keepdim=True)).clamp_min(sim.EPS)
+    q.diagonal(dim1=1, dim2=2).zero_()
+    torch_kl = sim._kl_from_floored_q(pp, q, term)  # the same conditionals, the torch KL
+    torch.testing.assert_close(kernel, torch_kl, rtol=1e-9, atol=1e-12)
+    assert bool((kernel >= 0).all())
+    # one broadcast parent (stride 0) and per-matrix copies of it give the same bits
+    copies = sim._kl_native(native.kernels().kl, cond, pp.expand(9, B, B).contiguous(), term)
+    broadcast = sim._kl_native(native.kernels().kl, cond, pp.expand(9, B, B), term)
+    assert torch.equal(copies, broadcast)
+
+
+@needs_kernel
+def test_the_kl_kernel_gives_zero_for_the_parent_itself_and_nan_for_nan(monkeypatch):
+    monkeypatch.setattr(sim, "_NATIVE", True)
+    pp, d = _kl_case(4, 20, 5)
+    cond, _ = sim._conditionals(d, 5.0, None, torch.float32, True)
+    q = cond.double() + cond.double().transpose(1, 2)
+    q = (q / q.sum(dim=(1, 2), keepdim=True)).clamp_min(sim.EPS)
+    q.diagonal(dim1=1, dim2=2).zero_()
+    from ecomp_deap.similarity import parent_entropy_term
+
+    own = sim._kl_native(native.kernels().kl, cond, q, parent_entropy_term(q))  # P = Q: the loss is 0
+    assert float(own.abs().max()) < 1e-6
+    cond[2, 3, 4] = math.nan
+    out = sim._kl_native(native.kernels().kl, cond, pp.expand(4, 20, 20), parent_entropy_term(pp).expand(4))
+    assert bool(torch.isnan(out[2])) and bool(torch.isfinite(out[[0, 1, 3]]).all())

@@ -459,7 +459,7 @@ def search_path(request, monkeypatch):
     numpy Newton phase it replaces (the path without a compiler)."""
     import ecomp_deap.similarity as sim
 
-    if request.param == "native" and sim._native_kernel(torch.zeros(1)) is None:
+    if request.param == "native" and sim._native(torch.zeros(1)) is None:
         pytest.skip("the C kernel is not available here (no C compiler)")
     monkeypatch.setattr(sim, "_NATIVE", request.param == "native")
     return request.param
