@@ -178,30 +178,24 @@ INLINE void newton_rows(const search_t *s, int64_t r0, int64_t r1, float *work) 
     }
 }
 
-/* The same code compiled twice: for AVX2 with FMA where the CPU has them (chosen at run
- * time), and for the compiler's baseline. */
+/* Each kernel is compiled twice: for AVX2 with FMA where the CPU has them (chosen at
+ * run time), and for the compiler's baseline. A range function does items [a, b) of a
+ * job with `work` bytes of 64-byte aligned scratch. */
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_AVX2_PATH 1
-__attribute__((target("avx2,fma"))) static void newton_rows_avx2(const search_t *s, int64_t r0, int64_t r1, float *work) {
-    newton_rows(s, r0, r1, work);
-}
+#define AVX2 __attribute__((target("avx2,fma")))
 #endif
+typedef void (*range_fn)(const void *job, int64_t a, int64_t b, void *work);
 
-static void newton_rows_base(const search_t *s, int64_t r0, int64_t r1, float *work) {
-    newton_rows(s, r0, r1, work);
-}
-
-/* The search on `threads` threads, each on a contiguous range of rows (OpenMP where the
- * library was built with it: the runtime torch has loaded, so the kernel runs on
- * torch's own worker threads). A row's result does not depend on the split. */
-void newton_rows_f32(const float *d, int64_t n, int64_t L, int64_t ld, int64_t period, const float *t_init,
-                     double target, double tol, int64_t steps, int64_t final, double max_step, double polish_max,
-                     double floor_var, float *out, int64_t *n_iter, float *t_out, uint8_t *done, int64_t threads) {
-    search_t s = {d, L, ld, period, t_init, target, tol, steps, final, max_step, polish_max, floor_var,
-                  out, n_iter, t_out, done};
-    int avx2 = 0;
+/* Items [0, n) of a job on `threads` threads, each a contiguous range (OpenMP where the
+ * library was built with it: the runtime torch has loaded, so the kernels run on torch's
+ * own worker threads); an item's result does not depend on the split. A thread whose
+ * scratch cannot be allocated calls no_memory on its range instead. */
+static void parallel_ranges(const void *job, int64_t n, int64_t threads, size_t work, range_fn avx2, range_fn base,
+                            void (*no_memory)(const void *job, int64_t a, int64_t b)) {
+    range_fn fn = base;
 #ifdef HAVE_AVX2_PATH
-    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) fn = avx2;
 #endif
     if (threads < 1) threads = 1;
 #pragma omp parallel num_threads(threads) if (threads > 1)
@@ -211,18 +205,33 @@ void newton_rows_f32(const float *d, int64_t n, int64_t L, int64_t ld, int64_t p
         nt = omp_get_num_threads();
         id = omp_get_thread_num();
 #endif
-        int64_t r0 = n * id / nt, r1 = n * (id + 1) / nt;
-        float *work = aligned_alloc(64, (size_t)(3 * padded(L)) * sizeof(float));
-        if (work) { /* else these rows stay undone: the caller's fallback search takes them */
-#ifdef HAVE_AVX2_PATH
-            if (avx2)
-                newton_rows_avx2(&s, r0, r1, work);
-            else
-#endif
-                newton_rows_base(&s, r0, r1, work);
-            free(work);
+        int64_t a = n * id / nt, b = n * (id + 1) / nt;
+        void *scratch = aligned_alloc(64, (work + 63) / 64 * 64);
+        if (scratch) {
+            fn(job, a, b, scratch);
+            free(scratch);
+        } else {
+            no_memory(job, a, b);
         }
     }
+}
+
+#ifdef HAVE_AVX2_PATH
+AVX2 static void newton_rows_avx2(const void *s, int64_t r0, int64_t r1, void *work) { newton_rows(s, r0, r1, work); }
+#else
+#define newton_rows_avx2 NULL
+#endif
+static void newton_rows_base(const void *s, int64_t r0, int64_t r1, void *work) { newton_rows(s, r0, r1, work); }
+static void rows_left_undone(const void *s, int64_t r0, int64_t r1) {} /* the caller's fallback search takes them */
+
+/* The search (see search_t) on `threads` threads. */
+void newton_rows_f32(const float *d, int64_t n, int64_t L, int64_t ld, int64_t period, const float *t_init,
+                     double target, double tol, int64_t steps, int64_t final, double max_step, double polish_max,
+                     double floor_var, float *out, int64_t *n_iter, float *t_out, uint8_t *done, int64_t threads) {
+    search_t s = {d, L, ld, period, t_init, target, tol, steps, final, max_step, polish_max, floor_var,
+                  out, n_iter, t_out, done};
+    parallel_ranges(&s, n, threads, (size_t)(3 * padded(L)) * sizeof(float), newton_rows_avx2, newton_rows_base,
+                    rows_left_undone);
 }
 
 /* ------------------------------------------------------------------------------------ */
@@ -313,43 +322,19 @@ INLINE void kl_matrices(const kl_t *s, int64_t m0, int64_t m1, double *work) {
 }
 
 #ifdef HAVE_AVX2_PATH
-__attribute__((target("avx2,fma"))) static void kl_matrices_avx2(const kl_t *s, int64_t m0, int64_t m1, double *work) {
-    kl_matrices(s, m0, m1, work);
-}
+AVX2 static void kl_matrices_avx2(const void *s, int64_t m0, int64_t m1, void *work) { kl_matrices(s, m0, m1, work); }
+#else
+#define kl_matrices_avx2 NULL
 #endif
-
-static void kl_matrices_base(const kl_t *s, int64_t m0, int64_t m1, double *work) {
-    kl_matrices(s, m0, m1, work);
+static void kl_matrices_base(const void *s, int64_t m0, int64_t m1, void *work) { kl_matrices(s, m0, m1, work); }
+static void kl_unknown(const void *s, int64_t m0, int64_t m1) { /* NaN: the caller computes these again */
+    for (int64_t m = m0; m < m1; m++) ((const kl_t *)s)->out[m] = NAN;
 }
 
-/* out[m] = KL(P_m || Q_m) for g matrices, on `threads` threads (see newton_rows_f32) */
+/* out[m] = KL(P_m || Q_m) for g matrices (see kl_t) on `threads` threads */
 void kl_from_conditionals_f32(const float *c, int64_t g, int64_t B, const double *p, int64_t p_stride,
                               const double *term, double eps, double *out, int64_t threads) {
     kl_t s = {c, B, p, p_stride, term, eps, out};
-    int avx2 = 0;
-#ifdef HAVE_AVX2_PATH
-    avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#endif
-    if (threads < 1) threads = 1;
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-        int64_t nt = 1, id = 0;
-#ifdef _OPENMP
-        nt = omp_get_num_threads();
-        id = omp_get_thread_num();
-#endif
-        int64_t m0 = g * id / nt, m1 = g * (id + 1) / nt;
-        double *work = malloc((size_t)(2 * (B + 4)) * sizeof(double));
-        if (work) {
-#ifdef HAVE_AVX2_PATH
-            if (avx2)
-                kl_matrices_avx2(&s, m0, m1, work);
-            else
-#endif
-                kl_matrices_base(&s, m0, m1, work);
-            free(work);
-        } else {
-            for (int64_t m = m0; m < m1; m++) out[m] = NAN; /* the caller computes NaN results again */
-        }
-    }
+    parallel_ranges(&s, g, threads, (size_t)(2 * (B + 4)) * sizeof(double), kl_matrices_avx2, kl_matrices_base,
+                    kl_unknown);
 }
