@@ -69,7 +69,7 @@ def build(path: Path) -> None:
     """Compile the kernel to ``path``, with OpenMP if the compiler has it (written under a
     temporary name, then renamed: processes building at once never load a half-written
     file). Raises OSError or subprocess.CalledProcessError (the last attempt's)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.stem + "-", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
@@ -81,13 +81,28 @@ def build(path: Path) -> None:
             except subprocess.CalledProcessError:
                 if i == len(OPENMP_FLAGS) - 1:
                     raise
+        os.chmod(tmp, 0o700)  # private whatever the umask (see _check_private)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def _check_private(path: Path) -> None:
+    """Refuse to load a library that someone else could have written (a shared or
+    planted cache folder): it must be this user's, and neither it nor its folder
+    writable by group or others. Raises PermissionError."""
+    if not hasattr(os, "getuid"):
+        return
+    for p in (path, path.parent):
+        st = p.stat()
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            raise PermissionError(f"{p} is not private to this user (owner {st.st_uid}, mode {oct(st.st_mode & 0o777)}); "
+                                  "not loading code from it")
+
+
 def _bind(path: Path) -> SimpleNamespace:
+    _check_private(path)
     lib = ctypes.CDLL(str(path))
     p, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     signatures = {"newton_rows": ("newton_rows_f32", [p, i, i, i, i, p, f, f, i, i, f, f, f, p, p, p, p, i]),
@@ -116,8 +131,9 @@ def kernels() -> SimpleNamespace | None:
                 build(path)
             lib = _bind(path)
         except subprocess.CalledProcessError as e:
-            _warn(f"compiling {SOURCE.name} failed ({' '.join(compiler())}: "
-                  f"{e.stderr.decode(errors='replace').strip().splitlines()[-1:] or e.returncode})")
+            last = e.stderr.decode(errors="replace").strip().splitlines()
+            _warn(f"compiling {SOURCE.name} failed: {' '.join(compiler())}: "
+                  + (last[-1] if last else f"exit status {e.returncode}"))
         except (OSError, subprocess.SubprocessError, AttributeError) as e:
             _warn(f"{type(e).__name__}: {e}")
         _loaded["lib"] = lib

@@ -51,7 +51,7 @@ def test_without_a_compiler_the_search_warns_once_and_runs_in_numpy(fresh_kernel
 def test_a_failing_compiler_is_reported_not_raised(fresh_kernel, monkeypatch):
     monkeypatch.setenv("CC", "false")  # exits 1: as a compile error would
     native.reset()
-    with pytest.warns(RuntimeWarning, match="compiling similarity.c failed"):
+    with pytest.warns(RuntimeWarning, match="compiling similarity.c failed: false: exit status 1"):
         assert native.kernels() is None
     assert not native.library_path().exists()
 
@@ -211,3 +211,12 @@ def test_the_kl_kernel_gives_zero_for_the_parent_itself_and_nan_for_nan(monkeypa
     cond[2, 3, 4] = math.nan
     out = sim._kl_native(native.kernels().kl, cond, pp.expand(4, 20, 20), parent_entropy_term(pp).expand(4))
     assert bool(torch.isnan(out[2])) and bool(torch.isfinite(out[[0, 1, 3]]).all())
+
+
+@needs_kernel
+def test_a_library_others_could_have_written_is_not_loaded(fresh_kernel):
+    assert native.kernels() is not None  # built, private
+    native.reset()
+    native.library_path().chmod(0o666)  # as if planted in a shared folder
+    with pytest.warns(RuntimeWarning, match="not private to this user"):
+        assert native.kernels() is None
