@@ -1,12 +1,17 @@
-/* The plain Newton phase of the perplexity search, fused: for each float32 row of
- * squared distances, the Newton steps in t = log(beta) run on the row while it sits in
- * L1 cache (one pass over it per entropy evaluation: exp, and the three sums), then the
- * settled row's conditionals are written. Same steps as similarity._newton_phase, which
- * stays the reference (and the path on GPUs, for float64, and without a C compiler).
- * Rows it leaves unsettled go back to Python's bracketed search.
+/* The float32 similarity's two C kernels (loaded by ecomp_deap.native through ctypes; no
+ * Python API):
  *
- * Built by ecomp_deap.native with the system C compiler; no Python API, called through
- * ctypes (which releases the GIL, so Python threads run row ranges in parallel). */
+ * newton_rows_f32: the plain Newton phase of the perplexity search, fused: for each
+ *   float32 row of squared distances, the Newton steps in t = log(beta) run on the row
+ *   while it sits in L1 cache (one pass over it per entropy evaluation: exp, and the
+ *   three sums), then the settled row's conditionals are written. The same steps as
+ *   similarity._newton_phase, which stays the reference (and the path on GPUs, for
+ *   float64, and without a C compiler). Rows it leaves unsettled go back to Python's
+ *   bracketed search.
+ * kl_from_conditionals_f32: the child's joint Q from those conditionals and KL(P || Q)
+ *   against the parent's P, per matrix (similarity._kl_from_floored_q's result).
+ *
+ * Both run on OpenMP threads when built with it (see parallel_ranges). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -16,9 +21,9 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* Eight floats; GCC's vector extensions (AVX2 registers in the avx2 clone, pairs of SSE
- * registers otherwise), so that the per-entry loops are vector code whatever the
- * auto-vectoriser decides. */
+/* Eight floats; GCC's vector extensions (AVX2 registers in the AVX2 build of a kernel,
+ * pairs of SSE registers in the baseline one), so that the per-entry loops are vector
+ * code whatever the auto-vectoriser decides. */
 typedef float v8f __attribute__((vector_size(32)));
 typedef int32_t v8i __attribute__((vector_size(32)));
 #define LANES 8
