@@ -24,8 +24,9 @@ Everything is vectorised over arbitrary leading (population) dimensions.  The
 precision search takes plain Newton steps on the entropy in log(beta)
 (dH/dlog(beta) = -beta^2 Var_p(D)), then, for the few rows these do not settle,
 safeguarded ones inside a per-row bisection bracket. For float32 on the CPU the plain
-Newton phase runs in a C kernel (``csrc/perplexity.c``, built on first use by
-:mod:`ecomp_deap.native`; the numpy/torch phase here without a compiler and on GPUs).
+Newton phase, and the child's Q with its KL, run in C kernels (``csrc/similarity.c``,
+built on first use by :mod:`ecomp_deap.native`; the torch/numpy code here without a
+compiler and on GPUs).
 
 Precision: float64 by default (entropy tolerance 1e-9). With ``dtype=torch.float32``
 the child's distances and its perplexity search run in float32 (twice as fast on a
@@ -657,7 +658,8 @@ def _conditionals(d: Tensor, perplexity: float, log_beta_init: Tensor | None, dt
         raise ValueError(f"expected (..., B, B) distances, got {tuple(d.shape)}")
     lead = d.shape[:-2]
     if B < 2:  # no neighbours: P is 0
-        return torch.zeros_like(d).reshape(-1, B, B), torch.full((math.prod(lead) * B,), math.nan, dtype=d.dtype)
+        return (torch.zeros_like(d).reshape(-1, B, B),
+                torch.full((math.prod(lead) * B,), math.nan, dtype=d.dtype, device=d.device))
     cols = d.reshape(-1, B, B)  # (g, B, B)
     if not symmetric:
         cols = cols.transpose(1, 2)  # column i: row i (the search copies it)
@@ -745,7 +747,8 @@ def _kl_native(fn, cond: Tensor, parent_p: Tensor, parent_term: Tensor) -> Tenso
     the torch way, which says NaN where the data does."""
     g, B = cond.shape[0], cond.shape[-1]
     c = cond if cond.is_contiguous() else cond.transpose(1, 2)
-    c = c.contiguous()
+    c = c.to(torch.float32).contiguous()  # the kernel reads float32 conditionals and float64 P
+    parent_p = parent_p.to(torch.float64)
     if parent_p.stride(0) == 0 and parent_p.shape[0] > 1 and parent_p[0].is_contiguous():
         p, stride = parent_p[0], 0  # one parent for all g
     else:
