@@ -280,16 +280,9 @@ def _conditional_rows_native(fn, d: Tensor, period: int, perplexity: float, tol:
        int(steps >= max_iter), _NEWTON_MAX_STEP, _POLISH_MAX_STEP, floor, out.data_ptr(), n_iter.data_ptr(),
        t_out.data_ptr(), done.data_ptr(), threads)
     rest = torch.nonzero(done == 0).squeeze(1)
-    if rest.numel():  # rows the Newton phase did not settle: as rows (r, M) of neighbours, minimum 0
-        dw = d.index_select(0, rest)
-        if period:
-            keep = torch.ones(len(rest), L, dtype=torch.bool)
-            keep[torch.arange(len(rest)), rest % period] = False
-            dw = dw[keep].view(-1, M)
-        dw = dw - dw.amin(dim=1, keepdim=True)
-        p, it, t_r = _settle_rows(dw, t_out.index_select(0, rest), target, tol, floor, max_iter, steps)
-        if period:
-            p = p.new_zeros(len(rest), L).masked_scatter_(keep, p)
+    if rest.numel():  # rows the Newton phase did not settle
+        p, it, t_r = _settle_rows(d.index_select(0, rest), rest % period if period else None,
+                                  t_out.index_select(0, rest), target, tol, floor, max_iter, steps)
         out[rest] = p
         n_iter[rest] = it
         t_out[rest] = t_r
@@ -381,30 +374,28 @@ def _search_piece(d: Tensor, own: int | None, target: float, tol: float, max_ite
                                      out, n_iter, t_out)
     if rest is None:
         return
-    # rows the plain Newton steps did not settle, as rows (r, M) without their own entries
-    dw = x.T.contiguous()  # (r, L)
-
-    def neighbours(at: Tensor) -> Tensor:  # (a, L) mask of the neighbours of the rows at ``at``
-        mask = torch.ones(len(at), L, dtype=torch.bool, device=at.device)
-        mask[torch.arange(len(at), device=at.device), own + at % c] = False
-        return mask
-
-    if own is not None:
-        dw = dw[neighbours(rest)].view(-1, M)
-    p, it, t_r = _settle_rows(dw, t, target, tol, floor, max_iter, used)
-    if own is not None:  # 0 at each row's own entry
-        p = p.new_zeros(len(rest), L).masked_scatter_(neighbours(rest), p)
+    # rows the plain Newton steps did not settle: x's columns (L, r) as rows
+    p, it, t_r = _settle_rows(x.T.contiguous(), None if own is None else own + rest % c, t, target, tol, floor,
+                              max_iter, used)
     out[rest // c, :, rest % c] = p
     n_iter.index_copy_(0, rest, it)
     t_out.index_copy_(0, rest, t_r)
 
 
-def _settle_rows(dw: Tensor, t: Tensor, target: float, tol: float, floor: float, max_iter: int, used: int):
-    """The rows dw (r, M) (minimum 0, neighbours only) that ``used`` plain Newton
-    evaluations did not settle, from their t (r,): rows whose nearest neighbours tie (at
-    least perplexity of them: the beta -> inf limit) in closed form (uniform over the ties,
-    n_iter 0, t NaN), the others by the bracketed search with the steps left. Returns
-    (p (r, M), n_iter (r,), t (r,))."""
+def _settle_rows(rows: Tensor, own: Tensor | None, t: Tensor, target: float, tol: float, floor: float,
+                 max_iter: int, used: int):
+    """The rows (r, L) of squared distances that ``used`` plain Newton evaluations did
+    not settle, from their t (r,); ``own``: None (every entry a neighbour) or (r,) the
+    column of each row's own entry (left out, 0 in p). Rows whose nearest neighbours tie
+    (at least perplexity of them: the beta -> inf limit) in closed form (uniform over the
+    ties, n_iter 0, t NaN), the others by the bracketed search with the steps left.
+    Returns (p (r, L), n_iter (r,), t (r,))."""
+    r, L = rows.shape
+    if own is not None:  # the neighbours only: (r, L - 1)
+        neighbours = torch.ones(r, L, dtype=torch.bool, device=rows.device)
+        neighbours[torch.arange(r, device=rows.device), own] = False
+        rows = rows[neighbours].view(r, L - 1)
+    dw = rows - rows.amin(dim=1, keepdim=True)  # minimum 0 (p and H do not depend on it)
     p = torch.empty_like(dw)
     n_iter = torch.zeros(len(dw), dtype=torch.long, device=dw.device)
     t_out = torch.full((len(dw),), math.nan, dtype=dw.dtype, device=dw.device)
@@ -421,6 +412,8 @@ def _settle_rows(dw: Tensor, t: Tensor, target: float, tol: float, floor: float,
         p[others] = p_o
         n_iter[others] = it + used
         t_out[others] = t_o
+    if own is not None:  # 0 at each row's own entry
+        p = p.new_zeros(r, L).masked_scatter_(neighbours, p)
     return p, n_iter, t_out
 
 
