@@ -631,12 +631,19 @@ def joint_probabilities(sq_dist: Tensor, perplexity: float = 30.0, log_beta_init
     d = _as_dtype(sq_dist, dtype)
     lead, B = d.shape[:-2], d.shape[-1]
     cond, log_beta = _conditionals(d, perplexity, log_beta_init, dtype, symmetric)
-    p = (cond + cond.transpose(-1, -2)).reshape(*lead, B, B)  # (..., B, B) = P_cond + P_cond^T
+    p = _joint(cond).reshape(*lead, B, B)
+    if return_log_beta:
+        return p, log_beta.reshape(*lead, B)
+    return p
+
+
+def _joint(cond: Tensor) -> Tensor:
+    """(g, B, B) conditionals (either orientation) -> the joint (cond + cond^T) / its sum,
+    off-diagonal floored at eps, zero diagonal, in cond's precision."""
+    p = cond + cond.transpose(-1, -2)
     p.div_(p.sum(dim=(-2, -1), keepdim=True).clamp_min(EPS))
     p.clamp_(min=EPS)
     p.diagonal(dim1=-2, dim2=-1).zero_()
-    if return_log_beta:
-        return p, log_beta.reshape(*lead, B)
     return p
 
 
@@ -737,7 +744,8 @@ def _kl_native(fn, cond: Tensor, parent_p: Tensor, parent_term: Tensor) -> Tenso
     (g, B, B) float32 (either orientation: Q is symmetric) as :func:`joint_probabilities`
     builds it, P (g, B, B) float64 (one matrix broadcast, or any layout: gathered), its
     terms (g,). Matrices the kernel returns NaN for (a NaN in cond) are computed again
-    the torch way, which says NaN where the data does."""
+    the torch way (:func:`_joint`, :func:`_kl_from_floored_q`), which says NaN where the
+    data does."""
     g, B = cond.shape[0], cond.shape[-1]
     c = cond if cond.is_contiguous() else cond.transpose(1, 2)
     c = c.to(torch.float32).contiguous()  # the kernel reads float32 conditionals and float64 P
@@ -752,9 +760,7 @@ def _kl_native(fn, cond: Tensor, parent_p: Tensor, parent_term: Tensor) -> Tenso
        max(1, min(torch.get_num_threads(), g)))
     bad = torch.nonzero(~torch.isfinite(out)).squeeze(1)
     if bad.numel():
-        q = (c[bad] + c[bad].transpose(1, 2)).double()
-        q.div_(q.sum(dim=(1, 2), keepdim=True).clamp_min(EPS)).clamp_(min=EPS).diagonal(dim1=1, dim2=2).zero_()
-        out[bad] = _kl_from_floored_q(parent_p[bad], q, term[bad])
+        out[bad] = _kl_from_floored_q(parent_p[bad], _joint(c[bad]), term[bad])
     return out
 
 
