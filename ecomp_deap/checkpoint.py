@@ -51,7 +51,7 @@ def logbook_from_rows(rows: list[dict]) -> tools.Logbook:
 def save_checkpoint(path, state: EvolutionState, config: EcompConfig, rng: dict, elapsed_s: float) -> None:
     """``rng`` is the snapshot that belongs to ``state`` (taken when the state was current).
     Individuals keep sharing their tensors in the file (``torch.save`` stores a storage once)."""
-    population = [{"masks": ind.masks, "weights": ind.weights, "biases": ind.biases, "norms": ind.norms,
+    population = [{"masks": ind.masks, "weights": list(ind.weights), "biases": ind.biases, "norms": ind.norms,
                    "fitness": plain(tuple(ind.fitness.values)) if ind.fitness.valid else None,
                    "measures": plain(ind.measures)} for ind in state.population]
     save_torch(path, {"format": FORMAT, "t": int(state.t), "config": plain(config.to_dict()),

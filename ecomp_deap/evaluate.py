@@ -34,6 +34,7 @@ from .genome import Genome
 from .nets.chain import Chain
 from .nets.forward import as_input, kept_tensors, per_individual, run_stage, stacked_stage
 from .row_keys import group_keys
+from .spliced import rows_by_source
 from .similarity import (DTYPES, centred_gram, distances_from_gram, joint_probabilities,
                          parent_entropy_term, rescaled_as_one, similarity_from_distances, squared_distances)
 
@@ -306,7 +307,7 @@ class PopulationEvaluator:
             for k in range(1, last + 1):
                 st = self.arch.stages[k]
                 keep = keeps[i][k] if k < last else None
-                w, b, n = kept_tensors(st, ind.weights[k], ind.biases[k], ind.norms[k], keep, prev)
+                w, b, n = kept_tensors(st, ind.weights.raw(k), ind.biases[k], ind.norms[k], keep, prev)
                 h, kept = run_stage(st, h, w, b, n, [where for _, where in wanted.get(k, ())])
                 for pos, where in wanted.get(k, ()):
                     embedded[pos][i] = block_rows(kept[where], blocks, rows)
@@ -388,7 +389,7 @@ class PopulationEvaluator:
         so the same population always gives the same program."""
         st = self.arch.stages[0]
         keeps = [ind.masks[0].nonzero().squeeze(1) for ind in population]  # (h_i,) each
-        keys = torch.cat([group_keys(ind.weights[0], ind.biases[0], ind.norms[0]).index_select(0, keep)
+        keys = torch.cat([group_keys(ind.weights.raw(0), ind.biases[0], ind.norms[0]).index_select(0, keep)
                           for ind, keep in zip(population, keeps)])  # (S, K) over all kept groups
         inverse, first = unique_rows(keys)  # (S,), (U,): each kept group's distinct group, each one's first holder
         n_distinct = len(first)
@@ -399,21 +400,27 @@ class PopulationEvaluator:
         owner = torch.repeat_interleave(torch.arange(len(population)), torch.tensor([len(k) for k in keeps]))
         rep_owner, rep_row = owner[first], torch.cat(keeps)[first]  # (U,) each
         ref = population[0]
-        w = ref.weights[0].new_empty(n_distinct, *ref.weights[0].shape[1:])  # (U, ...) filters or rows
+        w0 = ref.weights.raw(0)  # a tensor or a row splice: rows are read from it, never the whole
+        w = torch.empty(n_distinct, *w0.shape[1:], dtype=w0.dtype, device=w0.device)  # (U, ...) filters or rows
         b = ref.biases[0].new_empty(n_distinct)
         n = ref.norms[0].new_empty(4, n_distinct) if ref.norms[0] is not None else None
         order = torch.argsort(rep_owner, stable=True)
         counts = torch.bincount(rep_owner, minlength=len(population)).tolist()
-        start = 0
-        for i, count in enumerate(counts):  # copy each holder's groups in one gather
+        start, by_source = 0, {}
+        for i, count in enumerate(counts):  # each holder's groups
             if count:
                 at = order[start:start + count]  # positions in U
                 ind, r = population[i], rep_row.index_select(0, at)
-                w.index_copy_(0, at, ind.weights[0].index_select(0, r))
+                for src, sel, rows in rows_by_source(ind.weights.raw(0), r):
+                    _, ats, srows = by_source.setdefault(id(src), (src, [], []))
+                    ats.append(at.index_select(0, sel))
+                    srows.append(rows)
                 b.index_copy_(0, at, ind.biases[0].index_select(0, r))
                 if n is not None:
                     n.index_copy_(1, at, ind.norms[0].index_select(1, r))
                 start += count
+        for src, ats, rows in by_source.values():  # the weight rows: one gather per tensor that stores them
+            w.index_copy_(0, torch.cat(ats), src.index_select(0, torch.cat(rows)))
         out, kept = run_stage(st, as_input(self.arch, x), w.to(self.device), b.to(self.device),
                               n.to(self.device) if n is not None else None, positions)  # (N, U, ...)
         if out.dim() == 2:  # Linear: stored unit-major, so that each individual's units are

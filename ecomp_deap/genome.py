@@ -7,7 +7,9 @@ or filters and a population stacks into one tensor.
 
 Tensors in a genome are never modified in place: operators replace them. That makes
 cloning cheap (lists are copied, tensors shared) and lets the initial population
-share the parent's weights.
+share the parent's weights. A stage's weights may be stored as crossover left them, row
+ranges of their ancestors' tensors (:mod:`ecomp_deap.spliced`): ``weights[k]`` reads
+the tensor; ``weights.raw(k)`` what is stored.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import copy
 from deap import base, creator
 
 from .config import OBJECTIVES
+from .spliced import StageTensors
 
 
 class Genome:
@@ -26,10 +29,18 @@ class Genome:
 
     def __init__(self, masks, weights, biases, norms=None):
         self.masks = list(masks)
-        self.weights = list(weights)
+        self.weights = weights
         self.biases = list(biases)
         self.norms = list(norms) if norms is not None else [None] * len(self.weights)
         self.measures = None  # (accuracy, compression, similarity) of the last evaluation
+
+    @property
+    def weights(self) -> StageTensors:
+        return self._weights
+
+    @weights.setter
+    def weights(self, items) -> None:
+        self._weights = StageTensors(items)  # a copy of the list, splices kept as they are
 
     def hidden_units(self) -> list[int]:
         return [int(m.sum()) for m in self.masks]
@@ -38,7 +49,7 @@ class Genome:
         """New individual sharing the (immutable) tensors, with its own fitness."""
         other = copy.copy(self)
         other.masks = list(self.masks)
-        other.weights = list(self.weights)
+        other.weights = self._weights
         other.biases = list(self.biases)
         other.norms = list(self.norms)
         if hasattr(self, "fitness"):

@@ -12,6 +12,7 @@ import torch
 
 from . import row_keys
 from .nets.forward import recalibrated_norms
+from .spliced import dense, splice
 
 
 def l1_unit_scores(weights) -> list[torch.Tensor]:
@@ -70,13 +71,17 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
     """
     n_hidden = len(ind1.masks)
     for k in layers:
-        out = ind1.weights[k].shape[0]
+        w1, w2 = ind1.weights.raw(k), ind2.weights.raw(k)  # tensors or row splices
+        out = w1.shape[0]
         if out < 2:
             continue
         cut = int(torch.randint(1, out, (1,), generator=gen))
-        w1, w2 = ind1.weights[k], ind2.weights[k]
         b1, b2 = ind1.biases[k], ind2.biases[k]
-        if w1 is not w2:  # parents sharing one tensor: the children keep sharing it (no copy)
+        if w1 is not w2 and k == 0:  # the first stage: recorded as ranges of the parents' rows, copied
+            # when read; the evaluator reads only the population's distinct rows of it (spliced.py)
+            ind1.weights[k], ind2.weights[k] = splice(w1, w2, cut), splice(w2, w1, cut)
+        elif w1 is not w2:  # parents sharing one tensor: the children keep sharing it (no copy)
+            w1, w2 = dense(w1), dense(w2)
             ind1.weights[k], ind2.weights[k] = torch.cat([w1[:cut], w2[cut:]]), torch.cat([w2[:cut], w1[cut:]])
             head, tail = slice(0, cut), slice(cut, None)  # the rows' content keys travel with them
             row_keys.inherit(ind1.weights[k], [(w1, head), (w2, tail)])

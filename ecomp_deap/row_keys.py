@@ -21,6 +21,8 @@ from typing import Sequence
 
 import torch
 
+from .spliced import RowSplice
+
 _DIGESTS: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # id(tensor) -> (its weakref, (out, 2) int64)
 
 
@@ -36,11 +38,15 @@ def _remember(t: torch.Tensor, digests: torch.Tensor) -> None:
     _DIGESTS[key] = (weakref.ref(t, lambda _, key=key: _DIGESTS.pop(key, None)), digests)
 
 
-def row_digests(w: torch.Tensor) -> torch.Tensor:
-    """(out, ...) weights -> (out, 2) int64: each row's (filter's) 128-bit BLAKE2b digest
-    of its float bytes, cached for the tensor object."""
+def row_digests(w) -> torch.Tensor:
+    """(out, ...) weights, a tensor or a :class:`~ecomp_deap.spliced.RowSplice` -> (out, 2)
+    int64: each row's (filter's) 128-bit BLAKE2b digest of its float bytes, cached for the
+    object (a splice's from its sources')."""
     digests = _cached(w)
-    if digests is None:
+    if digests is None and isinstance(w, RowSplice):
+        digests = torch.cat([row_digests(src)[a:b] for src, a, b in w.parts])
+        _remember(w, digests)
+    elif digests is None:
         rows = w.detach().reshape(w.shape[0], -1).to("cpu", copy=False).contiguous().numpy()
         raw = b"".join(hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows)
         digests = torch.frombuffer(bytearray(raw), dtype=torch.int64).reshape(w.shape[0], 2)
@@ -63,8 +69,8 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(ints).to(torch.int64)
 
 
-def group_keys(w: torch.Tensor, b: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:
-    """(out, K) int64 keys of a stage's groups: weight digest, bias bits and, with a
+def group_keys(w, b: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:
+    """(out, K) int64 keys of a stage's groups (``w`` a tensor or a splice): weight digest, bias bits and, with a
     BatchNorm (4, out) stack, its four entries' bits. Equal keys: equal groups."""
     parts = [row_digests(w), _bits(b)[:, None]]
     if norm is not None:

@@ -1,0 +1,155 @@
+"""Crossover's children as row ranges of their ancestors' tensors, copied only when read.
+
+Aligned crossover (:func:`~ecomp_deap.operators.cx_layerwise`) gives a child the rows
+[0, c) of one parent's stage tensor and [c, out) of the other's, and row ``j`` of any
+descendant is row ``j`` of the tensor it was first written in (the parent's, or a
+mutated copy). Late in a run every pair of parents holds different first-layer tensors,
+so copying them (``torch.cat``, about 1.6 MB per pair for a 784-256 layer) was a third of
+a generation. A :class:`RowSplice` records the ranges instead; the evaluator reads the
+rows it needs from the sources (:func:`take_rows`), and anything else reads the genome's
+tensor as usual (:class:`StageTensors` materialises it on first read, once: the copy is
+cached on the splice, which clones share).
+
+A splice holds references to its sources (whole tensors); sources are only ever
+materialised tensors, and a splice of more than MAX_PARTS ranges is materialised at
+once, so what a population keeps alive stays bounded by what it would hold without
+splices plus one tensor per splice.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+MAX_PARTS = 16  # ranges per splice; more and the child is copied at once
+
+
+class RowSplice:
+    """A (out, ...) tensor as ``parts``: (source, start, stop) ranges in row order that
+    tile [0, out); row ``j`` is row ``j`` of the part's source (same shape as the whole)."""
+
+    __slots__ = ("parts", "shape", "dtype", "device", "_dense", "__weakref__")
+
+    def __init__(self, parts: list[tuple[torch.Tensor, int, int]]):
+        self.parts = tuple(parts)
+        src = parts[0][0]
+        self.shape, self.dtype, self.device = src.shape, src.dtype, src.device
+        self._dense: torch.Tensor | None = None
+
+    def materialize(self) -> torch.Tensor:
+        """The whole tensor (computed once; the row digests the parts know come with it)."""
+        if self._dense is None:
+            from . import row_keys  # the digests of the copy: from its sources', when they are known
+
+            dense = torch.cat([src[a:b] for src, a, b in self.parts])
+            row_keys.inherit(dense, [(src, slice(a, b)) for src, a, b in self.parts])
+            self._dense = dense
+        return self._dense
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """(len(index), ...) rows ``index`` (int64, any order), read from the sources."""
+        if self._dense is not None:
+            return self._dense.index_select(0, index)
+        if len(self.parts) == 1 or len(index) == 0:
+            return self.parts[0][0].index_select(0, index)
+        stops = torch.tensor([b for _, _, b in self.parts[:-1]], dtype=index.dtype)
+        if len(index) < 2 or bool((index[1:] >= index[:-1]).all()):  # sorted (kept units): slices of index
+            bounds = [0, *torch.searchsorted(index, stops).tolist(), len(index)]
+            pieces = [src.index_select(0, index[s:e]) for (src, _, _), s, e in zip(self.parts, bounds, bounds[1:])
+                      if e > s]
+            return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
+        part = torch.bucketize(index, stops, right=True)  # (len(index),) the part of each wanted row
+        out = self.parts[0][0].new_empty(len(index), *self.shape[1:])
+        for p, (src, _, _) in enumerate(self.parts):
+            at = (part == p).nonzero().squeeze(1)
+            if len(at):
+                out.index_copy_(0, at, src.index_select(0, index.index_select(0, at)))
+        return out
+
+
+def _ranges(t, start: int, stop: int) -> list[tuple[torch.Tensor, int, int]]:
+    """The (source, a, b) ranges of rows [start, stop) of a tensor or a splice."""
+    if isinstance(t, torch.Tensor):
+        return [(t, start, stop)]
+    if t._dense is not None:
+        return [(t._dense, start, stop)]
+    return [(src, max(a, start), min(b, stop)) for src, a, b in t.parts if a < stop and b > start]
+
+
+def splice(head, tail, cut: int):
+    """Rows [0, cut) of ``head`` and [cut, out) of ``tail`` (tensors or splices of the
+    same shape): a :class:`RowSplice`, or a tensor when the ranges come from one tensor
+    or there would be more than MAX_PARTS of them."""
+    if head.shape != tail.shape:
+        raise ValueError(f"splice: shapes differ, {tuple(head.shape)} and {tuple(tail.shape)}")
+    parts: list[tuple[torch.Tensor, int, int]] = []
+    for src, a, b in _ranges(head, 0, cut) + _ranges(tail, cut, head.shape[0]):
+        if parts and parts[-1][0] is src and parts[-1][2] == a:
+            parts[-1] = (src, parts[-1][1], b)  # adjacent rows of one source: one range
+        else:
+            parts.append((src, a, b))
+    if len(parts) == 1:
+        return parts[0][0]
+    s = RowSplice(parts)
+    return s.materialize() if len(parts) > MAX_PARTS else s
+
+
+def rows_by_source(t, index: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Rows ``index`` of a tensor or a splice grouped by the tensor that stores them:
+    [(source, positions in ``index``, rows of the source)], so that many genomes' rows
+    can be read with one ``index_select`` per source."""
+    if not isinstance(t, RowSplice) or t._dense is not None or len(t.parts) == 1:
+        src = dense(t) if not isinstance(t, RowSplice) or t._dense is not None else t.parts[0][0]
+        return [(src, torch.arange(len(index)), index)]
+    stops = torch.tensor([b for _, _, b in t.parts[:-1]], dtype=index.dtype)
+    part = torch.bucketize(index, stops, right=True)  # (len(index),) the part of each row
+    order = torch.argsort(part, stable=True)
+    counts = torch.bincount(part, minlength=len(t.parts)).tolist()
+    groups, start = [], 0
+    for (src, _, _), n in zip(t.parts, counts):
+        if n:
+            at = order[start:start + n]
+            groups.append((src, at, index.index_select(0, at)))
+            start += n
+    return groups
+
+
+def dense(t) -> torch.Tensor:
+    """A tensor or a splice -> the tensor."""
+    return t.materialize() if isinstance(t, RowSplice) else t
+
+
+def take_rows(t, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of a tensor or a splice, without materialising the splice."""
+    return t.rows(index) if isinstance(t, RowSplice) else t.index_select(0, index)
+
+
+class StageTensors(list):
+    """A genome's per-stage weights: a list whose entries may be :class:`RowSplice`;
+    reading an entry (indexing, slicing, iterating) gives the tensor, materialising a
+    splice in place. :meth:`raw` reads an entry as it is stored."""
+
+    def __init__(self, items: Iterable = ()):
+        super().__init__(list.copy(items) if isinstance(items, StageTensors) else items)
+
+    def raw(self, k: int):
+        return list.__getitem__(self, k)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(len(self))[k]]
+        item = list.__getitem__(self, k)
+        if isinstance(item, RowSplice):
+            item = item.materialize()
+            list.__setitem__(self, k, item)
+        return item
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def copy(self) -> "StageTensors":
+        return StageTensors(self)
+
+    def __reduce__(self):  # pickles as the list of tensors it reads as
+        return (list, (list(self),))
