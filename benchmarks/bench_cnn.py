@@ -34,6 +34,7 @@ from bench_generation import (FormTimer, _spread, _summary, agreement, prepared_
                               time_steps)
 
 from ecomp_deap.presets import preset_config  # noqa: E402
+from ecomp_deap.spliced import dense_uncached  # noqa: E402
 
 REF = SimpleNamespace(pop=100, batch=100, generations=100, val_size=5000, perplexity=30.0)
 TINY = SimpleNamespace(pop=8, batch=40, generations=4, val_size=40, perplexity=5.0)
@@ -76,7 +77,7 @@ class ConvBound(FormTimer):
         self.forms, self.macs = [], 0
         h_shape = (B, *chain.input_shape)
         for k, st in enumerate(chain.stages):
-            w = torch.stack([ind.weights[k] for ind in base_pop]).to(dev)  # (P, out, in[, kh, kw])
+            w = torch.stack([dense_uncached(ind.weights.raw(k)) for ind in base_pop]).to(dev)  # (P, out, in[, kh, kw])
             b = torch.stack([ind.biases[k] for ind in base_pop]).to(dev)  # (P, out)
             out = w.shape[1]
             if st.kind == "conv":

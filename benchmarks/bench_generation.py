@@ -67,6 +67,7 @@ from ecomp_deap.ecomp import EcompRun  # noqa: E402
 from ecomp_deap.evaluate import Measures  # noqa: E402
 from ecomp_deap.nets.parents import ParentSpec, build_mlp, train_parent  # noqa: E402
 from ecomp_deap.similarity import similarity_from_distances  # noqa: E402
+from ecomp_deap.spliced import RowSplice, dense_uncached  # noqa: E402
 
 SIM_RTOL = 1e-3
 TINY = SimpleNamespace(pop=8, batch=20, hidden=(16, 16), perplexity=5.0, generations=5, val_size=40,
@@ -286,7 +287,8 @@ class ComputeBound(FormTimer):
         dev = torch.device("cuda" if device == "cuda" else "cpu")
         self.device = device
         n_lin = len(base_pop[0].weights)
-        w = [torch.stack([ind.weights[k] for ind in base_pop]).to(dev, torch.float32) for k in range(n_lin)]
+        w = [torch.stack([dense_uncached(ind.weights.raw(k)) for ind in base_pop]).to(dev, torch.float32)
+             for k in range(n_lin)]  # the population's splices stay splices, as in a run
         b = [torch.stack([ind.biases[k] for ind in base_pop]).to(dev, torch.float32) for k in range(n_lin)]
         h = x.to(dev).reshape(x.shape[0], -1).to(torch.float32).contiguous()  # (B, in)
         C, B = w[0].shape[0], h.shape[0]
@@ -408,10 +410,13 @@ PART_LABELS = {"forward": "forward + child distances + acc/comp",
 
 
 def describe_population(log, run, pop) -> None:
-    distinct = len({id(ind.weights[0]) for ind in pop})
+    firsts = [ind.weights.raw(0) for ind in pop]  # as stored: reading ind.weights[0] would copy splices
+    distinct = len({id(w) for w in firsts})
+    splices = sum(isinstance(w, RowSplice) for w in firsts)
     kept = float(np.mean([sum(ind.hidden_units()) / sum(run.arch.hidden_widths) for ind in pop]))
     log(f"timed population: {len(pop)} individuals, {distinct} distinct first-layer weight tensors "
-        f"(individuals sharing one share its product), mean {100 * kept:.0f}% of the hidden units kept")
+        f"(individuals sharing one share its product; {splices} stored as crossover's row splices), "
+        f"mean {100 * kept:.0f}% of the hidden units kept")
 
 
 def log_parts(log, parts: dict, step: dict) -> None:

@@ -119,6 +119,14 @@ def dense(t) -> torch.Tensor:
     return t.materialize() if isinstance(t, RowSplice) else t
 
 
+def dense_uncached(t) -> torch.Tensor:
+    """The tensor of a tensor or a splice, leaving a splice as it is (not materialised):
+    for readers that must not change what a population holds, such as a benchmark."""
+    if isinstance(t, RowSplice) and t._dense is None:
+        return torch.cat([src[a:b] for src, a, b in t.parts])
+    return dense(t)
+
+
 def take_rows(t, index: torch.Tensor) -> torch.Tensor:
     """Rows ``index`` of a tensor or a splice, without materialising the splice."""
     return t.rows(index) if isinstance(t, RowSplice) else t.index_select(0, index)

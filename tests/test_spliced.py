@@ -38,6 +38,8 @@ def test_a_splice_reads_as_the_concatenated_rows():
             assert any(src is t for t in (a, b, c))
             got[at] = src.index_select(0, rows)
         assert torch.equal(got, expected.index_select(0, i))
+    copy = spliced.dense_uncached(s3)  # a reader that leaves the splice as it is
+    assert torch.equal(copy, expected) and s3._dense is None
     assert torch.equal(s3.materialize(), expected)
     assert s3.materialize() is s3.materialize()  # copied once
 
