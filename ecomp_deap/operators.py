@@ -67,7 +67,8 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
     entries. A weight between two groups belongs to the group it feeds, so the next
     stage's input slice of a group comes with that stage's own rows (its cut); aligned
     positions keep it connected to the same parent group. A hidden stage left empty
-    gets one random group back.
+    gets one random group back. The first stage's children are stored as row ranges of
+    their parents' tensors (:mod:`ecomp_deap.spliced`), copied only when read whole.
     """
     n_hidden = len(ind1.masks)
     for k in layers:
