@@ -34,9 +34,9 @@ from .genome import Genome
 from .nets.chain import Chain
 from .nets.forward import as_input, kept_tensors, per_individual, run_stage, stacked_stage
 from .row_keys import group_keys
-from .spliced import rows_by_source
 from .similarity import (DTYPES, centred_gram, distances_from_gram, joint_probabilities,
                          parent_entropy_term, rescaled_as_one, similarity_from_distances, squared_distances)
+from .spliced import rows_by_source
 
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
 SIMILARITY_BYTES = 512 * 2**20  # bound on a chunk's similarity work space (distances and search)

@@ -10,10 +10,12 @@ rows it needs from the sources (:func:`take_rows`), and anything else reads the 
 tensor as usual (:class:`StageTensors` materialises it on first read, once: the copy is
 cached on the splice, which clones share).
 
-A splice holds references to its sources (whole tensors); sources are only ever
-materialised tensors, and a splice of more than MAX_PARTS ranges is materialised at
-once, so what a population keeps alive stays bounded by what it would hold without
-splices plus one tensor per splice.
+A splice holds references to its sources (whole tensors, never other splices) and has
+at most MAX_PARTS ranges (beyond, it is materialised at once), so a population keeps at
+most MAX_PARTS tensors alive per individual. In practice far fewer: at the end of a
+default run (t = 100, pop 100) the first stages of the weighted population read from
+69 tensors and the NSGA-II one's from 12, where without splices each individual held
+its own (100).
 """
 from __future__ import annotations
 
