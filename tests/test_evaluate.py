@@ -256,3 +256,64 @@ def test_the_first_layer_on_distinct_rows_gives_the_same_measures(monkeypatch):
     np.testing.assert_array_equal(pooled.compression, own.compression)
     np.testing.assert_allclose(pooled.similarity, own.similarity, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(acc_pooled, ev.accuracy(pop, x, y, batch_size=7))
+
+
+def _mlp_with_tails(norm=False):
+    from collections import OrderedDict
+
+    from torch import nn
+
+    layers = [("flatten", nn.Flatten()), ("layer_1_linear", nn.Linear(15, 24)), ("layer_1_act", nn.Sigmoid()),
+              ("layer_2_linear", nn.Linear(24, 16))]
+    layers += [("layer_2_norm", nn.BatchNorm1d(16).eval())] if norm else [("layer_2_drop", nn.Dropout(0.3))]
+    layers += [("layer_2_act", nn.Softplus()), ("layer_3_linear", nn.Linear(16, 12)), ("layer_3_act", nn.GELU()),
+               ("output", nn.Linear(12, 4))]
+    return nn.Sequential(OrderedDict(layers)).eval()
+
+
+@pytest.mark.parametrize("embeddings", [None, ("layer_2_linear", "layer_3_act"), ("layer_1_linear",)])
+@pytest.mark.parametrize("blocks", [1, 3])
+def test_the_padded_mlp_forward_equals_each_individual_on_its_kept_units(embeddings, blocks, monkeypatch):
+    """MLP parents run all individuals' stages after the first as zero-padded batched
+    products: the same logits, distances and measures as each individual on its own kept
+    units, also with activations that do not map 0 to 0 (sigmoid, softplus), dropout
+    in a tail, pre-activation embeddings and several batches at once; a BatchNorm after
+    the first stage keeps the per-individual path."""
+    torch.manual_seed(8)
+    arch, w, b, pop = varied_population(_mlp_with_tails(), n=7, seed=8)
+    cfg = EcompConfig(embedding_layers=embeddings, recombination_layers=None, perplexity=3.0, batch_size=18)
+    ev = PopulationEvaluator(arch, w, b, cfg)
+    assert ev._padded_linear == [False, True, False, False]  # stage 1 (softplus): its padding is zeroed
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(18 * blocks, 15, generator=g), torch.randint(0, 4, (18 * blocks,), generator=g)
+    batches = [(x[i * 18:(i + 1) * 18], y[i * 18:(i + 1) * 18]) for i in range(blocks)]
+    calls = []
+    original = PopulationEvaluator._forward_padded_linear
+    monkeypatch.setattr(PopulationEvaluator, "_forward_padded_linear",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    stacks = []
+    distances = ev.distances
+    monkeypatch.setattr(ev, "distances", lambda e, *a, **k: stacks.append(e.clone()) or distances(e, *a, **k))
+    with ev.first_stage_once(pop, x, 12, len(pop)):
+        padded = ev.outputs(pop, x, 12, blocks)
+    monkeypatch.setattr(ev, "distances", distances)
+    if embeddings is None:  # every hidden activation, in stage order: the padding features are exactly 0
+        for stage, e in enumerate(stacks):
+            for i, ind in enumerate(pop):
+                assert not e[i, ..., int(ind.masks[stage].sum()):].any()
+    m_padded, acc_padded = ev.measure_batches(pop, batches), ev.accuracy(pop, x, y, batch_size=10)
+    assert calls
+    ev._padded_linear = None  # the per-individual kept-units forward
+    with ev.first_stage_once(pop, x, 12, len(pop)):
+        own = ev.outputs(pop, x, 12, blocks)
+    ev.clear_cache()
+    m_own, acc_own = ev.measure_batches(pop, batches), ev.accuracy(pop, x, y, batch_size=10)
+    assert torch.allclose(padded[0], own[0], rtol=1e-5, atol=1e-5)
+    for a, o in zip(padded[2], own[2]):
+        assert a.shape == o.shape == (7, blocks, 12, 12)
+        assert torch.allclose(a, o, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(m_padded.accuracy, m_own.accuracy)
+    np.testing.assert_allclose(m_padded.similarity, m_own.similarity, rtol=1e-4)
+    np.testing.assert_array_equal(acc_padded, acc_own)
+    arch_n, w_n, b_n, _ = varied_population(_mlp_with_tails(norm=True), n=2, seed=8)
+    assert PopulationEvaluator(arch_n, w_n, b_n, cfg)._padded_linear is None
