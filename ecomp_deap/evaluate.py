@@ -47,6 +47,14 @@ IMAGE_BYTES = 128 * 2**20  # bound on one forward's largest feature map when bat
 # 13763 kept first-layer rows, 1214 distinct).
 DEDUPE_MIN_IMAGES = 1000
 PAD_MAX_ELEMENTS = 2**16  # embeddings up to this size get their distances computed together, zero-padded
+# The batched MLP forward (_forward_padded_linear): a group's padded stacks (individuals x widest kept
+# units x images, float32) stay under PAD_BYTES, and its members keep at least PAD_FILL of its widest.
+PAD_BYTES = 32 * 2**20
+PAD_FILL = 0.75
+# ... and it runs for up to this many images (a generation's batch): on more (the final pass's
+# concatenated batches) each individual's products are large, and transposing its (G, H, N)
+# stacks for the distances cost more than it saved (t = 90 population, 100 batches: 3.5 s vs 2.5 s)
+PAD_MAX_IMAGES = 1000
 # Features per group from which a shared first stage's embedding distances come from
 # per-group Gram matrices (summing a group's rows x rows Gram costs what recomputing it
 # costs divided by its feature count): feature maps yes, Linear units (1 feature) no.
@@ -294,7 +302,7 @@ class PopulationEvaluator:
         pool = self._pool
         if pool is not None and pool.x is x and all(id(ind) in pool.columns for ind in population) \
                 and set(positions) <= set(pool.kept):
-            if self._padded_linear is not None:
+            if self._padded_linear is not None and x.shape[0] <= PAD_MAX_IMAGES:
                 return self._forward_padded_linear(population, pool, keeps, rows, blocks, dtype)
             first = [self._from_pool(pool, ind, positions) for ind in population]
         else:
@@ -392,25 +400,53 @@ class PopulationEvaluator:
 
     def _forward_padded_linear(self, population, pool: FirstStagePool, keeps, rows: int, blocks: int, dtype):
         """:meth:`_forward_kept_units` for MLP parents (see :meth:`_padded_linear_stages`)
-        as a few batched products instead of a handful of small ones per individual: every
-        stage's activations are a (C, H, N) stack, features first, each individual's kept
-        units zero-padded to the chunk's widest (H), and each Linear after the first one
-        ``baddbmm`` of the individuals' kept weights, zero-padded likewise. Zero features
-        add nothing to a product or to a distance, so the values are those of each
-        individual on its kept units (up to the products' rounding)."""
-        st0, last = self.arch.stages[0], len(self.arch.stages) - 1
+        as a few batched products instead of a handful of small ones per individual, in
+        groups of individuals of similar widths (:meth:`_padded_group`): sorted by their
+        widest kept stage, a group takes the next individual while its stacks stay under
+        PAD_BYTES and that individual keeps at least PAD_FILL of the group's widest
+        (padding costs products and distances)."""
         C, N = len(population), pool.x.shape[0]
-        wanted, dtype = self._wanted(rows), dtype or self.similarity_dtype
+        dtype = dtype or self.similarity_dtype
+        logits = pool.x.new_empty(C, N, self.arch.n_classes)
         dists = [torch.empty(C, blocks, rows, rows, dtype=dtype) for _ in self.embeddings]  # rows 0: empty
+        widths = [max(len(k) for k in kp) for kp in keeps]
+        order = sorted(range(C), key=lambda i: -widths[i])  # widest first; ties in population order
+        group: list[int] = []
+        for j, i in enumerate(order):
+            group.append(i)
+            nxt = order[j + 1] if j + 1 < C else None
+            top = widths[group[0]]
+            if nxt is None or (len(group) + 1) * top * N * 4 > PAD_BYTES or widths[nxt] < PAD_FILL * top:
+                at = torch.tensor(group)
+                part, part_dists = self._padded_group([population[g] for g in group], pool, [keeps[g] for g in group],
+                                                      rows, blocks, dtype)
+                logits.index_copy_(0, at, part)
+                for d, pd in zip(dists, part_dists):
+                    d.index_copy_(0, at, pd)
+                group = []
+        return logits, dists
+
+    def _padded_group(self, population, pool: FirstStagePool, keeps, rows: int, blocks: int, dtype):
+        """One group of :meth:`_forward_padded_linear`: every stage's activations are a
+        (G, H, N) stack, features first, each individual's kept units zero-padded to the
+        group's widest (H), and each Linear after the first one ``baddbmm`` of the
+        individuals' kept weights, zero-padded likewise. Zero features add nothing to a
+        product or to a distance, so the values are those of each individual on its kept
+        units (up to the products' rounding). Returns logits (G, N, K) and per embedding
+        the squared distances (G, blocks, rows, rows)."""
+        last = len(self.arch.stages) - 1
+        G, N = len(population), pool.x.shape[0]
+        wanted = self._wanted(rows)
+        dists = [torch.empty(G, blocks, rows, rows, dtype=dtype) for _ in self.embeddings]
         cols = [pool.columns[id(ind)] for ind in population]
-        index = torch.nn.utils.rnn.pad_sequence(cols, batch_first=True, padding_value=pool.out.shape[1])  # (C, H0)
+        units = torch.nn.utils.rnn.pad_sequence(cols, batch_first=True, padding_value=pool.out.shape[1])  # (G, H0)
 
-        def gather(t):  # (N, U) unit-major -> (C, H0, N): each individual's units, then rows of zeros
+        def gather(t):  # (N, U) unit-major -> (G, H0, N): each individual's units, then rows of zeros
             padded = torch.cat([t.T, t.new_zeros(1, N)])  # (U + 1, N), row U zero
-            return padded.index_select(0, index.reshape(-1)).view(C, index.shape[1], N)
+            return padded.index_select(0, units.reshape(-1)).view(G, units.shape[1], N)
 
-        def embed(pos, h):  # (C, F, blocks * B) -> squared distances (C, blocks, rows, rows)
-            e = h.view(C, h.shape[1], blocks, N // blocks)[..., :rows].permute(0, 2, 3, 1)  # (C, blocks, rows, F)
+        def embed(pos, h):  # (G, F, blocks * B) -> squared distances (G, blocks, rows, rows)
+            e = h.view(G, h.shape[1], blocks, N // blocks)[..., :rows].permute(0, 2, 3, 1)  # (G, blocks, rows, F)
             dists[pos] = self.distances(e.clone(memory_format=torch.contiguous_format), dtype, overwrite=True)
 
         h = gather(pool.out)
@@ -419,18 +455,17 @@ class PopulationEvaluator:
         prev = [k[0] for k in keeps]
         for k in range(1, last + 1):
             st = self.arch.stages[k]
-            keep = [keeps[i][k] for i in range(C)] if k < last else [None] * C
-            w = h.new_zeros(C, max(len(kp) for kp in keep) if k < last else st.out_size, h.shape[1])  # (C, out, in)
+            keep = [kp[k] for kp in keeps] if k < last else [None] * G
+            w = h.new_zeros(G, max(len(kp) for kp in keep) if k < last else st.out_size, h.shape[1])  # (G, out, in)
             for i, ind in enumerate(population):  # each individual's kept weights, zero-padded
                 wi = take_rows(ind.weights.raw(k), keep[i]) if keep[i] is not None else dense(ind.weights.raw(k))
                 w[i, :wi.shape[0], :len(prev[i])] = wi.index_select(1, prev[i])  # (h_k, h_{k-1})
-            b = torch.stack([ind.biases[k] for ind in population])  # (C, out_k)
-            valid = None  # (C, out, 1) bool: the kept units' rows
+            b = torch.stack([ind.biases[k] for ind in population])  # (G, out_k)
+            valid = None  # (G, out, 1) bool: the kept units' rows
             if k < last:
-                index = torch.nn.utils.rnn.pad_sequence(keep, batch_first=True)  # (C, out)
                 valid = (torch.arange(w.shape[1]) < torch.tensor([len(kp) for kp in keep])[:, None])[:, :, None]
-                b = b.gather(1, index) * valid[:, :, 0]
-            z = torch.baddbmm(b[:, :, None], w, h)  # (C, out, N)
+                b = b.gather(1, torch.nn.utils.rnn.pad_sequence(keep, batch_first=True)) * valid[:, :, 0]
+            z = torch.baddbmm(b[:, :, None], w, h)  # (G, out, N)
             if not self._padded_linear[k]:  # the tail keeps zero at zero: the padding rows stay 0
                 valid = None
             found = {-1: z}
@@ -441,7 +476,7 @@ class PopulationEvaluator:
             for pos, where in wanted.get(k, ()):
                 embed(pos, found[where])
             h, prev = z, keep
-        return h.transpose(1, 2), dists  # logits (C, N, K)
+        return h.transpose(1, 2), dists  # logits (G, N, K)
 
     @staticmethod
     def _from_pool(pool: FirstStagePool, ind, positions):

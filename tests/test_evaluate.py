@@ -279,6 +279,8 @@ def test_the_padded_mlp_forward_equals_each_individual_on_its_kept_units(embeddi
     units, also with activations that do not map 0 to 0 (sigmoid, softplus), dropout
     in a tail, pre-activation embeddings and several batches at once; a BatchNorm after
     the first stage keeps the per-individual path."""
+    import ecomp_deap.evaluate as evaluate
+
     torch.manual_seed(8)
     arch, w, b, pop = varied_population(_mlp_with_tails(), n=7, seed=8)
     cfg = EcompConfig(embedding_layers=embeddings, recombination_layers=None, perplexity=3.0, batch_size=18)
@@ -291,18 +293,30 @@ def test_the_padded_mlp_forward_equals_each_individual_on_its_kept_units(embeddi
     original = PopulationEvaluator._forward_padded_linear
     monkeypatch.setattr(PopulationEvaluator, "_forward_padded_linear",
                         lambda self, *a: calls.append(1) or original(self, *a))
-    stacks = []
-    distances = ev.distances
-    monkeypatch.setattr(ev, "distances", lambda e, *a, **k: stacks.append(e.clone()) or distances(e, *a, **k))
+    groups, stacks = [], []  # per group: its members, and the embedding stacks it computed distances of
+    distances, group = ev.distances, PopulationEvaluator._padded_group
+    monkeypatch.setattr(ev, "distances", lambda e, *a, **k: stacks[-1].append(e.clone()) or distances(e, *a, **k))
+    monkeypatch.setattr(PopulationEvaluator, "_padded_group",
+                        lambda self, members, *a: groups.append(members) or stacks.append([]) or group(self, members, *a))
+    monkeypatch.setattr(evaluate, "PAD_FILL", 0.9)  # several groups
     with ev.first_stage_once(pop, x, 12, len(pop)):
         padded = ev.outputs(pop, x, 12, blocks)
     monkeypatch.setattr(ev, "distances", distances)
+    monkeypatch.setattr(PopulationEvaluator, "_padded_group", group)
+    assert len(groups) > 1 and sorted(id(i) for g in groups for i in g) == sorted(id(i) for i in pop)
     if embeddings is None:  # every hidden activation, in stage order: the padding features are exactly 0
-        for stage, e in enumerate(stacks):
-            for i, ind in enumerate(pop):
-                assert not e[i, ..., int(ind.masks[stage].sum()):].any()
+        for members, group_stacks in zip(groups, stacks):
+            for stage, e in enumerate(group_stacks):
+                for i, ind in enumerate(members):
+                    assert not e[i, ..., int(ind.masks[stage].sum()):].any()
     m_padded, acc_padded = ev.measure_batches(pop, batches), ev.accuracy(pop, x, y, batch_size=10)
     assert calls
+    calls.clear()
+    monkeypatch.setattr(evaluate, "PAD_MAX_IMAGES", len(x) - 1)  # more images: each individual alone
+    ev.clear_cache()
+    m_many = ev.measure_batches(pop, batches)
+    assert not calls
+    np.testing.assert_allclose(m_many.similarity, m_padded.similarity, rtol=1e-4)
     ev._padded_linear = None  # the per-individual kept-units forward
     with ev.first_stage_once(pop, x, 12, len(pop)):
         own = ev.outputs(pop, x, 12, blocks)
