@@ -36,7 +36,7 @@ from .nets.forward import as_input, kept_tensors, per_individual, run_stage, sta
 from .row_keys import group_keys
 from .similarity import (DTYPES, centred_gram, distances_from_gram, joint_probabilities,
                          parent_entropy_term, rescaled_as_one, similarity_from_distances, squared_distances)
-from .spliced import dense, rows_by_source, take_rows
+from .spliced import rows_by_source
 
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
 SIMILARITY_BYTES = 512 * 2**20  # bound on a chunk's similarity work space (distances and search)
@@ -47,14 +47,6 @@ IMAGE_BYTES = 128 * 2**20  # bound on one forward's largest feature map when bat
 # 13763 kept first-layer rows, 1214 distinct).
 DEDUPE_MIN_IMAGES = 1000
 PAD_MAX_ELEMENTS = 2**16  # embeddings up to this size get their distances computed together, zero-padded
-# The batched MLP forward (_forward_padded_linear): a group's padded stacks (individuals x widest kept
-# units x images, float32) stay under PAD_BYTES, and its members keep at least PAD_FILL of its widest.
-PAD_BYTES = 32 * 2**20
-PAD_FILL = 0.75
-# ... and it runs for up to this many images (a generation's batch): on more (the final pass's
-# concatenated batches) each individual's products are large, and transposing its (G, H, N)
-# stacks for the distances cost more than it saved (t = 90 population, 100 batches: 3.5 s vs 2.5 s)
-PAD_MAX_IMAGES = 1000
 # Features per group from which a shared first stage's embedding distances come from
 # per-group Gram matrices (summing a group's rows x rows Gram costs what recomputing it
 # costs divided by its feature count): feature maps yes, Linear units (1 feature) no.
@@ -210,7 +202,6 @@ class PopulationEvaluator:
         student = config.kernel.lower().replace("-", "_") in ("student_t", "studentt", "t")
         self.similarity_dtype = torch.float64 if student else DTYPES[config.similarity_dtype]
         self._pool: FirstStagePool | None = None  # set within first_stage_once
-        self._padded_linear = self._padded_linear_stages()  # MLP parents: the batched kept-units forward
 
     def _largest_feature_map(self) -> int:
         """Elements of one example's largest stage output (bounds a stacked chunk's memory)."""
@@ -302,8 +293,6 @@ class PopulationEvaluator:
         pool = self._pool
         if pool is not None and pool.x is x and all(id(ind) in pool.columns for ind in population) \
                 and set(positions) <= set(pool.kept):
-            if self._padded_linear is not None and x.shape[0] <= PAD_MAX_IMAGES:
-                return self._forward_padded_linear(population, pool, keeps, rows, blocks, dtype)
             first = [self._from_pool(pool, ind, positions) for ind in population]
         else:
             first = self._first_stage(population, h0, keeps, positions, rows, blocks, dtype)
@@ -380,103 +369,6 @@ class PopulationEvaluator:
                     start += n
                 group, width = [], 0
         return out
-
-    def _padded_linear_stages(self) -> list[bool] | None:
-        """For a parent whose stages after the first are Linear layers with elementwise
-        tails only (activations, dropout): per stage, whether its tail maps 0 to
-        something else (sigmoid, softplus), so that the padding of
-        :meth:`_forward_padded_linear` must be zeroed after it; None for other parents."""
-        if any(st.kind != "linear" for st in self.arch.stages):
-            return None
-        nonzero = [False]
-        for st in self.arch.stages[1:]:
-            if any(op.kind not in ("act", "drop", "flatten") for op in st.tail):
-                return None
-            z = torch.zeros(1, 1)
-            for op in st.tail:
-                z = op.module(z) if op.kind == "act" else z
-            nonzero.append(bool(z.abs().sum() > 0))
-        return nonzero
-
-    def _forward_padded_linear(self, population, pool: FirstStagePool, keeps, rows: int, blocks: int, dtype):
-        """:meth:`_forward_kept_units` for MLP parents (see :meth:`_padded_linear_stages`)
-        as a few batched products instead of a handful of small ones per individual, in
-        groups of individuals of similar widths (:meth:`_padded_group`): sorted by their
-        widest kept stage, a group takes the next individual while its stacks stay under
-        PAD_BYTES and that individual keeps at least PAD_FILL of the group's widest
-        (padding costs products and distances)."""
-        C, N = len(population), pool.x.shape[0]
-        dtype = dtype or self.similarity_dtype
-        logits = pool.x.new_empty(C, N, self.arch.n_classes)
-        dists = [torch.empty(C, blocks, rows, rows, dtype=dtype) for _ in self.embeddings]  # rows 0: empty
-        widths = [max(len(k) for k in kp) for kp in keeps]
-        order = sorted(range(C), key=lambda i: -widths[i])  # widest first; ties in population order
-        group: list[int] = []
-        for j, i in enumerate(order):
-            group.append(i)
-            nxt = order[j + 1] if j + 1 < C else None
-            top = widths[group[0]]
-            if nxt is None or (len(group) + 1) * top * N * 4 > PAD_BYTES or widths[nxt] < PAD_FILL * top:
-                at = torch.tensor(group)
-                part, part_dists = self._padded_group([population[g] for g in group], pool, [keeps[g] for g in group],
-                                                      rows, blocks, dtype)
-                logits.index_copy_(0, at, part)
-                for d, pd in zip(dists, part_dists):
-                    d.index_copy_(0, at, pd)
-                group = []
-        return logits, dists
-
-    def _padded_group(self, population, pool: FirstStagePool, keeps, rows: int, blocks: int, dtype):
-        """One group of :meth:`_forward_padded_linear`: every stage's activations are a
-        (G, H, N) stack, features first, each individual's kept units zero-padded to the
-        group's widest (H), and each Linear after the first one ``baddbmm`` of the
-        individuals' kept weights, zero-padded likewise. Zero features add nothing to a
-        product or to a distance, so the values are those of each individual on its kept
-        units (up to the products' rounding). Returns logits (G, N, K) and per embedding
-        the squared distances (G, blocks, rows, rows)."""
-        last = len(self.arch.stages) - 1
-        G, N = len(population), pool.x.shape[0]
-        wanted = self._wanted(rows)
-        dists = [torch.empty(G, blocks, rows, rows, dtype=dtype) for _ in self.embeddings]
-        cols = [pool.columns[id(ind)] for ind in population]
-        units = torch.nn.utils.rnn.pad_sequence(cols, batch_first=True, padding_value=pool.out.shape[1])  # (G, H0)
-
-        def gather(t):  # (N, U) unit-major -> (G, H0, N): each individual's units, then rows of zeros
-            padded = torch.cat([t.T, t.new_zeros(1, N)])  # (U + 1, N), row U zero
-            return padded.index_select(0, units.reshape(-1)).view(G, units.shape[1], N)
-
-        def embed(pos, h):  # (G, F, blocks * B) -> squared distances (G, blocks, rows, rows)
-            e = h.view(G, h.shape[1], blocks, N // blocks)[..., :rows].permute(0, 2, 3, 1)  # (G, blocks, rows, F)
-            dists[pos] = self.distances(e.clone(memory_format=torch.contiguous_format), dtype, overwrite=True)
-
-        h = gather(pool.out)
-        for pos, where in wanted.get(0, ()):
-            embed(pos, h if pool.kept[where] is pool.out else gather(pool.kept[where]))
-        prev = [k[0] for k in keeps]
-        for k in range(1, last + 1):
-            st = self.arch.stages[k]
-            keep = [kp[k] for kp in keeps] if k < last else [None] * G
-            w = h.new_zeros(G, max(len(kp) for kp in keep) if k < last else st.out_size, h.shape[1])  # (G, out, in)
-            for i, ind in enumerate(population):  # each individual's kept weights, zero-padded
-                wi = take_rows(ind.weights.raw(k), keep[i]) if keep[i] is not None else dense(ind.weights.raw(k))
-                w[i, :wi.shape[0], :len(prev[i])] = wi.index_select(1, prev[i])  # (h_k, h_{k-1})
-            b = torch.stack([ind.biases[k] for ind in population])  # (G, out_k)
-            valid = None  # (G, out, 1) bool: the kept units' rows
-            if k < last:
-                valid = (torch.arange(w.shape[1]) < torch.tensor([len(kp) for kp in keep])[:, None])[:, :, None]
-                b = b.gather(1, torch.nn.utils.rnn.pad_sequence(keep, batch_first=True)) * valid[:, :, 0]
-            z = torch.baddbmm(b[:, :, None], w, h)  # (G, out, N)
-            if not self._padded_linear[k]:  # the tail keeps zero at zero: the padding rows stay 0
-                valid = None
-            found = {-1: z}
-            for j, op in enumerate(st.tail):
-                if op.kind == "act":
-                    z = op.module(z) if valid is None else op.module(z) * valid
-                found[j] = z
-            for pos, where in wanted.get(k, ()):
-                embed(pos, found[where])
-            h, prev = z, keep
-        return h.transpose(1, 2), dists  # logits (G, N, K)
 
     @staticmethod
     def _from_pool(pool: FirstStagePool, ind, positions):
