@@ -10,7 +10,6 @@ from typing import Sequence
 
 import torch
 
-from . import row_keys
 from .nets.forward import recalibrated_norms
 from .spliced import dense, splice
 
@@ -82,11 +81,8 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
             # when read; the evaluator reads only the population's distinct rows of it (spliced.py)
             ind1.weights[k], ind2.weights[k] = splice(w1, w2, cut), splice(w2, w1, cut)
         elif w1 is not w2:  # parents sharing one tensor: the children keep sharing it (no copy)
-            w1, w2 = dense(w1), dense(w2)
+            w1, w2 = dense(w1), dense(w2)  # (only the first stage's rows have content keys: row_keys)
             ind1.weights[k], ind2.weights[k] = torch.cat([w1[:cut], w2[cut:]]), torch.cat([w2[:cut], w1[cut:]])
-            head, tail = slice(0, cut), slice(cut, None)  # the rows' content keys travel with them
-            row_keys.inherit(ind1.weights[k], [(w1, head), (w2, tail)])
-            row_keys.inherit(ind2.weights[k], [(w2, head), (w1, tail)])
         if b1 is not b2:
             ind1.biases[k], ind2.biases[k] = torch.cat([b1[:cut], b2[cut:]]), torch.cat([b2[:cut], b1[cut:]])
         n1, n2 = ind1.norms[k], ind2.norms[k]

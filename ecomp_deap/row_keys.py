@@ -10,9 +10,9 @@ A group's key is its weight row's 128-bit BLAKE2b digest (a collision is as unli
 as one of a content-addressed store's; equal rows always get equal digests) followed
 by the exact bit patterns of its bias and BatchNorm entries. The digests of a tensor are
 computed once and cached for the tensor object (tensors in a genome are never written in
-place); crossover's children get theirs from their parents' (a row splice's from its
-sources', a copied child's through :func:`inherit`), so in a run only new tensors
-(mutations, refits) are hashed.
+place); crossover's first-stage children get theirs from their parents' (a row splice's
+from its sources', and its copy, when it is read whole, through :func:`inherit`), so in
+a run only new tensors (mutations, refits) are hashed. Only the first stage is keyed.
 """
 from __future__ import annotations
 
