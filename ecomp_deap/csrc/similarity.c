@@ -189,8 +189,15 @@ INLINE void newton_rows(const search_t *s, int64_t r0, int64_t r1, float *work) 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_AVX2_PATH 1
 #define AVX2 __attribute__((target("avx2,fma")))
+#else
+#define AVX2 /* no AVX2 build: that variant is a second baseline one, never chosen */
 #endif
 typedef void (*range_fn)(const void *job, int64_t a, int64_t b, void *work);
+
+/* A kernel's two range functions, body_avx2 and body_base, around its inline body */
+#define RANGE_FUNCTIONS(body)                                                                              \
+    AVX2 static void body##_avx2(const void *job, int64_t a, int64_t b, void *work) { body(job, a, b, work); } \
+    static void body##_base(const void *job, int64_t a, int64_t b, void *work) { body(job, a, b, work); }
 
 /* Items [0, n) of a job on `threads` threads, each a contiguous range (OpenMP where the
  * library was built with it: the runtime torch has loaded, so the kernels run on torch's
@@ -221,12 +228,7 @@ static void parallel_ranges(const void *job, int64_t n, int64_t threads, size_t 
     }
 }
 
-#ifdef HAVE_AVX2_PATH
-AVX2 static void newton_rows_avx2(const void *s, int64_t r0, int64_t r1, void *work) { newton_rows(s, r0, r1, work); }
-#else
-#define newton_rows_avx2 NULL
-#endif
-static void newton_rows_base(const void *s, int64_t r0, int64_t r1, void *work) { newton_rows(s, r0, r1, work); }
+RANGE_FUNCTIONS(newton_rows)
 static void rows_left_undone(const void *s, int64_t r0, int64_t r1) {} /* the caller's fallback search takes them */
 
 /* The search (see search_t) on `threads` threads. */
@@ -326,12 +328,7 @@ INLINE void kl_matrices(const kl_t *s, int64_t m0, int64_t m1, double *work) {
     }
 }
 
-#ifdef HAVE_AVX2_PATH
-AVX2 static void kl_matrices_avx2(const void *s, int64_t m0, int64_t m1, void *work) { kl_matrices(s, m0, m1, work); }
-#else
-#define kl_matrices_avx2 NULL
-#endif
-static void kl_matrices_base(const void *s, int64_t m0, int64_t m1, void *work) { kl_matrices(s, m0, m1, work); }
+RANGE_FUNCTIONS(kl_matrices)
 static void kl_unknown(const void *s, int64_t m0, int64_t m1) { /* NaN: the caller computes these again */
     for (int64_t m = m0; m < m1; m++) ((const kl_t *)s)->out[m] = NAN;
 }
