@@ -307,7 +307,7 @@ class PopulationEvaluator:
             for k in range(1, last + 1):
                 st = self.arch.stages[k]
                 keep = keeps[i][k] if k < last else None
-                w, b, n = kept_tensors(st, ind.weights.raw(k), ind.biases[k], ind.norms[k], keep, prev)
+                w, b, n = kept_tensors(st, ind.weights[k], ind.biases[k], ind.norms[k], keep, prev)
                 h, kept = run_stage(st, h, w, b, n, [where for _, where in wanted.get(k, ())])
                 for pos, where in wanted.get(k, ()):
                     embedded[pos][i] = block_rows(kept[where], blocks, rows)

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from .nets.forward import recalibrated_norms
-from .spliced import dense, splice
+from .spliced import splice
 
 
 def l1_unit_scores(weights) -> list[torch.Tensor]:
@@ -77,11 +77,10 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
             continue
         cut = int(torch.randint(1, out, (1,), generator=gen))
         b1, b2 = ind1.biases[k], ind2.biases[k]
-        if w1 is not w2 and k == 0:  # the first stage: recorded as ranges of the parents' rows, copied
-            # when read; the evaluator reads only the population's distinct rows of it (spliced.py)
+        if w1 is not w2 and k == 0:  # the first stage: ranges of the parents' rows, copied only when
+            # read whole (the evaluator reads just the population's distinct rows of it: spliced.py)
             ind1.weights[k], ind2.weights[k] = splice(w1, w2, cut), splice(w2, w1, cut)
-        elif w1 is not w2:  # parents sharing one tensor: the children keep sharing it (no copy)
-            w1, w2 = dense(w1), dense(w2)  # (only the first stage's rows have content keys: row_keys)
+        elif w1 is not w2:  # (parents sharing one tensor: the children keep sharing it, no copy)
             ind1.weights[k], ind2.weights[k] = torch.cat([w1[:cut], w2[cut:]]), torch.cat([w2[:cut], w1[cut:]])
         if b1 is not b2:
             ind1.biases[k], ind2.biases[k] = torch.cat([b1[:cut], b2[cut:]]), torch.cat([b2[:cut], b1[cut:]])

@@ -6,8 +6,8 @@ descendant is row ``j`` of the tensor it was first written in (the parent's, or 
 mutated copy). Late in a run every pair of parents holds different first-layer tensors,
 so copying them (``torch.cat``, about 1.6 MB per pair for a 784-256 layer) cost about
 8 of the 77 ms of a t = 90 generation. A :class:`RowSplice` records the ranges instead;
-the evaluator reads the rows it needs from the sources (:func:`rows_by_source`,
-:func:`take_rows`), and anything else reads the genome's
+the evaluator reads the rows it needs from the sources (:func:`rows_by_source`), and
+anything else reads the genome's
 tensor as usual (:class:`StageTensors` materialises it on first read, once: the copy is
 cached on the splice, which clones share).
 
@@ -44,30 +44,10 @@ class RowSplice:
         if self._dense is None:
             from . import row_keys  # the digests of the copy: from its sources', when they are known
 
-            dense = torch.cat([src[a:b] for src, a, b in self.parts])
+            dense = dense_uncached(self)
             row_keys.inherit(dense, [(src, slice(a, b)) for src, a, b in self.parts])
             self._dense = dense
         return self._dense
-
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        """(len(index), ...) rows ``index`` (int64, any order), read from the sources."""
-        if self._dense is not None:
-            return self._dense.index_select(0, index)
-        if len(self.parts) == 1 or len(index) == 0:
-            return self.parts[0][0].index_select(0, index)
-        stops = torch.tensor([b for _, _, b in self.parts[:-1]], dtype=index.dtype)
-        if len(index) < 2 or bool((index[1:] >= index[:-1]).all()):  # sorted (kept units): slices of index
-            bounds = [0, *torch.searchsorted(index, stops).tolist(), len(index)]
-            pieces = [src.index_select(0, index[s:e]) for (src, _, _), s, e in zip(self.parts, bounds, bounds[1:])
-                      if e > s]
-            return torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-        part = torch.bucketize(index, stops, right=True)  # (len(index),) the part of each wanted row
-        out = self.parts[0][0].new_empty(len(index), *self.shape[1:])
-        for p, (src, _, _) in enumerate(self.parts):
-            at = (part == p).nonzero().squeeze(1)
-            if len(at):
-                out.index_copy_(0, at, src.index_select(0, index.index_select(0, at)))
-        return out
 
 
 def _ranges(t, start: int, stop: int) -> list[tuple[torch.Tensor, int, int]]:
@@ -101,9 +81,8 @@ def rows_by_source(t, index: torch.Tensor) -> list[tuple[torch.Tensor, torch.Ten
     """Rows ``index`` of a tensor or a splice grouped by the tensor that stores them:
     [(source, positions in ``index``, rows of the source)], so that many genomes' rows
     can be read with one ``index_select`` per source."""
-    if not isinstance(t, RowSplice) or t._dense is not None or len(t.parts) == 1:
-        src = dense(t) if not isinstance(t, RowSplice) or t._dense is not None else t.parts[0][0]
-        return [(src, torch.arange(len(index)), index)]
+    if not isinstance(t, RowSplice) or t._dense is not None:
+        return [(dense(t), torch.arange(len(index)), index)]
     stops = torch.tensor([b for _, _, b in t.parts[:-1]], dtype=index.dtype)
     part = torch.bucketize(index, stops, right=True)  # (len(index),) the part of each row
     order = torch.argsort(part, stable=True)
@@ -128,11 +107,6 @@ def dense_uncached(t) -> torch.Tensor:
     if isinstance(t, RowSplice) and t._dense is None:
         return torch.cat([src[a:b] for src, a, b in t.parts])
     return dense(t)
-
-
-def take_rows(t, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` of a tensor or a splice, without materialising the splice."""
-    return t.rows(index) if isinstance(t, RowSplice) else t.index_select(0, index)
 
 
 class StageTensors(list):

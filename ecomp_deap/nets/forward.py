@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..spliced import dense, take_rows
 from .chain import Stage
 
 
@@ -56,12 +55,10 @@ def run_stage(st: Stage, h: torch.Tensor, w, b, norm, positions=()) -> tuple[tor
 def kept_tensors(st: Stage, w, b, norm, keep, prev):
     """A stage's tensors cut to one network: rows (filters), biases and BatchNorm entries
     of the ``keep`` output groups (None: all), input columns of the ``prev`` kept groups
-    of the stage below (None: all). ``w`` may be a row splice (its rows are read from its
-    sources). Returns (w, b, norm), tensors."""
+    of the stage below (None: all). Returns (w, b, norm)."""
     if keep is not None:
-        w, b = take_rows(w, keep), b.index_select(0, keep)
+        w, b = w.index_select(0, keep), b.index_select(0, keep)
         norm = norm.index_select(1, keep) if norm is not None else None
-    w = dense(w)
     if prev is not None:
         w = w.index_select(1, st.input_columns(prev))  # (h_k, h_{k-1} * S[, kh, kw])
     return w, b, norm
