@@ -222,14 +222,15 @@ class PopulationEvaluator:
             step = min(step, max(1, SIMILARITY_BYTES // (12 * 8 * similarity_entries)))
         return step
 
-    def distances(self, t: torch.Tensor, dtype: torch.dtype | None = None, overwrite: bool = False) -> torch.Tensor:
+    def distances(self, t: torch.Tensor, dtype: torch.dtype | None = None, overwrite: bool = False,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
         """(..., rows, F) embeddings -> (..., rows, rows) squared distances in the
         children's precision (float32: rescaled by a power of two, see similarity, and
         not symmetrised: the search reads columns as rows); ``overwrite``: ``t`` is a scratch
-        tensor that may be modified."""
+        tensor that may be modified; ``out``: written into that contiguous tensor."""
         dtype = dtype or self.similarity_dtype
         exact = dtype == torch.float64
-        return squared_distances(t, dtype, rescale=not exact, overwrite=overwrite, symmetric=exact)
+        return squared_distances(t, dtype, rescale=not exact, overwrite=overwrite, symmetric=exact, out=out)
 
     # ------------------------------------------------------------------ forward
     def _stack(self, population):
@@ -443,7 +444,7 @@ class PopulationEvaluator:
             if e is None:
                 continue
             if e.numel() > PAD_MAX_ELEMENTS:  # large already (many batches): padding would only copy
-                out[i] = self.distances(e, dtype)
+                self.distances(e, dtype, out=out[i])
             else:
                 todo.append(i)
         while todo:
@@ -459,7 +460,10 @@ class PopulationEvaluator:
             stack = first.new_zeros(len(group), *first.shape[:-1], width)  # (G, blocks, rows, width)
             for j, i in enumerate(group):
                 stack[j, ..., :embedded[i].shape[-1]] = embedded[i]
-            out[torch.tensor(group)] = self.distances(stack, dtype, overwrite=True)
+            if group[-1] - group[0] == len(group) - 1:  # consecutive individuals: written in place
+                self.distances(stack, dtype, overwrite=True, out=out[group[0]:group[-1] + 1])
+            else:
+                out[torch.tensor(group)] = self.distances(stack, dtype, overwrite=True)
 
     def _shared_first_stage(self, ind, h0: torch.Tensor, positions, rows: int, blocks: int, dtype):
         """The first stage at full width for individuals sharing its tensors: its output

@@ -133,7 +133,7 @@ def _rowdot(a: Tensor, b: Tensor) -> Tensor:
 # distances
 # --------------------------------------------------------------------------- #
 def squared_distances(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False,
-                      overwrite: bool = False, symmetric: bool = True) -> Tensor:
+                      overwrite: bool = False, symmetric: bool = True, out: Tensor | None = None) -> Tensor:
     """Pairwise squared Euclidean distances D_ij = ||x_i - x_j||^2.
 
     x: (..., B, D) -> (..., B, B) in ``dtype``, clamped >= 0, exact zero diagonal and,
@@ -142,15 +142,16 @@ def squared_distances(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bo
     centred over the batch first (D is translation invariant; this limits
     cancellation in the Gram formula). ``rescale``: the distances of a matrix with huge
     or tiny entries come scaled by a power of two (see :func:`centred_gram`).
-    ``overwrite``: ``x`` may be modified in place.
+    ``overwrite``: ``x`` may be modified in place. ``out``: a contiguous (..., B, B)
+    tensor of ``dtype`` to write the distances into (returned).
     """
     lead, B = x.shape[:-2], x.shape[-2]
-    gram = centred_gram(x, dtype, rescale, overwrite).reshape(-1, B, B)
+    gram = centred_gram(x, dtype, rescale, overwrite, out).reshape(-1, B, B)
     return distances_from_gram(gram, symmetric).reshape(*lead, B, B)
 
 
 def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False,
-                 overwrite: bool = False) -> Tensor:
+                 overwrite: bool = False, out: Tensor | None = None) -> Tensor:
     """(..., B, D) -> (..., B, B) Gram matrix in ``dtype`` of the rows centred over the batch.
 
     Centring is per feature, so the Gram of a concatenation of feature blocks is the
@@ -163,7 +164,7 @@ def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = 
     x = torch.as_tensor(x)
     lead, (B, F) = x.shape[:-2], x.shape[-2:]
     x3 = x.reshape(-1, B, F)  # (N, B, D)
-    gram = _gram(x3, dtype, overwrite)  # (N, B, B)
+    gram = _gram(x3, dtype, overwrite, None if out is None else out.view(-1, B, B))  # (N, B, B)
     if rescale:  # a matrix whose squared norms left the safe range (or overflowed) again, rescaled
         top = gram.diagonal(dim1=-2, dim2=-1).amax(dim=-1)  # (N,) largest squared norm
         bad = ~torch.isfinite(top) | (top > _SAFE_RANGE[1]) | (top < _SAFE_RANGE[0])
@@ -173,21 +174,24 @@ def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = 
     return gram.reshape(*lead, B, B)  # (..., B, B)
 
 
-def _gram(x3: Tensor, dtype: torch.dtype, overwrite: bool = False) -> Tensor:
+def _gram(x3: Tensor, dtype: torch.dtype, overwrite: bool = False, out: Tensor | None = None) -> Tensor:
     """(N, B, D) -> (N, B, B) in ``dtype``: Gram matrices of the rows centred over the batch
-    (``overwrite``: ``x3`` may be centred in place)."""
+    (``overwrite``: ``x3`` may be centred in place; ``out``: written into that (N, B, B))."""
     xc = x3.to(dtype)
-    if not overwrite and xc.data_ptr() == x3.data_ptr():  # still the caller's tensor: do not modify it
-        xc = xc.clone()
-    xc -= xc.mean(dim=-2, keepdim=True)  # (N, B, D)
-    return torch.bmm(xc, xc.transpose(-1, -2))  # (N, B, B)
+    mean = xc.mean(dim=-2, keepdim=True)  # (N, 1, D)
+    if not overwrite and xc.data_ptr() == x3.data_ptr():  # still the caller's tensor: a new one, in one pass
+        xc = xc - mean  # (N, B, D), in x3's layout (as a copy would be)
+    else:
+        xc -= mean
+    return torch.bmm(xc, xc.transpose(-1, -2), out=out)  # (N, B, B)
 
 
 def distances_from_gram(gram: Tensor, symmetric: bool = True) -> Tensor:
     """(N, B, B) centred Gram matrices -> squared distances: >= 0, zero diagonal,
     exactly symmetric with ``symmetric``. Overwrites ``gram``."""
     sq = torch.diagonal(gram, dim1=-2, dim2=-1).clone()  # (N, B); same product, so duplicates give exactly 0
-    d = gram.mul_(-2.0).add_(sq.unsqueeze(-1)).add_(sq.unsqueeze(-2))  # (N, B, B) sq_i + sq_j - 2 G_ij
+    # (N, B, B) (sq_i - 2 G_ij) + sq_j in place; -2 G is exact, so one pass gives what -2 G, then + sq_i, gave
+    d = torch.add(sq.unsqueeze(-1), gram, alpha=-2.0, out=gram).add_(sq.unsqueeze(-2))
     if symmetric:
         d = d.add_(d.transpose(-1, -2).clone()).mul_(0.5)  # exact symmetry
     d.clamp_(min=0.0)

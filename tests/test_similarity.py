@@ -636,3 +636,19 @@ def test_rows_of_tied_neighbours_are_solved_in_closed_form_after_the_newton_phas
     p64 = p[~tied].double()
     entropy = -(p64 * torch.log(p64.clamp_min(1e-300))).sum(1)
     assert torch.all((entropy - math.log(30.0)).abs() < (1e-8 if dtype == torch.float64 else 1e-4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [1.0, 1e30])
+def test_squared_distances_into_out_equal_the_returned_ones(dtype, scale):
+    """``out=`` writes exactly the distances that are otherwise returned (also those of a
+    matrix rescaled into float32's range), and the input is not modified."""
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(4, 2, 9, 6, generator=g) * scale).transpose(-1, -2).contiguous().transpose(-1, -2)
+    x[0, 1] *= 1e-30  # one matrix with tiny entries
+    x0 = x.clone()
+    want = squared_distances(x, dtype, rescale=dtype == torch.float32, symmetric=dtype == torch.float64)
+    out = torch.full((4, 2, 9, 9), float("nan"), dtype=dtype)
+    got = squared_distances(x, dtype, rescale=dtype == torch.float32, symmetric=dtype == torch.float64, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    assert torch.equal(out, want) and torch.equal(x, x0)
