@@ -364,3 +364,37 @@ def test_batched_final_pass_equals_the_per_batch_one(name, shared, pool, monkeyp
     got = ev.measure_batches(pop, batches)
     np.testing.assert_allclose(got.accuracy, expected.accuracy, rtol=1e-12)
     np.testing.assert_allclose(got.similarity, expected.similarity, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["stride2-nobias-bn-avgpool", "conv-then-mlp-with-bn1d"])
+def test_run_stage_gives_every_wanted_position_the_modules_values(name):
+    """run_stage (whose ReLU overwrites tensors nothing else holds) returns, at every
+    subset of wanted positions, exactly what the stage's modules give one after the
+    other, and leaves its input and every kept tensor as they were computed."""
+    from itertools import combinations
+
+    from ecomp_deap.nets.forward import as_input, layer, run_stage
+
+    factory, shape = CNNS[name]
+    model = randomise_norms(factory(), 4)
+    chain = Chain.from_module(model, shape)
+    w, b, norms = parent_tensors(model, chain)
+    h = as_input(chain, torch.randn(5, *shape, generator=torch.Generator().manual_seed(4)))
+    relus = 0
+    for k, st in enumerate(chain.stages[:-1]):
+        ref = {-1: layer(st, h, w[k], b[k])}  # the layer, then each tail module on a copy
+        for i, op in enumerate(st.tail):
+            ref[i] = op.module(ref[i - 1].clone()) if op.kind in ("norm", "act", "pool") else ref[i - 1]
+        relus += sum(type(op.module) is nn.ReLU for op in st.tail)
+        every = [-1, *range(len(st.tail))]
+        for n in range(len(every) + 1):
+            for positions in combinations(every, n):
+                h0 = h.clone()
+                out, kept = run_stage(st, h, w[k], b[k], norms[k], positions)
+                assert torch.equal(h, h0)
+                assert torch.equal(out, ref[len(st.tail) - 1])
+                assert set(kept) == set(positions)
+                for where in positions:
+                    assert torch.equal(kept[where], ref[where]), (k, positions, where)
+        h = ref[len(st.tail) - 1]
+    assert relus  # the in-place path was taken
