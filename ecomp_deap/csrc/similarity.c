@@ -122,20 +122,20 @@ INLINE void newton_rows(const search_t *s, int64_t r0, int64_t r1, float *work) 
         }
         float mn = lo[0];
         for (int i = 1; i < LANES; i++) mn = lo[i] < mn ? lo[i] : mn;
-        v8f sx = {0}, sxx = {0};
         for (int64_t j = 0; j < Lp; j += LANES) {
             v8f xv = *(const v8f *)(x + j) - mn;
             *(v8f *)(x + j) = xv;
         }
         for (int64_t j = L; j < Lp; j++) x[j] = 0.0f;
         if (own >= 0) x[own] = 0.0f;
-        for (int64_t j = 0; j < Lp; j += LANES) {
-            v8f xv = *(const v8f *)(x + j);
-            sx += xv;
-            sxx += xv * xv;
-        }
         double t = s->t_init ? (double)s->t_init[r] : NAN;
         if (!isfinite(t)) { /* H(beta) ~= log M - beta^2 Var_uniform(d) / 2 */
+            v8f sx = {0}, sxx = {0};
+            for (int64_t j = 0; j < Lp; j += LANES) {
+                v8f xv = *(const v8f *)(x + j);
+                sx += xv;
+                sxx += xv * xv;
+            }
             double mean = lane_sum(sx) / M, var = lane_sum(sxx) / M - mean * mean;
             if (!(var >= s->floor_var)) var = s->floor_var;
             t = 0.5 * log(2.0 * (log((double)M) - s->target) / var);
