@@ -389,49 +389,34 @@ class PopulationEvaluator:
         computed from its first holder's tensors; groups come in the order of their keys,
         so the same population always gives the same program."""
         st = self.arch.stages[0]
-        keeps = [ind.masks[0].nonzero().squeeze(1) for ind in population]  # (h_i,) each
-        keys = torch.cat([group_keys(ind.weights.raw(0), ind.biases[0], ind.norms[0]).index_select(0, keep)
-                          for ind, keep in zip(population, keeps)])  # (S, K) over all kept groups
+        masks = torch.stack([ind.masks[0] for ind in population])  # (P, H)
+        flat = masks.reshape(-1).nonzero().squeeze(1)  # (S,) every kept group as i * H + its row, by individual
+        stored = [ind.weights.raw(0) for ind in population]  # tensors or row splices: rows are read, never the whole
+        biases = torch.cat([ind.biases[0] for ind in population])  # (P H,)
+        norms = torch.cat([ind.norms[0] for ind in population], 1) if population[0].norms[0] is not None else None
+        keys = group_keys(stored, biases, norms).index_select(0, flat)  # (S, K)
         inverse, first = unique_rows(keys)  # (S,), (U,): each kept group's distinct group, each one's first holder
         n_distinct = len(first)
         positions = [where for _, where in self._wanted(rows).get(0, ())]
         if 4 * len(x) * n_distinct * st.out_hw[0] * st.out_hw[1] * (1 + len(positions)) > IMAGE_BYTES:
             return None
-        # one holder per distinct group (its first occurrence): (individual, row)
-        owner = torch.repeat_interleave(torch.arange(len(population)), torch.tensor([len(k) for k in keeps]))
-        rep_owner, rep_row = owner[first], torch.cat(keeps)[first]  # (U,) each
-        ref = population[0]
-        w0 = ref.weights.raw(0)  # a tensor or a row splice: rows are read from it, never the whole
-        w = torch.empty(n_distinct, *w0.shape[1:], dtype=w0.dtype, device=w0.device)  # (U, ...) filters or rows
-        b = ref.biases[0].new_empty(n_distinct)
-        n = ref.norms[0].new_empty(4, n_distinct) if ref.norms[0] is not None else None
-        order = torch.argsort(rep_owner, stable=True)
-        counts = torch.bincount(rep_owner, minlength=len(population)).tolist()
-        start, by_source = 0, {}
-        for i, count in enumerate(counts):  # each holder's groups
-            if count:
-                at = order[start:start + count]  # positions in U
-                ind, r = population[i], rep_row.index_select(0, at)
-                for src, sel, rows in rows_by_source(ind.weights.raw(0), r):
-                    _, ats, srows = by_source.setdefault(id(src), (src, [], []))
-                    ats.append(at.index_select(0, sel))
-                    srows.append(rows)
-                b.index_copy_(0, at, ind.biases[0].index_select(0, r))
-                if n is not None:
-                    n.index_copy_(1, at, ind.norms[0].index_select(1, r))
-                start += count
-        for src, ats, rows in by_source.values():  # the weight rows: one gather per tensor that stores them
-            w.index_copy_(0, torch.cat(ats), src.index_select(0, torch.cat(rows)))
+        holders = flat.index_select(0, first)  # (U,) each distinct group's first holder, as i * H + row
+        w = torch.empty(n_distinct, *stored[0].shape[1:], dtype=stored[0].dtype, device=stored[0].device)  # (U, ...)
+        for src, at, src_rows in rows_by_source(stored, holders):  # one gather per tensor that stores rows
+            w.index_copy_(0, at, src.index_select(0, src_rows))
+        b = biases.index_select(0, holders)
+        n = norms.index_select(1, holders) if norms is not None else None
         out, kept = run_stage(st, as_input(self.arch, x), w.to(self.device), b.to(self.device),
                               n.to(self.device) if n is not None else None, positions)  # (N, U, ...)
         if out.dim() == 2:  # Linear: stored unit-major, so that each individual's units are
             # gathered as contiguous rows of the (U, N) transpose (as columns they took 4-5x as long)
             major = {id(t): t.T.contiguous().T for t in (out, *kept.values())}
             out, kept = major[id(out)], {where: major[id(t)] for where, t in kept.items()}
+        inverse = inverse.to(self.device)
         columns, start = {}, 0
-        for ind, keep in zip(population, keeps):
-            columns[id(ind)] = inverse[start:start + len(keep)].to(self.device)
-            start += len(keep)
+        for ind, count in zip(population, masks.sum(1).tolist()):
+            columns[id(ind)] = inverse[start:start + count]
+            start += count
         return FirstStagePool(x, out, kept, columns)
 
     def _padded_distances(self, embedded: list, out: torch.Tensor, dtype) -> None:

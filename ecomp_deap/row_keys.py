@@ -71,9 +71,12 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 
 def group_keys(w, b: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:
-    """(out, K) int64 keys of a stage's groups (``w`` a tensor or a splice): weight digest, bias bits and, with a
-    BatchNorm (4, out) stack, its four entries' bits. Equal keys: equal groups."""
-    parts = [row_digests(w), _bits(b)[:, None]]
+    """(out, K) int64 keys of a stage's groups: weight digest, bias bits and, with a
+    BatchNorm (4, out) stack, its four entries' bits. Equal keys: equal groups. ``w``: a
+    tensor or a splice, or a list of them (a population's stage: their rows one after
+    another, with ``b`` and ``norm`` their concatenated biases and BatchNorm stacks)."""
+    digests = [row_digests(t) for t in (w if isinstance(w, (list, tuple)) else [w])]
+    parts = [torch.cat(digests) if len(digests) > 1 else digests[0], _bits(b)[:, None]]
     if norm is not None:
         parts.append(_bits(norm).T)
     return torch.cat(parts, 1)

@@ -77,21 +77,29 @@ def splice(head, tail, cut: int):
     return s.materialize() if len(parts) > MAX_PARTS else s
 
 
-def rows_by_source(t, index: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Rows ``index`` of a tensor or a splice grouped by the tensor that stores them:
-    [(source, positions in ``index``, rows of the source)], so that many genomes' rows
-    can be read with one ``index_select`` per source."""
-    if not isinstance(t, RowSplice) or t._dense is not None:
-        return [(dense(t), torch.arange(len(index)), index)]
-    stops = torch.tensor([b for _, _, b in t.parts[:-1]], dtype=index.dtype)
-    part = torch.bucketize(index, stops, right=True)  # (len(index),) the part of each row
-    order = torch.argsort(part, stable=True)
-    counts = torch.bincount(part, minlength=len(t.parts)).tolist()
+def rows_by_source(stored: list, index: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Rows ``index`` of the tensors or splices ``stored`` (each (out, ...), read as one
+    stack: row ``i * out + j`` is row ``j`` of ``stored[i]``) grouped by the tensor that
+    stores them: [(source, positions in ``index``, rows of the source)], so that a
+    population's rows are read with one ``index_select`` per source."""
+    out = stored[0].shape[0]
+    sources, number, part_source, stops = [], {}, [], []
+    for i, t in enumerate(stored):  # the parts tile each member's rows in order
+        for src, a, b in _ranges(t, 0, out):
+            if id(src) not in number:
+                number[id(src)] = len(sources)
+                sources.append(src)
+            part_source.append(number[id(src)])
+            stops.append(i * out + b)
+    part = torch.bucketize(index, torch.tensor(stops[:-1], dtype=index.dtype), right=True)  # (len(index),)
+    source = torch.tensor(part_source, dtype=torch.long).index_select(0, part)  # (len(index),) its source
+    rows = index % out  # row j of a part is row j of its source
+    order = torch.argsort(source, stable=True)
     groups, start = [], 0
-    for (src, _, _), n in zip(t.parts, counts):
+    for src, n in zip(sources, torch.bincount(source, minlength=len(sources)).tolist()):
         if n:
             at = order[start:start + n]
-            groups.append((src, at, index.index_select(0, at)))
+            groups.append((src, at, rows.index_select(0, at)))
             start += n
     return groups
 

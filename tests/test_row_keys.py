@@ -30,6 +30,10 @@ def test_equal_groups_have_equal_keys_and_different_groups_different_ones():
     assert not torch.equal(row_keys.group_keys(w, b, norm)[3], with_norm[1])
     # a copy of the tensor (another object) gets the same digests, computed afresh
     assert torch.equal(row_keys.row_digests(w.clone()), row_keys.row_digests(w))
+    # a population's stage: the keys of its members' rows one after another
+    w2, n2 = torch.randn(6, 5, generator=g), torch.randn(4, 6, generator=g)
+    both = row_keys.group_keys([w, w2], torch.cat([b, b2]), torch.cat([norm, n2], 1))
+    assert torch.equal(both, torch.cat([row_keys.group_keys(w, b, norm), row_keys.group_keys(w2, b2, n2)]))
 
 
 def test_crossover_children_inherit_the_keys_their_rows_would_get():

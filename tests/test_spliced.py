@@ -33,10 +33,20 @@ def test_a_splice_reads_as_the_concatenated_rows():
     for index in ([0, 2, 3, 6], [6, 0, 5, 1, 1], [], [4], list(range(7))):
         i = torch.tensor(index, dtype=torch.long)
         got = torch.empty(len(i), 4)
-        for src, at, rows in rows_by_source(s3, i):  # every row from the tensor that stores it
+        for src, at, rows in rows_by_source([s3], i):  # every row from the tensor that stores it
             assert any(src is t for t in (a, b, c))
             got[at] = src.index_select(0, rows)
         assert torch.equal(got, expected.index_select(0, i))
+    # a population's rows: [s3, b, s1, s3] read as one (28, 4) stack, one group per source
+    stack = torch.cat([expected, b, torch.cat([a[:2], b[2:]]), expected])
+    for index in ([0, 7, 14, 21, 27], [27, 8, 1, 15, 15, 20], [], list(range(28))):
+        i = torch.tensor(index, dtype=torch.long)
+        groups = rows_by_source([s3, b, s1, s3], i)
+        assert len({id(src) for src, _, _ in groups}) == len(groups)
+        got = torch.full((len(i), 4), float("nan"))
+        for src, at, rows in groups:
+            got[at] = src.index_select(0, rows)
+        assert torch.equal(got, stack.index_select(0, i))
     copy = spliced.dense_uncached(s3)  # a reader that leaves the splice as it is
     assert torch.equal(copy, expected) and s3._dense is None
     assert torch.equal(s3.materialize(), expected)
