@@ -85,11 +85,11 @@ def rows_by_source(stored: list, index: torch.Tensor) -> list[tuple[torch.Tensor
     out = stored[0].shape[0]
     sources, number, part_source, stops = [], {}, [], []
     for i, t in enumerate(stored):  # the parts tile each member's rows in order
-        for src, a, b in _ranges(t, 0, out):
-            if id(src) not in number:
-                number[id(src)] = len(sources)
+        for src, _, b in (t.parts if isinstance(t, RowSplice) and t._dense is None else ((dense(t), 0, out),)):
+            k = number.setdefault(id(src), len(sources))
+            if k == len(sources):
                 sources.append(src)
-            part_source.append(number[id(src)])
+            part_source.append(k)
             stops.append(i * out + b)
     part = torch.bucketize(index, torch.tensor(stops[:-1], dtype=index.dtype), right=True)  # (len(index),)
     source = torch.tensor(part_source, dtype=torch.long).index_select(0, part)  # (len(index),) its source
