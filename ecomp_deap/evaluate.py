@@ -87,6 +87,14 @@ def block_rows(t: torch.Tensor, blocks: int, rows: int, lead: int = 0) -> torch.
     return t.reshape(*head, blocks, t.shape[lead] // blocks, -1)[..., :rows, :]
 
 
+def kept_groups(population, k: int) -> tuple[torch.Tensor, ...]:
+    """Per individual, the kept group indices (h,) of hidden stage ``k``, in index order
+    (one ``nonzero`` for the population: its columns, split by individual)."""
+    masks = torch.stack([ind.masks[k] for ind in population])  # (P, H_k)
+    _, cols = masks.nonzero(as_tuple=True)  # (S,) row by row
+    return cols.split(masks.sum(1).tolist())
+
+
 def row_numbers(keys: torch.Tensor) -> torch.Tensor:
     """(S, K) int64 -> (S,) int64: sum_k keys[:, k] * m_k with odd multipliers m_k
     (wrapping around): equal rows give equal numbers."""
@@ -289,7 +297,7 @@ class PopulationEvaluator:
         dists = [torch.empty(C, blocks, rows, rows, dtype=dtype) for _ in self.embeddings]
         embedded = [[None] * C for _ in self.embeddings]  # per embedding: (blocks, rows, F_i) or None
         wanted = self._wanted(rows)
-        keeps = [[ind.masks[k].nonzero().squeeze(1) for k in range(last)] for ind in population]  # (h_k,)
+        keeps = list(zip(*(kept_groups(population, k) for k in range(last))))  # per individual, per stage: (h_k,)
         positions = [where for _, where in wanted.get(0, ())]
         pool = self._pool
         if pool is not None and pool.x is x and all(id(ind) in pool.columns for ind in population) \

@@ -256,3 +256,21 @@ def test_the_first_layer_on_distinct_rows_gives_the_same_measures(monkeypatch):
     np.testing.assert_array_equal(pooled.compression, own.compression)
     np.testing.assert_allclose(pooled.similarity, own.similarity, rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(acc_pooled, ev.accuracy(pop, x, y, batch_size=7))
+
+
+def test_kept_groups_of_a_population_are_each_individuals_kept_indices():
+    from types import SimpleNamespace
+
+    from ecomp_deap.evaluate import kept_groups
+
+    g = torch.Generator().manual_seed(2)
+    pop = [SimpleNamespace(masks=[torch.rand(9, generator=g) < 0.5, torch.rand(5, generator=g) < 0.7])
+           for _ in range(6)]
+    pop[2].masks[0] = torch.zeros(9, dtype=torch.bool)
+    pop[2].masks[0][8] = True  # one unit
+    pop[4].masks[1] = torch.ones(5, dtype=torch.bool)  # all units
+    for k in (0, 1):
+        got = kept_groups(pop, k)
+        assert len(got) == len(pop)
+        for idx, ind in zip(got, pop):
+            assert torch.equal(idx, torch.nonzero(ind.masks[k]).squeeze(1))
