@@ -87,6 +87,16 @@ def block_rows(t: torch.Tensor, blocks: int, rows: int, lead: int = 0) -> torch.
     return t.reshape(*head, blocks, t.shape[lead] // blocks, -1)[..., :rows, :]
 
 
+def unit_major(t: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """(N, U) -> equal (N, U) whose storage is (U, N) contiguous (each unit's values in a
+    row), copied ``block`` images at a time: each block's reads and writes stay in cache
+    (a 5000 x 1214 pool: 2.2 ms, against 15 ms for one transposing copy)."""
+    out = t.new_empty(t.shape[1], t.shape[0])  # (U, N)
+    for start in range(0, t.shape[0], block):
+        out[:, start:start + block] = t[start:start + block].T
+    return out.T
+
+
 def kept_groups(population, k: int) -> tuple[torch.Tensor, ...]:
     """Per individual, the kept group indices (h,) of hidden stage ``k``, in index order
     (one ``nonzero`` for the population: its columns, split by individual)."""
@@ -418,7 +428,7 @@ class PopulationEvaluator:
                               n.to(self.device) if n is not None else None, positions)  # (N, U, ...)
         if out.dim() == 2:  # Linear: stored unit-major, so that each individual's units are
             # gathered as contiguous rows of the (U, N) transpose (as columns they took 4-5x as long)
-            major = {id(t): t.T.contiguous().T for t in (out, *kept.values())}
+            major = {id(t): unit_major(t) for t in (out, *kept.values())}
             out, kept = major[id(out)], {where: major[id(t)] for where, t in kept.items()}
         inverse = inverse.to(self.device)
         columns, start = {}, 0

@@ -274,3 +274,12 @@ def test_kept_groups_of_a_population_are_each_individuals_kept_indices():
         assert len(got) == len(pop)
         for idx, ind in zip(got, pop):
             assert torch.equal(idx, torch.nonzero(ind.masks[k]).squeeze(1))
+
+
+def test_unit_major_keeps_the_values_with_units_contiguous():
+    from ecomp_deap.evaluate import unit_major
+
+    t = torch.randn(700, 13, generator=torch.Generator().manual_seed(3))  # several blocks and a partial one
+    u = unit_major(t)
+    assert torch.equal(u, t) and u.T.is_contiguous()
+    assert torch.equal(unit_major(t, block=5), t)
