@@ -90,7 +90,8 @@ def block_rows(t: torch.Tensor, blocks: int, rows: int, lead: int = 0) -> torch.
 def unit_major(t: torch.Tensor, block: int = 256) -> torch.Tensor:
     """(N, U) -> equal (N, U) whose storage is (U, N) contiguous (each unit's values in a
     row), copied ``block`` images at a time: each block's reads and writes stay in cache
-    (a 5000 x 1214 pool: 2.2 ms, against 15 ms for one transposing copy)."""
+    (a final pass's 10 000 x 1214 pool: 20 ms, against 32 ms for one transposing copy;
+    5000 x 1214 in memory already written: 4.6 ms against 17)."""
     out = t.new_empty(t.shape[1], t.shape[0])  # (U, N)
     for start in range(0, t.shape[0], block):
         out[:, start:start + block] = t[start:start + block].T
