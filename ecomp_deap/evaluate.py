@@ -429,7 +429,10 @@ class PopulationEvaluator:
                               n.to(self.device) if n is not None else None, positions)  # (N, U, ...)
         if out.dim() == 2:  # Linear: stored unit-major, so that each individual's units are
             # gathered as contiguous rows of the (U, N) transpose (as columns they took 4-5x as long)
-            major = {id(t): unit_major(t) for t in (out, *kept.values())}
+            major = {}
+            for t in (out, *kept.values()):  # each once: a kept position is often the output itself
+                if id(t) not in major:
+                    major[id(t)] = unit_major(t)
             out, kept = major[id(out)], {where: major[id(t)] for where, t in kept.items()}
         inverse = inverse.to(self.device)
         columns, start = {}, 0

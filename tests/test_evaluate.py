@@ -283,3 +283,21 @@ def test_unit_major_keeps_the_values_with_units_contiguous():
     u = unit_major(t)
     assert torch.equal(u, t) and u.T.is_contiguous()
     assert torch.equal(unit_major(t, block=5), t)
+
+
+def test_the_pool_copies_each_distinct_output_unit_major_once(monkeypatch):
+    """A kept position that is the stage's output itself (the ReLU's, the default
+    embedding) is the same tensor in the pool, copied once."""
+    import ecomp_deap.evaluate as evaluate
+
+    torch.manual_seed(2)
+    model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
+    arch, w, b, pop = varied_population(model, n=6, seed=2)
+    ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None,
+                                                     perplexity=5.0, batch_size=30))
+    calls = []
+    original = evaluate.unit_major
+    monkeypatch.setattr(evaluate, "unit_major", lambda t, *a: calls.append(t) or original(t, *a))
+    pool = ev.first_stage_pool(pop, torch.randn(30, 15), 30)
+    assert pool is not None and pool.kept and all(t is pool.out for t in pool.kept.values())
+    assert len(calls) == 1
