@@ -368,9 +368,9 @@ def test_batched_final_pass_equals_the_per_batch_one(name, shared, pool, monkeyp
 
 @pytest.mark.parametrize("name", ["stride2-nobias-bn-avgpool", "conv-then-mlp-with-bn1d"])
 def test_run_stage_gives_every_wanted_position_the_modules_values(name):
-    """run_stage (whose ReLU overwrites tensors nothing else holds) returns, at every
-    subset of wanted positions, exactly what the stage's modules give one after the
-    other, and leaves its input and every kept tensor as they were computed."""
+    """run_stage (whose in-place activations overwrite tensors nothing else holds)
+    returns, at every subset of wanted positions, exactly what the stage's modules give
+    one after the other, and leaves its input and every kept tensor as they were computed."""
     from itertools import combinations
 
     from ecomp_deap.nets.forward import as_input, layer, run_stage
@@ -380,12 +380,12 @@ def test_run_stage_gives_every_wanted_position_the_modules_values(name):
     chain = Chain.from_module(model, shape)
     w, b, norms = parent_tensors(model, chain)
     h = as_input(chain, torch.randn(5, *shape, generator=torch.Generator().manual_seed(4)))
-    relus = 0
+    overwriting = 0
     for k, st in enumerate(chain.stages[:-1]):
         ref = {-1: layer(st, h, w[k], b[k])}  # the layer, then each tail module on a copy
         for i, op in enumerate(st.tail):
             ref[i] = op.module(ref[i - 1].clone()) if op.kind in ("norm", "act", "pool") else ref[i - 1]
-        relus += sum(type(op.module) is nn.ReLU for op in st.tail)
+        overwriting += sum(op.overwriting is not None for op in st.tail)
         every = [-1, *range(len(st.tail))]
         for n in range(len(every) + 1):
             for positions in combinations(every, n):
@@ -397,4 +397,4 @@ def test_run_stage_gives_every_wanted_position_the_modules_values(name):
                 for where in positions:
                     assert torch.equal(kept[where], ref[where]), (k, positions, where)
         h = ref[len(st.tail) - 1]
-    assert relus  # the in-place path was taken
+    assert overwriting  # the in-place path was taken (ReLU; ELU in the second chain)

@@ -46,6 +46,17 @@ class TailOp:
     name: str
     kind: str
     module: nn.Module  # an eval-mode copy (norm: the template for export; its tensors live in genomes)
+    overwriting: nn.Module | None = None  # an activation that can work in place: a copy that does
+
+
+def _overwriting(mod: nn.Module) -> nn.Module | None:
+    """A copy of ``mod`` that overwrites its input (``inplace`` on: ReLU, ELU, SiLU, ...),
+    or None for a module that has no in-place form."""
+    if not hasattr(mod, "inplace"):
+        return None
+    twin = copy.deepcopy(mod)
+    twin.inplace = True
+    return twin
 
 
 @dataclass(frozen=True)
@@ -319,7 +330,7 @@ def _parse(children, input_shape) -> Chain:
                 h = mod(h)
             except Exception as e:  # e.g. a pooling window larger than the feature map
                 raise ParentError(f"{where} fails on the output of {st['name']!r}: {e}") from None
-            st["tail"].append(TailOp(name, kind, mod))
+            st["tail"].append(TailOp(name, kind, mod, _overwriting(mod) if kind == "act" else None))
     if len(stages) < 2:
         raise ParentError("parent has no hidden Conv2d or Linear layer to compress")
     if h.dim() != 2:

@@ -35,7 +35,8 @@ def run_stage(st: Stage, h: torch.Tensor, w, b, norm, positions=()) -> tuple[tor
     """One network through stage ``st``: returns its output (before any Flatten, which
     the next Linear applies) and ``{position: tensor}`` for the wanted positions (-1: the
     layer's output, i: after tail module i). Tail modules are copies with inplace off;
-    a ReLU overwrites its input where nothing else holds it (the same values, one pass)."""
+    an activation that has an in-place form overwrites its input where nothing else holds
+    it (the same values, one pass)."""
     z = layer(st, h, w, b)
     kept = {-1: z} if -1 in positions else {}
     own = not kept  # z is a tensor of this call's that nobody else holds
@@ -47,8 +48,8 @@ def run_stage(st: Stage, h: torch.Tensor, w, b, norm, positions=()) -> tuple[tor
             # the same maxima, about 5x faster from a channels-last copy on the CPU; back to
             # the usual layout so that what follows computes exactly as the exported module
             z = op.module(z.contiguous(memory_format=torch.channels_last)).contiguous()
-        elif own and type(op.module) is nn.ReLU:
-            z = torch.relu_(z)
+        elif own and op.overwriting is not None:
+            z = op.overwriting(z)
         elif op.kind in ("act", "pool"):
             z = op.module(z)
         # 'drop' is the identity at evaluation; 'flatten' only reshapes (done by the next layer)
