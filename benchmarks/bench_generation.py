@@ -206,8 +206,8 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
                 with ev.first_stage_once(pop, xd, len(xd), step):
                     for start in range(0, len(pop), step):
                         logits, m, dists = ev.outputs(pop[start:start + step], xd, len(xd))
-                        acc.append((logits.argmax(-1) == yd).double().mean(1))
-                        comp.append(sum(mk.sum(1, dtype=torch.float64) for mk in m) / ev.total_hidden)
+                        acc.append((logits.argmax(-1) == yd).sum(1))  # counts, as measure_blocks
+                        comp.append(sum((mk != 0).sum(1) for mk in m))
                         outs.append((m, dists))
                 return xd, acc, comp, outs
 
@@ -229,7 +229,8 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
 
             t, sims = _timed(similarity, device)
             parts["similarity"].append(t)
-            measures = Measures(*(torch.cat(v).cpu().numpy() for v in (acc, comp, sims)))
+            correct, kept, sim = (torch.cat(v).cpu().numpy() for v in (acc, comp, sims))
+            measures = Measures(correct / len(y), kept / ev.total_hidden, sim)
             del outs
 
         state = EvolutionState(t0, pop, tools.Logbook(), run.gen)

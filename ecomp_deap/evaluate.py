@@ -584,20 +584,23 @@ class PopulationEvaluator:
             chunk = population[start:start + step]
             logits, masks, dists = self.outputs(chunk, x, rows, blocks)
             hits = (logits.argmax(-1) == y).reshape(len(chunk), blocks, -1)  # (C, blocks, B)
-            acc.append(hits.double().mean(2))  # (C, blocks)
-            comp.append(sum(m.sum(1, dtype=torch.float64) for m in masks) / self.total_hidden)
+            acc.append(hits.sum(2))  # (C, blocks) correct images
+            comp.append(sum((m != 0).sum(1) for m in masks))  # (C,) kept groups
             s = torch.zeros(len(chunk), blocks, dtype=torch.float64, device=self.device)
             for (layer, _), d_child, ref in zip(self.embeddings, dists, stacked):
                 s = s + similarity_from_distances(ref.p, d_child, self.config.perplexity, self.config.kernel,
                                                   dof=masks[layer].sum(1)[:, None],
                                                   log_beta_init=ref.warm_start(d_child), parent_term=ref.term)
             sim.append(s)
-        return tuple(torch.cat(v).cpu().numpy() for v in (acc, comp, sim))
+        correct, kept, sim = (torch.cat(v).cpu().numpy() for v in (acc, comp, sim))
+        # counts are divided here, on the host: CUDA divides by a scalar through its
+        # reciprocal, which moved last bits of accuracies and compressions (seen on an H200)
+        return correct / (len(x) // blocks), kept / self.total_hidden, sim
 
     @torch.inference_mode()
     def accuracy(self, population, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> np.ndarray:
         """(P,) accuracy over all of ``x`` (any length): the forward pass only."""
-        correct = torch.zeros(len(population), dtype=torch.float64, device=self.device)
+        correct = torch.zeros(len(population), dtype=torch.int64, device=self.device)
         step = self.chunk_size(batch_size)
         for i in range(0, len(x), batch_size):
             xb, yb = x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device)
@@ -606,7 +609,7 @@ class PopulationEvaluator:
                     chunk = population[start:start + step]
                     logits, _, _ = self.outputs(chunk, xb)
                     correct[start:start + len(chunk)] += (logits.argmax(-1) == yb).sum(1)
-        return (correct / len(x)).cpu().numpy()
+        return correct.cpu().numpy() / len(x)  # divided on the host, as in measure_blocks
 
     @torch.inference_mode()
     def measure_batches(self, population, batches, key: tuple | None = None) -> Measures:
