@@ -107,6 +107,8 @@ def resolve_device(arg: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if arg == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available")
+    if arg == "cuda":  # the reference and the bound in full float32 too, as ours (evaluate.full_float32)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     return arg
 
 

@@ -197,6 +197,23 @@ def fitness_tuples(m: Measures, selection: str, weights) -> list[tuple[float, ..
     return [tuple(float(c[i]) for c in cols) for i in range(len(m))]
 
 
+@contextmanager
+def full_float32(device: torch.device):
+    """On a CUDA device, convolutions and matrix products in full float32 within: PyTorch
+    lets cuDNN use TF32 by default, which moved the default CNN's similarities against
+    the CPU's by up to 5e-4 relative on an H200 (1e-6 without; tests/test_cuda.py).
+    Nothing changes on the CPU."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class PopulationEvaluator:
     """Measures of a population on a batch, for any parent :class:`Chain` (MLP or CNN)."""
 
@@ -496,7 +513,12 @@ class PopulationEvaluator:
         """Logits (C, N, K), masks [(C, H_l) float] and, per embedding layer, the
         squared distances (C, blocks, rows, rows) between the embeddings of the first
         ``rows`` images of each of the ``blocks`` equal batches that make up ``x``, for a
-        chunk of individuals; in ``dtype`` (default: the children's precision)."""
+        chunk of individuals; in ``dtype`` (default: the children's precision). Every
+        forward of the evaluator runs here, in full float32 (:func:`full_float32`)."""
+        with full_float32(self.device):
+            return self._outputs(population, x, rows, blocks, dtype)
+
+    def _outputs(self, population, x: torch.Tensor, rows: int, blocks: int, dtype):
         if self.kept_units_forward:
             masks = [torch.stack([ind.masks[l] for ind in population]).float() for l in range(self.arch.n_hidden)]
             logits, dists = self._forward_kept_units(population, x, rows, blocks, dtype)

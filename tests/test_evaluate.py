@@ -301,3 +301,23 @@ def test_the_pool_copies_each_distinct_output_unit_major_once(monkeypatch):
     pool = ev.first_stage_pool(pop, torch.randn(30, 15), 30)
     assert pool is not None and pool.kept and all(t is pool.out for t in pool.kept.values())
     assert len(calls) == 1
+
+
+def test_full_float32_turns_tf32_off_on_cuda_only_and_restores_the_flags():
+    from ecomp_deap.evaluate import full_float32
+
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = True
+        with full_float32(torch.device("cpu")):
+            assert all(f.allow_tf32 for f in flags)
+        with pytest.raises(RuntimeError, match="inside"):
+            with full_float32(torch.device("cuda")):  # only sets flags: no GPU needed
+                assert not any(f.allow_tf32 for f in flags)
+                raise RuntimeError("inside")
+        assert all(f.allow_tf32 for f in flags)
+    finally:
+        for f, v in zip(flags, saved):
+            f.allow_tf32 = v
