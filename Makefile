@@ -29,13 +29,14 @@ QUALITY_DIRS := $(addprefix $(OUT)/,$(QUALITY))
 QUALITY_SIZES := 0.125 0.25 0.5
 FINETUNE_EPOCHS ?= 1 5
 
-.PHONY: run test test-slow data install bench quality quality-front study cnn cnn-quality clean help
+.PHONY: run test test-slow test-cuda data install bench quality quality-front study cnn cnn-quality clean help
 
 help:
 	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each),"
 	@echo "                pruning baselines, compare, plot (OUT=$(OUT), RUNS=$(RUNS) can be changed: make run RUNS=10)"
 	@echo "make test       install and run the test suite"
 	@echo "make test-slow  the slow tests only (minutes; CI runs them after make test)"
+	@echo "make test-cuda  on a machine with a CUDA GPU: the GPU path against the CPU's (skipped without one)"
 	@echo "make bench      the speed benchmark"
 	@echo "make quality    the size-budget study: quality12.5/25/50 with and without similarity ($(RUNS) runs each,"
 	@echo "                RUNS=10 for the README's table), baselines, fine-tuning ($(FINETUNE_EPOCHS) epochs), one size table"
@@ -82,6 +83,9 @@ test: $(STAMP) data
 
 test-slow: $(STAMP) data
 	$(BIN)/python -m pytest -q -m slow
+
+test-cuda: $(STAMP) data
+	$(BIN)/python -m pytest -q -rs tests/test_cuda.py
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/bench_generation.py --cnn

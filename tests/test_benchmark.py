@@ -70,3 +70,15 @@ def test_bench_cnn_tiny(tmp_path):
     report = json.loads(out_json.read_text())
     assert report["agreement"]["accuracy_equal"] == report["pop"] == 8
     assert [l["best"] for l in report["bound"]["layers"]][2:] == ["baddbmm", "baddbmm"]
+
+
+def test_bench_devices_refuses_bad_sizes_and_a_missing_gpu():
+    script = REPO / "benchmarks" / "bench_devices.py"
+    bad = subprocess.run([sys.executable, str(script), "--pops", "1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--pops must be at least 2" in bad.stderr
+    import torch
+
+    if not torch.cuda.is_available():
+        p = subprocess.run([sys.executable, str(script), "--devices", "cuda", "--pops", "4"], capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode != 0 and "no CUDA device" in p.stderr and "Traceback" not in p.stderr
