@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from types import SimpleNamespace
 
 import torch
 
-from bench_generation import prepared_run, resolve_device, time_steps
+from bench_generation import REF, load_inputs, prepared_run, resolve_device, time_steps
 
-from ecomp_deap.data import default_cache_dir, load_fashion_mnist
-from ecomp_deap.nets.parents import ParentSpec, load_or_train_parent
 from ecomp_deap.presets import preset_config
 
 
@@ -32,8 +31,7 @@ def main(argv=None) -> int:
         p.error("--pops must be at least 2 and --reps at least 1")
     for device in args.devices:
         resolve_device(device)  # fails clearly without a GPU; full float32 on one
-    data = load_fashion_mnist()
-    parent = load_or_train_parent(ParentSpec(), data, default_cache_dir(), progress=False, log=print).model
+    data, parent, _ = load_inputs(SimpleNamespace(tiny=False), REF, print)  # FashionMNIST, the cached parent
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""), flush=True)
     for device in args.devices:
