@@ -6,7 +6,10 @@ the system's C compiler, cached, loaded through ctypes.
   row at a time while it sits in L1 cache (one pass over it per entropy evaluation
   instead of about seven array passes and two dozen small numpy calls);
 * ``kl``: the child's joint Q from its conditionals and KL(P || Q) against the parent's
-  P, one matrix at a time (instead of six passes over float64 copies).
+  P, one matrix at a time (instead of six passes over float64 copies);
+* ``distances``: float32 squared distances from centred Gram matrices in place
+  (:func:`ecomp_deap.similarity.distances_from_gram`'s arithmetic in one pass instead of
+  three).
 
 Without a compiler, or with ``ECOMP_DEAP_NATIVE=0``, everything runs as before in
 torch/numpy: the same results to float32 rounding, about twice as slow in the search.
@@ -106,7 +109,8 @@ def _bind(path: Path) -> SimpleNamespace:
     lib = ctypes.CDLL(str(path))
     p, i, f = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     signatures = {"newton_rows": ("newton_rows_f32", [p, i, i, i, i, p, f, f, i, i, f, f, f, p, p, p, p, i]),
-                  "kl": ("kl_from_conditionals_f32", [p, i, i, p, i, p, f, p, i])}
+                  "kl": ("kl_from_conditionals_f32", [p, i, i, p, i, p, f, p, i]),
+                  "distances": ("distances_from_gram_f32", [p, p, i, i, i])}
     fns = {}
     for name, (symbol, argtypes) in signatures.items():
         fn = getattr(lib, symbol)
@@ -116,7 +120,7 @@ def _bind(path: Path) -> SimpleNamespace:
 
 
 def kernels() -> SimpleNamespace | None:
-    """The kernels' ctypes functions (``newton_rows``, ``kl``), building them if needed;
+    """The kernels' ctypes functions (``newton_rows``, ``kl``, ``distances``), building them if needed;
     None when disabled or when they cannot be built or loaded (then one warning says
     why, once per process)."""
     if not enabled():

@@ -146,8 +146,8 @@ def squared_distances(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bo
     tensor of ``dtype`` to write the distances into (returned).
     """
     lead, B = x.shape[:-2], x.shape[-2]
-    gram = centred_gram(x, dtype, rescale, overwrite, out).reshape(-1, B, B)
-    return distances_from_gram(gram, symmetric).reshape(*lead, B, B)
+    gram, sq = _centred_gram(x, dtype, rescale, overwrite, out)
+    return distances_from_gram(gram.reshape(-1, B, B), symmetric, sq.reshape(-1, B)).reshape(*lead, B, B)
 
 
 def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = False,
@@ -161,17 +161,26 @@ def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = 
     not finite) is computed again from its entries multiplied by the power of two that
     puts them in [0.5, 1) (exact; for float32, whose range is small; only for
     scale-free uses such as the Gaussian P)."""
+    return _centred_gram(x, dtype, rescale, overwrite, out)[0]
+
+
+def _centred_gram(x: Tensor, dtype: torch.dtype, rescale: bool, overwrite: bool,
+                  out: Tensor | None) -> tuple[Tensor, Tensor]:
+    """:func:`centred_gram` and its diagonals, the squared norms (..., B) (one strided
+    read of the diagonal serves the rescale check and the distances)."""
     x = torch.as_tensor(x)
     lead, (B, F) = x.shape[:-2], x.shape[-2:]
     x3 = x.reshape(-1, B, F)  # (N, B, D)
     gram = _gram(x3, dtype, overwrite, None if out is None else out.view(-1, B, B))  # (N, B, B)
+    sq = torch.diagonal(gram, dim1=-2, dim2=-1).clone()  # (N, B)
     if rescale:  # a matrix whose squared norms left the safe range (or overflowed) again, rescaled
-        top = gram.diagonal(dim1=-2, dim2=-1).amax(dim=-1)  # (N,) largest squared norm
+        top = sq.amax(dim=-1)  # (N,) largest squared norm
         bad = ~torch.isfinite(top) | (top > _SAFE_RANGE[1]) | (top < _SAFE_RANGE[0])
         if bad.any():  # rare: huge or tiny activations (or all-zero ones, which stay zero)
             idx = torch.nonzero(bad).squeeze(1)
             gram.index_copy_(0, idx, _gram(_rescaled(x3.index_select(0, idx).to(dtype)), dtype))
-    return gram.reshape(*lead, B, B)  # (..., B, B)
+            sq.index_copy_(0, idx, torch.diagonal(gram.index_select(0, idx), dim1=-2, dim2=-1))
+    return gram.reshape(*lead, B, B), sq.reshape(*lead, B)  # (..., B, B), (..., B)
 
 
 def _gram(x3: Tensor, dtype: torch.dtype, overwrite: bool = False, out: Tensor | None = None) -> Tensor:
@@ -186,10 +195,18 @@ def _gram(x3: Tensor, dtype: torch.dtype, overwrite: bool = False, out: Tensor |
     return torch.bmm(xc, xc.transpose(-1, -2), out=out)  # (N, B, B)
 
 
-def distances_from_gram(gram: Tensor, symmetric: bool = True) -> Tensor:
+def distances_from_gram(gram: Tensor, symmetric: bool = True, sq: Tensor | None = None) -> Tensor:
     """(N, B, B) centred Gram matrices -> squared distances: >= 0, zero diagonal,
-    exactly symmetric with ``symmetric``. Overwrites ``gram``."""
-    sq = torch.diagonal(gram, dim1=-2, dim2=-1).clone()  # (N, B); same product, so duplicates give exactly 0
+    exactly symmetric with ``symmetric``. Overwrites ``gram``. ``sq`` (N, B): its
+    diagonals, when the caller has them. Float32 on the CPU without ``symmetric``: one
+    pass of the C kernel (:mod:`ecomp_deap.native`), the same roundings."""
+    if sq is None:
+        sq = torch.diagonal(gram, dim1=-2, dim2=-1).clone()  # (N, B); same product, so duplicates give exactly 0
+    lib = None if symmetric or not gram.is_contiguous() or not sq.is_contiguous() else _native(gram)
+    if lib is not None and gram.numel():
+        N, B = gram.shape[0], gram.shape[-1]
+        lib.distances(gram.data_ptr(), sq.data_ptr(), N, B, max(1, min(torch.get_num_threads(), N)))
+        return gram
     # (N, B, B) (sq_i - 2 G_ij) + sq_j in place; -2 G is exact, so one pass gives what -2 G, then + sq_i, gave
     d = torch.add(sq.unsqueeze(-1), gram, alpha=-2.0, out=gram).add_(sq.unsqueeze(-2))
     if symmetric:
@@ -236,7 +253,7 @@ def _conditional_probabilities(
     """
     lib = _native(d)
     if lib is not None:
-        return _conditional_rows_native(lib.newton_rows, d, 0, perplexity, tol, max_iter, t_init)
+        return _conditional_rows_native(lib.newton_rows, d, 0, perplexity, tol, max_iter, t_init)[:3]
     p, n_iter, t = _conditional_columns(d.T.unsqueeze(0), perplexity, tol, max_iter, t_init, own=False)
     return p[0].T.contiguous(), n_iter, t
 
@@ -259,7 +276,9 @@ def _conditional_rows_native(fn, d: Tensor, period: int, perplexity: float, tol:
     the rows it leaves to :func:`_settle_rows`. With ``period`` > 0, row r's own entry is
     column r % period (a stack of (B, B) distance matrices as rows, period B): not a
     neighbour, 0 in p. Returns (p (R, L), n_iter (R,), t (R,)) as
-    :func:`_conditional_probabilities`. Row ranges run on torch's thread count."""
+    :func:`_conditional_probabilities`, and finite (R,) bool: whether each row of p is
+    finite (known from the kernel for the rows it wrote, no pass over p for them). Row
+    ranges run on torch's thread count."""
     R, L = d.shape
     M = L - 1 if period else L
     target = math.log(perplexity)
@@ -272,7 +291,7 @@ def _conditional_rows_native(fn, d: Tensor, period: int, perplexity: float, tol:
         out.fill_(1.0 / M)
         if period:
             out.view(-1, period, L).diagonal(dim1=1, dim2=2).zero_()
-        return out, n_iter, t_out
+        return out, n_iter, t_out, torch.ones(R, dtype=torch.bool)
     d = d.contiguous()
     t0 = None if t_init is None else t_init.to(torch.float32).contiguous()
     if t0 is not None and t0.shape != (R,):  # the kernel reads one start per row
@@ -290,7 +309,10 @@ def _conditional_rows_native(fn, d: Tensor, period: int, perplexity: float, tol:
         out[rest] = p
         n_iter[rest] = it
         t_out[rest] = t_r
-    return out, n_iter, t_out
+    finite = done == 1  # 2: a row the kernel wrote at the last step with a NaN or an infinity
+    if rest.numel():
+        finite[rest] = torch.isfinite(p.sum(dim=1))
+    return out, n_iter, t_out, finite
 
 
 @torch.no_grad()  # the search is not differentiable (its in-place work space, numpy arithmetic)
@@ -670,13 +692,16 @@ def _conditionals(d: Tensor, perplexity: float, log_beta_init: Tensor | None, dt
     t_init = None if log_beta_init is None else log_beta_init.expand(*lead, B).reshape(-1)
     lib = _native(d)
     if lib is not None:  # the C kernel reads rows: (g B, B), row i of matrix g at g B + i
-        rows, n_iter, log_beta = _conditional_rows_native(lib.newton_rows, d.reshape(-1, B), B, perplexity,
-                                                          t_init=t_init)
+        rows, n_iter, log_beta, finite = _conditional_rows_native(lib.newton_rows, d.reshape(-1, B), B,
+                                                                  perplexity, t_init=t_init)
         cond = rows.view(-1, B, B).transpose(1, 2)  # (g, B, B): [j, i] = p_{j|i}, as below
     else:
         cond, n_iter, log_beta = _conditional_columns(cols, perplexity, t_init=t_init)  # (g, B, B): [j, i] = p_{j|i}
+        finite = None
     if dtype != torch.float64:  # float32 rows that used every step (or broke): their matrices again in float64
-        bad = (n_iter >= _MAX_ITER) | ~torch.isfinite(cond.sum(dim=1)).reshape(-1)  # (g B,)
+        if finite is None:
+            finite = torch.isfinite(cond.sum(dim=1)).reshape(-1)  # (g B,)
+        bad = (n_iter >= _MAX_ITER) | ~finite  # (g B,)
         redo = torch.nonzero(bad.view(-1, B).any(dim=1)).squeeze(1)  # matrices
         if redo.numel():
             c64, _, t64 = _conditional_columns(

@@ -155,6 +155,55 @@ def test_a_nan_distance_breaks_only_its_own_matrix(monkeypatch):
 
 
 @needs_kernel
+def test_the_search_says_which_rows_it_wrote_finite():
+    """The kernel flags the rows it wrote (done 1: finite, 2: not); the rows it leaves to
+    the bracketed search are checked there. _conditionals reads these flags instead of
+    summing every row of the result."""
+    g = torch.Generator().manual_seed(36)
+    d = squared_distances(torch.randn(3, 20, 4, generator=g), torch.float32).reshape(-1, 20)  # (60, 20)
+    d[25, 7] = math.nan  # row 5 of matrix 1
+    d[47, 3] = math.inf  # row 7 of matrix 2: it never settles, its exps stay finite
+    lib = native.kernels()
+    for max_iter in (3, 100):  # 3: the kernel writes every row at its last step; 100: the rest goes to Python
+        p, _, _, finite = sim._conditional_rows_native(lib.newton_rows, d, 20, 5.0, max_iter=max_iter)
+        assert torch.equal(finite, torch.isfinite(p.sum(dim=1)))
+        assert not bool(finite[25]) and int(finite.sum()) >= 59 - 1
+
+
+@needs_kernel
+@pytest.mark.parametrize("shape", [(7, 100, 130), (3, 13, 5), (2, 1, 4), (2, 2, 3), (4, 33, 700)])
+def test_the_distance_kernel_gives_the_torch_passes_bits(shape, monkeypatch):
+    g = torch.Generator().manual_seed(37)
+    x = torch.relu(torch.randn(*shape, generator=g)) * 3
+    if shape[1] > 2:
+        x[0, 1] = x[0, 2]  # duplicate rows: exactly 0 apart
+        x[0, 3:] = x[0, 3:4] + 1e-6 * x[0, 3:]  # near duplicates: the Gram formula rounds below 0, clamped
+        x[1, :, 1:] = 0.0  # one active feature: ties
+        xc = x[0] - x[0].mean(0)
+        gram, sq = xc @ xc.T, (xc @ xc.T).diagonal()
+        assert bool(((sq[:, None] - 2 * gram + sq[None]) < 0).any())  # the case reaches the clamp
+    x[-1] *= 1e25  # squared norms beyond float32's safe range: rescaled
+    bits = {}
+    for use in (True, False):
+        monkeypatch.setattr(sim, "_NATIVE", use)
+        out = torch.full((*shape[:2], shape[1]), -1.0)
+        d = squared_distances(x, torch.float32, rescale=True, symmetric=False, out=out)
+        assert d.data_ptr() == out.data_ptr()  # written in place
+        bits[use] = d.view(torch.int32)  # bit patterns: the signs of zeros too
+    assert torch.equal(bits[True], bits[False])
+    y = x.clone()
+    y[0, 0, 0] = math.nan  # NaN stays NaN, in the rows and columns it reaches
+    y[-1, 0, 0] = math.inf
+    res = {}
+    for use in (True, False):
+        monkeypatch.setattr(sim, "_NATIVE", use)
+        gram = torch.bmm(y, y.transpose(1, 2))
+        res[use] = sim.distances_from_gram(gram, symmetric=False)
+    assert torch.equal(res[True].isnan(), res[False].isnan())
+    assert torch.equal(torch.nan_to_num(res[True], nan=-1.0), torch.nan_to_num(res[False], nan=-1.0))
+
+
+@needs_kernel
 def test_a_start_per_row_is_checked_before_the_kernel_reads_it():
     rows = torch.rand(5, 9)
     with pytest.raises(ValueError, match="t_init has shape"):

@@ -10,8 +10,10 @@
  *   bracketed search.
  * kl_from_conditionals_f32: the child's joint Q from those conditionals and KL(P || Q)
  *   against the parent's P, per matrix (similarity._kl_from_floored_q's result).
+ * distances_from_gram_f32: squared distances from centred Gram matrices in place, the
+ *   float32 arithmetic of similarity.distances_from_gram's three torch passes in one.
  *
- * Both run on OpenMP threads when built with it (see parallel_ranges). */
+ * All run on OpenMP threads when built with it (see parallel_ranges). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -78,7 +80,8 @@ INLINE void sums(const float *x, const float *mask, int64_t Lp, float nb, float 
  * cumulant-expansion guess), or NULL. For each row that settles (|H - target| < tol),
  * or every row at the last step when final != 0: out row r (stride L) = its
  * conditionals, n_iter = evaluations, t_out = log(beta) written (after the polish
- * step), done = 1. A row left unsettled after `steps` evaluations: t_out = the last
+ * step), done = 1, or 2 where the written row is not finite (a NaN or an infinity in
+ * the row: possible only at the last step, such a row never settles). A row left unsettled after `steps` evaluations: t_out = the last
  * evaluated log(beta), done and out row untouched (the caller zeroes done). */
 typedef struct {
     const float *d;
@@ -168,7 +171,7 @@ INLINE void newton_rows(const search_t *s, int64_t r0, int64_t r1, float *work) 
                 for (int64_t j = 0; j < L; j++) o[j] = e[j] * inv;
                 s->n_iter[r] = it;
                 s->t_out[r] = (float)tn;
-                s->done[r] = 1;
+                s->done[r] = isfinite(zs) ? 1 : 2; /* zs >= 1 unless NaN: the row is finite */
                 break;
             }
             if (step > s->max_step) step = s->max_step; /* NaN stays NaN */
@@ -339,4 +342,48 @@ void kl_from_conditionals_f32(const float *c, int64_t g, int64_t B, const double
     kl_t s = {c, B, p, p_stride, term, eps, out};
     parallel_ranges(&s, g, threads, (size_t)(2 * (B + 4)) * sizeof(double), kl_matrices_avx2, kl_matrices_base,
                     kl_unknown);
+}
+
+/* ------------------------------------------------------------------------------------ */
+/* Squared distances from centred Gram matrices, in place. */
+
+typedef struct {
+    float *g;        /* (n, B, B) Gram matrices, overwritten by the distances */
+    const float *sq; /* (n, B) their diagonals, read before */
+    int64_t B;
+} distances_t;
+
+/* matrices [m0, m1): D_ij = max((sq_i - 2 G_ij) + sq_j, 0) (NaN stays NaN), D_ii = 0:
+ * the roundings of torch.add(sq_i, G, alpha=-2), then + sq_j, clamp and the zeroed
+ * diagonal (-2 G is exact, fused or not) */
+INLINE void distance_matrices(const distances_t *s, int64_t m0, int64_t m1, void *work) {
+    (void)work;
+    const int64_t B = s->B;
+    for (int64_t m = m0; m < m1; m++) {
+        float *g = s->g + m * B * B;
+        const float *sq = s->sq + m * B;
+        for (int64_t i = 0; i < B; i++) {
+            float *row = g + i * B;
+            const float si = sq[i];
+            for (int64_t j = 0; j < B; j++) {
+                float v = si + row[j] * -2.0f;
+                v = v + sq[j];
+                row[j] = v < 0.0f ? 0.0f : v;
+            }
+            row[i] = 0.0f;
+        }
+    }
+}
+
+RANGE_FUNCTIONS(distance_matrices)
+static void distances_without_scratch(const void *s, int64_t m0, int64_t m1) { /* it needs none */
+    distance_matrices_base(s, m0, m1, NULL);
+}
+
+/* g (n, B, B) float32 Gram matrices -> their squared distances, in place, given their
+ * diagonals sq (n, B), on `threads` threads */
+void distances_from_gram_f32(float *g, const float *sq, int64_t n, int64_t B, int64_t threads) {
+    distances_t s = {g, sq, B};
+    parallel_ranges(&s, n, threads, 64, distance_matrices_avx2, distance_matrices_base,
+                    distances_without_scratch);
 }
