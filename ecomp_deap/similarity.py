@@ -161,17 +161,20 @@ def centred_gram(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bool = 
     not finite) is computed again from its entries multiplied by the power of two that
     puts them in [0.5, 1) (exact; for float32, whose range is small; only for
     scale-free uses such as the Gaussian P)."""
-    return _centred_gram(x, dtype, rescale, overwrite, out)[0]
+    return _centred_gram(x, dtype, rescale, overwrite, out, norms=False)[0]
 
 
 def _centred_gram(x: Tensor, dtype: torch.dtype, rescale: bool, overwrite: bool,
-                  out: Tensor | None) -> tuple[Tensor, Tensor]:
-    """:func:`centred_gram` and its diagonals, the squared norms (..., B) (one strided
-    read of the diagonal serves the rescale check and the distances)."""
+                  out: Tensor | None, norms: bool = True) -> tuple[Tensor, Tensor | None]:
+    """:func:`centred_gram` and, with ``norms`` or ``rescale``, its diagonals, the squared
+    norms (..., B) (one strided read of the diagonal serves the rescale check and the
+    distances); else None."""
     x = torch.as_tensor(x)
     lead, (B, F) = x.shape[:-2], x.shape[-2:]
     x3 = x.reshape(-1, B, F)  # (N, B, D)
     gram = _gram(x3, dtype, overwrite, None if out is None else out.view(-1, B, B))  # (N, B, B)
+    if not (norms or rescale):
+        return gram.reshape(*lead, B, B), None
     sq = torch.diagonal(gram, dim1=-2, dim2=-1).clone()  # (N, B)
     if rescale:  # a matrix whose squared norms left the safe range (or overflowed) again, rescaled
         top = sq.amax(dim=-1)  # (N,) largest squared norm
