@@ -312,7 +312,7 @@ def _conditional_rows_native(fn, d: Tensor, period: int, perplexity: float, tol:
         out[rest] = p
         n_iter[rest] = it
         t_out[rest] = t_r
-    finite = done == 1  # 2: a row the kernel wrote at the last step with a NaN or an infinity
+    finite = done == 1  # 2: a row with a NaN or an infinity, which the kernel wrote at its last step
     if rest.numel():
         finite[rest] = torch.isfinite(p.sum(dim=1))
     return out, n_iter, t_out, finite

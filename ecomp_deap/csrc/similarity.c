@@ -81,8 +81,9 @@ INLINE void sums(const float *x, const float *mask, int64_t Lp, float nb, float 
  * or every row at the last step when final != 0: out row r (stride L) = its
  * conditionals, n_iter = evaluations, t_out = log(beta) written (after the polish
  * step), done = 1, or 2 where the written row is not finite (a NaN or an infinity in
- * the row: possible only at the last step, such a row never settles). A row left unsettled after `steps` evaluations: t_out = the last
- * evaluated log(beta), done and out row untouched (the caller zeroes done). */
+ * the row: such a row never settles, so only at the last step). A row left unsettled
+ * after `steps` evaluations: t_out = the last evaluated log(beta), done and out row
+ * untouched (the caller zeroes done). */
 typedef struct {
     const float *d;
     int64_t L, ld, period;
