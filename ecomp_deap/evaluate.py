@@ -350,8 +350,11 @@ class PopulationEvaluator:
                     embedded[pos][i] = block_rows(kept[where], blocks, rows)
                 prev = keep
             logits[i] = h.reshape(h.shape[0], -1)
+        # the forward is done: an embedding no other one shares storage with (the same layer
+        # named twice, or a group's columns of one first-stage run) is centred in place
+        holders = Counter(e.untyped_storage().data_ptr() for per_pos in embedded for e in per_pos if e is not None)
         for pos in range(len(self.embeddings)):
-            self._padded_distances(embedded[pos], dists[pos], dtype)
+            self._padded_distances(embedded[pos], dists[pos], dtype, holders)
         return logits, dists
 
     def _first_stage(self, population, h0: torch.Tensor, keeps, positions, rows: int, blocks: int, dtype):
@@ -458,17 +461,20 @@ class PopulationEvaluator:
             start += count
         return FirstStagePool(x, out, kept, columns)
 
-    def _padded_distances(self, embedded: list, out: torch.Tensor, dtype) -> None:
+    def _padded_distances(self, embedded: list, out: torch.Tensor, dtype, holders: Counter | None = None) -> None:
         """Squared distances of the embeddings (blocks, rows, F_i) not None in
         ``embedded``, written into ``out`` (C, blocks, rows, rows): computed for many
         individuals at once, their features zero-padded to a common width (zero
-        features add nothing to a distance), in groups under IMAGE_BYTES."""
+        features add nothing to a distance), in groups under IMAGE_BYTES. ``holders``:
+        how many embeddings of the forward hold each storage; a large embedding alone
+        in its storage is centred in place (it is not read again)."""
         todo = []
         for i, e in enumerate(embedded):
             if e is None:
                 continue
             if e.numel() > PAD_MAX_ELEMENTS:  # large already (many batches): padding would only copy
-                self.distances(e, dtype, out=out[i])
+                alone = holders is not None and holders[e.untyped_storage().data_ptr()] == 1
+                self.distances(e, dtype, overwrite=alone, out=out[i])
             else:
                 todo.append(i)
         while todo:

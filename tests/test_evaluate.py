@@ -163,6 +163,44 @@ def test_kept_units_forward_equals_the_stacked_masked_forward(embeddings, mutate
     assert np.allclose(m_kept.similarity, m_stacked.similarity, rtol=1e-5)
 
 
+@pytest.mark.parametrize("layers", [None, ("layer_1_act", "layer_1_act", "layer_2_act")],
+                         ids=["default", "a-layer-named-twice"])
+def test_large_embeddings_centred_in_place_give_the_same_bits(layers, monkeypatch):
+    """The final pass centres a large embedding in place when no other embedding shares
+    its storage (a layer named twice shares it: those are copied); the measures are the
+    same bits as with every embedding copied before centring."""
+    import ecomp_deap.evaluate as evaluate
+
+    model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
+    arch, w, b, pop = varied_population(model, n=6, seed=5)
+    cfg = EcompConfig(embedding_layers=layers, recombination_layers=None, perplexity=5.0, batch_size=20)
+    g = torch.Generator().manual_seed(6)
+    batches = [(torch.randn(20, 15, generator=g), torch.randint(0, 4, (20,), generator=g)) for _ in range(5)]
+    monkeypatch.setattr(evaluate, "PAD_MAX_ELEMENTS", 0)  # every embedding takes the large path
+    calls = []
+    original = PopulationEvaluator.distances
+
+    def recording(self, t, dtype=None, overwrite=False, out=None, copy_all=False):
+        calls.append(overwrite)
+        return original(self, t, dtype, overwrite=overwrite and not copy_all, out=out)
+
+    results = {}
+    for copy_all in (False, True):
+        monkeypatch.setattr(PopulationEvaluator, "distances",
+                            lambda self, t, dtype=None, overwrite=False, out=None, c=copy_all:
+                            recording(self, t, dtype, overwrite, out, c))
+        ev = PopulationEvaluator(arch, w, b, cfg)
+        calls.clear()
+        results[copy_all] = ev.measure_batches(pop, batches, key=("train",))
+        if not copy_all:
+            in_place = sum(calls)
+    assert np.array_equal(results[False].similarity, results[True].similarity)
+    assert np.array_equal(results[False].accuracy, results[True].accuracy)
+    n_emb = len(layers) if layers else 2
+    # the parent's embeddings on each batch and every individual's: in place, except the layer named twice
+    assert in_place == (len(batches) + len(pop)) * (n_emb - (2 if layers else 0))
+
+
 def _per_batch_mean(ev, pop, batches):
     from ecomp_deap.evaluate import Measures
 
