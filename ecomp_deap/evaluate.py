@@ -467,7 +467,8 @@ class PopulationEvaluator:
         individuals at once, their features zero-padded to a common width (zero
         features add nothing to a distance), in groups under IMAGE_BYTES. ``holders``:
         how many embeddings of the forward hold each storage; a large embedding alone
-        in its storage is centred in place (it is not read again)."""
+        in its storage is centred in place (it is not read again; the same bits unless
+        its squared norms need the float32 rescale, see squared_distances)."""
         todo = []
         for i, e in enumerate(embedded):
             if e is None:

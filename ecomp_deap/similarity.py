@@ -142,7 +142,9 @@ def squared_distances(x: Tensor, dtype: torch.dtype = torch.float64, rescale: bo
     centred over the batch first (D is translation invariant; this limits
     cancellation in the Gram formula). ``rescale``: the distances of a matrix with huge
     or tiny entries come scaled by a power of two (see :func:`centred_gram`).
-    ``overwrite``: ``x`` may be modified in place. ``out``: a contiguous (..., B, B)
+    ``overwrite``: ``x`` may be modified in place (it is centred in place; a matrix that
+    needs the rescale is then rescaled after centring instead of before, which can move
+    its last bits). ``out``: a contiguous (..., B, B)
     tensor of ``dtype`` to write the distances into (returned).
     """
     lead, B = x.shape[:-2], x.shape[-2]
