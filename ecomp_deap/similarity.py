@@ -308,14 +308,13 @@ def _conditional_rows_native(fn, d: Tensor, period: int, perplexity: float, tol:
        int(steps >= max_iter), _NEWTON_MAX_STEP, _POLISH_MAX_STEP, floor, out.data_ptr(), n_iter.data_ptr(),
        t_out.data_ptr(), done.data_ptr(), threads)
     rest = torch.nonzero(done == 0).squeeze(1)
+    finite = done == 1  # 2: a row with a NaN or an infinity, which the kernel wrote at its last step
     if rest.numel():  # rows the Newton phase did not settle
         p, it, t_r = _settle_rows(d.index_select(0, rest), rest % period if period else None,
                                   t_out.index_select(0, rest), target, tol, floor, max_iter, steps)
         out[rest] = p
         n_iter[rest] = it
         t_out[rest] = t_r
-    finite = done == 1  # 2: a row with a NaN or an infinity, which the kernel wrote at its last step
-    if rest.numel():
         finite[rest] = torch.isfinite(p.sum(dim=1))
     return out, n_iter, t_out, finite
 
