@@ -52,7 +52,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
-	$(BIN)/python -m ecomp_deap.native || echo "(no C compiler: the similarity runs in torch/numpy, about half as fast)"
+	$(BIN)/python -m ecomp_deap.fitness.similarity.native || echo "(no C compiler: the similarity runs in torch/numpy, about half as fast)"
 	touch $(STAMP)
 
 install: $(STAMP)

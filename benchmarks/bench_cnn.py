@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from bench_generation import (FormTimer, _spread, _summary, agreement, prepared_run, resolve_device,  # noqa: E402
                               time_steps)
 
-from ecomp_deap.presets import preset_config  # noqa: E402
-from ecomp_deap.spliced import dense_uncached  # noqa: E402
+from ecomp_deap.study.presets import preset_config  # noqa: E402
+from ecomp_deap.nets.spliced import dense_uncached  # noqa: E402
 
 REF = SimpleNamespace(pop=100, batch=100, generations=100, val_size=5000, perplexity=30.0)
 TINY = SimpleNamespace(pop=8, batch=40, generations=4, val_size=40, perplexity=5.0)

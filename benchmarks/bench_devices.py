@@ -16,7 +16,7 @@ import torch
 
 from bench_generation import REF, load_inputs, prepared_run, resolve_device, time_steps
 
-from ecomp_deap.presets import preset_config
+from ecomp_deap.study.presets import preset_config
 
 
 def main(argv=None) -> int:

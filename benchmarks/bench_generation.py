@@ -60,14 +60,14 @@ import torch
 from deap import tools
 
 
-from ecomp_deap.algorithm import EvolutionState  # noqa: E402
+from ecomp_deap.search.loops import EvolutionState  # noqa: E402
 from ecomp_deap.config import EcompConfig  # noqa: E402
 from ecomp_deap.data import balanced_indices  # noqa: E402
-from ecomp_deap.ecomp import EcompRun  # noqa: E402
-from ecomp_deap.evaluate import Measures  # noqa: E402
+from ecomp_deap.search.run import EcompRun  # noqa: E402
+from ecomp_deap.fitness.evaluator import Measures  # noqa: E402
 from ecomp_deap.nets.parents import ParentSpec, build_mlp, train_parent  # noqa: E402
-from ecomp_deap.similarity import similarity_from_distances  # noqa: E402
-from ecomp_deap.spliced import RowSplice, dense_uncached  # noqa: E402
+from ecomp_deap.fitness.similarity.loss import similarity_from_distances  # noqa: E402
+from ecomp_deap.nets.spliced import RowSplice, dense_uncached  # noqa: E402
 
 SIM_RTOL = 1e-3
 TINY = SimpleNamespace(pop=8, batch=20, hidden=(16, 16), perplexity=5.0, generations=5, val_size=40,
@@ -594,7 +594,7 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- whole run
     if args.full:
-        from ecomp_deap.ecomp import run_ecomp
+        from ecomp_deap.search.run import run_ecomp
 
         log("")
         log("== whole run (weighted, settings above: generations + final all-batches pass + test pass) ==")

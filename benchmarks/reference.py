@@ -5,7 +5,7 @@ that ``bench_generation.py`` times against the batched evaluator. It is never
 imported by the ``ecomp_deap`` package.
 
 * Every individual is exported as its own, physically smaller ``nn.Sequential``
-  (``ecomp_deap.export.export_individual``) and run on the batch on its own.
+  (``ecomp_deap.nets.export.export_individual``) and run on the batch on its own.
 * The similarity is computed per network and per embedding layer with
   scikit-learn's exact t-SNE joint probabilities,
   ``sklearn.manifold._t_sne._joint_probabilities(D, perplexity, 0)``, on numpy
@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from sklearn.manifold._t_sne import _joint_probabilities
 
-from ecomp_deap.evaluate import Measures
-from ecomp_deap.export import export_individual
+from ecomp_deap.fitness.evaluator import Measures
+from ecomp_deap.nets.export import export_individual
 
 MACHINE_EPSILON = np.finfo(np.float64).eps
 

@@ -1,7 +1,7 @@
 """EComp: compress trained neural networks by multiobjective evolution (DEAP + PyTorch).
 
 Entry points: :func:`ecomp_deap.compress` (your model and data),
-:func:`ecomp_deap.ecomp.run_ecomp` (one run from an ``EcompConfig``), and the
+:func:`ecomp_deap.search.run.run_ecomp` (one run from an ``EcompConfig``), and the
 scripts in ``experiments/`` and ``plots/``.
 """
 __version__ = "0.1.0"

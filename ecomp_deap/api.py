@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .config import EcompConfig
-from .ecomp import RunResult, run_ecomp
+from .search.run import RunResult, run_ecomp
 from .errors import ConfigError
 from .validation import validate_dataset, validate_parent_weights
 
@@ -94,7 +94,7 @@ def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompCon
     """NSGA-II over accuracy, similarity and compression, similarity on every hidden
     activation, every Linear layer recombined, as many generations as the training
     data has batches (at most 100), and the final population's Linear layers refitted
-    to the parent on up to 5000 training images (:mod:`ecomp_deap.refit`).
+    to the parent on up to 5000 training images (:mod:`ecomp_deap.nets.refit`).
 
     Measured on a user's own MLP (784-300-100-10 on FashionMNIST, test accuracy
     0.8731; README "Your own network"): the refit lifts the front's best network at

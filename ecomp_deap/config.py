@@ -84,7 +84,7 @@ class EcompConfig:
     refit_images: int = 0
     """Images (the first of the evolution subset) on which the final population's Linear
     layers after the first are refitted to the parent's pre-activations by closed-form
-    ridge least squares before the final measures and the choice (:mod:`ecomp_deap.refit`;
+    ridge least squares before the final measures and the choice (:mod:`ecomp_deap.nets.refit`;
     no gradient); 0 = off (the reference)."""
     refit_ridge: float = 1e-4
     """The refit's ridge, relative to the mean squared input of each refitted layer."""
@@ -100,7 +100,7 @@ class EcompConfig:
     """Class-balanced validation images (disjoint from the evolution subset), for final selection."""
     max_size: float | None = None
     """Size budget: at most this fraction of the parent's hidden groups (units, channels)
-    in every individual (``ecomp_deap.budget``); None = no budget. The initial prunings
+    in every individual (``ecomp_deap.search.budget``); None = no budget. The initial prunings
     lie within it, a repair after every operator that can grow a mask drops the
     lowest-scoring groups (by ``init_scores``) until it holds, and the run's "best" is
     the most accurate network on validation within it."""
@@ -213,7 +213,7 @@ class EcompConfig:
     def validate_for(self, arch) -> "EcompConfig":
         """Check the layer names against a parent :class:`~ecomp_deap.nets.chain.Chain`."""
         if self.max_size is not None:
-            from .budget import check_budget
+            from .search.budget import check_budget
 
             check_budget(self.max_size, arch.hidden_widths, arch.group_kind)
         names = ", ".join(arch.embedding_names)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, DataError
-from .results import atomic_write
+from .files import atomic_write
 from .validation import validate_dataset
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -21,4 +21,8 @@ class ParentError(UserError):
 
 class UnsafeFileError(UserError):
     """A torch file that would need unpickling beyond tensors, plain data and the
-    supported layer types (see :mod:`ecomp_deap.safe_load`)."""
+    supported layer types (see :mod:`ecomp_deap.nets.safe_load`)."""
+
+
+class ResultsError(ValueError):
+    """A results folder or file that cannot be used (missing, empty, wrong schema)."""

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int,
-                            parent_spec, positive_int, run_main)
+from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int, parent_spec, positive_int, run_main)
 from ecomp_deap.errors import ConfigError
 
 
@@ -59,16 +58,16 @@ def main(argv) -> int:
     if args.trust_parent_file and not args.parent:
         raise ConfigError("--trust-parent-file goes with --parent PATH")
     folder = Path(args.out) / args.name
-    from ecomp_deap.experiment import check_output_folder
+    from ecomp_deap.study.experiment import check_output_folder
 
     check_output_folder(folder, overwrite=True)
     if (folder / "baselines.json").exists() and not args.overwrite:
         raise ConfigError(f"{folder / 'baselines.json'} exists; use --overwrite to replace it")
 
-    from ecomp_deap.baselines import BASELINES_SCHEMA, baseline_curves
+    from ecomp_deap.study.pruning_baselines import BASELINES_SCHEMA, baseline_curves
     from ecomp_deap.data import default_cache_dir, load_fashion_mnist, make_splits
     from ecomp_deap.nets.parents import accuracy, load_or_train_parent, load_parent_file
-    from ecomp_deap.results import save_json
+    from ecomp_deap.files import save_json
 
     data = load_fashion_mnist(args.data_dir)
     if args.parent:

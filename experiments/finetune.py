@@ -32,8 +32,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int,
-                            parent_spec, positive_int, run_main)
+from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int, parent_spec, positive_int, run_main)
 from ecomp_deap.errors import ConfigError
 
 
@@ -62,8 +61,8 @@ def build_parser() -> OneLineParser:
 def check_inputs(args):
     """Everything that needs no data: the recipe, the sizes, the folders and their files,
     and that nothing would be overwritten. Returns (recipe, experiments, baselines)."""
-    from ecomp_deap.finetune import FINETUNE_FILE, Recipe
-    from ecomp_deap.plotting import load_baselines, load_experiments
+    from ecomp_deap.study.fine_tuning import FINETUNE_FILE, Recipe
+    from ecomp_deap.study.plotting import load_baselines, load_experiments
 
     if not args.folders and not args.baselines:
         raise ConfigError("give experiment FOLDERs and/or --baselines FOLDER to fine-tune")
@@ -97,7 +96,7 @@ def load_parent(args, data, exps):
         model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
         acc = accuracy(model, data.test_x, data.test_y)
     else:
-        from ecomp_deap.presets import preset_arch
+        from ecomp_deap.study.presets import preset_arch
 
         info = load_or_train_parent(parent_spec(args, [preset_arch(e.name) for e in exps]), data,
                                     Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
@@ -119,10 +118,9 @@ def main(argv) -> int:
 
     from ecomp_deap.config import EcompConfig
     from ecomp_deap.data import load_fashion_mnist
-    from ecomp_deap.experiment import torch_threads
-    from ecomp_deap.finetune import (FINETUNE_FILE, finetune_baselines, finetune_body, finetune_indices,
-                                     finetune_parent, finetune_runs)
-    from ecomp_deap.results import save_json
+    from ecomp_deap.study.experiment import torch_threads
+    from ecomp_deap.study.fine_tuning import (FINETUNE_FILE, finetune_baselines, finetune_body, finetune_indices, finetune_parent, finetune_runs)
+    from ecomp_deap.files import save_json
 
     data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
     print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")

@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ecomp_deap.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int,
-                            parent_spec, positive_int, run_main)
+from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int, parent_spec, positive_int, run_main)
 from ecomp_deap.config import CROSSOVERS, DEVICES, INIT_SCORES, KERNELS, MUTATIONS, SELECTIONS
 from ecomp_deap.errors import ConfigError
 
@@ -129,7 +128,7 @@ OVERRIDES = ("weights", "selection", "crossover", "pop_size", "generations", "ep
 
 def experiment_configs(args):
     from ecomp_deap.config import EcompConfig
-    from ecomp_deap.presets import PRESETS, preset_config
+    from ecomp_deap.study.presets import PRESETS, preset_config
 
     overrides = {k: getattr(args, k) for k in OVERRIDES}
     configs = {}
@@ -147,7 +146,7 @@ def experiment_configs(args):
 def main(argv) -> int:
     args = build_parser().parse_args(argv)
     if args.list_presets:
-        from ecomp_deap.presets import describe_presets
+        from ecomp_deap.study.presets import describe_presets
 
         print(describe_presets())
         return 0
@@ -165,12 +164,12 @@ def main(argv) -> int:
         raise ConfigError("--executor dask needs --scheduler ADDRESS (e.g. tcp://HOST:8786)")
     configs = experiment_configs(args)
 
-    from ecomp_deap.experiment import Experiment, check_output_folder
+    from ecomp_deap.study.experiment import Experiment, check_output_folder
 
     out = Path(args.out)
     if args.resume and args.overwrite:
         raise ConfigError("--resume and --overwrite exclude each other")
-    from ecomp_deap.executors import dask_client, plan_cores
+    from ecomp_deap.study.executors import dask_client, plan_cores
 
     plan = plan_cores(args.runs * len(configs), executor=args.executor, workers=args.workers, threads=args.threads)
     experiments = [Experiment(name, cfg, args.runs, args.seed, out, args.checkpoint_every, plan.threads)
@@ -189,7 +188,7 @@ def main(argv) -> int:
 def run_experiments(args, argv, experiments, client=None) -> int:
     from ecomp_deap.data import default_cache_dir, load_fashion_mnist
     from ecomp_deap.nets.parents import accuracy, load_or_train_parent, load_parent_file
-    from ecomp_deap.presets import preset_arch
+    from ecomp_deap.study.presets import preset_arch
 
     data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
     print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")
@@ -209,8 +208,8 @@ def run_experiments(args, argv, experiments, client=None) -> int:
         info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
                                     progress=not args.quiet)
         model, parent_acc = info.model, info.test_accuracy  # built for FashionMNIST, which its loader checked
-    from ecomp_deap.evaluate import NonFiniteError
-    from ecomp_deap.experiment import RunInterrupted
+    from ecomp_deap.fitness.evaluator import NonFiniteError
+    from ecomp_deap.study.experiment import RunInterrupted
 
     arch = Chain.from_module(model, input_shape=parent_input_shape(model, data.train_x))
     print(f"parent: {arch.describe()}; {sum(arch.hidden_widths)} {arch.group_kind} to compress")
@@ -244,7 +243,7 @@ def describe(exp) -> str:
 
 def run_distributed(args, client, experiments, model, parent_acc, data) -> int:
     """Every run of every experiment as one task on a Dask cluster; results written here."""
-    from ecomp_deap.executors import DataSpec, run_on_cluster
+    from ecomp_deap.study.executors import DataSpec, run_on_cluster
 
     spec = DataSpec(args.data_dir, allow_download=not args.no_download, fingerprint=data.fingerprint)
     t0 = time.perf_counter()

@@ -18,9 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ecomp_deap.plotting import (  # noqa: E402
-    color_for, folders_parser, get_path, num, plot_experiments, run_cli,
-)
+from ecomp_deap.study.plotting import color_for, folders_parser, get_path, num, plot_experiments, run_cli
 
 PANELS = [  # (field of "best", axis label, title)
     ("test_accuracy", "test accuracy (higher = better)", "Best network: test accuracy"),

@@ -11,7 +11,7 @@ into ``DIR`` (default: ``plots/`` inside the first FOLDER):
 * ``study_boxplots.png/.pdf``: per group, box plots (every run a dot) of the best
   network's test accuracy, its compression, and the final population's mean
   compression; the reference study's published median and [min-max] (black, from
-  :mod:`ecomp_deap.published`) beside the first and the last;
+  :mod:`ecomp_deap.study.published`) beside the first and the last;
 * ``study_curves.png/.pdf``: one column per group, the population means of
   accuracy, compression and similarity per generation: median across runs, the
   interquartile range shaded.
@@ -31,11 +31,8 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from ecomp_deap.plotting import (  # noqa: E402
-    MEASURES, apply_style, default_plot_dir, folders_parser, get_path, load_experiments, logbook_series,
-    nan_quantiles, num, render_figure, run_cli, save_figures,
-)
-from ecomp_deap.published import TABLE  # noqa: E402
+from ecomp_deap.study.plotting import (MEASURES, apply_style, default_plot_dir, folders_parser, get_path, load_experiments, logbook_series, nan_quantiles, num, render_figure, run_cli, save_figures)
+from ecomp_deap.study.published import TABLE  # noqa: E402
 
 # family -> (legend label, colour); the order is the order of the boxes in a group
 FAMILIES = {

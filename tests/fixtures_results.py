@@ -3,7 +3,7 @@
 ``make_experiment(root, "weighting121", "weighted")`` writes
 ``root/weighting121/run_0.json .. run_{runs-1}.json`` with random but plausible
 numbers (fronts that are non-dominated in (accuracy, compression), logbooks whose
-population improves over the generations), using :func:`ecomp_deap.results.save_json`
+population improves over the generations), using :func:`ecomp_deap.study.results.save_json`
 exactly as the experiment runner does. ``make_baselines(root)`` writes a
 ``baselines.json`` folder. Everything is deterministic given ``seed``.
 """
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomp_deap.indicators import hypervolume_2d
-from ecomp_deap.results import RUN_SCHEMA, save_json
+from ecomp_deap.search.indicators import hypervolume_2d
+from ecomp_deap.study.results import RUN_SCHEMA
+from ecomp_deap.files import save_json
 
 PARENT = {"test_accuracy": 0.87, "hidden_units": [256, 256], "parameters": 269322, "macs": 268800}
 BASELINES_SCHEMA = "ecomp_deap.baselines/1"
@@ -121,8 +122,8 @@ def _after(rng, before: float, epochs) -> dict:
 def make_finetune(folder, epochs=(1, 5), seed: int = 0) -> Path:
     """``folder/finetune.json`` for an experiment written by :func:`make_experiment`, as
     ``experiments/finetune.py`` writes it: one entry per run (its best network)."""
-    from ecomp_deap.finetune import FINETUNE_SCHEMA, Recipe
-    from ecomp_deap.results import load_experiment
+    from ecomp_deap.study.fine_tuning import FINETUNE_SCHEMA, Recipe
+    from ecomp_deap.study.results import load_experiment
 
     rng = np.random.default_rng([seed, 15])
     folder = Path(folder)
@@ -142,7 +143,7 @@ def make_finetune(folder, epochs=(1, 5), seed: int = 0) -> Path:
 
 def make_baselines_finetune(folder, sizes=(0.125, 0.25, 0.5), epochs=(1, 5), seed: int = 0) -> Path:
     """``folder/finetune.json`` for a baselines folder: every method at every size."""
-    from ecomp_deap.finetune import FINETUNE_SCHEMA, Recipe
+    from ecomp_deap.study.fine_tuning import FINETUNE_SCHEMA, Recipe
 
     rng = np.random.default_rng([seed, 16])
     methods = {m: [{"size": float(s), "compression": float(s), "hidden_units": [round(256 * s)] * 2,

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from ecomp_deap.config import EcompConfig
-from ecomp_deap.ecomp import run_ecomp
-from ecomp_deap.export import export_individual
-from ecomp_deap.indicators import non_dominated_mask
+from ecomp_deap.search.run import run_ecomp
+from ecomp_deap.nets.export import export_individual
+from ecomp_deap.search.indicators import non_dominated_mask
 
 TINY = dict(pop_size=8, generations=4, batch_size=30, perplexity=5.0, val_size=60, device="cpu",
             embedding_layers=None, recombination_layers=None)
@@ -57,7 +57,7 @@ def test_nsga2_returns_a_mutually_non_dominated_set(tiny_data, tiny_parent):
 
 
 def test_elitism_carries_the_best_individuals_over_unchanged(tiny_data, tiny_parent):
-    from ecomp_deap.ecomp import EcompRun
+    from ecomp_deap.search.run import EcompRun
 
     cfg = EcompConfig(selection="weighted", elitism=2, **TINY)
     run = EcompRun(cfg, tiny_parent, tiny_data, progress=False)
@@ -71,9 +71,9 @@ def test_elitism_carries_the_best_individuals_over_unchanged(tiny_data, tiny_par
 
 
 def test_activation_initialisation_keeps_the_highest_activation_score_units(tiny_data, tiny_parent):
-    from ecomp_deap.baselines import unit_scores
-    from ecomp_deap.ecomp import INIT_SCORE_IMAGES, EcompRun
-    from ecomp_deap.operators import top_units_mask
+    from ecomp_deap.study.pruning_baselines import unit_scores
+    from ecomp_deap.search.run import INIT_SCORE_IMAGES, EcompRun
+    from ecomp_deap.search.operators import top_units_mask
 
     cfg = EcompConfig(selection="nsga2", init_scores="activation", **TINY)
     run = EcompRun(cfg, tiny_parent, tiny_data, progress=False)

@@ -42,7 +42,7 @@ def test_three_unequal_hidden_layers_end_to_end_and_export_matches(act):
     # the exported module computes what the masked individual computes
     run = res.run
     best = run.evolution.population[run.evolution.best_index]
-    from ecomp_deap.evaluate import PopulationEvaluator
+    from ecomp_deap.fitness.evaluator import PopulationEvaluator
     from ecomp_deap.nets.chain import Chain, parent_tensors
 
     arch = Chain.from_module(model)

@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from conftest import REPO
-from ecomp_deap.budget import budget_groups, budget_rates, check_budget, group_ranks, repair_to_budget
+from ecomp_deap.search.budget import budget_groups, budget_rates, check_budget, group_ranks, repair_to_budget
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
 from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.nets.parents import build_cnn, build_mlp
-from ecomp_deap.operators import l1_unit_scores
-from ecomp_deap.toolbox import build_toolbox
+from ecomp_deap.search.operators import l1_unit_scores
+from ecomp_deap.search.toolbox import build_toolbox
 
 
 def kept(ind) -> int:
@@ -164,7 +164,7 @@ CFG = dict(weights=(1, 1, 1), pop_size=12, generations=4, batch_size=50, perplex
 @pytest.mark.parametrize("selection", ["weighted", "nsga2"])
 def test_a_budget_run_evaluates_only_networks_within_it_and_returns_the_most_accurate_on_validation(
         tiny_data, tiny_parent, selection):
-    from ecomp_deap.ecomp import run_ecomp
+    from ecomp_deap.search.run import run_ecomp
 
     cfg = EcompConfig(selection=selection, max_size=0.25, **CFG)
     r = run_ecomp(cfg, tiny_parent, tiny_data, progress=False)
@@ -201,7 +201,7 @@ def test_compress_with_max_size_and_its_errors():
 
 @pytest.mark.parametrize("argv,expected", [
     (["--max-size", "0"], r"max_size must be a fraction"), (["--max-size", "abc"], "--max-size"),
-    (["--refit", "-3"], "--refit"), (["--refit", "1"], "refit_images must be 0"),  # the refit (ecomp_deap.refit)
+    (["--refit", "-3"], "--refit"), (["--refit", "1"], "refit_images must be 0"),  # the refit (ecomp_deap.nets.refit)
     (["--refit-ridge", "0"], "refit_ridge must be a finite number > 0")])
 def test_cli_refuses_a_bad_budget_or_refit_in_one_line(tmp_path, argv, expected):
     p = subprocess.run([sys.executable, str(REPO / "experiments/run.py"), "--name", "quality25", *argv,
@@ -213,7 +213,7 @@ def test_cli_refuses_a_bad_budget_or_refit_in_one_line(tmp_path, argv, expected)
 
 
 def test_budget_presets_differ_only_in_budget_and_similarity_weight():
-    from ecomp_deap.presets import PRESETS, preset_config
+    from ecomp_deap.study.presets import PRESETS, preset_config
 
     # the quality search, shorter, with the Lamarckian refit and no compression objective
     base = preset_config("quality121").replace(epochs=5, refit_images=1000, refit_children=True,

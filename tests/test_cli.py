@@ -93,7 +93,7 @@ def test_list_presets_and_help():
 
 
 def test_quality_presets_are_valid_and_differ_only_in_the_similarity_weight():
-    from ecomp_deap.presets import preset_config
+    from ecomp_deap.study.presets import preset_config
 
     with_sim, without = preset_config("quality121"), preset_config("quality101")
     for cfg in (with_sim, without):
@@ -119,7 +119,7 @@ def test_end_to_end_run_compare_and_every_plot(tmp_path, cache_dir):
             assert len(r["logbook"]) == 3 and {"avg", "best", "worst"} <= set(r["logbook"][0]["similarity"])
             assert r["best"]["hidden_units"] and r["front"] and r["test_hypervolume"] > 0
             assert r["hypervolume_reference"] == {"accuracy": 0.0, "compression": 1.0}
-            from ecomp_deap.export import load_exported
+            from ecomp_deap.nets.export import load_exported
 
             net = load_exported(folder / f"run_{k}.pt")
             widths = [m.out_features for m in net if hasattr(m, "out_features")]

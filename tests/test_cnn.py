@@ -9,14 +9,13 @@ from torch import nn
 
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ParentError
-from ecomp_deap.evaluate import PopulationEvaluator
-from ecomp_deap.genome import fitness_weights, make_types
+from ecomp_deap.fitness.evaluator import PopulationEvaluator
+from ecomp_deap.search.genome import fitness_weights, make_types
 from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.nets.export import count_parameters, export_individual, load_exported, save_exported
 from ecomp_deap.nets.forward import network_forward
-from ecomp_deap.operators import (cx_layerwise, init_pruned_population, l1_unit_scores, mut_flip_units,
-                                  mut_scale_units, mut_scale_weights)
-from ecomp_deap.similarity import tsne_similarity_loss
+from ecomp_deap.search.operators import (cx_layerwise, init_pruned_population, l1_unit_scores, mut_flip_units, mut_scale_units, mut_scale_weights)
+from ecomp_deap.fitness.similarity.loss import tsne_similarity_loss
 
 
 def randomise_norms(model: nn.Module, seed: int) -> nn.Module:
@@ -282,7 +281,7 @@ def test_recalibrated_norms_are_the_pruned_networks_batch_statistics():
     model = randomise_norms(factory(), 8)
     chain, (w, b, norms), pop = population(model, shape, n=4)
     x = torch.randn(64, *shape)
-    from ecomp_deap.operators import recalibrate_norms
+    from ecomp_deap.search.operators import recalibrate_norms
 
     for ind in pop:
         before = list(ind.norms)
@@ -309,7 +308,7 @@ def test_recalibrated_norms_are_the_pruned_networks_batch_statistics():
 
 
 def test_a_run_with_norm_calibration_recalibrates_every_child(tiny_cnn_data):
-    from ecomp_deap.ecomp import run_ecomp
+    from ecomp_deap.search.run import run_ecomp
 
     data, model = tiny_cnn_data
     cfg = EcompConfig(selection="nsga2", weights=(1, 0, 1), embedding_layers=None, recombination_layers=None,
@@ -345,8 +344,8 @@ def test_batched_final_pass_equals_the_per_batch_one(name, shared, pool, monkeyp
     (batches, rows, rows) stack included; with ``pool``, the first stage once for the
     population's distinct filters with their BatchNorm entries) = the mean of the
     per-batch measures."""
-    import ecomp_deap.evaluate as evaluate
-    from ecomp_deap.evaluate import Measures
+    import ecomp_deap.fitness.evaluator as evaluate
+    from ecomp_deap.fitness.evaluator import Measures
 
     factory, shape = CNNS[name]
     torch.manual_seed(5)

@@ -1,4 +1,4 @@
-"""experiments/compare.py and the statistics in ecomp_deap.comparison."""
+"""experiments/compare.py and the statistics in ecomp_deap.study.comparison."""
 from __future__ import annotations
 
 import csv
@@ -17,8 +17,9 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.fixtures_results import make_all, make_experiment
 
-from ecomp_deap import comparison
-from ecomp_deap.results import load_experiment, save_json
+from ecomp_deap.study import comparison
+from ecomp_deap.study.results import load_experiment
+from ecomp_deap.files import save_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ecomp_deap.config import EcompConfig
-from ecomp_deap.evaluate import Measures, PopulationEvaluator
+from ecomp_deap.fitness.evaluator import Measures, PopulationEvaluator
 from ecomp_deap.nets.parents import build_mlp
 
 from test_cli import cache_dir  # noqa: F401  (fixture)
@@ -85,7 +85,7 @@ def test_the_batched_final_pass_on_cuda_equals_the_cpu_per_batch_mean():
 
 @pytest.mark.parametrize("selection", ["weighted", "nsga2"])
 def test_a_run_on_cuda_completes_reloads_and_exports_a_cpu_network(tiny_data, tiny_parent, tmp_path, selection):
-    from ecomp_deap.ecomp import run_ecomp
+    from ecomp_deap.search.run import run_ecomp
 
     cfg = EcompConfig(selection=selection, pop_size=12, generations=5, batch_size=30, perplexity=5.0, val_size=60,
                       device="cuda", embedding_layers=None, recombination_layers=None)

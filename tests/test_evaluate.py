@@ -4,13 +4,13 @@ import torch
 
 from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.config import EcompConfig
-from ecomp_deap.evaluate import PopulationEvaluator, fitness_tuples, weighted_fitness
+from ecomp_deap.fitness.evaluator import PopulationEvaluator, fitness_tuples, weighted_fitness
 from ecomp_deap.nets.export import count_parameters, export_individual
 from ecomp_deap.nets.forward import as_input, network_forward, stacked_stage
-from ecomp_deap.genome import fitness_weights, make_types
-from ecomp_deap.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
+from ecomp_deap.search.genome import fitness_weights, make_types
+from ecomp_deap.search.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
 from ecomp_deap.nets.parents import build_mlp
-from ecomp_deap.similarity import tsne_similarity_loss
+from ecomp_deap.fitness.similarity.loss import tsne_similarity_loss
 
 
 def varied_population(model, n=6, seed=0, mutate=True):
@@ -92,7 +92,7 @@ def test_masked_unit_activation_is_zero_even_when_activation_of_zero_is_not():
 
 
 def test_fitness_weighted_formula_and_nsga2_tuples():
-    from ecomp_deap.evaluate import Measures
+    from ecomp_deap.fitness.evaluator import Measures
 
     m = Measures(np.array([0.8, 0.5]), np.array([0.25, 1.0]), np.array([0.1, 0.3]))
     assert np.allclose(weighted_fitness(m, (1, 2, 1)), [0.8 - 0.2 + 0.75, 0.5 - 0.6 + 0.0])
@@ -169,7 +169,7 @@ def test_large_embeddings_centred_in_place_give_the_same_bits(layers, monkeypatc
     """The final pass centres a large embedding in place when no other embedding shares
     its storage (a layer named twice shares it: those are copied); the measures are the
     same bits as with every embedding copied before centring."""
-    import ecomp_deap.evaluate as evaluate
+    import ecomp_deap.fitness.evaluator as evaluate
 
     model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
     arch, w, b, pop = varied_population(model, n=6, seed=5)
@@ -202,7 +202,7 @@ def test_large_embeddings_centred_in_place_give_the_same_bits(layers, monkeypatc
 
 
 def _per_batch_mean(ev, pop, batches):
-    from ecomp_deap.evaluate import Measures
+    from ecomp_deap.fitness.evaluator import Measures
 
     return Measures.mean([ev.measure(pop, x, y) for x, y in batches])
 
@@ -216,7 +216,7 @@ def test_batched_final_pass_equals_the_per_batch_one(stacked, dtype, similarity_
     stack; with ``pool``, the first layer computed once for the population's distinct
     rows) gives the per-batch measures' mean, also when the batches are split into
     several forwards, and unequal batches still work (one at a time)."""
-    import ecomp_deap.evaluate as evaluate
+    import ecomp_deap.fitness.evaluator as evaluate
 
     torch.manual_seed(3)
     model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
@@ -299,7 +299,7 @@ def test_the_first_layer_on_distinct_rows_gives_the_same_measures(monkeypatch):
 def test_kept_groups_of_a_population_are_each_individuals_kept_indices():
     from types import SimpleNamespace
 
-    from ecomp_deap.evaluate import kept_groups
+    from ecomp_deap.fitness.evaluator import kept_groups
 
     g = torch.Generator().manual_seed(2)
     pop = [SimpleNamespace(masks=[torch.rand(9, generator=g) < 0.5, torch.rand(5, generator=g) < 0.7])
@@ -315,7 +315,7 @@ def test_kept_groups_of_a_population_are_each_individuals_kept_indices():
 
 
 def test_unit_major_keeps_the_values_with_units_contiguous():
-    from ecomp_deap.evaluate import unit_major
+    from ecomp_deap.fitness.evaluator import unit_major
 
     t = torch.randn(700, 13, generator=torch.Generator().manual_seed(3))  # several blocks and a partial one
     u = unit_major(t)
@@ -326,7 +326,7 @@ def test_unit_major_keeps_the_values_with_units_contiguous():
 def test_the_pool_copies_each_distinct_output_unit_major_once(monkeypatch):
     """A kept position that is the stage's output itself (the ReLU's, the default
     embedding) is the same tensor in the pool, copied once."""
-    import ecomp_deap.evaluate as evaluate
+    import ecomp_deap.fitness.evaluator as evaluate
 
     torch.manual_seed(2)
     model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
@@ -342,7 +342,7 @@ def test_the_pool_copies_each_distinct_output_unit_major_once(monkeypatch):
 
 
 def test_full_float32_turns_tf32_off_on_cuda_only_and_restores_the_flags():
-    from ecomp_deap.evaluate import full_float32
+    from ecomp_deap.fitness.evaluator import full_float32
 
     flags = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = [f.allow_tf32 for f in flags]

@@ -22,8 +22,8 @@ from conftest import REPO, stop_processes  # noqa: E402
 from test_cli import SMALL, cache_dir, run_script  # noqa: E402,F401  (fixture)
 
 from ecomp_deap.config import EcompConfig  # noqa: E402
-from ecomp_deap.executors import run_on_cluster, run_task  # noqa: E402
-from ecomp_deap.experiment import Experiment  # noqa: E402
+from ecomp_deap.study.executors import run_on_cluster, run_task  # noqa: E402
+from ecomp_deap.study.experiment import Experiment  # noqa: E402
 
 NAMES = ("weighting121", "pareto121")
 TINY = dict(pop_size=8, generations=6, batch_size=30, perplexity=5.0, val_size=60, device="cpu",
@@ -153,7 +153,7 @@ def tiny_experiments(out: Path, runs: int = 2) -> list[Experiment]:
 
 def written_once(monkeypatch) -> dict:
     """Count the driver's writes of each run."""
-    from ecomp_deap import experiment
+    from ecomp_deap.study import experiment
 
     counts: dict = {}
     real = experiment.write_run
@@ -260,7 +260,7 @@ def test_a_worker_killed_mid_run_ends_with_every_run_written_once(tmp_path, clie
     (20, 16, {"executor": "dask", "threads": 4}, ("dask", 0, 4)),
 ])
 def test_default_use_of_the_cores(tasks, cores, given, expected):
-    from ecomp_deap.executors import plan_cores
+    from ecomp_deap.study.executors import plan_cores
 
     plan = plan_cores(tasks, cores, **given)
     assert (plan.executor, plan.workers, plan.threads) == expected

@@ -1,4 +1,4 @@
-"""Fine-tuning (ecomp_deap.finetune, experiments/finetune.py) and the size table's
+"""Fine-tuning (ecomp_deap.study.fine_tuning, experiments/finetune.py) and the size table's
 "after N epochs of fine-tuning" columns (experiments/compare.py)."""
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from conftest import REPO
-from ecomp_deap.baselines import baseline_prunings, keep_counts
+from ecomp_deap.study.pruning_baselines import baseline_prunings, keep_counts
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
-from ecomp_deap.finetune import (Recipe, fine_tune, finetune_baselines, finetune_body, finetune_indices,
-                                 finetune_parent, finetune_runs, hidden_widths)
+from ecomp_deap.study.fine_tuning import (Recipe, fine_tune, finetune_baselines, finetune_body, finetune_indices, finetune_parent, finetune_runs, hidden_widths)
 from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.nets.export import export_individual
 from ecomp_deap.nets.parents import accuracy, build_cnn
-from ecomp_deap.results import load_experiment, save_json
+from ecomp_deap.study.results import load_experiment
+from ecomp_deap.files import save_json
 
 try:
     from fixtures_results import make_all, make_baselines_finetune, make_experiment, make_finetune
@@ -115,8 +115,8 @@ def test_fine_tuning_images_are_the_training_images_outside_the_validation_split
 
 
 def test_runs_baselines_and_parent_fine_tuned_end_to_end_into_the_size_table(tmp_path, tiny_parent, tiny_data):
-    from ecomp_deap import comparison
-    from ecomp_deap.experiment import Experiment
+    from ecomp_deap.study import comparison
+    from ecomp_deap.study.experiment import Experiment
 
     cfg = EcompConfig(selection="nsga2", weights=(1, 0, 1), pop_size=8, generations=4, batch_size=50,
                       perplexity=5.0, val_size=200, device="cpu", embedding_layers=None, recombination_layers=None,
@@ -215,7 +215,7 @@ def test_size_table_without_fine_tuning_results_is_unchanged(tmp_path, capsys):
 
 
 def test_stale_or_mixed_fine_tuning_results_are_refused(tmp_path):
-    from ecomp_deap.results import ResultsError
+    from ecomp_deap.errors import ResultsError
 
     main = script("compare").main
     folder = make_experiment(tmp_path, "quality25", "nsga2", runs=2)
@@ -238,7 +238,7 @@ def test_stale_or_mixed_fine_tuning_results_are_refused(tmp_path):
 
 
 def test_finetune_cli_help_and_errors_before_any_work(tmp_path):
-    from ecomp_deap.results import ResultsError
+    from ecomp_deap.errors import ResultsError
 
     h = run_script("experiments/finetune.py", "--help")
     assert h.returncode == 0 and "--overwrite" in h.stdout and "after each of --epochs" in h.stdout
@@ -265,7 +265,7 @@ def test_finetune_cli_help_and_errors_before_any_work(tmp_path):
 
 
 def test_rerunning_an_experiment_with_overwrite_drops_its_fine_tuning_results(tmp_path):
-    from ecomp_deap.experiment import clear_results
+    from ecomp_deap.study.experiment import clear_results
 
     folder = make_experiment(tmp_path, "quality25", "nsga2", runs=1)
     make_finetune(folder)

@@ -19,12 +19,12 @@ from torch import nn
 import ecomp_deap
 from conftest import REPO, make_tiny_data, stop_processes
 from ecomp_deap import data as D
-from ecomp_deap import results
+from ecomp_deap import files
 from ecomp_deap.nets.chain import ELEMENTWISE
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError, ParentError, UnsafeFileError, UserError
 from ecomp_deap.nets.parents import build_mlp, load_parent_file
-from ecomp_deap.safe_load import load_untrusted
+from ecomp_deap.nets.safe_load import load_untrusted
 
 CFG = EcompConfig(selection="nsga2", weights=(1, 1, 1), embedding_layers=None, recombination_layers=None,
                   pop_size=8, generations=4, batch_size=50, perplexity=5.0, val_size=0, device="cpu")
@@ -102,7 +102,7 @@ def test_whole_number_float_labels_and_any_shape_of_the_right_size_are_accepted(
 
 
 def test_run_ecomp_checks_its_data_too(tiny_parent):
-    from ecomp_deap.ecomp import run_ecomp
+    from ecomp_deap.search.run import run_ecomp
 
     data = make_tiny_data()
     data.train_y = with_value(data.train_y, 30, 4)  # 4 classes: 4 is outside
@@ -111,7 +111,7 @@ def test_run_ecomp_checks_its_data_too(tiny_parent):
 
 
 def test_a_parent_with_a_non_finite_weight_is_refused_before_any_work(tiny_parent):
-    from ecomp_deap.ecomp import run_ecomp
+    from ecomp_deap.search.run import run_ecomp
 
     model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3))
     with torch.no_grad():
@@ -137,7 +137,7 @@ def test_validate_dataset_takes_an_image_shape_exactly():
 
 
 def test_experiment_checks_data_before_clearing_results(tmp_path, tiny_parent):
-    from ecomp_deap.experiment import Experiment
+    from ecomp_deap.study.experiment import Experiment
 
     data = make_tiny_data()
     data.test_x = with_value(data.test_x, (2, 1), float("nan"))
@@ -305,7 +305,7 @@ def test_other_classes_need_the_explicit_opt_in(tmp_path):
 
 # ------------------------------------------------------------------ checkpoints
 def tiny_run(tiny_parent, generations=4):
-    from ecomp_deap.ecomp import EcompRun
+    from ecomp_deap.search.run import EcompRun
 
     return EcompRun(CFG.replace(generations=generations, pop_size=8, batch_size=50, val_size=100), tiny_parent,
                     make_tiny_data(), progress=False)
@@ -316,8 +316,8 @@ class Stop(Exception):
 
 
 def test_checkpoint_is_plain_data_and_resumes_to_the_uninterrupted_result(tmp_path, tiny_parent):
-    from ecomp_deap.checkpoint import load_checkpoint, save_checkpoint
-    from ecomp_deap.genome import fitness_weights, make_types
+    from ecomp_deap.study.checkpoint import load_checkpoint, save_checkpoint
+    from ecomp_deap.search.genome import fitness_weights, make_types
     from ecomp_deap.rng import rng_snapshot
 
     whole = tiny_run(tiny_parent).run()
@@ -347,8 +347,8 @@ def test_checkpoint_is_plain_data_and_resumes_to_the_uninterrupted_result(tmp_pa
 def test_malicious_and_old_format_checkpoints_are_refused(tmp_path, evil, tiny_parent):
     from deap import tools
 
-    from ecomp_deap.checkpoint import load_checkpoint
-    from ecomp_deap.genome import fitness_weights, make_types
+    from ecomp_deap.study.checkpoint import load_checkpoint
+    from ecomp_deap.search.genome import fitness_weights, make_types
 
     run = tiny_run(tiny_parent)
     _, ind_cls = make_types(fitness_weights(run.config.selection, run.config.weights))
@@ -386,22 +386,22 @@ def umask(mask):
 
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o077])
 def test_written_files_get_the_mode_the_umask_gives(tmp_path, mask, tiny_parent):
-    from ecomp_deap.export import save_exported
+    from ecomp_deap.nets.export import save_exported
 
     with umask(mask):
-        results.save_json(tmp_path / "r.json", {"a": 1})
-        results.save_json(tmp_path / "r.json", {"a": 2})  # replacing keeps the atomic path
-        results.save_csv(tmp_path / "s.csv", [{"a": 1}])
-        results.write_bytes(tmp_path / "p.png", b"png")
+        files.save_json(tmp_path / "r.json", {"a": 1})
+        files.save_json(tmp_path / "r.json", {"a": 2})  # replacing keeps the atomic path
+        files.save_csv(tmp_path / "s.csv", [{"a": 1}])
+        files.write_bytes(tmp_path / "p.png", b"png")
         save_exported(tmp_path / "run_0.pt", tiny_parent)
         src = tmp_path / "deb"
         src.mkdir()
         for name in D.RAW_FILES:
             (src / f"{name}.gz").write_bytes(__import__("gzip").compress(b"x"))
         D._from_debian(tmp_path / "root", src)  # the data files gunzipped into the cache
-    files = [tmp_path / n for n in ("r.json", "s.csv", "p.png", "run_0.pt")]
-    files += [D.raw_dir(tmp_path / "root") / n for n in D.RAW_FILES]
-    for f in files:
+    written = [tmp_path / n for n in ("r.json", "s.csv", "p.png", "run_0.pt")]
+    written += [D.raw_dir(tmp_path / "root") / n for n in D.RAW_FILES]
+    for f in written:
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, (f, oct(f.stat().st_mode))
     assert not [p for p in tmp_path.rglob(".*")]  # no temporary file left
 
@@ -411,7 +411,7 @@ def test_tls_scheduler_without_tls_settings_names_what_is_missing(tmp_path):
     pytest.importorskip("distributed")
     import dask
 
-    from ecomp_deap.executors import dask_client
+    from ecomp_deap.study.executors import dask_client
 
     with dask.config.set({"distributed.comm.tls.ca-file": None, "distributed.comm.tls.client.cert": None}):
         with pytest.raises(ConfigError) as e:
@@ -454,7 +454,7 @@ def test_tls_scheduler_with_tls_settings_runs_tasks_over_tls(tmp_path):
     from distributed import LocalCluster
     from distributed.security import Security
 
-    from ecomp_deap.executors import dask_client
+    from ecomp_deap.study.executors import dask_client
 
     cert, key = self_signed(tmp_path)
     c, k = str(cert), str(key)

@@ -1,4 +1,4 @@
-"""The float32 similarity's C kernels (ecomp_deap.native, csrc/similarity.c): built where a
+"""The float32 similarity's C kernels (ecomp_deap.fitness.similarity.native, csrc/similarity.c): built where a
 C compiler is, the same search as the numpy Newton phase it replaces, and a clean
 fallback where it cannot be built."""
 import math
@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 
-import ecomp_deap.similarity as sim
-from ecomp_deap import native
-from ecomp_deap.similarity import _conditional_probabilities, _offdiag, joint_probabilities, squared_distances
+import ecomp_deap.fitness.similarity.loss as sim
+from ecomp_deap.fitness.similarity import native
+from ecomp_deap.fitness.similarity.loss import (_conditional_probabilities, _offdiag, joint_probabilities, squared_distances)
 
 HAVE_CC = shutil.which(native.compiler()[0]) is not None
 needs_kernel = pytest.mark.skipif(not HAVE_CC, reason="no C compiler here")
@@ -226,7 +226,7 @@ def _kl_case(g_: int, B: int, seed: int):
 @needs_kernel
 @pytest.mark.parametrize("B", [2, 3, 13, 100])
 def test_the_kl_kernel_gives_the_torch_loss(B, monkeypatch):
-    from ecomp_deap.similarity import parent_entropy_term, similarity_from_distances
+    from ecomp_deap.fitness.similarity.loss import parent_entropy_term, similarity_from_distances
 
     pp, d = _kl_case(9, B, B)
     term = parent_entropy_term(pp)
@@ -253,7 +253,7 @@ def test_the_kl_kernel_gives_zero_for_the_parent_itself_and_nan_for_nan(monkeypa
     q = cond.double() + cond.double().transpose(1, 2)
     q = (q / q.sum(dim=(1, 2), keepdim=True)).clamp_min(sim.EPS)
     q.diagonal(dim1=1, dim2=2).zero_()
-    from ecomp_deap.similarity import parent_entropy_term
+    from ecomp_deap.fitness.similarity.loss import parent_entropy_term
 
     own = sim._kl_native(native.kernels().kl, cond, q, parent_entropy_term(q))  # P = Q: the loss is 0
     assert float(own.abs().max()) < 1e-6

@@ -1,9 +1,8 @@
 import torch
 
 from ecomp_deap.nets.chain import Chain, parent_tensors
-from ecomp_deap.genome import fitness_weights, make_types
-from ecomp_deap.operators import (cx_layerwise, init_pruned_population, init_pruned, mut_flip_units,
-                                  mut_scale_units, mut_scale_weights, sel_softmax_roulette)
+from ecomp_deap.search.genome import fitness_weights, make_types
+from ecomp_deap.search.operators import (cx_layerwise, init_pruned_population, init_pruned, mut_flip_units, mut_scale_units, mut_scale_weights, sel_softmax_roulette)
 from ecomp_deap.nets.parents import build_mlp
 
 

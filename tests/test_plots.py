@@ -13,7 +13,7 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.fixtures_results import make_all, make_experiment
 
-from ecomp_deap.results import save_json
+from ecomp_deap.files import save_json
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -6,8 +6,8 @@ import torch
 
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
-from ecomp_deap.genome import fitness_weights, make_types
-from ecomp_deap.operators import cx_reference, kept_indices
+from ecomp_deap.search.genome import fitness_weights, make_types
+from ecomp_deap.search.operators import cx_reference, kept_indices
 
 IN, HIDDEN, CLASSES = 6, (5, 4), 3
 
@@ -115,8 +115,8 @@ def test_identical_parents_sharing_tensors_keep_sharing_them():
 def test_crossover_option_is_validated_and_selects_the_operator():
     from ecomp_deap.nets.chain import Chain
     from ecomp_deap.nets.parents import build_cnn, build_mlp
-    from ecomp_deap.operators import cx_layerwise
-    from ecomp_deap.toolbox import crossover_operator
+    from ecomp_deap.search.operators import cx_layerwise
+    from ecomp_deap.search.toolbox import crossover_operator
 
     with pytest.raises(ConfigError, match="crossover must be one of layerwise, reference"):
         EcompConfig(crossover="uniform").validate()
@@ -130,7 +130,7 @@ def test_crossover_option_is_validated_and_selects_the_operator():
 
 
 def test_reference_presets_state_the_reference_operators():
-    from ecomp_deap.presets import PRESETS, WEIGHTINGS, preset_config
+    from ecomp_deap.study.presets import PRESETS, WEIGHTINGS, preset_config
 
     for code in WEIGHTINGS:
         cfg = preset_config(f"ref-weighting{code}").validate()
@@ -144,8 +144,8 @@ def test_reference_presets_state_the_reference_operators():
 
 
 def test_a_reference_preset_runs_end_to_end_and_children_take_one_parents_widths(tiny_data, tiny_parent):
-    from ecomp_deap.ecomp import run_ecomp
-    from ecomp_deap.presets import preset_config
+    from ecomp_deap.search.run import run_ecomp
+    from ecomp_deap.study.presets import preset_config
 
     cfg = preset_config("ref-weighting001", pop_size=8, generations=4, batch_size=30, perplexity=5.0,
                         val_size=60, device="cpu", embedding_layers=None, recombination_layers=None)
@@ -154,7 +154,7 @@ def test_a_reference_preset_runs_end_to_end_and_children_take_one_parents_widths
     assert r.best_module(tiny_data.test_x[:5]).shape == (5, 4)
     # no mask flips and no aligned cut: every final width pattern is one of the initial prunings
     from ecomp_deap.nets.chain import Chain, parent_tensors
-    from ecomp_deap.operators import init_pruned_population
+    from ecomp_deap.search.operators import init_pruned_population
 
     w, b, _ = parent_tensors(tiny_parent, Chain.from_module(tiny_parent))
     _, ind_cls = make_types(fitness_weights("weighted", cfg.weights))

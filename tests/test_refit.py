@@ -1,4 +1,4 @@
-"""The closed-form refit (:mod:`ecomp_deap.refit`): the least-squares optimum of each
+"""The closed-form refit (:mod:`ecomp_deap.nets.refit`): the least-squares optimum of each
 refitted layer, only the Linear stages after the first change, the same refit for the
 baselines, and the settings' errors."""
 from __future__ import annotations
@@ -10,13 +10,13 @@ from torch import nn
 
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
-from ecomp_deap.genome import Genome, make_types
+from ecomp_deap.search.genome import Genome, make_types
 from ecomp_deap.nets.chain import Chain, parent_input_shape, parent_tensors
 from ecomp_deap.nets.export import export_individual
 from ecomp_deap.nets.forward import as_input, kept_tensors, network_forward, run_stage
 from ecomp_deap.nets.parents import build_cnn, build_mlp
-from ecomp_deap.operators import init_pruned
-from ecomp_deap.refit import Refit, parent_preactivations, ridge_solve
+from ecomp_deap.search.operators import init_pruned
+from ecomp_deap.nets.refit import Refit, parent_preactivations, ridge_solve
 
 
 def mlp(hidden=(16, 12, 8), seed=0, bias=True):
@@ -186,7 +186,7 @@ def test_refit_settings_are_checked():
 
 
 def test_a_run_with_refit_measures_and_exports_the_refitted_networks(tiny_data, tiny_parent):
-    from ecomp_deap.ecomp import EcompRun
+    from ecomp_deap.search.run import EcompRun
 
     cfg = EcompConfig(selection="nsga2", pop_size=8, generations=4, batch_size=50, perplexity=5.0, val_size=200,
                       device="cpu", max_size=0.5, refit_images=150, embedding_layers=None,
@@ -213,7 +213,7 @@ def test_a_run_with_refit_measures_and_exports_the_refitted_networks(tiny_data, 
 
 
 def test_lamarckian_refit_gives_every_child_refitted_weights(tiny_data, tiny_parent):
-    from ecomp_deap.ecomp import EcompRun
+    from ecomp_deap.search.run import EcompRun
 
     cfg = EcompConfig(selection="weighted", pop_size=6, generations=3, batch_size=50, perplexity=5.0, val_size=0,
                       device="cpu", refit_images=100, refit_children=True, embedding_layers=None,
@@ -231,7 +231,7 @@ def test_lamarckian_refit_gives_every_child_refitted_weights(tiny_data, tiny_par
 
 
 def test_baselines_get_the_same_refit():
-    from ecomp_deap.baselines import baseline_curves, baseline_prunings
+    from ecomp_deap.study.pruning_baselines import baseline_curves, baseline_prunings
 
     model, arch, w, b, n = mlp(hidden=(16, 12))
     g = torch.Generator().manual_seed(6)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import REPO
-from ecomp_deap import results
+from ecomp_deap import files
+from ecomp_deap.study import results
 from test_cli import SMALL, cache_dir  # noqa: F401  (fixture)
 
 LONG = [a if a != "3" else "40" for a in SMALL]  # 40 generations: long enough to interrupt
@@ -90,14 +91,14 @@ def test_sigkill_leaves_every_file_valid(tmp_path, cache_dir):
 
 def test_atomic_writer_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "r.json"
-    results.save_json(path, {"v": 1})
+    files.save_json(path, {"v": 1})
 
     def broken_replace(src, dst):
         raise OSError("disk gone")
 
-    monkeypatch.setattr(results.os, "replace", broken_replace)
+    monkeypatch.setattr(files.os, "replace", broken_replace)
     with pytest.raises(OSError):
-        results.save_json(path, {"v": 2})
+        files.save_json(path, {"v": 2})
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left
 
@@ -108,7 +109,7 @@ def test_atomic_writer_keeps_the_old_file_when_writing_fails(tmp_path, monkeypat
         raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError):
-        results._atomic_write(path, failing_write)
+        files.atomic_write(path, failing_write)
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
@@ -116,8 +117,8 @@ def test_atomic_writer_keeps_the_old_file_when_writing_fails(tmp_path, monkeypat
 def test_degenerate_individuals_and_extreme_weights_give_finite_measures():
     from ecomp_deap.nets.chain import Chain, parent_tensors
     from ecomp_deap.config import EcompConfig
-    from ecomp_deap.evaluate import PopulationEvaluator
-    from ecomp_deap.genome import fitness_weights, make_types
+    from ecomp_deap.fitness.evaluator import PopulationEvaluator
+    from ecomp_deap.search.genome import fitness_weights, make_types
     from ecomp_deap.nets.parents import build_mlp
 
     torch.manual_seed(0)
@@ -144,7 +145,7 @@ def test_degenerate_individuals_and_extreme_weights_give_finite_measures():
 
 
 def test_a_non_finite_measure_stops_the_run_naming_individual_and_measure():
-    from ecomp_deap.evaluate import Measures, NonFiniteError
+    from ecomp_deap.fitness.evaluator import Measures, NonFiniteError
 
     m = Measures(np.array([0.5, 0.6]), np.array([0.5, 0.5]), np.array([0.1, np.nan]))
     with pytest.raises(NonFiniteError, match="individual 1: similarity is nan"):

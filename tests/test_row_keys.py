@@ -3,10 +3,10 @@ import gc
 
 import torch
 
-from ecomp_deap import row_keys
-from ecomp_deap.evaluate import row_numbers, unique_rows
-from ecomp_deap.genome import fitness_weights, make_types
-from ecomp_deap.operators import cx_layerwise, mut_scale_weights
+from ecomp_deap.fitness import row_keys
+from ecomp_deap.fitness.evaluator import row_numbers, unique_rows
+from ecomp_deap.search.genome import fitness_weights, make_types
+from ecomp_deap.search.operators import cx_layerwise, mut_scale_weights
 
 
 def test_equal_groups_have_equal_keys_and_different_groups_different_ones():

@@ -1,4 +1,4 @@
-"""Tests for ecomp_deap.similarity (t-SNE similarity loss).
+"""Tests for ecomp_deap.fitness.similarity.loss (t-SNE similarity loss).
 
 Oracle: scikit-learn's private ``sklearn.manifold._t_sne._joint_probabilities``
 (exact t-SNE P, condensed).  sklearn casts distances to float32 and stops its
@@ -15,17 +15,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist, squareform
 
-from ecomp_deap.similarity import (
-    EPS,
-    _conditional_probabilities,
-    _offdiag,
-    count_active_units,
-    joint_probabilities,
-    kl_divergence,
-    squared_distances,
-    student_t_probabilities,
-    tsne_similarity_loss,
-)
+from ecomp_deap.fitness.similarity.loss import (EPS, _conditional_probabilities, _offdiag, count_active_units, joint_probabilities, kl_divergence, squared_distances, student_t_probabilities, tsne_similarity_loss)
 
 sk_tsne = pytest.importorskip("sklearn.manifold._t_sne")
 MACHINE_EPS = np.finfo(np.float64).eps
@@ -428,7 +418,7 @@ def test_settled_rows_are_written_after_one_more_unevaluated_newton_step(search_
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_newton_arithmetic_in_torch_matches_numpy(dtype, monkeypatch):
     # CPU tensors do the per-row arithmetic in numpy, GPU ones in torch: the same search
-    import ecomp_deap.similarity as sim
+    import ecomp_deap.fitness.similarity.loss as sim
 
     g = torch.Generator().manual_seed(21)
     x = torch.relu(torch.randn(30, 100, 40, generator=g) - 0.3)
@@ -455,9 +445,9 @@ F32_RTOL = 1e-4  # issue #13: relative error of the loss against the oracle
 
 @pytest.fixture(params=["native", "numpy"])
 def search_path(request, monkeypatch):
-    """A float32 CPU search through the C kernel (ecomp_deap.native), then through the
+    """A float32 CPU search through the C kernel (ecomp_deap.fitness.similarity.native), then through the
     numpy Newton phase it replaces (the path without a compiler)."""
-    import ecomp_deap.similarity as sim
+    import ecomp_deap.fitness.similarity.loss as sim
 
     if request.param == "native" and sim._native(torch.zeros(1)) is None:
         pytest.skip("the C kernel is not available here (no C compiler)")
@@ -527,7 +517,7 @@ def test_float32_search_falls_back_to_float64_for_rows_it_cannot_solve(search_pa
     assert p32.dtype == torch.float32
     rel32 = ((p32.double() - p64).abs() / p64)[off].max()
     assert 1e-6 < rel32 < 1e-4  # float32's own search: to its entropy tolerance
-    import ecomp_deap.similarity as sim
+    import ecomp_deap.fitness.similarity.loss as sim
 
     original = sim._MAX_ITER
     try:  # every float32 row now counts as out of steps: all of them take the float64 path
@@ -562,8 +552,8 @@ def test_the_loss_in_small_blocks_equals_it_in_one(kernel, dtype, monkeypatch):
     parents where it can, gathered copies where it cannot): any block size gives the
     one-block losses, for the evaluator's layouts (a parent per batch against
     (individuals, batches) children; one parent against many) and odd broadcasts."""
-    import ecomp_deap.similarity as sim
-    from ecomp_deap.similarity import parent_entropy_term, similarity_from_distances
+    import ecomp_deap.fitness.similarity.loss as sim
+    from ecomp_deap.fitness.similarity.loss import parent_entropy_term, similarity_from_distances
 
     g = torch.Generator().manual_seed(21)
     B = 12
@@ -596,7 +586,7 @@ def test_matrices_read_by_columns_in_any_pieces_match_the_row_search(dtype, monk
     out) in whole-matrix pieces, pieces of several matrices and column ranges of one
     matrix, equals the search on the off-diagonal rows, tied rows (closed form, NaN
     log(beta)) included."""
-    import ecomp_deap.similarity as sim
+    import ecomp_deap.fitness.similarity.loss as sim
 
     monkeypatch.setattr(sim, "_NATIVE", False)  # the column search (the C kernel reads rows)
     g = torch.Generator().manual_seed(23)

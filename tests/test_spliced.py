@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from ecomp_deap import row_keys, spliced
+from ecomp_deap.fitness import row_keys
+from ecomp_deap.nets import spliced
 from ecomp_deap.config import EcompConfig
-from ecomp_deap.evaluate import PopulationEvaluator
-from ecomp_deap.genome import fitness_weights, make_types
+from ecomp_deap.fitness.evaluator import PopulationEvaluator
+from ecomp_deap.search.genome import fitness_weights, make_types
 from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.nets.parents import build_mlp
-from ecomp_deap.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
-from ecomp_deap.spliced import RowSplice, StageTensors, rows_by_source, splice
+from ecomp_deap.search.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
+from ecomp_deap.nets.spliced import RowSplice, StageTensors, rows_by_source, splice
 
 
 def _sources(n=3, rows=7, cols=4, seed=0):

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ParentError
-from ..results import save_torch
-from ..safe_load import load_untrusted
+from ..files import save_torch
+from .safe_load import load_untrusted
 from .chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS, Chain
 
 FORMAT = "ecomp_deap.exported/2"

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ParentError, UnsafeFileError
-from ..results import save_torch
-from ..safe_load import load_untrusted
+from ..files import save_torch
+from .safe_load import load_untrusted
 from .chain import check_layers
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
@@ -180,7 +180,7 @@ def load_parent_file(path, spec: ParentSpec | None = None, trust_pickle: bool = 
     ``build_mlp`` or ``build_cnn`` network (widths inferred), or this toolkit's cache file.
     Clear errors for anything else.
 
-    Loaded with ``weights_only=True`` and the allowlist of :mod:`ecomp_deap.safe_load`:
+    Loaded with ``weights_only=True`` and the allowlist of :mod:`ecomp_deap.nets.safe_load`:
     a file that would unpickle anything else is refused (``UnsafeFileError``) unless
     ``trust_pickle`` (``--trust-parent-file``) says the file is trusted."""
     path = Path(path)

@@ -12,18 +12,18 @@ layer_1_linear layer_2_linear output, 1 epoch of 100 batches of 100). ``quality1
 
 ``qualityS`` and ``qualityS_nosim`` (S = 12.5, 25, 50) search for the most accurate
 network within S % of the parent's hidden units (``max_size``, see
-:mod:`ecomp_deap.budget`): the quality configuration for 5 epochs, NSGA-II over
+:mod:`ecomp_deap.search.budget`): the quality configuration for 5 epochs, NSGA-II over
 accuracy and similarity (``_nosim``: accuracy alone; compression is not an objective,
 so the population stays at the budget), every child's Linear layers refitted to the
-parent by closed-form least squares on 1000 images (:mod:`ecomp_deap.refit`,
+parent by closed-form least squares on 1000 images (:mod:`ecomp_deap.nets.refit`,
 Lamarckian: selection compares masks at their refitted accuracy), and the most
 accurate network on validation as the run's result (``run_K.pt``, which
 ``experiments/finetune.py`` fine-tunes). They make the table of issue #15: ``make quality``.
 """
 from __future__ import annotations
 
-from .config import EcompConfig
-from .errors import ConfigError
+from ..config import EcompConfig
+from ..errors import ConfigError
 
 WEIGHTINGS = ("001", "020", "021", "100", "101", "120", "121")
 PARETO = ("101", "120", "121")

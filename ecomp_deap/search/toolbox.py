@@ -5,13 +5,12 @@ import torch
 from deap import base, tools
 
 from .budget import budget_rates, check_budget, group_ranks, within_budget
-from .nets.chain import Chain
-from .config import EcompConfig
+from ..nets.chain import Chain
+from ..config import EcompConfig
 from .genome import Genome, fitness_weights, make_types
-from .errors import ConfigError
-from .refit import Refit
-from .operators import (cx_layerwise, cx_reference, init_pruned_population, l1_unit_scores, mut_flip_units,
-                        mut_scale_units, mut_scale_weights, recalibrate_norms, sel_softmax_roulette)
+from ..errors import ConfigError
+from ..nets.refit import Refit
+from .operators import (cx_layerwise, cx_reference, init_pruned_population, l1_unit_scores, mut_flip_units, mut_scale_units, mut_scale_weights, recalibrate_norms, sel_softmax_roulette)
 
 
 def recombination_indices(config: EcompConfig, arch: Chain) -> list[int]:
@@ -39,13 +38,13 @@ def build_toolbox(config: EcompConfig, arch: Chain, parent_weights, parent_biase
     ``parent_norms``: per stage the parent's BatchNorm stack or None; with
     ``config.norm_calibration``, ``recalibrate`` (adaptive BatchNorm on ``calibration_x``)
     is registered too, for parents with BatchNorm after the first stage; with
-    ``config.refit_images``, ``refit`` (:class:`ecomp_deap.refit.Refit` on ``refit_x``),
+    ``config.refit_images``, ``refit`` (:class:`ecomp_deap.nets.refit.Refit` on ``refit_x``),
     which the final selection applies to the final population.
     With ``config.max_size``, the initial prunings are scaled into the budget
-    (:func:`ecomp_deap.budget.budget_rates`) and ``population``, ``mate``, ``mutate`` and
+    (:func:`ecomp_deap.search.budget.budget_rates`) and ``population``, ``mate``, ``mutate`` and
     ``mutate_mask`` are decorated with the budget repair, ranked by the same unit scores.
     Evaluation is batched over the population and lives in
-    :class:`ecomp_deap.evaluate.PopulationEvaluator`, not in a per-individual function."""
+    :class:`ecomp_deap.fitness.evaluator.PopulationEvaluator`, not in a per-individual function."""
     _, ind_cls = make_types(fitness_weights(config.selection, config.weights))
     rec = recombination_indices(config, arch)
     tb = base.Toolbox()

@@ -1,14 +1,10 @@
-"""Result files: atomic writers and the loaders that plots and comparisons use.
+"""Files written atomically, and JSON read back with one-line errors.
 
 Every file is written to a temporary file in the destination folder, flushed and
 fsynced, then renamed over the destination, so a reader (or a process killed at
 any moment) never sees a partial file. The temporary file is created with mode 0666
 less the umask (0644 under the usual 022), as ``open`` would: results on a shared
 machine are readable by whoever the user's umask lets read them.
-
-One run of an experiment is ``OUT/NAME/run_K.json`` (schema ``RUN_SCHEMA``) plus
-the chosen network's weights ``run_K.pt``; ``summary.json``/``summary.csv``
-aggregate the runs of one experiment.
 """
 from __future__ import annotations
 
@@ -21,12 +17,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
-RUN_SCHEMA = "ecomp_deap.run/1"
-SUMMARY_SCHEMA = "ecomp_deap.summary/1"
-
-
-class ResultsError(ValueError):
-    """A results folder or file that cannot be used (missing, empty, wrong schema)."""
+from .errors import ResultsError
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:
@@ -70,9 +61,6 @@ def atomic_write(path, write: Callable[[io.BufferedWriter], None]) -> None:
         pass
 
 
-_atomic_write = atomic_write  # the name the writers below (and older callers) use
-
-
 def _json_default(obj: Any):
     if hasattr(obj, "tolist"):
         return obj.tolist()
@@ -94,16 +82,16 @@ def _finite_or_none(obj: Any) -> Any:
 
 def save_json(path, data: Any) -> None:
     text = json.dumps(_finite_or_none(json.loads(json.dumps(data, default=_json_default))), indent=1)
-    _atomic_write(Path(path), lambda f: f.write(text.encode() + b"\n"))
+    atomic_write(Path(path), lambda f: f.write(text.encode() + b"\n"))
 
 
 def write_bytes(path, data: bytes) -> None:
     """Write ``data`` atomically (temporary file in the same folder, fsync, rename)."""
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(Path(path), lambda f: f.write(data))
 
 
 def save_text(path, text: str) -> None:
-    _atomic_write(Path(path), lambda f: f.write(text.encode()))
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def save_csv(path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
@@ -118,7 +106,7 @@ def save_csv(path, rows: list[dict], fieldnames: list[str] | None = None) -> Non
 def save_torch(path, obj: Any) -> None:
     import torch
 
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 def load_json(path) -> Any:
@@ -130,34 +118,3 @@ def load_json(path) -> Any:
         raise ResultsError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise ResultsError(f"{path}: not valid JSON ({e})") from None
-
-
-def run_files(folder) -> list[Path]:
-    """The ``run_K.json`` files of one experiment folder, ordered by K."""
-    folder = Path(folder)
-    files = [p for p in folder.glob("run_*.json") if p.stem[4:].isdigit()]
-    return sorted(files, key=lambda p: int(p.stem[4:]))
-
-
-def load_run(path) -> dict:
-    data = load_json(path)
-    if not isinstance(data, dict) or data.get("schema") != RUN_SCHEMA:
-        raise ResultsError(f"{path}: not an ecomp_deap run result (expected schema {RUN_SCHEMA!r})")
-    return data
-
-
-def load_experiment(folder) -> list[dict]:
-    """All runs of one experiment folder; a clear error when there are none."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ResultsError(f"{folder}: no such results folder")
-    files = run_files(folder)
-    if not files:
-        raise ResultsError(f"{folder}: no run_K.json results in this folder (run experiments/run.py first)")
-    return [load_run(p) for p in files]
-
-
-def experiment_name(folder, runs: list[dict] | None = None) -> str:
-    if runs:
-        return str(runs[0].get("name") or Path(folder).name)
-    return Path(folder).resolve().name

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 
-from .spliced import RowSplice
+from ..nets.spliced import RowSplice
 
 _DIGESTS: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # id(tensor) -> (its weakref, (out, 2) int64)
 
@@ -40,7 +40,7 @@ def _remember(t: torch.Tensor, digests: torch.Tensor) -> None:
 
 
 def row_digests(w) -> torch.Tensor:
-    """(out, ...) weights, a tensor or a :class:`~ecomp_deap.spliced.RowSplice` -> (out, 2)
+    """(out, ...) weights, a tensor or a :class:`~ecomp_deap.nets.spliced.RowSplice` -> (out, 2)
     int64: each row's (filter's) 128-bit BLAKE2b digest of its float bytes, cached for the
     object (a splice's from its sources')."""
     digests = _cached(w)

@@ -14,20 +14,20 @@ The pruned networks are masked individuals of the parent, measured by the same
 evaluator as the evolved ones. With calibration images for the refit, each method also
 appears refitted (``l1+refit``, ...): the same pruning, then the closed-form refit of
 its Linear layers to the parent that evolved runs with ``refit_images`` get
-(:mod:`ecomp_deap.refit`), so that the comparison stays fair.
+(:mod:`ecomp_deap.nets.refit`), so that the comparison stays fair.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from .nets.chain import Chain, parent_input_shape, parent_tensors
-from .nets.forward import as_input, run_stage
-from .config import EcompConfig
-from .evaluate import PopulationEvaluator
-from .genome import Genome
-from .operators import l1_unit_scores, recalibrate_norms, top_units_mask
-from .refit import Refit
+from ..nets.chain import Chain, parent_input_shape, parent_tensors
+from ..nets.forward import as_input, run_stage
+from ..config import EcompConfig
+from ..fitness.evaluator import PopulationEvaluator
+from ..search.genome import Genome
+from ..search.operators import l1_unit_scores, recalibrate_norms, top_units_mask
+from ..nets.refit import Refit
 
 METHODS = ("l1", "random", "activation")
 REFIT_SUFFIX = "+refit"
@@ -90,7 +90,7 @@ def baseline_prunings(arch: Chain, weights, biases, norms, method: str, sizes, a
     others. With ``calibration_x`` every network's BatchNorm statistics are re-estimated
     on it (adaptive BatchNorm, as ``EcompConfig.norm_calibration`` does for evolved
     networks). A method named ``M+refit`` is ``M`` followed by the refit on ``refit_x``
-    (:class:`ecomp_deap.refit.Refit`). :func:`baseline_curves` measures these;
+    (:class:`ecomp_deap.nets.refit.Refit`). :func:`baseline_curves` measures these;
     ``experiments/finetune.py`` rebuilds and fine-tunes the same ones."""
     method, refit = split_method(method)
     if refit and refit_x is None:

@@ -1,6 +1,6 @@
 """Crossover's children as row ranges of their ancestors' tensors, copied only when read.
 
-Aligned crossover (:func:`~ecomp_deap.operators.cx_layerwise`) gives a child the rows
+Aligned crossover (:func:`~ecomp_deap.search.operators.cx_layerwise`) gives a child the rows
 [0, c) of one parent's stage tensor and [c, out) of the other's, and row ``j`` of any
 descendant is row ``j`` of the tensor it was first written in (the parent's, or a
 mutated copy). Late in a run every pair of parents holds different first-layer tensors,
@@ -42,7 +42,7 @@ class RowSplice:
     def materialize(self) -> torch.Tensor:
         """The whole tensor (computed once; the row digests the parts know come with it)."""
         if self._dense is None:
-            from . import row_keys  # the digests of the copy: from its sources', when they are known
+            from ..fitness import row_keys  # the digests of the copy: from its sources', when they are known
 
             dense = dense_uncached(self)
             row_keys.inherit(dense, [(src, slice(a, b)) for src, a, b in self.parts])

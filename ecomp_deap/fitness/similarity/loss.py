@@ -25,7 +25,7 @@ precision search takes plain Newton steps on the entropy in log(beta)
 (dH/dlog(beta) = -beta^2 Var_p(D)), then, for the few rows these do not settle,
 safeguarded ones inside a per-row bisection bracket. For float32 on the CPU the plain
 Newton phase, and the child's Q with its KL, run in C kernels (``csrc/similarity.c``,
-built on first use by :mod:`ecomp_deap.native`; the torch/numpy code here without a
+built on first use by :mod:`ecomp_deap.fitness.similarity.native`; the torch/numpy code here without a
 compiler and on GPUs).
 
 Precision: float64 by default (entropy tolerance 1e-9). With ``dtype=torch.float32``
@@ -204,7 +204,7 @@ def distances_from_gram(gram: Tensor, symmetric: bool = True, sq: Tensor | None 
     """(N, B, B) centred Gram matrices -> squared distances: >= 0, zero diagonal,
     exactly symmetric with ``symmetric``. Overwrites ``gram``. ``sq`` (N, B): its
     diagonals, when the caller has them. Float32 on the CPU without ``symmetric``: one
-    pass of the C kernel (:mod:`ecomp_deap.native`), the same roundings."""
+    pass of the C kernel (:mod:`ecomp_deap.fitness.similarity.native`), the same roundings."""
     if sq is None:
         sq = torch.diagonal(gram, dim1=-2, dim2=-1).clone()  # (N, B); same product, so duplicates give exactly 0
     lib = None if symmetric or not gram.is_contiguous() or not sq.is_contiguous() else _native(gram)
@@ -264,7 +264,7 @@ def _conditional_probabilities(
 
 
 def _native(d: Tensor):
-    """The C kernels (:mod:`ecomp_deap.native`: ``newton_rows``, ``kl``) when they apply
+    """The C kernels (:mod:`ecomp_deap.fitness.similarity.native`: ``newton_rows``, ``kl``) when they apply
     to ``d`` (float32 on the CPU) and are available, else None."""
     if not _NATIVE or d.dtype != torch.float32 or d.device.type != "cpu":
         return None

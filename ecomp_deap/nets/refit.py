@@ -31,9 +31,9 @@ import math
 
 import torch
 
-from .errors import ConfigError
-from .nets.chain import Chain
-from .nets.forward import as_input, kept_tensors, layer, run_stage
+from ..errors import ConfigError
+from .chain import Chain
+from .forward import as_input, kept_tensors, layer, run_stage
 
 
 def parent_preactivations(chain: Chain, x: torch.Tensor, weights, biases, norms) -> list[torch.Tensor]:
@@ -66,7 +66,7 @@ def ridge_solve(a: torch.Tensor, target: torch.Tensor, ridge: float,
 
 
 class Refit:
-    """The refit of :mod:`ecomp_deap.refit` on one calibration batch, as a DEAP-style
+    """The refit of :mod:`ecomp_deap.nets.refit` on one calibration batch, as a DEAP-style
     operator: ``refit(ind)`` replaces the individual's Linear-stage tensors (new
     tensors, never written in place) and returns ``(ind,)``. The parent's
     pre-activations on ``x`` are computed once, here."""

@@ -28,7 +28,9 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from .cli import OneLineParser, positive_int, run_main  # noqa: F401  (positive_int: used by the plot scripts)
-from .results import ResultsError, experiment_name, load_experiment, load_json, run_files, write_bytes
+from ..errors import ResultsError
+from .results import experiment_name, load_experiment, run_files
+from ..files import load_json, write_bytes
 
 BASELINES_SCHEMA = "ecomp_deap.baselines/1"
 BASELINES_FILE = "baselines.json"
@@ -124,7 +126,7 @@ def is_baselines_folder(folder) -> bool:
 
 
 def load_experiment_folder(folder) -> Experiment:
-    """:func:`ecomp_deap.results.load_experiment` plus the file of each run."""
+    """:func:`ecomp_deap.study.results.load_experiment` plus the file of each run."""
     folder = Path(folder)
     runs = load_experiment(folder)  # ResultsError: missing folder, no runs, wrong schema, bad JSON
     files = run_files(folder)
@@ -322,6 +324,6 @@ def default_plot_dir(folders: Sequence) -> Path:
 
 
 def run_cli(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """Run a plot or comparison script: :func:`ecomp_deap.cli.run_main`, where bad
+    """Run a plot or comparison script: :func:`ecomp_deap.study.cli.run_main`, where bad
     values and unreadable files are user errors too (one line, exit code 2)."""
     run_main(main, argv, extra_errors=(ValueError, OSError))

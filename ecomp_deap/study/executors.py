@@ -7,7 +7,7 @@ config (with its seed), the parent network (shipped as a state dict, ~1 MB) and 
 :class:`DataSpec`. The worker loads FashionMNIST itself from its own data folder
 (once per worker process), checks it against the driver's fingerprint, runs EComp
 and returns the result-file body and the chosen network. Only the driver writes
-files (through :func:`ecomp_deap.experiment.write_run`, atomically, as runs
+files (through :func:`ecomp_deap.study.experiment.write_run`, atomically, as runs
 complete), so workers need no shared file system. A run's result depends only on
 its config and seed, so every executor writes the same files (``wall_time_s`` aside).
 """
@@ -26,9 +26,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from .nets.chain import check_layers
-from .nets.export import LOADABLE, module_spec
-from .errors import ConfigError, DataError
+from ..nets.chain import check_layers
+from ..nets.export import LOADABLE, module_spec
+from ..errors import ConfigError, DataError
 
 EXECUTORS = ("serial", "local", "dask")
 PARENT_FORMAT = "ecomp_deap.parent-payload/2"
@@ -56,7 +56,7 @@ def worker_data(spec) -> object:
         return spec
     data = _DATA_CACHE.get(spec)
     if data is None:
-        from .data import load_fashion_mnist
+        from ..data import load_fashion_mnist
 
         data = load_fashion_mnist(spec.data_dir, allow_download=spec.allow_download)
         if spec.fingerprint is not None and data.fingerprint != spec.fingerprint:
@@ -130,8 +130,8 @@ def run_task(config_dict: dict, name: str, k: int, parent: dict, data_spec,
     result depends only on the config (which holds the run's seed), the parent, the
     data and ``threads`` (torch threads; 1, the default, on a one-thread worker: no
     oversubscription; the serial path uses the same number, see ``Experiment.threads``)."""
-    from .config import EcompConfig
-    from .ecomp import EcompRun
+    from ..config import EcompConfig
+    from ..search.run import EcompRun
 
     torch.set_num_threads(threads or 1)
     isolate_random()

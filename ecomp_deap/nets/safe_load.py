@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UnsafeFileError
-from .nets.chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS
+from ..errors import UnsafeFileError
+from .chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS
 
 LAYERS = (nn.Sequential, nn.Flatten, nn.Linear, nn.Conv2d, *ELEMENTWISE, *NORMS, *POOLS, *DROPOUTS)
 """The torch layer classes a pickled parent may contain: what a chain may hold."""

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SIZE_TOL = 1e-9  # F * total is a float: 0.25 * 512 must give 128, not 127
 
@@ -52,7 +52,7 @@ def check_budget(max_size, widths: Sequence[int], kind: str = "units") -> int:
 def group_ranks(scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Per hidden layer, (H_l,) float: each group's percentile within its layer by
     ``scores`` (the layer's lowest (1/H_l), ..., its highest 1.0; ties: the lower index
-    ranks higher, as :func:`ecomp_deap.operators.top_units_mask` keeps it first)."""
+    ranks higher, as :func:`ecomp_deap.search.operators.top_units_mask` keeps it first)."""
     ranks = []
     for s in scores:
         h = len(s)
@@ -111,6 +111,6 @@ def budget_rates(max_size: float, low: float, high: float) -> tuple[float, float
     over [low, high) keeps ``max_size * (1 - r) / (1 - low)`` of each layer instead of
     ``1 - r`` (the largest exactly at the budget, the smallest at the same fraction of
     the budget as before of the parent). Returned as the [low', high') that
-    :func:`ecomp_deap.operators.init_pruned_population` spaces evenly."""
+    :func:`ecomp_deap.search.operators.init_pruned_population` spaces evenly."""
     scale = max_size / (1.0 - low)
     return 1.0 - scale * (1.0 - low), 1.0 - scale * (1.0 - high)

@@ -17,7 +17,7 @@ pass over all training batches, validation, test): each individual's forward run
 their concatenation and the similarity on a ``(batches, B, B)`` stack per individual;
 the measures are the per-batch ones, averaged. The children's distances and perplexity
 search run in ``config.similarity_dtype`` (float32 by default; the parent's side is
-float64; see :mod:`ecomp_deap.similarity`).
+float64; see :mod:`ecomp_deap.fitness.similarity.loss`).
 """
 from __future__ import annotations
 
@@ -29,14 +29,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import EcompConfig
-from .genome import Genome
-from .nets.chain import Chain
-from .nets.forward import as_input, kept_tensors, per_individual, run_stage, stacked_stage
+from ..config import EcompConfig
+from ..search.genome import Genome
+from ..nets.chain import Chain
+from ..nets.forward import as_input, kept_tensors, per_individual, run_stage, stacked_stage
 from .row_keys import group_keys
-from .similarity import (DTYPES, centred_gram, distances_from_gram, joint_probabilities,
-                         parent_entropy_term, rescaled_as_one, similarity_from_distances, squared_distances)
-from .spliced import rows_by_source
+from .similarity.loss import (DTYPES, centred_gram, distances_from_gram, joint_probabilities, parent_entropy_term, rescaled_as_one, similarity_from_distances, squared_distances)
+from ..nets.spliced import rows_by_source
 
 CHUNK_BYTES = 256 * 2**20  # stacked weights per batched forward when eval_chunk is automatic
 SIMILARITY_BYTES = 512 * 2**20  # bound on a chunk's similarity work space (distances and search)
@@ -423,7 +422,7 @@ class PopulationEvaluator:
 
     def first_stage_pool(self, population, x: torch.Tensor, rows: int) -> FirstStagePool | None:
         """The first stage on ``x`` for the distinct groups of ``population`` (equal
-        filter or row, bias and BatchNorm entries: :func:`~ecomp_deap.row_keys.group_keys`),
+        filter or row, bias and BatchNorm entries: :func:`~ecomp_deap.fitness.row_keys.group_keys`),
         or None when its output would not fit in IMAGE_BYTES. Each distinct group is
         computed from its first holder's tensors; groups come in the order of their keys,
         so the same population always gives the same program."""

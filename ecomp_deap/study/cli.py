@@ -6,8 +6,8 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from .errors import UserError
-from .results import ResultsError
+from ..errors import UserError
+from ..errors import ResultsError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -107,8 +107,8 @@ def add_parent_arguments(group) -> None:
 def parent_spec(args, preset_archs=()):
     """The spec of the parent to train or load from the cache: ``--arch``, else the
     architecture the presets are made for (``preset_archs``), else the reference MLP."""
-    from .errors import ConfigError
-    from .nets.parents import DEFAULT_CNN_CHANNELS, DEFAULT_CNN_EPOCHS, DEFAULT_CNN_HIDDEN, ParentSpec
+    from ..errors import ConfigError
+    from ..nets.parents import DEFAULT_CNN_CHANNELS, DEFAULT_CNN_EPOCHS, DEFAULT_CNN_HIDDEN, ParentSpec
 
     wanted = set(preset_archs) - {None}
     if len(wanted) > 1:

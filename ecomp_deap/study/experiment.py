@@ -1,8 +1,8 @@
 """An experiment: N runs of one config with derived seeds, written as result files.
 
-``OUT/NAME/run_K.json`` (the run's results, see :mod:`ecomp_deap.results`) and
+``OUT/NAME/run_K.json`` (the run's results, see :mod:`ecomp_deap.study.results`) and
 ``OUT/NAME/run_K.pt`` (the chosen network, exported; load it with
-:func:`ecomp_deap.export.load_exported`), plus ``summary.json`` / ``summary.csv``.
+:func:`ecomp_deap.nets.export.load_exported`), plus ``summary.json`` / ``summary.csv``.
 A run's JSON is written last, so its presence marks the run complete.
 """
 from __future__ import annotations
@@ -19,16 +19,17 @@ from typing import Callable
 
 import torch
 
-from .nets.chain import Chain, parent_input_shape
+from ..nets.chain import Chain, parent_input_shape
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import EcompConfig
-from .ecomp import EcompRun
-from .errors import ConfigError
-from .export import save_exported
-from .genome import fitness_weights, make_types
-from .results import RUN_SCHEMA, SUMMARY_SCHEMA, load_run, run_files, save_csv, save_json
-from .rng import rng_snapshot
-from .validation import validate_parent_weights, validate_run_data
+from ..config import EcompConfig
+from ..search.run import EcompRun
+from ..errors import ConfigError
+from ..nets.export import save_exported
+from ..search.genome import fitness_weights, make_types
+from .results import RUN_SCHEMA, SUMMARY_SCHEMA, load_run, run_files
+from ..files import save_csv, save_json
+from ..rng import rng_snapshot
+from ..validation import validate_parent_weights, validate_run_data
 
 SUMMARY_FIELDS = ["run", "seed", "test_accuracy", "compression", "similarity", "parameters",
                   "hidden_units", "test_hypervolume", "front_size", "wall_time_s"]

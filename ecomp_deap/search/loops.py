@@ -12,7 +12,7 @@ A generation ``t`` uses batch ``t % generations`` of epoch ``t // generations``.
 
 At the end the final population is evaluated on all training batches (averaged),
 after, with ``refit_images``, the closed-form refit of its Linear layers to the parent
-(:mod:`ecomp_deap.refit`).
+(:mod:`ecomp_deap.nets.refit`).
 Weighted mode picks the best weighted fitness; Pareto mode takes the non-dominated
 set, re-measures it on the validation split, keeps what is non-dominated there and
 picks its knee (accuracy vs compression) as "best". With a size budget
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from deap import tools
 
-from .config import EcompConfig
-from .evaluate import Measures, NonFiniteError, PopulationEvaluator, fitness_tuples, weighted_fitness
+from ..config import EcompConfig
+from ..fitness.evaluator import Measures, NonFiniteError, PopulationEvaluator, fitness_tuples, weighted_fitness
 from .indicators import hypervolume_2d, knee_point, non_dominated_mask
-from .rng import rng_snapshot
+from ..rng import rng_snapshot
 
 HV_REFERENCE = {"accuracy": 0.0, "compression": 1.0}
 MEASURE_SENSES = {"accuracy": 1, "similarity": -1, "compression": -1}

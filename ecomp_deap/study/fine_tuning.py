@@ -18,7 +18,7 @@ are left alone).
 
 Results: ``OUT/NAME/finetune.json`` per experiment (one entry per run) and
 ``BASELINES/finetune.json`` (per method and size), each with the parent fine-tuned by
-the same recipe as a control; :mod:`ecomp_deap.comparison` turns them into the
+the same recipe as a control; :mod:`ecomp_deap.study.comparison` turns them into the
 "after N epochs of fine-tuning" columns of the size table.
 """
 from __future__ import annotations
@@ -33,8 +33,9 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .results import ResultsError, load_json
+from ..errors import ConfigError
+from ..errors import ResultsError
+from ..files import load_json
 
 FINETUNE_SCHEMA = "ecomp_deap.finetune/1"
 FINETUNE_FILE = "finetune.json"
@@ -129,7 +130,7 @@ def fine_tune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: Recipe
 def finetune_indices(train_y: torch.Tensor, config) -> torch.Tensor:
     """(N - V,) int64, ascending: the training images outside the validation split a run
     with ``config`` (an :class:`~ecomp_deap.config.EcompConfig`) chose its network on."""
-    from .data import make_splits
+    from ..data import make_splits
 
     used = torch.zeros(len(train_y), dtype=torch.bool)
     if config.val_size:
@@ -144,7 +145,7 @@ def tune_record(model: nn.Module, data, indices: torch.Tensor, recipe: Recipe, p
                 desc: str = "fine-tuning") -> dict:
     """Fine-tune ``model`` (in place) on ``data.train_x[indices]``; its test accuracies
     (``"after_epochs"``: ``{"0": before, "N": after N epochs}``), size and wall time."""
-    from .nets.parents import accuracy
+    from ..nets.parents import accuracy
 
     widths = hidden_widths(model)
     params = sum(p.numel() for p in model.parameters())
@@ -177,8 +178,8 @@ def finetune_runs(folder, name: str, runs: Sequence[dict], data, recipe: Recipe,
                   log: Callable[[str], None] = print) -> list[dict]:
     """Each run's exported network (``folder/run_K.pt``, loaded with ``weights_only``)
     fine-tuned on the training images outside that run's validation split."""
-    from .config import EcompConfig
-    from .nets.export import load_exported
+    from ..config import EcompConfig
+    from ..nets.export import load_exported
 
     out = []
     for i, run in enumerate(runs):
@@ -205,10 +206,10 @@ def finetune_baselines(parent: nn.Module, baselines: dict, data, sizes: Sequence
     the random seeds), after_epochs_std, repeats}, ...]}``."""
     import numpy as np
 
-    from .baselines import METHODS, baseline_prunings, split_method
-    from .data import make_splits
-    from .nets.chain import Chain, parent_input_shape, parent_tensors
-    from .nets.export import export_individual
+    from .pruning_baselines import METHODS, baseline_prunings, split_method
+    from ..data import make_splits
+    from ..nets.chain import Chain, parent_input_shape, parent_tensors
+    from ..nets.export import export_individual
 
     arch = Chain.from_module(parent, input_shape=parent_input_shape(parent, data.train_x))
     weights, biases, norms = parent_tensors(parent, arch)

@@ -8,7 +8,7 @@ or filters and a population stacks into one tensor.
 Tensors in a genome are never modified in place: operators replace them. That makes
 cloning cheap (lists are copied, tensors shared) and lets the initial population
 share the parent's weights. A stage's weights may be stored as crossover left them, row
-ranges of their ancestors' tensors (:mod:`ecomp_deap.spliced`): ``weights[k]`` reads
+ranges of their ancestors' tensors (:mod:`ecomp_deap.nets.spliced`): ``weights[k]`` reads
 the tensor; ``weights.raw(k)`` what is stored.
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ import copy
 
 from deap import base, creator
 
-from .config import OBJECTIVES
-from .spliced import StageTensors
+from ..config import OBJECTIVES
+from ..nets.spliced import StageTensors
 
 
 class Genome:

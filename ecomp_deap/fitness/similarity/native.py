@@ -2,13 +2,13 @@
 the system's C compiler, cached, loaded through ctypes.
 
 * ``newton_rows``: the plain Newton phase of the perplexity search
-  (:func:`ecomp_deap.similarity._newton_phase`) on float32 rows of a CPU tensor, one
+  (:func:`ecomp_deap.fitness.similarity.loss._newton_phase`) on float32 rows of a CPU tensor, one
   row at a time while it sits in L1 cache (one pass over it per entropy evaluation
   instead of about seven array passes and two dozen small numpy calls);
 * ``kl``: the child's joint Q from its conditionals and KL(P || Q) against the parent's
   P, one matrix at a time (instead of six passes over float64 copies);
 * ``distances``: float32 squared distances from centred Gram matrices in place
-  (:func:`ecomp_deap.similarity.distances_from_gram`'s arithmetic in one pass instead of
+  (:func:`ecomp_deap.fitness.similarity.loss.distances_from_gram`'s arithmetic in one pass instead of
   three).
 
 Without a compiler, or with ``ECOMP_DEAP_NATIVE=0``, everything runs as before in
@@ -17,7 +17,7 @@ torch/numpy: the same results to float32 rounding, about twice as slow in the se
 The library is compiled once per source version and machine type into
 ``$ECOMP_DEAP_NATIVE_DIR`` (default ``~/.cache/ecomp_deap/native``): about a second,
 the first time a float32 search runs on the CPU. ``CC`` chooses the compiler (default
-``cc``). ``python -m ecomp_deap.native`` builds them and says where they are.
+``cc``). ``python -m ecomp_deap.fitness.similarity.native`` builds them and says where they are.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """One whole EComp run from a config: the library entry point.
 
-    from ecomp_deap.ecomp import run_ecomp
+    from ecomp_deap.search.run import run_ecomp
     result = run_ecomp(EcompConfig(), parent_model, data)   # data: FashionMNISTData-like
     result.best_module, result.to_json()
 
@@ -15,18 +15,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import __version__
-from .algorithm import HV_REFERENCE, Evolution, EvolutionResult, EvolutionState
-from .rng import seed_everything
-from .nets.chain import Chain, parent_input_shape, parent_tensors
-from .baselines import unit_scores
-from .config import EcompConfig
-from .data import BatchStream, make_splits
-from .evaluate import Measures, PopulationEvaluator
-from .nets.export import export_individual
+from .._version import __version__
+from .loops import HV_REFERENCE, Evolution, EvolutionResult, EvolutionState
+from ..rng import seed_everything
+from ..nets.chain import Chain, parent_input_shape, parent_tensors
+from ..study.pruning_baselines import unit_scores
+from ..config import EcompConfig
+from ..data import BatchStream, make_splits
+from ..fitness.evaluator import Measures, PopulationEvaluator
+from ..nets.export import export_individual
 from .indicators import hypervolume_2d
 from .toolbox import build_toolbox
-from .validation import validate_parent_weights, validate_run_data
+from ..validation import validate_parent_weights, validate_run_data
 
 
 INIT_SCORE_IMAGES = 2000  # images behind activation-based initial unit scores
@@ -70,7 +70,7 @@ class RunResult:
 
     @property
     def logbook(self):
-        from .algorithm import logbook_rows
+        from .loops import logbook_rows
 
         return logbook_rows(self.evolution.logbook)
 
@@ -181,7 +181,7 @@ class EcompRun:
                             (HV_REFERENCE["accuracy"], HV_REFERENCE["compression"]))
         params, macs = self.arch.sizes()
         if self.parent_test_accuracy is None:
-            from .nets.parents import accuracy
+            from ..nets.parents import accuracy
 
             self.parent_test_accuracy = accuracy(self.parent_model, self.data.test_x, self.data.test_y)
         parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.arch.hidden_widths),

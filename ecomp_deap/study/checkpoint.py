@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from deap import tools
 
-from .algorithm import EvolutionState, logbook_rows
-from .config import EcompConfig
-from .errors import UnsafeFileError, UserError
-from .results import save_torch
-from .rng import plain_rng, restore_rng
-from .safe_load import load_untrusted
+from ..search.loops import EvolutionState, logbook_rows
+from ..config import EcompConfig
+from ..errors import UnsafeFileError, UserError
+from ..files import save_torch
+from ..rng import plain_rng, restore_rng
+from ..nets.safe_load import load_untrusted
 
 FORMAT = "ecomp_deap.checkpoint/2"
 OLD_FORMATS = ("ecomp_deap.checkpoint/1",)
@@ -40,7 +40,7 @@ def plain(obj):
 
 
 def logbook_from_rows(rows: list[dict]) -> tools.Logbook:
-    """The Logbook that :func:`ecomp_deap.algorithm.logbook_rows` turned into ``rows``
+    """The Logbook that :func:`ecomp_deap.search.loops.logbook_rows` turned into ``rows``
     (each chapter is a dict in its row, recorded back as the chapter)."""
     logbook = tools.Logbook()
     for row in rows:

@@ -10,8 +10,8 @@ from typing import Sequence
 
 import torch
 
-from .nets.forward import recalibrated_norms
-from .spliced import splice
+from ..nets.forward import recalibrated_norms
+from ..nets.spliced import splice
 
 
 def l1_unit_scores(weights) -> list[torch.Tensor]:
@@ -67,7 +67,7 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
     stage's input slice of a group comes with that stage's own rows (its cut); aligned
     positions keep it connected to the same parent group. A hidden stage left empty
     gets one random group back. The first stage's children are stored as row ranges of
-    their parents' tensors (:mod:`ecomp_deap.spliced`), copied only when read whole.
+    their parents' tensors (:mod:`ecomp_deap.nets.spliced`), copied only when read whole.
     """
     n_hidden = len(ind1.masks)
     for k in layers:

@@ -1,7 +1,7 @@
 """Statistics behind ``experiments/compare.py``: summaries and pairwise tests.
 
 Everything here takes plain data -- ``(name, runs)`` pairs where ``runs`` is the
-list of run dictionaries of :func:`ecomp_deap.results.load_experiment` -- and
+list of run dictionaries of :func:`ecomp_deap.study.results.load_experiment` -- and
 returns plain rows (dicts), so it is testable without files or subprocesses.
 
 * :func:`summary_row` / :func:`summary_rows`: per experiment, the median and
@@ -15,7 +15,7 @@ returns plain rows (dicts), so it is testable without files or subprocesses.
   hidden units), the test accuracy of each run's front network chosen on validation
   accuracy, against the pruning baselines at that size.
 * :func:`finetune_rows`: the same sizes before and after N epochs of fine-tuning, from
-  the ``finetune.json`` files of ``experiments/finetune.py`` (:mod:`ecomp_deap.finetune`).
+  the ``finetune.json`` files of ``experiments/finetune.py`` (:mod:`ecomp_deap.study.fine_tuning`).
 * :func:`markdown_table`, :func:`format_report`: the tables as Markdown.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ def experiment_pairs(experiments, against: str | None = None):
         return list(itertools.combinations(experiments, 2))
     named = [e for e in experiments if e[0] == against]
     if not named:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"--against {against}: no such experiment among {', '.join(n for n, _ in experiments)}")
     return [(named[0], e) for e in experiments if e[0] != against]
@@ -563,7 +563,7 @@ def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequenc
             "brackets); with two experiments, the two-sided Mann–Whitney U p-value between them. "
             "Baselines: structured pruning to exactly that size, no retraining"
             + ("; '+refit': its Linear layers then refitted to the parent by closed-form least squares "
-               "(ecomp_deap.refit, no gradient), as evolved runs with refit_images are."
+               "(ecomp_deap.nets.refit, no gradient), as evolved runs with refit_images are."
                if any(k.endswith("+refit") for k in (sizes[0] if sizes else {})) else "."),
             "",
             size_markdown(sizes, names),

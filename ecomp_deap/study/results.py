@@ -1,0 +1,47 @@
+"""Result files of experiments: their schemas and the loaders that plots and comparisons use
+(written atomically through :mod:`ecomp_deap.files`).
+
+One run of an experiment is ``OUT/NAME/run_K.json`` (schema ``RUN_SCHEMA``) plus
+the chosen network's weights ``run_K.pt``; ``summary.json``/``summary.csv``
+aggregate the runs of one experiment.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import ResultsError
+from ..files import load_json
+
+RUN_SCHEMA = "ecomp_deap.run/1"
+SUMMARY_SCHEMA = "ecomp_deap.summary/1"
+
+
+def run_files(folder) -> list[Path]:
+    """The ``run_K.json`` files of one experiment folder, ordered by K."""
+    folder = Path(folder)
+    files = [p for p in folder.glob("run_*.json") if p.stem[4:].isdigit()]
+    return sorted(files, key=lambda p: int(p.stem[4:]))
+
+
+def load_run(path) -> dict:
+    data = load_json(path)
+    if not isinstance(data, dict) or data.get("schema") != RUN_SCHEMA:
+        raise ResultsError(f"{path}: not an ecomp_deap run result (expected schema {RUN_SCHEMA!r})")
+    return data
+
+
+def load_experiment(folder) -> list[dict]:
+    """All runs of one experiment folder; a clear error when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ResultsError(f"{folder}: no such results folder")
+    files = run_files(folder)
+    if not files:
+        raise ResultsError(f"{folder}: no run_K.json results in this folder (run experiments/run.py first)")
+    return [load_run(p) for p in files]
+
+
+def experiment_name(folder, runs: list[dict] | None = None) -> str:
+    if runs:
+        return str(runs[0].get("name") or Path(folder).name)
+    return Path(folder).resolve().name
