@@ -66,7 +66,7 @@ from ecomp_deap.data import balanced_indices  # noqa: E402
 from ecomp_deap.search.run import EcompRun  # noqa: E402
 from ecomp_deap.fitness.evaluator import Measures  # noqa: E402
 from ecomp_deap.nets.parents import ParentSpec, build_mlp, train_parent  # noqa: E402
-from ecomp_deap.fitness.similarity.loss import similarity_from_distances  # noqa: E402
+from ecomp_deap.fitness.similarity import similarity_from_distances  # noqa: E402
 from ecomp_deap.nets.spliced import RowSplice, dense_uncached  # noqa: E402
 
 SIM_RTOL = 1e-3

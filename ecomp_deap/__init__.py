@@ -1,12 +1,22 @@
 """EComp: compress trained neural networks by multiobjective evolution (DEAP + PyTorch).
 
 Entry points: :func:`ecomp_deap.compress` (your model and data),
-:func:`ecomp_deap.search.run.run_ecomp` (one run from an ``EcompConfig``), and the
+:func:`ecomp_deap.search.run.run_ecomp` (one run from an :class:`EcompConfig`), and the
 scripts in ``experiments/`` and ``plots/``.
-"""
-__version__ = "0.1.0"
 
-from .api import compress  # noqa: E402
-from .config import EcompConfig  # noqa: E402
+The package in layers, each importing only those below it (``tests/test_layers.py``
+checks it):
+
+* core, at the top level: :mod:`.errors`, :mod:`.rng`, :mod:`.config`, :mod:`.files`,
+  :mod:`.validation`, :mod:`.data` (they import one another and nothing else of the package);
+* :mod:`.nets`: reading a parent, running, exporting and refitting networks;
+* :mod:`.fitness`: measuring populations (the evaluator, the similarity loss);
+* :mod:`.search`: the evolutionary search (genome, operators, budget, loops, one run);
+* :mod:`.study`: experiments, executors, checkpoints, result files, statistics, plots;
+* :mod:`.api` (``compress``) and this ``__init__``: the top, which may import anything.
+"""
+from ._version import __version__
+from .api import compress
+from .config import EcompConfig
 
 __all__ = ["compress", "EcompConfig", "__version__"]

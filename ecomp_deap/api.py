@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from .config import EcompConfig
-from .search.run import RunResult, run_ecomp
 from .errors import ConfigError
-from .validation import validate_dataset, validate_parent_weights
+from .nets.reader import read_parent
+from .search.run import EcompRun, RunData, RunResult
+from .validation import validate_dataset
 
 
 @dataclass
@@ -48,14 +49,6 @@ class CompressionResult:
     best: Compressed
     front: list[Compressed]
     run: RunResult
-
-
-@dataclass
-class _TensorData:
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
 
 
 def as_tensors(data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -131,8 +124,6 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
     and an allowlist of the supported layer types; ``trust_pickle=True`` lifts that
     restriction for a file you trust (unpickling can run arbitrary code).
     """
-    from .nets.chain import Chain, check_layers, parent_input_shape
-
     if isinstance(model, (str, os.PathLike)):
         from .nets.parents import load_parent_file
 
@@ -140,14 +131,12 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be an nn.Sequential or the path of a saved one, got {type(model).__name__}")
     model = model.eval().cpu()
-    check_layers(model)
-    validate_parent_weights(model)
     given_sets = {name: as_tensors(given, name) for name, given in (("train", train), ("val", val), ("test", test))
                   if given is not None or name == "train"}
-    arch = Chain.from_module(model, input_shape=parent_input_shape(model, given_sets["train"][0]))
+    parent = read_parent(model, given_sets["train"][0])  # read and checked once, here
     sets = {}
     for name, (x, y) in given_sets.items():
-        validate_dataset(name, x, y, arch.n_classes, arch.input_shape)  # once, before any work
+        validate_dataset(name, x, y, parent.n_classes, parent.input_shape)  # once, before any work
         sets[name] = (x, y.long())
     x, y = sets["train"]
     validation = sets.get("val")
@@ -158,8 +147,7 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
         raise ConfigError("give val or test data: compressed networks are measured on data not used for evolution")
     if max_size is not None:
         config = config.replace(max_size=max_size)
-    data = _TensorData(x, y, *report)
-    r = run_ecomp(config, model, data, progress=progress, validation=validation, check_data=False)
+    r = EcompRun(config, parent, RunData(x, y, *report, validation), progress=progress).run()
 
     def wrap(measures: dict, module) -> Compressed:
         return Compressed(module, measures["test_accuracy"], measures["compression"], measures["similarity"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields, replace
+from typing import Sequence
 
 from .errors import ConfigError
 
@@ -17,6 +18,29 @@ DEVICES = ("auto", "cpu", "cuda")
 INIT_SCORES = ("l1", "activation")
 MUTATIONS = ("weights", "units")
 CROSSOVERS = ("layerwise", "reference")
+
+
+# ------------------------------------------------------------------ size budget
+SIZE_TOL = 1e-9  # F * total is a float: 0.25 * 512 must give 128, not 127
+
+
+def budget_groups(max_size: float, widths: Sequence[int]) -> int:
+    """The most hidden groups an individual may keep: ``floor(max_size * sum(widths))``."""
+    return int(math.floor(max_size * sum(widths) + SIZE_TOL))
+
+
+def check_budget(max_size, widths: Sequence[int], kind: str = "units") -> int:
+    """``budget_groups`` after checking F: a one-line :class:`ConfigError` for F outside
+    (0, 1] or a budget that cannot give every hidden layer one group."""
+    if isinstance(max_size, bool) or not isinstance(max_size, (int, float)) or not math.isfinite(max_size) \
+            or not 0.0 < max_size <= 1.0:
+        raise ConfigError(f"max_size must be a fraction of the parent's hidden {kind} in (0, 1], got {max_size}")
+    total, layers = sum(widths), len(widths)
+    budget = budget_groups(max_size, widths)
+    if budget < layers:
+        raise ConfigError(f"max_size {max_size:g} allows {budget} of the parent's {total} hidden {kind}, fewer than "
+                          f"one per hidden layer ({layers} layers): the smallest budget is {layers / total:.4g}")
+    return budget
 
 
 @dataclass(frozen=True)
@@ -210,23 +234,21 @@ class EcompConfig:
             need(torch.cuda.is_available(), "device 'cuda' was asked for but no CUDA device is available (use --device cpu or auto)")
         return self
 
-    def validate_for(self, arch) -> "EcompConfig":
+    def validate_for(self, chain) -> "EcompConfig":
         """Check the layer names against a parent :class:`~ecomp_deap.nets.chain.Chain`."""
         if self.max_size is not None:
-            from .search.budget import check_budget
-
-            check_budget(self.max_size, arch.hidden_widths, arch.group_kind)
-        names = ", ".join(arch.embedding_names)
+            check_budget(self.max_size, chain.hidden_widths, chain.group_kind)
+        names = ", ".join(chain.embedding_names)
         for layer in self.embedding_layers or ():
             try:
-                arch.embedding_index(layer)
+                chain.embedding_index(layer)
             except KeyError:
                 raise ConfigError(f"embedding layer {layer!r} is not a hidden layer of the parent; its hidden layers "
                                   f"are: {names}") from None
         for layer in self.recombination_layers or ():
-            if layer not in arch.stage_names:
+            if layer not in chain.stage_names:
                 raise ConfigError(f"recombination layer {layer!r} is not a Conv2d or Linear layer of the parent; "
-                                  f"they are: {', '.join(arch.stage_names)}")
+                                  f"they are: {', '.join(chain.stage_names)}")
         return self
 
     def validate_data(self, n_train: int) -> "EcompConfig":

@@ -20,9 +20,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def rng_snapshot(gen: torch.Generator) -> dict:
+def rng_snapshot(rng: torch.Generator) -> dict:
     return {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "gen": gen.get_state()}
+            "gen": rng.get_state()}
 
 
 def plain_rng(snapshot: dict) -> dict:
@@ -33,7 +33,7 @@ def plain_rng(snapshot: dict) -> dict:
     return {**snapshot, "numpy": numpy_state}
 
 
-def restore_rng(snapshot: dict, gen: torch.Generator) -> None:
+def restore_rng(snapshot: dict, rng: torch.Generator) -> None:
     """Restore a :func:`rng_snapshot` or its :func:`plain_rng` form."""
     random.setstate(snapshot["random"])
     name, key, pos, has_gauss, gauss = snapshot["numpy"]
@@ -41,4 +41,4 @@ def restore_rng(snapshot: dict, gen: torch.Generator) -> None:
         key = key.numpy()
     np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(snapshot["torch"])
-    gen.set_state(snapshot["gen"])
+    rng.set_state(snapshot["gen"])

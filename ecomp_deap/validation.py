@@ -104,11 +104,11 @@ def validate_dataset(name: str, x, y, n_classes: int, input_shape: Sequence[int]
     validate_labels(name, y, n_classes, n_examples=len(x), classes_from=classes_from)
 
 
-def validate_run_data(data, arch, validation: tuple | None = None) -> None:
+def validate_run_data(data, chain, validation: tuple | None = None) -> None:
     """Check a run's data against its parent: ``data.train_x/train_y``, the optional
-    ``validation`` (x, y) pair, and ``data.test_x/test_y``. ``arch`` needs ``input_shape``
+    ``validation`` (x, y) pair, and ``data.test_x/test_y``. ``chain`` (a parsed parent) needs ``input_shape``
     and ``n_classes``."""
-    shape, k = arch.input_shape, arch.n_classes
+    shape, k = chain.input_shape, chain.n_classes
     validate_dataset("train", data.train_x, data.train_y, k, shape)
     if validation is not None:
         validate_dataset("val", validation[0], validation[1], k, shape)

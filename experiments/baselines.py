@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int, parent_spec, positive_int, run_main)
+from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int, positive_int, run_main)
 from ecomp_deap.errors import ConfigError
 
 
@@ -65,23 +65,12 @@ def main(argv) -> int:
         raise ConfigError(f"{folder / 'baselines.json'} exists; use --overwrite to replace it")
 
     from ecomp_deap.study.pruning_baselines import BASELINES_SCHEMA, baseline_curves
-    from ecomp_deap.data import default_cache_dir, load_fashion_mnist, make_splits
-    from ecomp_deap.nets.parents import accuracy, load_or_train_parent, load_parent_file
+    from ecomp_deap.data import load_fashion_mnist, make_splits
     from ecomp_deap.files import save_json
+    from ecomp_deap.study.cli import load_parent
 
     data = load_fashion_mnist(args.data_dir)
-    if args.parent:
-        from ecomp_deap.nets.chain import Chain, parent_input_shape
-        from ecomp_deap.validation import validate_parent_weights, validate_run_data
-
-        model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
-        validate_parent_weights(model)
-        validate_run_data(data, Chain.from_module(model, parent_input_shape(model, data.train_x)))  # inputs, classes
-        parent_acc = accuracy(model, data.test_x, data.test_y)
-    else:
-        spec = parent_spec(args)
-        info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir())
-        model, parent_acc = info.model, info.test_accuracy
+    parent, _, parent_acc = load_parent(args, data)
     if args.refit == 1 or args.refit > args.subset:
         raise ConfigError(f"--refit needs 0 (off) or 2 to --subset ({args.subset}) images, got {args.refit}")
     if not args.refit_ridge > 0:
@@ -89,7 +78,7 @@ def main(argv) -> int:
     subset = make_splits(data.train_y, args.subset, 0, args.seed).subset
     t0 = time.perf_counter()
     calibration = data.train_x[subset[:args.norm_calibration]] if args.norm_calibration else None
-    methods = baseline_curves(model, sizes, data.test_x, data.test_y, data.train_x[subset], args.seeds, seed=args.seed,
+    methods = baseline_curves(parent, sizes, data.test_x, data.test_y, data.train_x[subset], args.seeds, seed=args.seed,
                               calibration_x=calibration,
                               refit_x=data.train_x[subset[:args.refit]] if args.refit else None,
                               refit_ridge=args.refit_ridge)

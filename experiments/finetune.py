@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int, parent_spec, positive_int, run_main)
+from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int, positive_int, run_main)
 from ecomp_deap.errors import ConfigError
 
 
@@ -87,29 +87,19 @@ def check_inputs(args):
 
 
 def load_parent(args, data, exps):
-    """The parent (``--parent`` or the cached one), checked against the runs' parent."""
-    from ecomp_deap.data import default_cache_dir
-    from ecomp_deap.nets.chain import Chain, parent_input_shape
-    from ecomp_deap.nets.parents import accuracy, load_or_train_parent, load_parent_file
+    """The parent (``--parent`` or the cached one), read once and checked against the runs' parent."""
+    from ecomp_deap.study import cli
+    from ecomp_deap.study.presets import preset_arch
 
-    if args.parent:
-        model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
-        acc = accuracy(model, data.test_x, data.test_y)
-    else:
-        from ecomp_deap.study.presets import preset_arch
-
-        info = load_or_train_parent(parent_spec(args, [preset_arch(e.name) for e in exps]), data,
-                                    Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
-                                    progress=not args.quiet)
-        model, acc = info.model, info.test_accuracy
-    widths = list(Chain.from_module(model, parent_input_shape(model, data.train_x)).hidden_widths)
+    parent, _, acc = cli.load_parent(args, data, [preset_arch(e.name) for e in exps], progress=not args.quiet)
+    widths = list(parent.chain.hidden_widths)
     for exp in exps:
-        parent = exp.runs[0].get("parent") or {}
-        if parent.get("hidden_units") != widths or abs(float(parent.get("test_accuracy", acc)) - acc) > 1e-6:
+        made_with = exp.runs[0].get("parent") or {}
+        if made_with.get("hidden_units") != widths or abs(float(made_with.get("test_accuracy", acc)) - acc) > 1e-6:
             raise ConfigError(f"{exp.folder}: its runs were made with another parent (hidden "
-                              f"{parent.get('hidden_units')}, test accuracy {parent.get('test_accuracy')}; this one: "
+                              f"{made_with.get('hidden_units')}, test accuracy {made_with.get('test_accuracy')}; this one: "
                               f"{widths}, {acc:.4f}); give the same --arch/--hidden/--parent as experiments/run.py")
-    return model, acc
+    return parent, acc
 
 
 def main(argv) -> int:
@@ -118,13 +108,13 @@ def main(argv) -> int:
 
     from ecomp_deap.config import EcompConfig
     from ecomp_deap.data import load_fashion_mnist
-    from ecomp_deap.study.experiment import torch_threads
+    from ecomp_deap.study.runner import torch_threads
     from ecomp_deap.study.fine_tuning import (FINETUNE_FILE, finetune_baselines, finetune_body, finetune_indices, finetune_parent, finetune_runs)
     from ecomp_deap.files import save_json
 
     data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
     print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")
-    model, parent_acc = load_parent(args, data, exps)
+    parent_net, parent_acc = load_parent(args, data, exps)
     print(f"recipe: {recipe.describe()}")
     # baselines and parent: the images outside the first run's validation split (none given: the defaults')
     reference = EcompConfig.from_dict(exps[0].runs[0]["config"]) if exps else EcompConfig()
@@ -132,7 +122,7 @@ def main(argv) -> int:
     t0 = time.perf_counter()
     written = []
     with torch_threads(args.threads):
-        parent = finetune_parent(model, data, indices, recipe, not args.quiet)
+        parent = finetune_parent(parent_net.model, data, indices, recipe, not args.quiet)
         for exp in exps:
             t = time.perf_counter()
             runs = finetune_runs(exp.folder, exp.name, exp.runs, data, recipe, not args.quiet)
@@ -142,7 +132,7 @@ def main(argv) -> int:
             written.append(path)
         if baselines is not None:
             t = time.perf_counter()
-            methods = finetune_baselines(model, baselines, data, args.sizes, indices, recipe, not args.quiet)
+            methods = finetune_baselines(parent_net, baselines, data, args.sizes, indices, recipe, not args.quiet)
             path = Path(args.baselines) / FINETUNE_FILE
             save_json(path, finetune_body("baselines", recipe, parent, sizes=[float(s) for s in args.sizes],
                                           methods=methods, wall_time_s=time.perf_counter() - t))

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int, parent_spec, positive_int, run_main)
+from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int, positive_int, run_main)
 from ecomp_deap.config import CROSSOVERS, DEVICES, INIT_SCORES, KERNELS, MUTATIONS, SELECTIONS
 from ecomp_deap.errors import ConfigError
 
@@ -43,7 +43,7 @@ def build_parser() -> OneLineParser:
     x.add_argument("--executor", choices=("serial", "local", "dask"),
                    help="serial: here, one run after the other (with checkpoints); local: a Dask LocalCluster "
                         "on this machine; dask: an existing Dask scheduler (--scheduler). On a cluster each run "
-                        "is one task and only finished runs are written (no checkpoints). Default: every CPU "
+                        "is one task, checkpointed as here (a run whose worker dies resumes elsewhere). Default: every CPU "
                         "available; serial with 2 threads per run on up to 3 CPUs (faster there than runs side "
                         "by side), else a local cluster of runs with 2 threads each")
     x.add_argument("--threads", type=positive_int,
@@ -178,83 +178,50 @@ def main(argv) -> int:
         check_output_folder(exp.folder, args.overwrite, args.resume)
     print(f"cores: {plan.describe()}")
     if plan.executor == "serial":
-        return run_experiments(args, argv, experiments)
+        return run_all(args, argv, experiments, plan)
     # connect (or start the local cluster) before any work: an unreachable scheduler fails fast
     with dask_client(plan.executor, plan.workers, args.scheduler) as client:
-        args.executor = plan.executor
-        return run_experiments(args, argv, experiments, client)
+        return run_all(args, argv, experiments, plan, client)
 
 
-def run_experiments(args, argv, experiments, client=None) -> int:
-    from ecomp_deap.data import default_cache_dir, load_fashion_mnist
-    from ecomp_deap.nets.parents import accuracy, load_or_train_parent, load_parent_file
+def run_all(args, argv, experiments, plan, client=None) -> int:
+    """Data and parent, read and checked once; then every run through the one runner,
+    here or on the cluster."""
+    from ecomp_deap.data import load_fashion_mnist
+    from ecomp_deap.study.cli import load_parent
+    from ecomp_deap.study.executors import ClusterExecutor, DataSpec
     from ecomp_deap.study.presets import preset_arch
+    from ecomp_deap.study.runner import RunInterrupted, SerialExecutor, run_experiments
 
     data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
     print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")
     for exp in experiments:
         exp.config.validate_data(len(data.train_y))
-    from ecomp_deap.nets.chain import Chain, parent_input_shape
-    from ecomp_deap.validation import validate_parent_weights, validate_run_data
-
-    spec = parent_spec(args, [preset_arch(exp.name) for exp in experiments])
-    if args.parent:
-        model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
-        validate_parent_weights(model)
-        validate_run_data(data, Chain.from_module(model, parent_input_shape(model, data.train_x)))  # inputs, classes
-        parent_acc = accuracy(model, data.test_x, data.test_y)
-        print(f"parent: loaded {args.parent} (test accuracy {parent_acc:.4f})")
+    parent, checked, parent_acc = load_parent(args, data, [preset_arch(exp.name) for exp in experiments],
+                                              progress=not args.quiet)
+    chain = parent.chain
+    print(f"parent: {chain.describe()}; {sum(chain.hidden_widths)} {chain.group_kind} to compress")
+    for exp in experiments:
+        exp.config.validate_for(chain)
+    if client is None:
+        executor = SerialExecutor(progress=not args.quiet)
     else:
-        info = load_or_train_parent(spec, data, Path(args.cache_dir) if args.cache_dir else default_cache_dir(),
-                                    progress=not args.quiet)
-        model, parent_acc = info.model, info.test_accuracy  # built for FashionMNIST, which its loader checked
-    from ecomp_deap.fitness.evaluator import NonFiniteError
-    from ecomp_deap.study.experiment import RunInterrupted
-
-    arch = Chain.from_module(model, input_shape=parent_input_shape(model, data.train_x))
-    print(f"parent: {arch.describe()}; {sum(arch.hidden_widths)} {arch.group_kind} to compress")
+        workers = client.scheduler_info().get("workers", {})
+        threads = sum(w.get("nthreads", 0) for w in workers.values())
+        where = "local cluster" if plan.executor == "local" else f"scheduler {args.scheduler}"
+        print(f"executor: {plan.executor} ({where}, {len(workers)} worker(s), {threads} thread(s))")
+        spec = DataSpec(args.data_dir, allow_download=not args.no_download, fingerprint=data.fingerprint)
+        executor = ClusterExecutor(client, spec)
     for exp in experiments:
-        exp.config.validate_for(arch)
-    if client is not None:
-        return run_distributed(args, client, experiments, model, parent_acc, data)
-    for exp in experiments:
-        t0 = time.perf_counter()
         print(describe(exp))
-        try:
-            exp.run(model, data, parent_acc, overwrite=args.overwrite, resume=args.resume, progress=not args.quiet,
-                    check_data=False)  # checked above, against this parent
-        except RunInterrupted as e:
-            again = " ".join(a for a in argv if a != "--overwrite")
-            print(f"{e}\nresume with: python experiments/run.py {again} --resume", file=sys.stderr)
-            return 128 + e.signum
-        except NonFiniteError as e:
-            print(f"error: {exp.name}: run stopped, {e}; a checkpoint of the generation before it was written "
-                  f"in {exp.folder}", file=sys.stderr)
-            return 1
-        print(f"== {exp.name}: done in {time.perf_counter() - t0:.1f} s; results in {exp.folder}")
-    return 0
-
-
-def describe(exp) -> str:
-    budget = f", at most {100 * exp.config.max_size:g} % of the hidden units" if exp.config.max_size else ""
-    return (f"== {exp.name}: {exp.runs} run(s), {exp.config.selection}, weights {list(exp.config.weights)}, "
-            f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations{budget} -> {exp.folder}")
-
-
-def run_distributed(args, client, experiments, model, parent_acc, data) -> int:
-    """Every run of every experiment as one task on a Dask cluster; results written here."""
-    from ecomp_deap.study.executors import DataSpec, run_on_cluster
-
-    spec = DataSpec(args.data_dir, allow_download=not args.no_download, fingerprint=data.fingerprint)
     t0 = time.perf_counter()
-    workers = client.scheduler_info().get("workers", {})
-    threads = sum(w.get("nthreads", 0) for w in workers.values())
-    where = "local cluster" if args.executor == "local" else f"scheduler {args.scheduler}"
-    print(f"executor: {args.executor} ({where}, {len(workers)} worker(s), {threads} thread(s))")
-    for exp in experiments:
-        print(describe(exp))
-    report = run_on_cluster(experiments, client, model, spec, parent_acc, overwrite=args.overwrite,
-                            resume=args.resume, log=print, details=args.debug)
+    try:
+        report = run_experiments(experiments, parent, checked, executor, parent_acc, overwrite=args.overwrite,
+                                 resume=args.resume, log=print, details=args.debug)
+    except RunInterrupted as e:
+        again = " ".join(a for a in argv if a != "--overwrite")
+        print(f"{e}\nresume with: python experiments/run.py {again} --resume", file=sys.stderr)
+        return 128 + e.signum
     done = len(report.written)
     print(f"== {done} of {report.total} run(s) done in {time.perf_counter() - t0:.1f} s"
           + (f", {len(report.skipped)} already finished" if report.skipped else "")
@@ -262,9 +229,16 @@ def run_distributed(args, client, experiments, model, parent_acc, data) -> int:
     if report.failures:
         print(f"error: {len(report.failures)} run(s) failed: "
               + ", ".join(f"{f.name} run {f.run + 1}" for f in report.failures)
-              + "; rerun the same command with --resume to retry them", file=sys.stderr)
+              + "; rerun the same command with --resume to retry them (each from its last checkpoint)",
+              file=sys.stderr)
         return 1
     return 0
+
+
+def describe(exp) -> str:
+    budget = f", at most {100 * exp.config.max_size:g} % of the hidden units" if exp.config.max_size else ""
+    return (f"== {exp.name}: {exp.runs} run(s), {exp.config.selection}, weights {list(exp.config.weights)}, "
+            f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations{budget} -> {exp.folder}")
 
 
 if __name__ == "__main__":

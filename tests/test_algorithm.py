@@ -71,9 +71,9 @@ def test_elitism_carries_the_best_individuals_over_unchanged(tiny_data, tiny_par
 
 
 def test_activation_initialisation_keeps_the_highest_activation_score_units(tiny_data, tiny_parent):
-    from ecomp_deap.study.pruning_baselines import unit_scores
+    from ecomp_deap.search.scores import unit_scores
     from ecomp_deap.search.run import INIT_SCORE_IMAGES, EcompRun
-    from ecomp_deap.search.operators import top_units_mask
+    from ecomp_deap.search.scores import top_units_mask
 
     cfg = EcompConfig(selection="nsga2", init_scores="activation", **TINY)
     run = EcompRun(cfg, tiny_parent, tiny_data, progress=False)

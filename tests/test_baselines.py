@@ -7,7 +7,8 @@ import torch
 
 from conftest import REPO
 from ecomp_deap.nets.chain import Chain, parent_tensors
-from ecomp_deap.study.pruning_baselines import baseline_curves, keep_counts, pruned, unit_scores
+from ecomp_deap.search.scores import unit_scores
+from ecomp_deap.study.pruning_baselines import baseline_curves, keep_counts, pruned
 from ecomp_deap.search.indicators import knee_point
 from ecomp_deap.nets.parents import build_mlp
 

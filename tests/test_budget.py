@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from conftest import REPO
-from ecomp_deap.search.budget import budget_groups, budget_rates, check_budget, group_ranks, repair_to_budget
+from ecomp_deap.config import budget_groups, check_budget
+from ecomp_deap.search.budget import budget_rates, group_ranks, repair_to_budget
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
 from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.nets.parents import build_cnn, build_mlp
-from ecomp_deap.search.operators import l1_unit_scores
+from ecomp_deap.search.scores import l1_unit_scores
 from ecomp_deap.search.toolbox import build_toolbox
 
 

@@ -14,8 +14,9 @@ from ecomp_deap.search.genome import fitness_weights, make_types
 from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.nets.export import count_parameters, export_individual, load_exported, save_exported
 from ecomp_deap.nets.forward import network_forward
-from ecomp_deap.search.operators import (cx_layerwise, init_pruned_population, l1_unit_scores, mut_flip_units, mut_scale_units, mut_scale_weights)
-from ecomp_deap.fitness.similarity.loss import tsne_similarity_loss
+from ecomp_deap.search.scores import l1_unit_scores
+from ecomp_deap.search.operators import (cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights)
+from ecomp_deap.fitness.similarity import tsne_similarity_loss
 
 
 def randomise_norms(model: nn.Module, seed: int) -> nn.Module:

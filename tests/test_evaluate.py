@@ -10,7 +10,7 @@ from ecomp_deap.nets.forward import as_input, network_forward, stacked_stage
 from ecomp_deap.search.genome import fitness_weights, make_types
 from ecomp_deap.search.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
 from ecomp_deap.nets.parents import build_mlp
-from ecomp_deap.fitness.similarity.loss import tsne_similarity_loss
+from ecomp_deap.fitness.similarity import tsne_similarity_loss
 
 
 def varied_population(model, n=6, seed=0, mutate=True):

@@ -8,9 +8,11 @@ import warnings
 import pytest
 import torch
 
-import ecomp_deap.fitness.similarity.loss as sim
+from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
 from ecomp_deap.fitness.similarity import native
-from ecomp_deap.fitness.similarity.loss import (_conditional_probabilities, _offdiag, joint_probabilities, squared_distances)
+from ecomp_deap.fitness.similarity import joint_probabilities, squared_distances
+from ecomp_deap.fitness.similarity.loss import _offdiag
+from ecomp_deap.fitness.similarity.perplexity import _conditional_probabilities
 
 HAVE_CC = shutil.which(native.compiler()[0]) is not None
 needs_kernel = pytest.mark.skipif(not HAVE_CC, reason="no C compiler here")
@@ -30,8 +32,8 @@ def test_the_kernel_builds_where_there_is_a_compiler(fresh_kernel):
     assert native.kernels() is not None
     assert native.library_path().parent == fresh_kernel and native.library_path().exists()
     assert [p.name for p in fresh_kernel.iterdir()] == [native.library_path().name]  # no temporary left
-    assert sim._native(torch.zeros(3)) is not None  # float32 on the CPU takes it
-    assert sim._native(torch.zeros(3, dtype=torch.float64)) is None
+    assert native.for_tensor(torch.zeros(3)) is not None  # float32 on the CPU takes it
+    assert native.for_tensor(torch.zeros(3, dtype=torch.float64)) is None
 
 
 def test_without_a_compiler_the_search_warns_once_and_runs_in_numpy(fresh_kernel, monkeypatch):
@@ -44,7 +46,7 @@ def test_without_a_compiler_the_search_warns_once_and_runs_in_numpy(fresh_kernel
         assert native.kernels() is None  # once per process
         d = squared_distances(torch.randn(30, 5, generator=torch.Generator().manual_seed(1)))
         p = joint_probabilities(d, 10.0, dtype=torch.float32)
-    monkeypatch.setattr(sim, "_NATIVE", False)
+    monkeypatch.setattr(native, "USE", False)
     assert torch.equal(p, joint_probabilities(d, 10.0, dtype=torch.float32))
 
 
@@ -70,7 +72,7 @@ def test_ecomp_deap_native_0_switches_it_off(fresh_kernel, monkeypatch):
 
 
 def _search(monkeypatch, use_native: bool, fn, *args, **kwargs):
-    monkeypatch.setattr(sim, "_NATIVE", use_native)
+    monkeypatch.setattr(native, "USE", use_native)
     return fn(*args, **kwargs)
 
 
@@ -134,7 +136,7 @@ def test_row_ranges_on_threads_give_the_same_bits(monkeypatch):
     d = squared_distances(torch.relu(torch.randn(40, 50, 20, generator=g)), torch.float32)
     one = joint_probabilities(d, 10.0, return_log_beta=True, dtype=torch.float32)
     threads = torch.get_num_threads()
-    monkeypatch.setattr(sim, "_NATIVE_MIN_ROWS", 7)
+    monkeypatch.setattr(perplexity, "_NATIVE_MIN_ROWS", 7)
     try:
         torch.set_num_threads(3)
         split = joint_probabilities(d, 10.0, return_log_beta=True, dtype=torch.float32)
@@ -165,7 +167,7 @@ def test_the_search_says_which_rows_it_wrote_finite():
     d[47, 3] = math.inf  # row 7 of matrix 2: its search breaks down (NaN) too
     lib = native.kernels()
     for max_iter in (3, 100):  # 3: the kernel writes every row at its last step; 100: the rest goes to Python
-        p, _, _, finite = sim._conditional_rows_native(lib.newton_rows, d, 20, 5.0, max_iter=max_iter)
+        p, _, _, finite = perplexity._conditional_rows_native(lib.newton_rows, d, 20, 5.0, max_iter=max_iter)
         assert torch.equal(finite, torch.isfinite(p.sum(dim=1)))
         assert (~finite).nonzero().flatten().tolist() == [25, 47]
 
@@ -185,7 +187,7 @@ def test_the_distance_kernel_gives_the_torch_passes_bits(shape, monkeypatch):
     x[-1] *= 1e25  # squared norms beyond float32's safe range: rescaled
     bits = {}
     for use in (True, False):
-        monkeypatch.setattr(sim, "_NATIVE", use)
+        monkeypatch.setattr(native, "USE", use)
         out = torch.full((*shape[:2], shape[1]), -1.0)
         d = squared_distances(x, torch.float32, rescale=True, symmetric=False, out=out)
         assert d.data_ptr() == out.data_ptr()  # written in place
@@ -196,9 +198,9 @@ def test_the_distance_kernel_gives_the_torch_passes_bits(shape, monkeypatch):
     y[-1, 0, 0] = math.inf
     res = {}
     for use in (True, False):
-        monkeypatch.setattr(sim, "_NATIVE", use)
+        monkeypatch.setattr(native, "USE", use)
         gram = torch.bmm(y, y.transpose(1, 2))
-        res[use] = sim.distances_from_gram(gram, symmetric=False)
+        res[use] = distances.distances_from_gram(gram, symmetric=False)
     assert torch.equal(res[True].isnan(), res[False].isnan())
     assert torch.equal(torch.nan_to_num(res[True], nan=-1.0), torch.nan_to_num(res[False], nan=-1.0))
 
@@ -226,39 +228,39 @@ def _kl_case(g_: int, B: int, seed: int):
 @needs_kernel
 @pytest.mark.parametrize("B", [2, 3, 13, 100])
 def test_the_kl_kernel_gives_the_torch_loss(B, monkeypatch):
-    from ecomp_deap.fitness.similarity.loss import parent_entropy_term, similarity_from_distances
+    from ecomp_deap.fitness.similarity import parent_entropy_term, similarity_from_distances
 
     pp, d = _kl_case(9, B, B)
     term = parent_entropy_term(pp)
     kernel = _search(monkeypatch, True, similarity_from_distances, pp, d, 5.0 if B > 6 else 1.5, parent_term=term)
-    monkeypatch.setattr(sim, "_NATIVE", True)
-    cond, _ = sim._conditionals(d, 5.0 if B > 6 else 1.5, None, torch.float32, True)
+    monkeypatch.setattr(native, "USE", True)
+    cond, _ = perplexity._conditionals(d, 5.0 if B > 6 else 1.5, None, torch.float32, True)
     q = cond.double() + cond.double().transpose(1, 2)  # Q in float64, as the kernel builds it
-    q = (q / q.sum(dim=(1, 2), keepdim=True)).clamp_min(sim.EPS)
+    q = (q / q.sum(dim=(1, 2), keepdim=True)).clamp_min(perplexity.EPS)
     q.diagonal(dim1=1, dim2=2).zero_()
-    torch_kl = sim._kl_from_floored_q(pp, q, term)  # the same conditionals, the torch KL
+    torch_kl = loss._kl_from_floored_q(pp, q, term)  # the same conditionals, the torch KL
     torch.testing.assert_close(kernel, torch_kl, rtol=1e-9, atol=1e-12)
     assert bool((kernel >= 0).all())
     # one broadcast parent (stride 0) and per-matrix copies of it give the same bits
-    copies = sim._kl_native(native.kernels().kl, cond, pp.expand(9, B, B).contiguous(), term)
-    broadcast = sim._kl_native(native.kernels().kl, cond, pp.expand(9, B, B), term)
+    copies = loss._kl_native(native.kernels().kl, cond, pp.expand(9, B, B).contiguous(), term)
+    broadcast = loss._kl_native(native.kernels().kl, cond, pp.expand(9, B, B), term)
     assert torch.equal(copies, broadcast)
 
 
 @needs_kernel
 def test_the_kl_kernel_gives_zero_for_the_parent_itself_and_nan_for_nan(monkeypatch):
-    monkeypatch.setattr(sim, "_NATIVE", True)
+    monkeypatch.setattr(native, "USE", True)
     pp, d = _kl_case(4, 20, 5)
-    cond, _ = sim._conditionals(d, 5.0, None, torch.float32, True)
+    cond, _ = perplexity._conditionals(d, 5.0, None, torch.float32, True)
     q = cond.double() + cond.double().transpose(1, 2)
-    q = (q / q.sum(dim=(1, 2), keepdim=True)).clamp_min(sim.EPS)
+    q = (q / q.sum(dim=(1, 2), keepdim=True)).clamp_min(perplexity.EPS)
     q.diagonal(dim1=1, dim2=2).zero_()
-    from ecomp_deap.fitness.similarity.loss import parent_entropy_term
+    from ecomp_deap.fitness.similarity import parent_entropy_term
 
-    own = sim._kl_native(native.kernels().kl, cond, q, parent_entropy_term(q))  # P = Q: the loss is 0
+    own = loss._kl_native(native.kernels().kl, cond, q, parent_entropy_term(q))  # P = Q: the loss is 0
     assert float(own.abs().max()) < 1e-6
     cond[2, 3, 4] = math.nan
-    out = sim._kl_native(native.kernels().kl, cond, pp.expand(4, 20, 20), parent_entropy_term(pp).expand(4))
+    out = loss._kl_native(native.kernels().kl, cond, pp.expand(4, 20, 20), parent_entropy_term(pp).expand(4))
     assert bool(torch.isnan(out[2])) and bool(torch.isfinite(out[[0, 1, 3]]).all())
 
 

@@ -15,7 +15,10 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist, squareform
 
-from ecomp_deap.fitness.similarity.loss import (EPS, _conditional_probabilities, _offdiag, count_active_units, joint_probabilities, kl_divergence, squared_distances, student_t_probabilities, tsne_similarity_loss)
+from ecomp_deap.fitness.similarity import (EPS, count_active_units, joint_probabilities, kl_divergence, squared_distances,
+                                          student_t_probabilities, tsne_similarity_loss)
+from ecomp_deap.fitness.similarity.loss import _offdiag
+from ecomp_deap.fitness.similarity.perplexity import _conditional_probabilities
 
 sk_tsne = pytest.importorskip("sklearn.manifold._t_sne")
 MACHINE_EPS = np.finfo(np.float64).eps
@@ -418,7 +421,7 @@ def test_settled_rows_are_written_after_one_more_unevaluated_newton_step(search_
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_newton_arithmetic_in_torch_matches_numpy(dtype, monkeypatch):
     # CPU tensors do the per-row arithmetic in numpy, GPU ones in torch: the same search
-    import ecomp_deap.fitness.similarity.loss as sim
+    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
 
     g = torch.Generator().manual_seed(21)
     x = torch.relu(torch.randn(30, 100, 40, generator=g) - 0.3)
@@ -426,10 +429,10 @@ def test_newton_arithmetic_in_torch_matches_numpy(dtype, monkeypatch):
     d = squared_distances(x, dtype)
     warm = torch.randn(30, 100, generator=g, dtype=torch.float64) * 0.2 + 1.0
     warm[5] = math.nan  # cold-started rows
-    monkeypatch.setattr(sim, "_NATIVE", False)  # the C kernel has its own test (test_native.py)
+    monkeypatch.setattr(native, "USE", False)  # the C kernel has its own test (test_native.py)
     results = []
     for on in (True, False):
-        monkeypatch.setattr(sim, "_NUMPY_ON_CPU", on)
+        monkeypatch.setattr(perplexity, "_NUMPY_ON_CPU", on)
         results.append(joint_probabilities(d, 30.0, warm, return_log_beta=True, dtype=dtype, symmetric=True))
     (p_np, t_np), (p_t, t_t) = results
     tol = 1e-5 if dtype == torch.float32 else 1e-12  # float32: numpy's and torch's exp and log differ in ulps
@@ -447,11 +450,11 @@ F32_RTOL = 1e-4  # issue #13: relative error of the loss against the oracle
 def search_path(request, monkeypatch):
     """A float32 CPU search through the C kernel (ecomp_deap.fitness.similarity.native), then through the
     numpy Newton phase it replaces (the path without a compiler)."""
-    import ecomp_deap.fitness.similarity.loss as sim
+    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
 
-    if request.param == "native" and sim._native(torch.zeros(1)) is None:
+    if request.param == "native" and native.for_tensor(torch.zeros(1)) is None:
         pytest.skip("the C kernel is not available here (no C compiler)")
-    monkeypatch.setattr(sim, "_NATIVE", request.param == "native")
+    monkeypatch.setattr(native, "USE", request.param == "native")
     return request.param
 
 
@@ -517,14 +520,14 @@ def test_float32_search_falls_back_to_float64_for_rows_it_cannot_solve(search_pa
     assert p32.dtype == torch.float32
     rel32 = ((p32.double() - p64).abs() / p64)[off].max()
     assert 1e-6 < rel32 < 1e-4  # float32's own search: to its entropy tolerance
-    import ecomp_deap.fitness.similarity.loss as sim
+    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
 
-    original = sim._MAX_ITER
+    original = perplexity._MAX_ITER
     try:  # every float32 row now counts as out of steps: all of them take the float64 path
-        sim._MAX_ITER = 1
+        perplexity._MAX_ITER = 1
         p_fallback = joint_probabilities(d, dtype=torch.float32)
     finally:
-        sim._MAX_ITER = original
+        perplexity._MAX_ITER = original
     assert p_fallback.dtype == torch.float32
     assert ((p_fallback.double() - p64).abs() / p64)[off].max() < 1e-6  # the float64 solution, rounded
 
@@ -552,8 +555,8 @@ def test_the_loss_in_small_blocks_equals_it_in_one(kernel, dtype, monkeypatch):
     parents where it can, gathered copies where it cannot): any block size gives the
     one-block losses, for the evaluator's layouts (a parent per batch against
     (individuals, batches) children; one parent against many) and odd broadcasts."""
-    import ecomp_deap.fitness.similarity.loss as sim
-    from ecomp_deap.fitness.similarity.loss import parent_entropy_term, similarity_from_distances
+    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
+    from ecomp_deap.fitness.similarity import parent_entropy_term, similarity_from_distances
 
     g = torch.Generator().manual_seed(21)
     B = 12
@@ -573,10 +576,10 @@ def test_the_loss_in_small_blocks_equals_it_in_one(kernel, dtype, monkeypatch):
     for p, d, w, term in cases:
         kw = dict(kernel=kernel, dof=dof[:d.shape[0]] if d.dim() == 4 else dof[:d.shape[0], 0],
                   log_beta_init=w, parent_term=term)
-        monkeypatch.setattr(sim, "_BLOCK_ELEMENTS", 2**30)
+        monkeypatch.setattr(loss, "_BLOCK_ELEMENTS", 2**30)
         whole = similarity_from_distances(p, d, 5.0, **kw)
         for elements in (1, B * B, 3 * B * B, 7 * B * B):
-            monkeypatch.setattr(sim, "_BLOCK_ELEMENTS", elements)
+            monkeypatch.setattr(loss, "_BLOCK_ELEMENTS", elements)
             torch.testing.assert_close(similarity_from_distances(p, d, 5.0, **kw), whole, **tol)
 
 
@@ -586,22 +589,22 @@ def test_matrices_read_by_columns_in_any_pieces_match_the_row_search(dtype, monk
     out) in whole-matrix pieces, pieces of several matrices and column ranges of one
     matrix, equals the search on the off-diagonal rows, tied rows (closed form, NaN
     log(beta)) included."""
-    import ecomp_deap.fitness.similarity.loss as sim
+    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
 
-    monkeypatch.setattr(sim, "_NATIVE", False)  # the column search (the C kernel reads rows)
+    monkeypatch.setattr(native, "USE", False)  # the column search (the C kernel reads rows)
     g = torch.Generator().manual_seed(23)
     x = torch.randn(3, 70, 4, generator=g).to(dtype)
     x[0, :40] = 0.0  # 40 coincident points: rows whose 39 nearest neighbours tie
     x[1, 35:] = x[1, :35]  # duplicated points
     d = squared_distances(x, dtype)  # (3, 70, 70), exactly symmetric
     cond, _, t_rows = _conditional_probabilities(_offdiag(d).reshape(-1, 69), 30.0)
-    full = sim._from_offdiag(cond.reshape(3, 70, 69))
+    full = loss._from_offdiag(cond.reshape(3, 70, 69))
     ref = full + full.transpose(1, 2)
-    ref = (ref / ref.sum(dim=(1, 2), keepdim=True)).clamp_min(sim.EPS)
+    ref = (ref / ref.sum(dim=(1, 2), keepdim=True)).clamp_min(perplexity.EPS)
     ref.diagonal(dim1=1, dim2=2).zero_()
     tol = dict(rtol=1e-9, atol=1e-15) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-9)
     for elements in (2**30, 2 * 70 * 70, 7 * 70, 1):  # one piece, 2 matrices, 7 columns, 1 column
-        monkeypatch.setattr(sim, "_SEARCH_ELEMENTS", elements)
+        monkeypatch.setattr(perplexity, "_SEARCH_ELEMENTS", elements)
         p, t = joint_probabilities(d, 30.0, return_log_beta=True, dtype=dtype, symmetric=True)
         torch.testing.assert_close(p, ref.to(dtype), **tol)
         assert torch.equal(torch.isnan(t), torch.isnan(t_rows.reshape(3, 70)))

@@ -78,9 +78,9 @@ def test_ranges_of_one_tensor_merge_and_long_splices_are_copied():
 def test_digests_of_a_splice_are_its_rows_digests():
     a, b, c = _sources(seed=2)
     s = splice(splice(a, b, 3), c, 6)
-    assert torch.equal(row_keys.row_digests(s), row_keys.row_digests(s.materialize().clone()))
+    assert torch.equal(spliced.row_digests(s), spliced.row_digests(s.materialize().clone()))
     w = splice(a, b, 4).materialize()  # the copy inherits its sources' digests (already known)
-    assert torch.equal(row_keys._cached(w), row_keys.row_digests(w.clone()))
+    assert torch.equal(spliced.cached_digests(w), spliced.row_digests(w.clone()))
 
 
 def test_genome_weights_read_as_tensors_and_keep_splices_until_read():

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import pickle
 import re
 from pathlib import Path
@@ -61,15 +62,19 @@ def refused_global(error: BaseException) -> str | None:
     return found.group(1).strip() if found else None
 
 
-def load_untrusted(path, trust_pickle: bool = False, opt_in: str | None = TRUST_PARENT, what: str = "file"):
-    """``torch.load(path)`` on the CPU with ``weights_only=True`` and the layer allowlist.
+def load_untrusted(path, trust_pickle: bool = False, opt_in: str | None = TRUST_PARENT, what: str = "file",
+                   name: str | None = None):
+    """``torch.load(path)`` on the CPU with ``weights_only=True`` and the layer allowlist;
+    ``path`` may also be a binary file object (``name`` then names it in messages).
 
     A file that needs anything else raises :class:`UnsafeFileError` (one line: the
     refused global, why, and ``opt_in`` if given). ``trust_pickle=True`` loads with full
     unpickling, for files the user trusts. Other errors (a missing, truncated or
     non-torch file) propagate unchanged for the caller to word.
     """
-    path = Path(path)
+    if isinstance(path, (str, os.PathLike)):
+        path = Path(path)
+        name = name or str(path)
     if trust_pickle:
         return torch.load(path, map_location="cpu", weights_only=False)
     with _allowlisted():
@@ -81,5 +86,5 @@ def load_untrusted(path, trust_pickle: bool = False, opt_in: str | None = TRUST_
                 raise
             hint = f"; if you trust this file, use {opt_in}" if opt_in else ""
             raise UnsafeFileError(
-                f"{path}: refused to load this {what}: it needs {refused}, which is not a tensor, plain data or a "
+                f"{name or 'file'}: refused to load this {what}: it needs {refused}, which is not a tensor, plain data or a "
                 f"supported layer ({LAYER_SUMMARY}); files are loaded without running code from them{hint}") from None

@@ -20,9 +20,11 @@ its own (100).
 """
 from __future__ import annotations
 
-from typing import Iterable
+import hashlib
+from typing import Iterable, Sequence
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 MAX_PARTS = 16  # ranges per splice; more and the child is copied at once
 
@@ -42,10 +44,8 @@ class RowSplice:
     def materialize(self) -> torch.Tensor:
         """The whole tensor (computed once; the row digests the parts know come with it)."""
         if self._dense is None:
-            from ..fitness import row_keys  # the digests of the copy: from its sources', when they are known
-
             dense = dense_uncached(self)
-            row_keys.inherit(dense, [(src, slice(a, b)) for src, a, b in self.parts])
+            inherit(dense, [(src, slice(a, b)) for src, a, b in self.parts])  # its digests, from its sources''
             self._dense = dense
         return self._dense
 
@@ -146,3 +146,41 @@ class StageTensors(list):
 
     def __reduce__(self):  # pickles as the list of tensors it reads as
         return (list, (list(self),))
+
+
+# ------------------------------------------------------------------ row digests
+# Each row's (filter's) 128-bit BLAKE2b digest of its float bytes: equal rows, equal
+# digests (a collision is as unlikely as one of a content-addressed store's). Computed
+# once per tensor (genome tensors are never written in place) and inherited by
+# crossover's children from their sources' (a splice's, and its copy's when it is read
+# whole), so in a run only new tensors (mutations, refits) are hashed.
+_DIGESTS = WeakIdKeyDictionary()  # tensor or splice -> its (out, 2) int64 row digests, forgotten with it
+
+
+def cached_digests(t) -> torch.Tensor | None:
+    """The row digests already known for the tensor or splice ``t``, else None."""
+    return _DIGESTS.get(t)
+
+
+def row_digests(w) -> torch.Tensor:
+    """(out, ...) weights, a tensor or a :class:`RowSplice` -> (out, 2)
+    int64: each row's (filter's) 128-bit BLAKE2b digest of its float bytes, cached for the
+    object (a splice's from its sources')."""
+    digests = _DIGESTS.get(w)
+    if digests is None and isinstance(w, RowSplice):
+        digests = torch.cat([row_digests(src)[a:b] for src, a, b in w.parts])
+        _DIGESTS[w] = digests
+    elif digests is None:
+        rows = w.detach().reshape(w.shape[0], -1).to("cpu", copy=False).contiguous().numpy()
+        raw = b"".join(hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in rows)
+        digests = torch.frombuffer(bytearray(raw), dtype=torch.int64).reshape(w.shape[0], 2)
+        _DIGESTS[w] = digests
+    return digests
+
+
+def inherit(child: torch.Tensor, parts: Sequence[tuple[torch.Tensor, slice]]) -> None:
+    """Record the digests of ``child``, the rows ``parts`` [(parent tensor, row slice)]
+    concatenated, when every parent's are known (crossover's children)."""
+    known = [_DIGESTS.get(t) for t, _ in parts]
+    if all(k is not None for k in known):
+        _DIGESTS[child] = torch.cat([k[s] for k, (_, s) in zip(known, parts)])

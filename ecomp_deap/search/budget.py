@@ -1,8 +1,9 @@
 """The size budget (``EcompConfig.max_size``): every individual keeps at most a fraction
 F of the parent's hidden groups (units or channels, summed over the hidden layers).
 
-* :func:`budget_groups` turns F into a whole number of groups, ``floor(F * total)``;
-  :func:`check_budget` refuses F outside (0, 1] or a budget below one group per layer.
+* F becomes a whole number of groups, ``floor(F * total)``, in
+  :func:`ecomp_deap.config.budget_groups` (:func:`~ecomp_deap.config.check_budget` refuses F
+  outside (0, 1] or a budget below one group per layer): the setting's own arithmetic.
 * :func:`group_ranks` makes the initial prunings' per-layer scores comparable across
   layers: a group's score becomes its percentile within its layer (1 = the layer's
   best), so a repair of a uniform pruning stays uniform whatever the layers' scales.
@@ -24,29 +25,6 @@ import math
 from typing import Sequence
 
 import torch
-
-from ..errors import ConfigError
-
-SIZE_TOL = 1e-9  # F * total is a float: 0.25 * 512 must give 128, not 127
-
-
-def budget_groups(max_size: float, widths: Sequence[int]) -> int:
-    """The most hidden groups an individual may keep: ``floor(max_size * sum(widths))``."""
-    return int(math.floor(max_size * sum(widths) + SIZE_TOL))
-
-
-def check_budget(max_size, widths: Sequence[int], kind: str = "units") -> int:
-    """``budget_groups`` after checking F: a one-line :class:`ConfigError` for F outside
-    (0, 1] or a budget that cannot give every hidden layer one group."""
-    if isinstance(max_size, bool) or not isinstance(max_size, (int, float)) or not math.isfinite(max_size) \
-            or not 0.0 < max_size <= 1.0:
-        raise ConfigError(f"max_size must be a fraction of the parent's hidden {kind} in (0, 1], got {max_size}")
-    total, layers = sum(widths), len(widths)
-    budget = budget_groups(max_size, widths)
-    if budget < layers:
-        raise ConfigError(f"max_size {max_size:g} allows {budget} of the parent's {total} hidden {kind}, fewer than "
-                          f"one per hidden layer ({layers} layers): the smallest budget is {layers / total:.4g}")
-    return budget
 
 
 def group_ranks(scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:

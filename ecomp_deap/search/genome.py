@@ -1,15 +1,5 @@
-"""The individual: a mask over the parent's groups plus its own weights.
-
-A group is a hidden unit (Linear) or an output channel (Conv2d) with everything cut
-with it (see :mod:`ecomp_deap.nets.chain`). Group ``j`` of hidden stage ``l`` is the
-parent's group ``j`` in every individual, so crossover swaps corresponding neurons
-or filters and a population stacks into one tensor.
-
-Tensors in a genome are never modified in place: operators replace them. That makes
-cloning cheap (lists are copied, tensors shared) and lets the initial population
-share the parent's weights. A stage's weights may be stored as crossover left them, row
-ranges of their ancestors' tensors (:mod:`ecomp_deap.nets.spliced`): ``weights[k]`` reads
-the tensor; ``weights.raw(k)`` what is stored.
+"""The individual: a :class:`~ecomp_deap.nets.masked.MaskedNetwork` (a mask over the
+parent's groups plus its own weights) with a DEAP fitness and its last measures.
 """
 from __future__ import annotations
 
@@ -18,32 +8,17 @@ import copy
 from deap import base, creator
 
 from ..config import OBJECTIVES
-from ..nets.spliced import StageTensors
+from ..nets.masked import MaskedNetwork
 
 
-class Genome:
-    """masks[l]: (H_l,) bool per hidden stage; per stage k (the output layer last),
-    parent-shaped float32: weights[k] (out_k, in_k) or (out_k, in_k, kh, kw), biases[k]
-    (out_k,) and norms[k], its BatchNorm as a (4, out_k) stack [weight, bias, running
-    mean, running var] or None."""
+class Genome(MaskedNetwork):
+    """An individual of the search: the network, ``fitness`` (added by the DEAP class
+    :func:`make_types` creates) and ``measures``, an
+    :class:`~ecomp_deap.fitness.measures.IndividualMeasures` of its last evaluation."""
 
     def __init__(self, masks, weights, biases, norms=None):
-        self.masks = list(masks)
-        self.weights = weights
-        self.biases = list(biases)
-        self.norms = list(norms) if norms is not None else [None] * len(self.weights)
-        self.measures = None  # (accuracy, compression, similarity) of the last evaluation
-
-    @property
-    def weights(self) -> StageTensors:
-        return self._weights
-
-    @weights.setter
-    def weights(self, items) -> None:
-        self._weights = StageTensors(items)  # a copy of the list, splices kept as they are
-
-    def hidden_units(self) -> list[int]:
-        return [int(m.sum()) for m in self.masks]
+        super().__init__(masks, weights, biases, norms)
+        self.measures = None
 
     def clone(self):
         """New individual sharing the (immutable) tensors, with its own fitness."""

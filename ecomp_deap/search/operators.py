@@ -11,21 +11,8 @@ from typing import Sequence
 import torch
 
 from ..nets.forward import recalibrated_norms
+from .scores import l1_unit_scores, top_units_mask
 from ..nets.spliced import splice
-
-
-def l1_unit_scores(weights) -> list[torch.Tensor]:
-    """Per hidden stage, (H_l,): the L1 norm of each group's incoming weights, a Linear
-    row or a whole Conv2d filter (Li et al. 2017); the output layer, ``weights[-1]``,
-    has no groups to prune."""
-    return [w.abs().flatten(1).sum(dim=1) for w in weights[:-1]]
-
-
-def top_units_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
-    """(H,) bool: the ``keep`` units with the largest score (ties: the lower index)."""
-    mask = torch.zeros(len(scores), dtype=torch.bool)
-    mask[torch.argsort(scores, descending=True, stable=True)[:keep]] = True
-    return mask
 
 
 def init_pruned(ind_cls, weights, biases, rate: float, scores=None, norms=None):
@@ -47,16 +34,16 @@ def init_pruned_population(ind_cls, weights, biases, n: int, low: float = 0.1, h
     return [init_pruned(ind_cls, weights, biases, r, scores, norms) for r in rates]
 
 
-def ensure_nonempty(mask: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def ensure_nonempty(mask: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """A mask with at least one unit: an empty one gets one random unit back."""
     if bool(mask.any()):
         return mask
     mask = mask.clone()
-    mask[int(torch.randint(len(mask), (1,), generator=gen))] = True
+    mask[int(torch.randint(len(mask), (1,), generator=rng))] = True
     return mask
 
 
-def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
+def cx_layerwise(ind1, ind2, layers: Sequence[int], rng: torch.Generator):
     """Layer-wise one-point crossover with weight inheritance.
 
     For each stage index ``k`` in ``layers``, a cut ``c`` in [1, out_k - 1]: child 1
@@ -75,7 +62,7 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
         out = w1.shape[0]
         if out < 2:
             continue
-        cut = int(torch.randint(1, out, (1,), generator=gen))
+        cut = int(torch.randint(1, out, (1,), generator=rng))
         b1, b2 = ind1.biases[k], ind2.biases[k]
         if w1 is not w2 and k == 0:  # the first stage: ranges of the parents' rows, copied only when
             # read whole (the evaluator reads just the population's distinct rows of it: spliced.py)
@@ -90,8 +77,8 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
                                             torch.cat([n2[:, :cut], n1[:, cut:]], 1))
         if k < n_hidden:
             m1, m2 = ind1.masks[k], ind2.masks[k]
-            ind1.masks[k] = ensure_nonempty(torch.cat([m1[:cut], m2[cut:]]), gen)
-            ind2.masks[k] = ensure_nonempty(torch.cat([m2[:cut], m1[cut:]]), gen)
+            ind1.masks[k] = ensure_nonempty(torch.cat([m1[:cut], m2[cut:]]), rng)
+            ind2.masks[k] = ensure_nonempty(torch.cat([m2[:cut], m1[cut:]]), rng)
     return ind1, ind2
 
 
@@ -100,7 +87,7 @@ def kept_indices(mask: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask, as_tuple=True)[0]
 
 
-def cx_reference(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
+def cx_reference(ind1, ind2, layers: Sequence[int], rng: torch.Generator):
     """The reference study's recombination, not aligned (MLP genomes only).
 
     Each parent is read compacted to its kept units in index order. For each Linear
@@ -132,7 +119,7 @@ def cx_reference(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
         cols1 = kept_indices(m1[k - 1]) if k > 0 else torch.arange(w1.shape[1])     # (i1,)
         cols2 = kept_indices(m2[k - 1]) if k > 0 else torch.arange(w2.shape[1])     # (i2,)
         c_max = min(len(rows1), len(rows2), len(cols1), len(cols2))
-        c = int(torch.randint(1, c_max + 1, (1,), generator=gen))
+        c = int(torch.randint(1, c_max + 1, (1,), generator=rng))
         r1, r2, q1, q2 = rows1[:c], rows2[:c], cols1[:c], cols2[:c]
         same_block = torch.equal(r1, r2) and torch.equal(q1, q2)
         if not (w1 is w2 and same_block):  # identical blocks of one shared tensor: keep sharing it
@@ -149,17 +136,17 @@ def cx_reference(ind1, ind2, layers: Sequence[int], gen: torch.Generator):
     return ind1, ind2
 
 
-def mut_scale_weights(ind, layers: Sequence[int], low: float, high: float, gen: torch.Generator):
+def mut_scale_weights(ind, layers: Sequence[int], low: float, high: float, rng: torch.Generator):
     """The reference mutation: every weight of the given stages (Linear or Conv2d)
     times its own factor drawn from U(low, high). Biases and BatchNorm are left as they are."""
     for k in layers:
         w = ind.weights[k]
-        factors = torch.empty(w.shape, dtype=w.dtype).uniform_(low, high, generator=gen)
+        factors = torch.empty(w.shape, dtype=w.dtype).uniform_(low, high, generator=rng)
         ind.weights[k] = w * factors
     return (ind,)
 
 
-def mut_scale_units(ind, layers: Sequence[int], low: float, high: float, gen: torch.Generator,
+def mut_scale_units(ind, layers: Sequence[int], low: float, high: float, rng: torch.Generator,
                     repeats: Sequence[int] | None = None):
     """Unit-gain mutation: for every stage ``k >= 1`` of ``layers``, each group ``j`` of
     the stage below has its outgoing weights times one factor drawn from U(low, high):
@@ -173,22 +160,22 @@ def mut_scale_units(ind, layers: Sequence[int], low: float, high: float, gen: to
             continue
         w = ind.weights[k]
         r = repeats[k] if repeats is not None else 1
-        factors = torch.empty(w.shape[1] // r, dtype=w.dtype).uniform_(low, high, generator=gen)  # (groups below,)
+        factors = torch.empty(w.shape[1] // r, dtype=w.dtype).uniform_(low, high, generator=rng)  # (groups below,)
         if r > 1:
             factors = factors.repeat_interleave(r)  # (in_k,)
         ind.weights[k] = w * factors.view(1, -1, *(1,) * (w.dim() - 2))
     return (ind,)
 
 
-def mut_flip_units(ind, flip_prob: float, gen: torch.Generator):
+def mut_flip_units(ind, flip_prob: float, rng: torch.Generator):
     """Flip each group's mask bit with probability ``flip_prob``; a stage that would
     become empty keeps one random group."""
     if flip_prob <= 0:
         return (ind,)
     for l, m in enumerate(ind.masks):
-        flips = torch.rand(m.shape, generator=gen) < flip_prob
+        flips = torch.rand(m.shape, generator=rng) < flip_prob
         if bool(flips.any()):
-            ind.masks[l] = ensure_nonempty(m ^ flips, gen)
+            ind.masks[l] = ensure_nonempty(m ^ flips, rng)
     return (ind,)
 
 
@@ -202,11 +189,11 @@ def recalibrate_norms(ind, chain, x: torch.Tensor):
     return (ind,)
 
 
-def sel_softmax_roulette(individuals, k: int, temperature: float, gen: torch.Generator) -> list:
+def sel_softmax_roulette(individuals, k: int, temperature: float, rng: torch.Generator) -> list:
     """The reference selection: ``k`` draws with replacement, probabilities
     softmax(fitness / temperature) over the 1-tuple fitnesses. Returns references
     (the caller clones)."""
     f = torch.tensor([ind.fitness.values[0] for ind in individuals], dtype=torch.float64)  # (N,)
     probs = torch.softmax(f / temperature, dim=0)
-    idx = torch.multinomial(probs, k, replacement=True, generator=gen)
+    idx = torch.multinomial(probs, k, replacement=True, generator=rng)
     return [individuals[i] for i in idx.tolist()]

@@ -1,10 +1,13 @@
-"""One whole EComp run from a config: the library entry point.
+"""One whole EComp run, from a config to the chosen network: the library's entry point.
 
     from ecomp_deap.search.run import run_ecomp
-    result = run_ecomp(EcompConfig(), parent_model, data)   # data: FashionMNISTData-like
+    result = run_ecomp(EcompConfig(), model, data)   # data: train_x, train_y, test_x, test_y
     result.best_module, result.to_json()
 
-``data`` needs ``train_x, train_y, test_x, test_y`` tensors (images or flat rows).
+:func:`run_ecomp` reads the parent (:func:`~ecomp_deap.nets.reader.read_parent`) and checks
+the data against it (:func:`check_data`), once; :class:`EcompRun` is the run itself, for
+callers that did both (``compress``, the experiment runner): evolve (:mod:`.loops`),
+choose (:mod:`.choice`), measure the choice on the test set, export it.
 """
 from __future__ import annotations
 
@@ -14,40 +17,66 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from deap import tools
 
 from .._version import __version__
-from .loops import HV_REFERENCE, Evolution, EvolutionResult, EvolutionState
-from ..rng import seed_everything
-from ..nets.chain import Chain, parent_input_shape, parent_tensors
-from ..study.pruning_baselines import unit_scores
 from ..config import EcompConfig
 from ..data import BatchStream, make_splits
-from ..fitness.evaluator import Measures, PopulationEvaluator
+from ..fitness.evaluator import PopulationEvaluator
+from ..fitness.measures import Measures
+from ..nets.chain import Chain
 from ..nets.export import export_individual
+from ..nets.reader import Parent, read_parent
+from ..rng import seed_everything
+from ..validation import validate_run_data
+from .choice import EvolutionResult, choose
 from .indicators import hypervolume_2d
+from .loops import HV_REFERENCE, LOOPS, EvolutionState, GenerationHooks, logbook_rows, make_statistics, settle
+from .scores import unit_scores
 from .toolbox import build_toolbox
-from ..validation import validate_parent_weights, validate_run_data
-
 
 INIT_SCORE_IMAGES = 2000  # images behind activation-based initial unit scores
 
 
-def _batches(x, y, batch_size):
+def whole_batches(x, y, batch_size):
+    """The consecutive batches of ``batch_size`` in (x, y); a remainder is left out."""
     for i in range(0, len(x) - batch_size + 1, batch_size):
         yield x[i:i + batch_size], y[i:i + batch_size]
 
 
 def versions() -> dict:
+    """The versions a result was computed with (recorded in every result file)."""
     import deap
 
     return {"ecomp_deap": __version__, "torch": torch.__version__, "deap": deap.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+@dataclass(frozen=True)
+class RunData:
+    """A run's data, checked against its parent by :func:`check_data`: ``train_x``/``train_y``
+    (the evolution subset and, unless ``validation`` (x, y) is given, the validation split
+    are drawn from them) and ``test_x``/``test_y`` (for reporting only)."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    validation: tuple | None = None
+
+
+def check_data(parent: Parent, data, validation: tuple | None = None) -> RunData:
+    """``data`` (anything with ``train_x, train_y, test_x, test_y``) and the optional
+    ``validation`` (x, y) checked against ``parent`` (:func:`~ecomp_deap.validation.validate_run_data`:
+    one :class:`~ecomp_deap.errors.ConfigError` line naming the set and the problem)."""
+    validate_run_data(data, parent.chain, validation)
+    return RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation)
+
+
 @dataclass
 class RunResult:
     config: EcompConfig
-    arch: Chain
+    chain: Chain
     evolution: EvolutionResult
     best: dict
     front: list[dict]
@@ -70,8 +99,6 @@ class RunResult:
 
     @property
     def logbook(self):
-        from .loops import logbook_rows
-
         return logbook_rows(self.evolution.logbook)
 
     def to_json(self) -> dict:
@@ -87,60 +114,73 @@ class RunResult:
 
 
 class EcompRun:
-    """Set-up shared by a fresh run and a resumed one."""
+    """One run of ``config`` on a parent read by :func:`~ecomp_deap.nets.reader.read_parent`
+    and data checked by :func:`check_data` (neither is read or checked again here)."""
 
-    def __init__(self, config: EcompConfig, parent_model: torch.nn.Module, data, progress: bool = True,
-                 parent_test_accuracy: float | None = None, validation: tuple | None = None,
-                 check_data: bool = True):
-        """``data`` has train_x/train_y (the evolution subset and, unless ``validation``
-        (x, y) is given, the validation split are drawn from it) and test_x/test_y.
-        ``check_data=False`` skips :func:`validate_run_data` for callers that checked
-        the same data against the same parent already."""
-        if validation is not None:
+    def __init__(self, config: EcompConfig, parent: Parent, data: RunData, progress: bool = True,
+                 parent_test_accuracy: float | None = None):
+        if data.validation is not None:
             config = config.replace(val_size=0)
         config.validate()
-        self.arch = Chain.from_module(parent_model, input_shape=parent_input_shape(parent_model, data.train_x))
-        config.validate_for(self.arch)
-        if check_data:
-            validate_parent_weights(parent_model)
-            validate_run_data(data, self.arch, validation)
+        config.validate_for(parent.chain)
         config.validate_data(len(data.train_y))
-        self.config, self.data, self.progress = config, data, progress
-        self.parent_model = parent_model
+        self.config, self.parent, self.data, self.progress = config, parent, data, progress
+        self.chain = parent.chain
         self.parent_test_accuracy = parent_test_accuracy
-        self.weights, self.biases, self.norms = parent_tensors(parent_model, self.arch)
-        self.gen = seed_everything(config.seed)
+        self.rng = seed_everything(config.seed)
         splits = make_splits(data.train_y, config.subset_size, config.val_size, config.seed)
         self.stream = BatchStream(data.train_x, data.train_y, splits.subset, config.batch_size, config.seed)
-        val_x, val_y = validation if validation is not None else (data.train_x[splits.validation],
-                                                                  data.train_y[splits.validation])
-        self.val_batches = list(_batches(val_x, val_y, config.batch_size))
-        self.evaluator = PopulationEvaluator(self.arch, self.weights, self.biases, config, config.resolved_device(),
-                                             self.norms)
+        val_x, val_y = data.validation if data.validation is not None else (data.train_x[splits.validation],
+                                                                            data.train_y[splits.validation])
+        self.val_batches = list(whole_batches(val_x, val_y, config.batch_size))
+        self.evaluator = PopulationEvaluator(parent, config, config.resolved_device())
         calibration = self.subset_images(config.norm_calibration) if config.norm_calibration else None
         refit_x = self.subset_images(config.refit_images) if config.refit_images else None
-        self.toolbox = build_toolbox(config, self.arch, self.weights, self.biases, self.gen, self.init_scores(),
-                                     self.norms, calibration, refit_x)
-        self.evolution = Evolution(config, self.toolbox, self.evaluator, self.stream, self.gen, progress)
+        self.toolbox = build_toolbox(config, parent, self.rng, self.evaluator, self.stream, self.init_scores(),
+                                     calibration, refit_x)
+        self.total = config.epochs * self.stream.n_batches  # generations
 
     def init_scores(self, images: int = INIT_SCORE_IMAGES):
-        """Unit scores ranking the initial prunings: None for L1 (the toolbox's default);
+        """Group scores ranking the initial prunings: None for L1 (the toolbox's default);
         for 'activation', from the first ``images`` images of the evolution subset."""
         if self.config.init_scores == "l1":
             return None
         batches = range(min(self.stream.n_batches, max(1, images // self.config.batch_size)))
         x = torch.cat([self.stream.batch(0, i)[0] for i in batches])
-        return unit_scores(self.config.init_scores, self.arch, self.weights, self.biases, x, norms=self.norms)
+        p = self.parent
+        return unit_scores(self.config.init_scores, self.chain, p.weights, p.biases, x, norms=p.norms)
 
     def subset_images(self, images: int) -> torch.Tensor:
         """The first ``images`` images of the evolution subset, in its first epoch's order."""
         batches = range(min(self.stream.n_batches, -(-images // self.config.batch_size)))
         return torch.cat([self.stream.batch(0, i)[0] for i in batches])[:images]
 
+    def initial_state(self) -> EvolutionState:
+        """Generation 0: the initial prunings, each settled (refit, BatchNorm) as a child is."""
+        population = self.toolbox.population(n=self.config.pop_size)
+        for ind in population:
+            settle(ind, self.toolbox, refit=self.config.refit_children)
+        return EvolutionState(0, population, tools.Logbook(), self.rng)
+
+    def evolve(self, state: EvolutionState | None = None, on_generation=None, on_failure=None) -> EvolutionState:
+        """Run the generations left (from ``state`` when resuming) with the run's loop
+        (:data:`~ecomp_deap.search.loops.LOOPS`); the hooks as in
+        :class:`~ecomp_deap.search.loops.GenerationHooks`."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        state = state or self.initial_state()
+        bar = tqdm(total=self.total, initial=state.t, disable=None if self.progress else True, unit="gen",
+                   desc=f"{cfg.selection} pop {cfg.pop_size}", leave=False)
+        with bar:
+            hooks = GenerationHooks(bar, on_generation, on_failure)
+            return LOOPS[cfg.selection](state, self.toolbox, cfg, make_statistics(), self.stream.n_batches,
+                                        self.total, hooks)
+
     def describe(self, ind, m: Measures, i: int) -> dict:
         kept = ind.hidden_units()
-        params, macs = self.arch.sizes(kept)
-        parent_params, parent_macs = self.arch.sizes()
+        params, macs = self.chain.sizes(kept)
+        parent_params, parent_macs = self.chain.sizes()
         return {"test_accuracy": float(m.accuracy[i]), "compression": float(m.compression[i]),
                 "similarity": float(m.similarity[i]), "hidden_units": kept,
                 "parameters": params, "macs": macs, "parameters_kept": params / parent_params,
@@ -149,7 +189,7 @@ class EcompRun:
     def test_measures(self, individuals) -> Measures:
         """Measures on the test set: accuracy on all of it; the similarity, a per-batch
         quantity, averaged over its whole batches of the run's batch size."""
-        batches = list(_batches(self.data.test_x, self.data.test_y, self.config.batch_size))
+        batches = list(whole_batches(self.data.test_x, self.data.test_y, self.config.batch_size))
         if not batches:  # a test set smaller than one batch: one batch of all of it
             batches = [(self.data.test_x, self.data.test_y)]
         m = self.evaluator.measure_batches(individuals, batches, key=("test",))
@@ -158,12 +198,13 @@ class EcompRun:
 
     def run(self, state: EvolutionState | None = None, on_generation=None, on_failure=None,
             elapsed_before_s: float = 0.0) -> RunResult:
-        """Evolve (from ``state`` when resuming), select, measure on the test set, export."""
+        """Evolve (from ``state`` when resuming), choose, measure on the test set, export."""
         t0 = time.perf_counter() - elapsed_before_s
         t_gen = time.perf_counter()
-        state = self.evolution.run(state, on_generation, on_failure)
+        state = self.evolve(state, on_generation, on_failure)
         t_final = time.perf_counter()
-        evo = self.evolution.finish(state, self.val_batches)
+        evo = choose(state.population, state.logbook, self.toolbox, self.evaluator, self.config,
+                     self.stream.all_batches(), self.val_batches)
         t_test = time.perf_counter()
         pop = evo.population
         chosen = sorted(set(evo.front_indices) | {evo.best_index} | set(evo.extremes.values()))
@@ -179,25 +220,28 @@ class EcompRun:
         front = [row[i] for i in evo.front_indices]
         hv = hypervolume_2d(np.array([[f["test_accuracy"], f["compression"]] for f in front]),
                             (HV_REFERENCE["accuracy"], HV_REFERENCE["compression"]))
-        params, macs = self.arch.sizes()
+        params, macs = self.chain.sizes()
         if self.parent_test_accuracy is None:
             from ..nets.parents import accuracy
 
-            self.parent_test_accuracy = accuracy(self.parent_model, self.data.test_x, self.data.test_y)
-        parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.arch.hidden_widths),
+            self.parent_test_accuracy = accuracy(self.parent.model, self.data.test_x, self.data.test_y)
+        parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.chain.hidden_widths),
                   "parameters": params, "macs": macs}
         extremes = {k: row[i] for k, i in evo.extremes.items()}
-        best_module = export_individual(pop[evo.best_index], self.arch)
-        front_modules = [export_individual(pop[i], self.arch) for i in evo.front_indices]
+        best_module = export_individual(pop[evo.best_index], self.chain)
+        front_modules = [export_individual(pop[i], self.chain) for i in evo.front_indices]
         end = time.perf_counter()
         phases = {"generations": t_final - t_gen, "final_pass": t_test - t_final, "test_and_export": end - t_test}
-        return RunResult(self.config, self.arch, evo, best, front, parent, hv, end - t0, best_module, extremes,
+        return RunResult(self.config, self.chain, evo, best, front, parent, hv, end - t0, best_module, extremes,
                          front_modules, phases)
 
 
-def run_ecomp(config: EcompConfig, parent_model: torch.nn.Module, data, progress: bool = True,
-              parent_test_accuracy: float | None = None, validation: tuple | None = None,
-              check_data: bool = True) -> RunResult:
-    """Run EComp once: evolve, select, measure on the test set, export the chosen network(s).
-    The data are checked against the parent first (:mod:`ecomp_deap.validation`)."""
-    return EcompRun(config, parent_model, data, progress, parent_test_accuracy, validation, check_data).run()
+def run_ecomp(config: EcompConfig, model, data, progress: bool = True, parent_test_accuracy: float | None = None,
+              validation: tuple | None = None) -> RunResult:
+    """Run EComp once on ``model`` (an ``nn.Module`` chain, or a :class:`~ecomp_deap.nets.reader.Parent`
+    already read) and ``data`` (``train_x, train_y, test_x, test_y``; ``validation`` (x, y)
+    for the final choice instead of a split of the training data): read the parent, check
+    the data against it, evolve, choose, measure on the test set, export the chosen
+    network(s)."""
+    parent = read_parent(model, data.train_x)
+    return EcompRun(config, parent, check_data(parent, data, validation), progress, parent_test_accuracy).run()

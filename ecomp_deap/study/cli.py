@@ -123,3 +123,32 @@ def parent_spec(args, preset_archs=()):
     if args.channels:
         raise ConfigError("--channels goes with --arch cnn")
     return ParentSpec(hidden=tuple(args.hidden or (256, 256)), epochs=args.parent_epochs or 4)
+
+
+def load_parent(args, data, preset_archs=(), progress: bool = True, log=print):
+    """The scripts' entry for a parent: ``--parent PATH`` (loaded safely) or the default
+    parent trained once and cached (``--arch``, ``--hidden``, ...), read once
+    (:func:`~ecomp_deap.nets.reader.read_parent`), with ``data`` (FashionMNIST) checked
+    against it once (:func:`~ecomp_deap.search.run.check_data`). Returns (the
+    :class:`~ecomp_deap.nets.reader.Parent`, the checked :class:`~ecomp_deap.search.run.RunData`,
+    the parent's test accuracy)."""
+    from pathlib import Path
+
+    from ..data import default_cache_dir
+    from ..nets.parents import accuracy, load_or_train_parent, load_parent_file
+    from ..nets.reader import read_parent
+    from ..search.run import check_data
+
+    spec = parent_spec(args, preset_archs)
+    if args.parent:
+        model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
+        parent = read_parent(model, data.train_x)
+        checked = check_data(parent, data)  # before anything runs on the data: inputs, classes
+        test_accuracy = accuracy(parent.model, data.test_x, data.test_y)
+        log(f"parent: loaded {args.parent} (test accuracy {test_accuracy:.4f})")
+    else:
+        cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
+        info = load_or_train_parent(spec, data, cache, progress=progress, log=log)
+        parent = read_parent(info.model, data.train_x)
+        checked, test_accuracy = check_data(parent, data), info.test_accuracy
+    return parent, checked, test_accuracy

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..config import SIZE_TOL
+
 NA = "n/a"
 
 # (row key prefix, path in the run dict, table heading)
@@ -163,8 +165,6 @@ def pairwise_rows(experiments: Sequence[tuple[str, Sequence[dict]]], against: st
 
 
 # --------------------------------------------------------------------------- sizes
-
-SIZE_TOL = 1e-9
 
 
 def front_at_size(run: dict, size: float) -> dict | None:

@@ -1,15 +1,16 @@
-"""Where the runs of experiments execute: here, one after the other (``serial``, see
-:meth:`Experiment.run`), or as tasks on a Dask cluster (``local``: a
-``LocalCluster`` on this machine; ``dask``: an existing scheduler).
+"""Runs on a Dask cluster (``local``: a ``LocalCluster`` on this machine; ``dask``: an
+existing scheduler), and the default use of a machine's cores (:func:`plan_cores`).
 
-On a cluster every run is one task, :func:`run_task`: a pure function of the run's
-config (with its seed), the parent network (shipped as a state dict, ~1 MB) and a
-:class:`DataSpec`. The worker loads FashionMNIST itself from its own data folder
-(once per worker process), checks it against the driver's fingerprint, runs EComp
-and returns the result-file body and the chosen network. Only the driver writes
-files (through :func:`ecomp_deap.study.experiment.write_run`, atomically, as runs
-complete), so workers need no shared file system. A run's result depends only on
-its config and seed, so every executor writes the same files (``wall_time_s`` aside).
+On a cluster every run is one task, :func:`run_task`: the same
+:func:`~ecomp_deap.study.runner.execute_run` as a serial run, a pure function of the
+run's job (its config holds its seed), the parent (shipped as a state dict and its
+layout) and a :class:`DataSpec`. The worker loads FashionMNIST itself from its own data
+folder (once per worker process), checks it against the driver's fingerprint, runs the
+run and returns its outcome; checkpoints go to the scheduler (:class:`VariableStore`),
+so a task that Dask starts again after its worker died resumes from the last one. Only
+the driver writes files (:func:`~ecomp_deap.study.runner.run_experiments`), so workers
+need no shared file system. A run's result depends only on its config, seed and torch
+threads, so every executor writes the same files (timings aside).
 """
 from __future__ import annotations
 
@@ -20,15 +21,19 @@ import threading
 import uuid
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from asyncio import CancelledError
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import torch
 from torch import nn
 
+from ..errors import ConfigError, DataError
+from ..files import write_bytes
 from ..nets.chain import check_layers
 from ..nets.export import LOADABLE, module_spec
-from ..errors import ConfigError, DataError
+from .checkpoint import CheckpointStore
+from .experiment import RunJob
+from .runner import RunInterrupted, RunOutcome, error_text, execute_run
 
 EXECUTORS = ("serial", "local", "dask")
 PARENT_FORMAT = "ecomp_deap.parent-payload/2"
@@ -124,22 +129,69 @@ def isolate_random() -> None:
             mod.random = _THREAD_RANDOM
 
 
-def run_task(config_dict: dict, name: str, k: int, parent: dict, data_spec,
-             parent_test_accuracy: float | None = None, threads: int | None = 1) -> tuple[dict, nn.Sequential]:
-    """One run on a worker: ``(RunResult.to_json(), the chosen network)``. Pure: the
-    result depends only on the config (which holds the run's seed), the parent, the
-    data and ``threads`` (torch threads; 1, the default, on a one-thread worker: no
-    oversubscription; the serial path uses the same number, see ``Experiment.threads``)."""
-    from ..config import EcompConfig
-    from ..search.run import EcompRun
+class VariableStore(CheckpointStore):
+    """A run's checkpoints on a cluster: the latest one held by the scheduler under ``key``
+    (a ``distributed.Variable``), so that a task started again after its worker died (Dask
+    reruns it elsewhere) resumes from it; ``initial``: the checkpoint file the driver
+    resumes from, used until the run saves its own. The driver mirrors it to
+    ``run_K.ckpt`` when the run does not finish (:class:`ClusterExecutor`)."""
 
-    torch.set_num_threads(threads or 1)
+    def __init__(self, key: str, initial: bytes | None = None):
+        self.key, self.initial = key, initial
+
+    def _variable(self):
+        from distributed import Variable
+
+        return Variable(self.key)
+
+    def save(self, data: bytes) -> None:
+        self._variable().set(data)
+
+    def load(self) -> bytes | None:
+        latest = latest_checkpoint(self._variable())
+        return latest if latest is not None else self.initial
+
+    def clear(self) -> None:
+        self._variable().delete()
+
+    def describe(self) -> str:
+        return f"the scheduler's checkpoint {self.key}"
+
+
+def latest_checkpoint(variable, timeout: float = 0.5) -> bytes | None:
+    """The bytes a :class:`VariableStore`'s variable holds, or None when none was set."""
+    try:
+        value = variable.get(timeout=timeout)
+    except TimeoutError:
+        return None
+    return value if isinstance(value, bytes) else None
+
+
+def run_task(job: dict, parent: dict, data_spec, parent_test_accuracy: float | None, key: str,
+             initial: bytes | None = None) -> RunOutcome:
+    """One run on a worker (:func:`~ecomp_deap.study.runner.execute_run`, checkpoints in a
+    :class:`VariableStore`): a pure function of the job (its config holds the run's seed),
+    the parent, the data and the job's torch threads (1 unless told: a one-thread worker
+    is not oversubscribed). The worker reads the parent and checks its own data once per
+    task: it is a new process."""
+    from ..config import EcompConfig
+    from ..nets.reader import read_parent
+    from ..search.run import RunData, check_data
+
     isolate_random()
-    cfg = EcompConfig.from_dict(config_dict)
+    job = RunJob(**{**job, "config": EcompConfig.from_dict(job["config"]), "threads": job["threads"] or 1})
     model = parent_from_payload(parent)
     data = worker_data(data_spec)
-    r = EcompRun(cfg, model, data, progress=False, parent_test_accuracy=parent_test_accuracy).run()
-    return r.to_json(), r.best_module
+    read = read_parent(model, data.train_x)
+    checked = data if isinstance(data, RunData) else check_data(read, data)
+    return execute_run(job, read, checked, VariableStore(key, initial), progress=False, log=lambda s: None,
+                       parent_test_accuracy=parent_test_accuracy)
+
+
+def job_payload(job: RunJob) -> dict:
+    """A :class:`RunJob` as plain data, for a task."""
+    return {"name": job.name, "k": job.k, "runs": job.runs, "config": job.config.to_dict(), "threads": job.threads,
+            "checkpoint_every": job.checkpoint_every}
 
 
 class RunFailed(Exception):
@@ -169,110 +221,84 @@ def guarded(task: Callable, *args):
         return task(*args)
     except Exception as e:
         details = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-20))[-4000:]
-        failure = RunFailed(_error_text(e), details)
+        failure = RunFailed(error_text(e), details)
     raise failure  # outside the handler: no __context__ chain to pickle
 
 
 # ---------------------------------------------------------------- the driver side
-@dataclass
-class Failure:
-    name: str
-    run: int
-    error: str
+class ClusterExecutor:
+    """Runs as tasks on a Dask cluster (``client``): each run one task (``task``, by default
+    :func:`run_task`), the parent shipped as plain tensors and its layout, the data as a
+    :class:`DataSpec` each worker loads itself (``data_spec``; None: the checked data are
+    shipped with every task). Outcomes come back as tasks complete; runs that do not
+    finish (failed, interrupted) have their last checkpoint mirrored to ``run_K.ckpt``
+    here, so ``--resume`` continues them with any executor."""
 
+    numbered_progress = True
 
-@dataclass
-class Report:
-    """What a distributed execution did: runs written, skipped (already finished), failed."""
+    def __init__(self, client, data_spec=None, task: Callable = run_task, tag: str | None = None):
+        self.client, self.data_spec, self.task = client, data_spec, task
+        self.tag = tag or uuid.uuid4().hex[:8]
 
-    total: int = 0
-    written: list[tuple[str, int]] = field(default_factory=list)
-    skipped: list[tuple[str, int]] = field(default_factory=list)
-    failures: list[Failure] = field(default_factory=list)
+    def checkpoint_key(self, job: RunJob) -> str:
+        return f"ecomp-ckpt-{self.tag}-{job.name}-run{job.k}"
 
+    def execute(self, jobs, parent, data, parent_test_accuracy, stop, log):
+        """Each job's outcome (or error) as its task completes; RunInterrupted when ``stop``
+        catches a signal (the cluster's work for us is cancelled)."""
+        from distributed import Variable, wait
 
-def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, RunFailed):
-        return str(exc)
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        payload = parent_payload(parent.model)
+        data_arg = self.data_spec if self.data_spec is not None else data
+        futures = {}
+        for exp, job in jobs:
+            path = exp.checkpoint_path(job.k)
+            initial = path.read_bytes() if path.exists() else None  # checked by the driver already
+            fut = self.client.submit(guarded, self.task, job_payload(job), payload, data_arg, parent_test_accuracy,
+                                     self.checkpoint_key(job), initial, key=f"ecomp-{job.name}-run{job.k}-{self.tag}",
+                                     pure=False)
+            futures[fut] = (exp, job)
+        handled: set = set()
+        pending = list(futures)
+        try:
+            while pending:
+                try:
+                    done, not_done = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+                except TimeoutError:
+                    done, not_done = set(), pending
+                pending = [f for f in pending if f in not_done]
+                for fut in [f for f in futures if f in done]:  # in submission order
+                    exp, job = futures[fut]
+                    if (exp.name, job.k) in handled:  # never write one run twice
+                        continue
+                    handled.add((exp.name, job.k))
+                    try:
+                        outcome = fut.result()
+                    except (Exception, CancelledError) as exc:  # the run's own error, or its task's (KilledWorker, ...)
+                        outcome = exc
+                    else:
+                        Variable(self.checkpoint_key(job), self.client).delete()
+                    fut.release()
+                    yield exp, job, outcome
+                if stop is not None and stop.signum is not None and pending:
+                    raise RunInterrupted(f"{len(handled)} of {len(futures)} runs finished; the others checkpointed",
+                                         stop.signum)
+        finally:
+            unfinished = [f for f in futures if f in pending]
+            if unfinished:  # interrupted (a signal, Ctrl-C, a failed write): stop the cluster's work for us
+                self.client.cancel(unfinished)
+            for fut, (exp, job) in futures.items():  # every run not written: its last checkpoint, for --resume
+                if fut in unfinished or not (exp.folder / f"run_{job.k}.json").exists():
+                    self._mirror(exp, job)
 
+    def _mirror(self, exp, job) -> None:
+        from distributed import Variable
 
-def run_on_cluster(experiments, client, parent_model: nn.Module, data_spec, parent_test_accuracy: float | None = None,
-                   overwrite: bool = False, resume: bool = False, log: Callable[[str], None] = print,
-                   log_error: Callable[[str], None] | None = None, task: Callable = run_task,
-                   details: bool = False) -> Report:
-    """Run every (unfinished) run of ``experiments`` as a task on ``client``'s cluster.
-
-    Results are written here, by the driver, as tasks complete; a failing run is
-    reported (``log_error``; with ``details``, followed by the end of the worker's
-    traceback) and the others go on; each experiment's summary is written once all its
-    runs exist. Returns a :class:`Report`.
-    """
-    from asyncio import CancelledError
-
-    from distributed import as_completed
-
-    from .experiment import run_line, write_run
-
-    log_error = log_error or (lambda s: print(s, file=sys.stderr))
-    for exp in experiments:
-        exp.prepare(overwrite, resume)
-    report = Report()
-    jobs = []
-    for exp in experiments:
-        for k in range(exp.runs):
-            if resume and exp.finished(k):
-                report.skipped.append((exp.name, k))
-                log(f"{exp.name} run {k + 1}/{exp.runs}: already finished, skipped")
-            else:
-                jobs.append((exp, k))
-    report.total = len(jobs)
-    open_runs = {exp.name: sum(1 for e, _ in jobs if e is exp) for exp in experiments}
-    for exp in experiments:
-        if open_runs[exp.name] == 0:
-            exp.write_summary_from_files()
-    if not jobs:
-        return report
-
-    payload = parent_payload(parent_model)
-    tag = uuid.uuid4().hex[:8]
-    futures = {}
-    for exp, k in jobs:
-        fut = client.submit(guarded, task, exp.run_config(k).to_dict(), exp.name, k, payload, data_spec,
-                            parent_test_accuracy, exp.threads, key=f"ecomp-{exp.name}-run{k}-{tag}", pure=False)
-        futures[fut] = (exp, k)
-    handled: set[tuple[str, int]] = set()
-    failed_exps: set[str] = set()
-    try:
-        for fut in as_completed(list(futures)):
-            exp, k = futures[fut]
-            if (exp.name, k) in handled:  # never write one run twice
-                continue
-            handled.add((exp.name, k))
-            n = len(handled)
-            try:
-                result_json, module = fut.result()
-            except (Exception, CancelledError) as exc:  # the run's own error, or its task's (KilledWorker, ...)
-                report.failures.append(Failure(exp.name, k, _error_text(exc)))
-                failed_exps.add(exp.name)
-                log_error(f"[{n}/{report.total}] error: {exp.name} run {k + 1}/{exp.runs} "
-                          f"(seed {exp.run_config(k).seed}) failed: {_error_text(exc)}")
-                if details and isinstance(exc, RunFailed) and exc.details:
-                    log_error(f"worker traceback (end):\n{exc.details.rstrip()}")
-            else:
-                body = write_run(exp.folder, exp.name, k, result_json, module)
-                report.written.append((exp.name, k))
-                log(f"[{n}/{report.total}] {run_line(exp.name, k, exp.runs, body)}")
-            fut.release()
-            open_runs[exp.name] -= 1
-            if open_runs[exp.name] == 0 and exp.name not in failed_exps:
-                exp.write_summary_from_files()
-    finally:
-        pending = [f for f, (exp, k) in futures.items() if (exp.name, k) not in handled]
-        if pending:  # interrupted (Ctrl-C, a failed write): stop the cluster's work for us
-            client.cancel(pending)
-    return report
+        variable = Variable(self.checkpoint_key(job), self.client)
+        data = latest_checkpoint(variable, timeout=1.0)
+        if data is not None:
+            write_bytes(exp.checkpoint_path(job.k), data)
+            variable.delete()
 
 
 def default_workers() -> int:
@@ -383,7 +409,7 @@ def dask_client(executor: str, workers: int | None = None, scheduler: str | None
         try:
             client = Client(scheduler, **kwargs)
         except (OSError, TimeoutError, ValueError) as e:
-            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler} ({_error_text(e)})") from None
+            raise ConfigError(f"cannot reach the Dask scheduler at {scheduler} ({error_text(e)})") from None
         with client:
             yield client
     else:

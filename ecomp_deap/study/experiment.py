@@ -1,35 +1,25 @@
-"""An experiment: N runs of one config with derived seeds, written as result files.
+"""An experiment: N runs of one config with derived seeds, and the files they are written to.
 
 ``OUT/NAME/run_K.json`` (the run's results, see :mod:`ecomp_deap.study.results`) and
 ``OUT/NAME/run_K.pt`` (the chosen network, exported; load it with
 :func:`ecomp_deap.nets.export.load_exported`), plus ``summary.json`` / ``summary.csv``.
-A run's JSON is written last, so its presence marks the run complete.
+A run's JSON is written last, so its presence marks the run complete. How runs are
+executed (here or on a cluster) is :mod:`.runner`'s business; every executor writes
+through :func:`write_run`.
 """
 from __future__ import annotations
 
 import json
-import signal
 import statistics
 import tempfile
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
-import torch
-
-from ..nets.chain import Chain, parent_input_shape
-from .checkpoint import load_checkpoint, save_checkpoint
 from ..config import EcompConfig
-from ..search.run import EcompRun
 from ..errors import ConfigError
 from ..nets.export import save_exported
-from ..search.genome import fitness_weights, make_types
 from .results import RUN_SCHEMA, SUMMARY_SCHEMA, load_run, run_files
 from ..files import save_csv, save_json
-from ..rng import rng_snapshot
-from ..validation import validate_parent_weights, validate_run_data
 
 SUMMARY_FIELDS = ["run", "seed", "test_accuracy", "compression", "similarity", "parameters",
                   "hidden_units", "test_hypervolume", "front_size", "wall_time_s"]
@@ -114,58 +104,27 @@ def write_run(folder: Path, name: str, k: int, result_json: dict, best_module) -
     return body
 
 
-@contextmanager
-def torch_threads(n: int | None):
-    """Torch's intra-op threads set to ``n`` inside (None: unchanged), restored after.
-    Parallel reductions split their sums by thread, so the last bits of a run's
-    measures (and from there its selections) depend on this number."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+@dataclass(frozen=True)
+class RunJob:
+    """One run of an experiment: everything an executor needs to run it
+    (:func:`ecomp_deap.study.runner.execute_run`)."""
 
+    name: str
+    k: int
+    runs: int
+    config: EcompConfig  # with the run's seed
+    threads: int | None = 1  # torch threads (None: leave torch's setting)
+    checkpoint_every: int = 25  # generations between checkpoints (0: only on interruption)
 
-class RunInterrupted(Exception):
-    """A run stopped on SIGINT/SIGTERM after writing its checkpoint."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}: {message}")
-        self.signum = signum
-
-
-class StopRequest:
-    """While active, SIGINT/SIGTERM only set a flag (the loop checkpoints and stops at
-    the end of the generation); a second SIGINT interrupts at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: no handlers, no graceful stop
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    @property
+    def label(self) -> str:
+        return f"{self.name} run {self.k + 1}/{self.runs}"
 
 
 @dataclass
 class Experiment:
+    """N runs of one config (run ``k`` with seed ``1000 * seed + k``), written to ``OUT/NAME/``."""
+
     name: str
     config: EcompConfig
     runs: int
@@ -176,6 +135,13 @@ class Experiment:
     threads: int | None = 1
     """Torch threads of each run, on every executor (None: leave torch's setting).
     Results are bit-identical between executors for the same value."""
+
+    def job(self, k: int) -> "RunJob":
+        """Run ``k`` as a :class:`RunJob`."""
+        return RunJob(self.name, k, self.runs, self.run_config(k), self.threads, self.checkpoint_every)
+
+    def checkpoint_path(self, k: int) -> Path:
+        return self.folder / f"run_{k}.ckpt"
 
     @property
     def folder(self) -> Path:
@@ -212,64 +178,3 @@ class Experiment:
         bodies = [load_run(self.folder / f"run_{k}.json") for k in range(self.runs)]
         rows = [summarise_run(k, run_seed(self.seed, k), b) for k, b in enumerate(bodies)]
         write_summary(self.folder, self.name, rows, bodies[0]["parent"] if bodies else None)
-
-    def run(self, parent_model, data, parent_test_accuracy: float | None = None, overwrite: bool = False,
-            resume: bool = False, progress: bool = True, log: Callable[[str], None] = print,
-            check_data: bool = True) -> list[dict]:
-        """Run (or, with ``resume``, finish) every run; write results as they complete.
-        The data are checked against the parent once, before anything is written or
-        cleared (``check_data=False``: the caller has done it)."""
-        folder = self.folder
-        if check_data:
-            validate_parent_weights(parent_model)
-            validate_run_data(data, Chain.from_module(parent_model, parent_input_shape(parent_model, data.train_x)))
-        self.prepare(overwrite, resume)
-        results, rows = [], []
-        with StopRequest() as stop, torch_threads(self.threads):
-            for k in range(self.runs):
-                seed = run_seed(self.seed, k)
-                if resume and self.finished(k):
-                    body = load_run(folder / f"run_{k}.json")
-                    log(f"{self.name} run {k + 1}/{self.runs}: already finished, skipped")
-                else:
-                    body = self._run_one(k, parent_model, data, parent_test_accuracy, resume, progress, stop, log)
-                parent_test_accuracy = body["parent"]["test_accuracy"]
-                rows.append(summarise_run(k, seed, body))
-                results.append(body)
-                if stop.signum is not None and k + 1 < self.runs:
-                    raise RunInterrupted(f"{self.name}: {k + 1} of {self.runs} runs finished", stop.signum)
-        write_summary(folder, self.name, rows, results[0]["parent"] if results else None)
-        return results
-
-    def _run_one(self, k, parent_model, data, parent_test_accuracy, resume, progress, stop, log) -> dict:
-        folder = self.folder
-        cfg = self.run_config(k)
-        ckpt = folder / f"run_{k}.ckpt"
-        run = EcompRun(cfg, parent_model, data, progress, parent_test_accuracy, check_data=False)  # checked in run()
-        total = run.evolution.total
-        state, elapsed_before = None, 0.0
-        if resume and ckpt.exists():
-            _, ind_cls = make_types(fitness_weights(cfg.selection, cfg.weights))
-            state, elapsed_before = load_checkpoint(ckpt, cfg, ind_cls, run.gen)
-            log(f"{self.name} run {k + 1}/{self.runs}: resuming from generation {state.t}/{total}")
-        started = time.perf_counter()
-
-        def elapsed() -> float:
-            return elapsed_before + time.perf_counter() - started
-
-        def on_generation(st) -> None:
-            due = self.checkpoint_every and st.t % self.checkpoint_every == 0 and st.t < total
-            if due or stop.signum is not None:
-                save_checkpoint(ckpt, st, cfg, rng_snapshot(run.gen), elapsed())
-            if stop.signum is not None:
-                raise RunInterrupted(f"{self.name} run {k + 1}/{self.runs} stopped after generation {st.t}/{total}; "
-                                     f"checkpoint {ckpt}", stop.signum)
-
-        def on_failure(st, rng) -> None:
-            save_checkpoint(ckpt, st, cfg, rng, elapsed())
-            log(f"{self.name} run {k + 1}/{self.runs}: non-finite measure at generation {st.t}; checkpoint {ckpt}")
-
-        r = run.run(state, on_generation, on_failure, elapsed_before_s=elapsed_before)
-        body = write_run(folder, self.name, k, r.to_json(), r.best_module)
-        log(run_line(self.name, k, self.runs, body))
-        return body

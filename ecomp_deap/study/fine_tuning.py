@@ -198,21 +198,20 @@ def finetune_runs(folder, name: str, runs: Sequence[dict], data, recipe: Recipe,
     return out
 
 
-def finetune_baselines(parent: nn.Module, baselines: dict, data, sizes: Sequence[float], indices: torch.Tensor,
+def finetune_baselines(parent, baselines: dict, data, sizes: Sequence[float], indices: torch.Tensor,
                        recipe: Recipe, progress: bool = False, log: Callable[[str], None] = print) -> dict:
     """The pruning baselines of ``baselines`` (a ``baselines.json`` body: methods, random
     seeds, seed, subset and BatchNorm calibration) rebuilt at ``sizes``, exported and
     fine-tuned: ``{method: [{size, compression, hidden_units, after_epochs (mean over
-    the random seeds), after_epochs_std, repeats}, ...]}``."""
+    the random seeds), after_epochs_std, repeats}, ...]}``. ``parent``: a
+    :class:`~ecomp_deap.nets.reader.Parent`."""
     import numpy as np
 
     from .pruning_baselines import METHODS, baseline_prunings, split_method
     from ..data import make_splits
-    from ..nets.chain import Chain, parent_input_shape, parent_tensors
     from ..nets.export import export_individual
 
-    arch = Chain.from_module(parent, input_shape=parent_input_shape(parent, data.train_x))
-    weights, biases, norms = parent_tensors(parent, arch)
+    chain = parent.chain
     seed, seeds = int(baselines.get("seed", 0)), int(baselines.get("random_seeds", 5))
     subset = make_splits(data.train_y, int(baselines.get("subset", 10000)), 0, seed).subset
     activation_x = data.train_x[subset]
@@ -221,16 +220,16 @@ def finetune_baselines(parent: nn.Module, baselines: dict, data, sizes: Sequence
     refit_x = activation_x[:refit_images] if refit_images else None
     methods = [m for m in baselines.get("methods", {}) if split_method(m)[0] in METHODS
                and (refit_x is not None or not split_method(m)[1])]
-    total = sum(arch.hidden_widths)
+    total = sum(chain.hidden_widths)
     out = {}
     for method in methods:
-        nets = baseline_prunings(arch, weights, biases, norms, method, sizes, activation_x, seeds, seed,
+        nets = baseline_prunings(parent, method, sizes, activation_x, seeds, seed,
                                  activation_x[:calibration] if calibration else None, refit_x,
                                  float(baselines.get("refit_ridge") or 1e-4))
         repeats = len(nets) // len(sizes)
         rows = []
         for i, size in enumerate(sizes):
-            recs = [tune_record(export_individual(ind, arch), data, indices, recipe, progress,
+            recs = [tune_record(export_individual(ind, chain), data, indices, recipe, progress,
                                 f"{method} {100 * size:g} %") for ind in nets[i * repeats:(i + 1) * repeats]]
             epochs = list(recs[0]["after_epochs"])
             vals = {e: [r["after_epochs"][e] for r in recs] for e in epochs}

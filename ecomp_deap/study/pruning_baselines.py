@@ -21,15 +21,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..nets.chain import Chain, parent_input_shape, parent_tensors
-from ..nets.forward import as_input, run_stage
 from ..config import EcompConfig
 from ..fitness.evaluator import PopulationEvaluator
-from ..search.genome import Genome
-from ..search.operators import l1_unit_scores, recalibrate_norms, top_units_mask
+from ..nets.chain import Chain
+from ..nets.masked import MaskedNetwork
+from ..nets.reader import Parent
 from ..nets.refit import Refit
+from ..search.operators import recalibrate_norms
+from ..search.scores import METHODS, top_units_mask, unit_scores
 
-METHODS = ("l1", "random", "activation")
+BASELINES_SCHEMA = "ecomp_deap.baselines/1"
 REFIT_SUFFIX = "+refit"
 
 
@@ -38,53 +39,21 @@ def split_method(name: str) -> tuple[str, bool]:
     if name.endswith(REFIT_SUFFIX):
         return name[:-len(REFIT_SUFFIX)], True
     return name, False
-BASELINES_SCHEMA = "ecomp_deap.baselines/1"
 
 
-def keep_counts(arch: Chain, size: float) -> list[int]:
-    return [max(1, int(round(size * h))) for h in arch.hidden_widths]
+def keep_counts(chain: Chain, size: float) -> list[int]:
+    """Groups each hidden stage keeps at size ``size``: ``max(1, round(size * H_l))``."""
+    return [max(1, int(round(size * h))) for h in chain.hidden_widths]
 
 
-def unit_scores(method: str, arch: Chain, weights, biases, x: torch.Tensor | None = None,
-                gen: torch.Generator | None = None, norms=None) -> list[torch.Tensor]:
-    """Per hidden stage, a (H_l,) score: higher is kept first."""
-    if method == "l1":
-        return l1_unit_scores(weights)
-    if method == "random":
-        return [torch.rand(h, generator=gen) for h in arch.hidden_widths]
-    if method == "activation":
-        return activation_scores(arch, weights, biases, norms, x)
-    raise ValueError(f"unknown baseline method {method!r}; choose from {', '.join(METHODS)}")
+def pruned(parent: Parent, scores, size: float) -> MaskedNetwork:
+    """The parent pruned to ``size``: each hidden stage keeps its best-scored groups."""
+    masks = [top_units_mask(s, k) for s, k in zip(scores, keep_counts(parent.chain, size))]
+    return MaskedNetwork(masks, parent.weights, parent.biases, parent.norms)
 
 
-def activation_scores(arch: Chain, weights, biases, norms, x: torch.Tensor, batch: int = 1000) -> list[torch.Tensor]:
-    """Per hidden stage, each group's mean |output| over ``x`` (over images and, for a
-    feature map, its H*W positions; the output the next layer reads) times the L2 norm
-    of its outgoing weights (the next stage's input slice for that group)."""
-    norms = norms if norms is not None else [None] * len(weights)
-    mean_abs = [torch.zeros(h, dtype=torch.float64) for h in arch.hidden_widths]
-    with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            h = as_input(arch, x[i:i + batch])
-            for l, st in enumerate(arch.stages[:-1]):
-                h, _ = run_stage(st, h, weights[l], biases[l], norms[l])
-                dims = [0, *range(2, h.dim())]  # all but the group dim
-                mean_abs[l] += h.abs().sum(dims, dtype=torch.float64) / (h[0, 0].numel())
-    scores = []
-    for l, st in enumerate(arch.stages[:-1]):
-        w = weights[l + 1].transpose(0, 1)  # (in, out[, kh, kw])
-        w = w.reshape(st.out_size, -1)  # (groups, everything a group feeds)
-        scores.append((mean_abs[l] / len(x)).float() * w.norm(dim=1))
-    return scores
-
-
-def pruned(arch: Chain, weights, biases, scores, size: float, norms=None) -> Genome:
-    masks = [top_units_mask(s, k) for s, k in zip(scores, keep_counts(arch, size))]
-    return Genome(masks, weights, biases, norms)
-
-
-def baseline_prunings(arch: Chain, weights, biases, norms, method: str, sizes, activation_x=None, seeds: int = 5,
-                      seed: int = 0, calibration_x=None, refit_x=None, refit_ridge: float = 1e-4) -> list[Genome]:
+def baseline_prunings(parent: Parent, method: str, sizes, activation_x=None, seeds: int = 5, seed: int = 0,
+                      calibration_x=None, refit_x=None, refit_ridge: float = 1e-4) -> list[MaskedNetwork]:
     """One method's pruned networks, size-major: for each size, ``seeds`` networks for
     'random' (scores drawn in turn from one generator seeded with ``seed``), one for the
     others. With ``calibration_x`` every network's BatchNorm statistics are re-estimated
@@ -95,20 +64,21 @@ def baseline_prunings(arch: Chain, weights, biases, norms, method: str, sizes, a
     method, refit = split_method(method)
     if refit and refit_x is None:
         raise ValueError(f"baseline {method}{REFIT_SUFFIX} needs calibration images for the refit")
+    chain, weights, biases, norms = parent.chain, parent.weights, parent.biases, parent.norms
     repeats = seeds if method == "random" else 1
-    gen = torch.Generator().manual_seed(seed)
-    score_sets = [unit_scores(method, arch, weights, biases, activation_x, gen, norms) for _ in range(repeats)]
-    population = [pruned(arch, weights, biases, sc, s, norms) for s in sizes for sc in score_sets]
-    refitter = Refit(arch, weights, biases, norms, refit_x, refit_ridge) if refit else None
+    rng = torch.Generator().manual_seed(seed)
+    score_sets = [unit_scores(method, chain, weights, biases, activation_x, rng, norms) for _ in range(repeats)]
+    population = [pruned(parent, sc, s) for s in sizes for sc in score_sets]
+    refitter = Refit(chain, weights, biases, norms, refit_x, refit_ridge) if refit else None
     for ind in population:
         if refitter is not None:
             refitter(ind)
         if calibration_x is not None:
-            recalibrate_norms(ind, arch, calibration_x)
+            recalibrate_norms(ind, chain, calibration_x)
     return population
 
 
-def baseline_curves(parent: torch.nn.Module, sizes, test_x, test_y, activation_x=None, seeds: int = 5,
+def baseline_curves(parent: Parent, sizes, test_x, test_y, activation_x=None, seeds: int = 5,
                     methods=METHODS, seed: int = 0, calibration_x=None, refit_x=None,
                     refit_ridge: float = 1e-4) -> dict:
     """Test accuracy of every method at every size: ``{method: [{size, compression,
@@ -117,19 +87,17 @@ def baseline_curves(parent: torch.nn.Module, sizes, test_x, test_y, activation_x
     (``{method}+refit``)."""
     if refit_x is not None:
         methods = [*methods, *(m + REFIT_SUFFIX for m in methods if not m.endswith(REFIT_SUFFIX))]
-    arch = Chain.from_module(parent, input_shape=parent_input_shape(parent, test_x))
-    weights, biases, norms = parent_tensors(parent, arch)
-    ev = PopulationEvaluator(arch, weights, biases, EcompConfig(embedding_layers=None, recombination_layers=None),
-                             parent_norms=norms)
-    total = sum(arch.hidden_widths)
+    chain = parent.chain
+    ev = PopulationEvaluator(parent, EcompConfig(embedding_layers=None, recombination_layers=None))
+    total = sum(chain.hidden_widths)
     out = {}
     for method in methods:
         repeats = seeds if split_method(method)[0] == "random" else 1
-        population = baseline_prunings(arch, weights, biases, norms, method, sizes, activation_x, seeds, seed,
-                                       calibration_x, refit_x, refit_ridge)
+        population = baseline_prunings(parent, method, sizes, activation_x, seeds, seed, calibration_x, refit_x,
+                                       refit_ridge)
         acc = ev.accuracy(population, test_x, test_y).reshape(len(sizes), repeats)  # (sizes, repeats)
-        out[method] = [{"size": float(s), "compression": sum(keep_counts(arch, s)) / total,
-                        "hidden_units": keep_counts(arch, s), "test_accuracy": float(np.mean(acc[i])),
+        out[method] = [{"size": float(s), "compression": sum(keep_counts(chain, s)) / total,
+                        "hidden_units": keep_counts(chain, s), "test_accuracy": float(np.mean(acc[i])),
                         "test_accuracy_std": float(np.std(acc[i])), "repeats": repeats}
                        for i, s in enumerate(sizes)]
     return out

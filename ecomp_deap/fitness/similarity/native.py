@@ -40,6 +40,7 @@ FLAGS = ("-O3", "-shared", "-fPIC", "-Wno-psabi", "-Wno-unknown-pragmas", "-fno-
 # workers, not a second pool competing with them); without it the kernel runs on one thread
 OPENMP_FLAGS = (("-fopenmp",), ())
 
+USE = True  # whether float32 CPU work takes the kernels where they build (tests switch it off)
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}  # "lib": the kernels, or None once a build failed
 
@@ -156,6 +157,14 @@ def reset() -> None:
         _loaded.clear()
 
 
+def for_tensor(t):
+    """The kernels (``newton_rows``, ``kl``, ``distances``) when they apply to ``t``
+    (float32 on the CPU) and are available (built on first use), else None."""
+    if not USE or str(t.dtype) != "torch.float32" or t.device.type != "cpu":
+        return None
+    return kernels()
+
+
 if __name__ == "__main__":
     lib = kernels()
     if lib is not None:
@@ -163,3 +172,4 @@ if __name__ == "__main__":
     else:
         print("C similarity kernels: " + ("not available" if enabled() else "switched off (ECOMP_DEAP_NATIVE=0)"))
     sys.exit(0 if lib is not None or not enabled() else 1)
+
