@@ -85,7 +85,7 @@ test-slow: $(STAMP) data
 	$(BIN)/python -m pytest -q -m slow
 
 test-cuda: $(STAMP) data
-	$(BIN)/python -m pytest -q -rs tests/test_cuda.py
+	$(BIN)/python -m pytest -q -rs tests/fitness/test_cuda.py
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/bench_generation.py --cnn

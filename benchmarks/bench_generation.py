@@ -6,23 +6,28 @@ vs the compute bound, plus how a generation scales with the population and the p
     .venv/bin/python benchmarks/bench_generation.py --no-scale --reps 3
     .venv/bin/python benchmarks/bench_generation.py --tiny --reps 1 # seconds; what the test runs
     .venv/bin/python benchmarks/bench_generation.py --json bench.json
-    .venv/bin/python benchmarks/bench_generation.py --cnn --no-scale  # with the CNN section (bench_cnn.py)
+    .venv/bin/python benchmarks/bench_generation.py --cnn --no-scale  # with the CNN section (as bench_cnn.py)
 
 What is measured, in one process (medians over ``--reps`` rounds, after one warm-up
 generation; each round measures every quantity once, so load changes on a shared machine
 hit ours, the reference and the bound alike):
 
-* **ours**: ``Evolution.step`` at the reference settings (pop 100, batch 100, trained
-  784-256-256-10 parent, embeddings layer_1_act/layer_2_act), weighted and NSGA-II,
-  and, separately, the parts of a weighted generation, each by calling the package's
-  pieces directly: forward (the first stage once on the population's distinct rows,
-  ``first_stage_pool``, then ``PopulationEvaluator.outputs``: the kept units' forward
-  and the child embeddings' squared distances, + accuracy/compression), similarity (the
-  parent's P once per batch + perplexity search and KL, ``similarity_from_distances``), variation (``Evolution.vary``), selection (``toolbox.select``) and
-  bookkeeping (``Evolution.assign`` + ``Evolution.record``).
+* **ours**: one generation of the run's loop (``ecomp_deap.search.loops.ea_weighted`` /
+  ``ea_nsga2`` with ``until = t + 1``, ``common.Generation``) at the reference settings
+  (pop 100, batch 100, trained 784-256-256-10 parent, embeddings layer_1_act/layer_2_act),
+  weighted and NSGA-II, with the device's forward strategy (``choose_forward``: kept
+  groups on the CPU, stacked elsewhere); and, separately, the parts of a weighted
+  generation, each by calling the package's pieces directly: forward
+  (``evaluator.forward.plan``, which on the CPU runs the first stage once on the
+  population's distinct rows, then per chunk ``plan.outputs``: logits, masks and the
+  child embeddings' squared distances, + accuracy/compression counts), similarity (the
+  parent's references once per batch + perplexity search and KL,
+  ``similarity_from_distances``), variation (``loops.vary``), selection
+  (``toolbox.select``) and bookkeeping (``loops.assign`` + ``loops.record``).
 * **reference** (``benchmarks/reference.py``): the same generation with every individual
   exported as its own ``nn.Sequential`` and run alone, and the similarity per network and
-  per layer with scikit-learn's exact t-SNE P (parent P recomputed per individual).
+  per layer with scikit-learn's exact t-SNE P (parent P recomputed per individual): the
+  same loop with a toolbox whose ``evaluate`` is the reference's (``reference_toolbox``).
   Its measures are checked against ours on the timed generation (accuracy and compression
   exactly, similarity to 1e-3 relative).
 * **compute bound**: the population's batched forward matmuls alone (pre-stacked float32
@@ -31,11 +36,13 @@ hit ours, the reference and the bound alike):
 * **whole run** (``--full``): ``run_ecomp`` wall time vs an *estimate* of the reference's
   (its measured generation time x generations + its measured evaluation time x the
   final all-batches pass + the test-set pass of the chosen individuals).
+* **CNN** (``--cnn``): ``common.cnn_section``, what ``bench_cnn.py`` runs alone.
 * **scale** (unless ``--no-scale``): time per generation and peak memory (``ru_maxrss``
   growth, and CUDA peak allocation on a GPU) for each ``--scale-pops`` population with
-  the 784-256-256-10 parent, and the first and last of them with a 784-1024-1024-10 parent (random
-  init), each in a fresh subprocess (started through ``/bin/sh``, which forks: a child
-  exec'd straight from this process would inherit its ru_maxrss) so each peak is its own.
+  the 784-256-256-10 parent, and the first and last of them with a 784-1024-1024-10
+  parent (random init), each in a fresh subprocess (started through ``/bin/sh``, which
+  forks: a child exec'd straight from this process would inherit its ru_maxrss) so each
+  peak is its own.
 
 Timings are wall-clock and noisy on a shared machine; the header prints the load average.
 """
@@ -46,8 +53,6 @@ import gc
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,75 +64,19 @@ import numpy as np
 import torch
 from deap import tools
 
-
-from ecomp_deap.search.loops import EvolutionState  # noqa: E402
-from ecomp_deap.config import EcompConfig  # noqa: E402
-from ecomp_deap.data import balanced_indices  # noqa: E402
-from ecomp_deap.search.run import EcompRun  # noqa: E402
-from ecomp_deap.fitness.evaluator import Measures  # noqa: E402
-from ecomp_deap.nets.parents import ParentSpec, build_mlp, train_parent  # noqa: E402
-from ecomp_deap.fitness.similarity import similarity_from_distances  # noqa: E402
-from ecomp_deap.nets.spliced import RowSplice, dense_uncached  # noqa: E402
-
-SIM_RTOL = 1e-3
-TINY = SimpleNamespace(pop=8, batch=20, hidden=(16, 16), perplexity=5.0, generations=5, val_size=40,
-                       scale_pops=(8,), wide_hidden=(64, 64), late=3)
-REF = SimpleNamespace(pop=100, batch=100, hidden=(256, 256), perplexity=30.0, generations=100, val_size=5000,
-                      scale_pops=(100, 300, 1000), wide_hidden=(1024, 1024), late=90)
-
-
-# ----------------------------------------------------------------------------- helpers
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device: str):
-    _sync(device)
-    t = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - t, out
-
-
-def _summary(times) -> dict:
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "n": len(times)}
-
-
-def _ms(s: float) -> str:
-    return f"{1e3 * s:9.1f} ms"
-
-
-def _spread(d: dict) -> str:
-    return f"{_ms(d['median_s'])}  (min {1e3 * d['min_s']:.1f}, max {1e3 * d['max_s']:.1f}, n={d['n']})"
-
-
-def resolve_device(arg: str) -> str:
-    if arg == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if arg == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is available")
-    if arg == "cuda":  # the reference and the bound in full float32 too, as ours (evaluate.full_float32)
-        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    return arg
-
-
-def maxrss_bytes() -> int:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r if sys.platform == "darwin" else r * 1024  # Linux reports KiB
-
-
-def synthetic_data(n_train: int, n_test: int, features: int = 784, classes: int = 10, seed: int = 0):
-    """Random class-centred Gaussian rows (learnable, so the parent beats chance)."""
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, features, generator=g)
-
-    def draw(n):
-        y = torch.arange(n) % classes
-        return (centers[y] + torch.randn(n, features, generator=g)).to(torch.float32), y
-
-    (xt, yt), (xs, ys) = draw(n_train), draw(n_test)
-    return SimpleNamespace(train_x=xt, train_y=yt, test_x=xs, test_y=ys, fingerprint="synthetic", source="synthetic")
+from common import (MLP_REF, MLP_TINY, SIM_RTOL, FormTimer, Generation, agreement, cnn_section, load_inputs,
+                    maxrss_bytes, measure_chunk, ms, prepared_run, read_inputs, resolve_device, spread, summary,
+                    time_measure, time_steps, timed)
+from ecomp_deap.config import EcompConfig
+from ecomp_deap.data import balanced_indices
+from ecomp_deap.fitness.evaluator import full_float32
+from ecomp_deap.fitness.measures import Measures
+from ecomp_deap.fitness.reference import ParentReference
+from ecomp_deap.fitness.similarity import similarity_from_distances
+from ecomp_deap.nets.parents import build_mlp
+from ecomp_deap.nets.spliced import RowSplice, dense_uncached
+from ecomp_deap.search.loops import EvolutionState, assign, make_statistics, record, vary
+from ecomp_deap.search.run import EcompRun
 
 
 def make_config(s, selection: str, device: str, **over) -> EcompConfig:
@@ -135,64 +84,52 @@ def make_config(s, selection: str, device: str, **over) -> EcompConfig:
                        perplexity=s.perplexity, val_size=s.val_size, device=device).replace(**over)
 
 
-def load_inputs(args, s, log):
-    """(data, parent model, parent test accuracy): FashionMNIST + the trained cached parent,
-    or synthetic data + a quickly trained tiny parent with ``--tiny``."""
-    if args.tiny:
-        data = synthetic_data(s.generations * s.batch + s.val_size + 200, 200)
-        spec = ParentSpec(hidden=s.hidden, epochs=2, batch_size=50)
-        parent = train_parent(spec, data.train_x, data.train_y, progress=False)
-        from ecomp_deap.nets.parents import accuracy
-
-        return data, parent, accuracy(parent, data.test_x, data.test_y)
-    from ecomp_deap.data import default_cache_dir, load_fashion_mnist
-    from ecomp_deap.nets.parents import load_or_train_parent
-
-    data = load_fashion_mnist()
-    info = load_or_train_parent(ParentSpec(), data, default_cache_dir(), progress=False, log=log)
-    return data, info.model, info.test_accuracy
-
-
-def fresh_state(run: EcompRun, base_pop, t0: int) -> EvolutionState:
-    return EvolutionState(t0, [run.toolbox.clone(ind) for ind in base_pop], tools.Logbook(), run.gen)
-
-
-def prepared_run(cfg: EcompConfig, parent, data, generations: int = 1):
-    """An EcompRun after ``generations`` generations (one: a warm-up; later ones: the
-    first layer's sharing between individuals has faded): its post-variation
-    population and the index t0 of the generation that would follow."""
-    run = EcompRun(cfg, parent, data, progress=False)
-    state = run.evolution.initial_state()
-    for _ in range(generations):
-        run.evolution.step(state)
-    return run, [run.toolbox.clone(ind) for ind in state.population], state.t
+# ----------------------------------------------------------------------------- ours: the parts
+def forward_part(ev, pop, x, y):
+    """The forward of a measure (``PopulationEvaluator.measure_blocks`` on one batch): the
+    run's forward strategy planned for the population (``ev.forward.plan``: for the
+    kept-groups forward, the first stage once on the population's distinct rows), then
+    per chunk the logits, masks and the child embeddings' squared distances, and the
+    accuracy and compression counts. Returns (x on the device, rows, correct counts,
+    kept counts, per chunk (masks, distances))."""
+    xd, yd = x.to(ev.device), y.to(ev.device)
+    rows = ev.similarity_rows(len(xd))
+    step = measure_chunk(ev, len(xd))
+    plan = ev.forward.plan(pop, xd, rows, step)
+    acc, comp, outs = [], [], []
+    for start in range(0, len(pop), step):
+        stop = min(start + step, len(pop))
+        with full_float32(ev.device):
+            logits, masks, dists = plan.outputs(start, stop)
+        acc.append((logits.argmax(-1) == yd).sum(1))  # counts, as measure_blocks
+        comp.append(sum((m != 0).sum(1) for m in masks))
+        outs.append((masks, dists))
+    return xd, rows, acc, comp, outs
 
 
-# ----------------------------------------------------------------------------- ours
-def time_steps(run, base_pop, t0, reps, device, step=None) -> list[float]:
-    """Wall times of a whole generation, each from the same population and batch."""
-    step = step or run.evolution.step
-    times = []
-    for _ in range(reps):
-        state = fresh_state(run, base_pop, t0)
-        run.evaluator.clear_cache()  # a real generation sees a new batch: its parent P is computed once
-        times.append(_timed(lambda: step(state), device)[0])
-    return times
+def similarity_part(ev, cfg, xd, rows, outs) -> list:
+    """The similarity of a measure on one batch: the parent's references once (P,
+    log-precisions), then per chunk and embedding layer the children's perplexity search
+    and KL (``similarity_from_distances``). Returns per chunk the (C,) similarities."""
+    refs = [ParentReference.stack([r]) for r in ev.parent_reference(xd[:rows], None)]  # one batch: (1, ...)
+    sims = []
+    for masks, dists in outs:
+        s = torch.zeros(masks[0].shape[0], 1, dtype=torch.float64, device=ev.device)
+        for (layer, _), d_child, ref in zip(ev.embeddings.layers, dists, refs):  # d_child (C, 1, rows, rows)
+            s = s + similarity_from_distances(ref.p, d_child, cfg.perplexity, cfg.kernel,
+                                              dof=masks[layer].sum(1)[:, None],
+                                              log_beta_init=ref.warm_start(d_child), parent_term=ref.term)
+        sims.append(s[:, 0])
+    return sims
 
 
-def time_measure(measure, base_pop, x, y, reps, device, clear=None) -> list[float]:
-    times = []
-    for _ in range(reps):
-        if clear is not None:
-            clear()
-        times.append(_timed(lambda: measure(base_pop, x, y), device)[0])
-    return times
-
-
-def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
-    """The parts of a weighted generation, timed by calling the pieces directly
-    (mirrors ``PopulationEvaluator.measure`` and ``Evolution.step``)."""
-    evo, ev, tb, cfg = run.evolution, run.evaluator, run.toolbox, run.config
+def time_parts(run: EcompRun, base_pop, t0, reps, device) -> dict[str, list[float]]:
+    """The parts of a weighted generation, timed by calling the pieces directly (mirrors
+    ``PopulationEvaluator.measure`` and ``loops.ea_weighted``): forward, similarity,
+    bookkeeping (``loops.assign`` + ``loops.record``), selection (``toolbox.select``),
+    variation (``loops.vary``)."""
+    ev, tb, cfg = run.evaluator, run.toolbox, run.config
+    stats = make_statistics()
     epoch, index = divmod(t0, run.stream.n_batches)
     x, y = run.stream.batch(epoch, index)
     parts = {k: [] for k in ("forward", "similarity", "bookkeeping", "selection", "variation")}
@@ -200,85 +137,28 @@ def time_parts(run, base_pop, t0, reps, device) -> dict[str, list[float]]:
         pop = [tb.clone(ind) for ind in base_pop]
         ev.clear_cache()
         with torch.inference_mode():
-            def forward():
-                xd, yd = x.to(ev.device), y.to(ev.device)
-                acc, comp, outs = [], [], []
-                step = ev.chunk_size(len(xd))
-                # the first stage once for the population's distinct rows, as measure_blocks does
-                with ev.first_stage_once(pop, xd, len(xd), step):
-                    for start in range(0, len(pop), step):
-                        logits, m, dists = ev.outputs(pop[start:start + step], xd, len(xd))
-                        acc.append((logits.argmax(-1) == yd).sum(1))  # counts, as measure_blocks
-                        comp.append(sum((mk != 0).sum(1) for mk in m))
-                        outs.append((m, dists))
-                return xd, acc, comp, outs
-
-            t, (xd, acc, comp, outs) = _timed(forward, device)
+            t, (xd, rows, acc, comp, outs) = timed(lambda: forward_part(ev, pop, x, y), device)
             parts["forward"].append(t)
-
-            def similarity():
-                refs = ev.parent_reference(xd, None)
-                sims = []
-                for m, dists in outs:
-                    s = torch.zeros(m[0].shape[0], dtype=torch.float64, device=ev.device)
-                    for (layer, _), d_child, ref in zip(ev.embeddings, dists, refs):  # d_child (C, 1, B, B)
-                        s = s + similarity_from_distances(ref.p, d_child, cfg.perplexity, cfg.kernel,
-                                                          dof=m[layer].sum(1)[:, None],
-                                                          log_beta_init=ref.warm_start(d_child),
-                                                          parent_term=ref.term)[:, 0]
-                    sims.append(s)
-                return sims
-
-            t, sims = _timed(similarity, device)
+            t, sims = timed(lambda: similarity_part(ev, cfg, xd, rows, outs), device)
             parts["similarity"].append(t)
             correct, kept, sim = (torch.cat(v).cpu().numpy() for v in (acc, comp, sims))
             measures = Measures(correct / len(y), kept / ev.total_hidden, sim)
-            del outs
+            outs.clear()  # the chunks' distances: not held through the CPU parts
 
-        state = EvolutionState(t0, pop, tools.Logbook(), run.gen)
+        state = EvolutionState(t0, pop, tools.Logbook(), run.rng)
 
         def bookkeeping():
-            evo.assign(pop, measures)
-            evo.record(state, pop, epoch, index, len(pop))
+            assign(pop, measures, cfg)
+            record(state, pop, stats, run.stream.n_batches, len(pop))
 
-        parts["bookkeeping"].append(_timed(bookkeeping, "cpu")[0])
-        t, selected = _timed(lambda: tb.select(pop, len(pop)), "cpu")
+        parts["bookkeeping"].append(timed(bookkeeping, "cpu")[0])
+        t, selected = timed(lambda: tb.select(pop, len(pop)), "cpu")
         parts["selection"].append(t)
-        parts["variation"].append(_timed(lambda: evo.vary(selected), "cpu")[0])
+        parts["variation"].append(timed(lambda: vary(selected, tb, cfg, run.rng), "cpu")[0])
     return parts
 
 
 # ----------------------------------------------------------------------------- bound
-class FormTimer:
-    """Per layer, ``self.forms``: a few formulations of the same computation, timed in
-    rounds; a layer's time is the median of its fastest form."""
-
-    forms: list[dict]
-    device: str
-
-    def warm_up(self) -> None:
-        self.times = [{f: [] for f in forms} for forms in self.forms]
-        with torch.inference_mode():
-            for forms in self.forms:
-                for fn in forms.values():
-                    fn()
-
-    def time(self, n: int = 3) -> None:
-        with torch.inference_mode():
-            for forms, times in zip(self.forms, self.times):
-                for name, fn in forms.items():
-                    times[name] += [_timed(fn, self.device)[0] for _ in range(n)]
-
-    def fastest(self, key: str) -> tuple[list[dict], float]:
-        """Per layer {key: k, best, median_s, forms}, and the sum of the best medians."""
-        layers = []
-        for k, times in enumerate(self.times):
-            med = {f: statistics.median(t) for f, t in times.items()}
-            best = min(med, key=med.get)
-            layers.append({key: k, "best": best, "median_s": med[best], "forms": med})
-        return layers, sum(l["median_s"] for l in layers)
-
-
 class ComputeBound(FormTimer):
     """The population's forward matmuls alone: pre-stacked float32 weights, bias fused
     (addmm / baddbmm), no activations, masks or measures. Per layer the fastest of a few
@@ -313,17 +193,6 @@ class ComputeBound(FormTimer):
                 "layers": layers, "flops": self.flops, "gflops_per_s": self.flops / total / 1e9}
 
 
-# ----------------------------------------------------------------------------- agreement
-def agreement(ours: Measures, ref: Measures) -> dict:
-    acc_equal = int(np.sum(ours.accuracy == ref.accuracy))
-    comp_equal = int(np.sum(ours.compression == ref.compression))
-    rel = np.abs(ours.similarity - ref.similarity) / np.maximum(np.abs(ref.similarity), 1e-12)
-    n = len(ours)
-    ok = acc_equal == n and comp_equal == n and float(rel.max()) <= SIM_RTOL
-    return {"n": n, "accuracy_equal": acc_equal, "compression_equal": comp_equal,
-            "similarity_max_rel_diff": float(rel.max()), "similarity_tolerance": SIM_RTOL, "passed": bool(ok)}
-
-
 # ----------------------------------------------------------------------------- scale
 def _vm_hwm() -> int | None:
     """This process's own peak RSS (Linux /proc VmHWM), a cross-check of ru_maxrss."""
@@ -344,10 +213,10 @@ def scale_worker(spec: dict) -> None:
     x, y = blob["x"], blob["y"]
     hidden = tuple(spec["hidden"])
     torch.manual_seed(0)
-    parent = build_mlp(hidden)
+    model = build_mlp(hidden)
     if spec.get("parent_state") and tuple(blob.get("parent_hidden", ())) == hidden:
-        parent.load_state_dict(blob["parent_state"])
-    parent.eval()
+        model.load_state_dict(blob["parent_state"])
+    model.eval()
     data = SimpleNamespace(train_x=x, train_y=y, test_x=x[:spec["batch"]], test_y=y[:spec["batch"]])
     gens = spec["reps"] + 1
     cfg = EcompConfig(pop_size=spec["pop"], batch_size=spec["batch"], generations=gens, val_size=0,
@@ -356,16 +225,18 @@ def scale_worker(spec: dict) -> None:
         torch.cuda.reset_peak_memory_stats()
     gc.collect()
     rss0 = maxrss_bytes()
-    run = EcompRun(cfg, parent, data, progress=False)
-    state = run.evolution.initial_state()
+    parent, run_data = read_inputs(model, data)  # the run's set-up, as run_ecomp does it
+    run = EcompRun(cfg, parent, run_data, progress=False)
+    state = run.initial_state()
+    step = Generation(run)
     times = []
     for _ in range(gens):
-        times.append(_timed(lambda: run.evolution.step(state), device)[0])
+        times.append(timed(lambda: step(state), device)[0])
     rss1 = maxrss_bytes()
-    out = {"pop": spec["pop"], "hidden": list(hidden), "times_s": times, **_summary(times[1:] or times),
+    out = {"pop": spec["pop"], "hidden": list(hidden), "times_s": times, **summary(times[1:] or times),
            "rss_at_start_bytes": rss_start, "rss_before_bytes": rss0, "rss_peak_bytes": rss1,
            "rss_growth_bytes": rss1 - rss0, "vm_hwm_bytes": _vm_hwm(),
-           "chunk": run.evaluator.chunk_size(cfg.batch_size), "trained_parent": bool(spec.get("parent_state"))
+           "chunk": measure_chunk(run.evaluator, cfg.batch_size), "trained_parent": bool(spec.get("parent_state"))
            and tuple(blob.get("parent_hidden", ())) == hidden}
     if device == "cuda":
         out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated()
@@ -373,6 +244,9 @@ def scale_worker(spec: dict) -> None:
 
 
 def run_scale(args, s, data, parent, device, log) -> list[dict]:
+    """The scale table: for each ``--scale-pops`` population with the parent's hidden
+    widths (``parent``: a ``Parent``, its trained weights passed on), and the first and
+    last with the wide parent (random init), one :func:`scale_worker` in a fresh process."""
     pops = args.scale_pops
     configs = [(p, s.hidden) for p in pops] + [(p, s.wide_hidden) for p in sorted({pops[0], pops[-1]})]
     gens = args.reps + 1
@@ -382,7 +256,7 @@ def run_scale(args, s, data, parent, device, log) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="ecomp_bench_") as tmp:
         path = Path(tmp) / "scale_data.pt"
         torch.save({"x": data.train_x[idx].clone(), "y": data.train_y[idx].clone(),
-                    "parent_state": parent.state_dict(), "parent_hidden": list(s.hidden)}, path)
+                    "parent_state": parent.model.state_dict(), "parent_hidden": list(s.hidden)}, path)
         for pop, hidden in configs:
             spec = {"pop": pop, "hidden": list(hidden), "batch": s.batch, "perplexity": s.perplexity,
                     "reps": args.reps, "device": device, "data": str(path), "parent_state": True}
@@ -408,15 +282,15 @@ def run_scale(args, s, data, parent, device, log) -> list[dict]:
 # ----------------------------------------------------------------------------- report
 PART_LABELS = {"forward": "forward + child distances + acc/comp",
                "similarity": "similarity (parent P once + search + KL)",
-               "variation": "variation (Evolution.vary)", "selection": "selection (toolbox.select)",
-               "bookkeeping": "bookkeeping (assign + record)"}
+               "variation": "variation (loops.vary)", "selection": "selection (toolbox.select)",
+               "bookkeeping": "bookkeeping (loops.assign + record)"}
 
 
 def describe_population(log, run, pop) -> None:
     firsts = [ind.weights.raw(0) for ind in pop]  # as stored: reading ind.weights[0] would copy splices
     distinct = len({id(w) for w in firsts})
     splices = sum(isinstance(w, RowSplice) for w in firsts)
-    kept = float(np.mean([sum(ind.hidden_units()) / sum(run.arch.hidden_widths) for ind in pop]))
+    kept = float(np.mean([sum(ind.hidden_units()) / sum(run.chain.hidden_widths) for ind in pop]))
     log(f"timed population: {len(pop)} individuals, {distinct} distinct first-layer weight tensors "
         f"(individuals sharing one share its product; {splices} stored as crossover's row splices), "
         f"mean {100 * kept:.0f}% of the hidden units kept")
@@ -427,13 +301,13 @@ def log_parts(log, parts: dict, step: dict) -> None:
     total = 0.0
     for k in ("forward", "similarity", "variation", "selection", "bookkeeping"):
         total += parts[k]["median_s"]
-        log(f"  {PART_LABELS[k]:<48} {_spread(parts[k])}  {100 * parts[k]['median_s'] / step['median_s']:5.1f}% "
+        log(f"  {PART_LABELS[k]:<48} {spread(parts[k])}  {100 * parts[k]['median_s'] / step['median_s']:5.1f}% "
             "of the step")
-    log(f"  {'sum of the parts':<48} {_ms(total)}  (whole step {_ms(step['median_s']).strip()})")
+    log(f"  {'sum of the parts':<48} {ms(total)}  (whole step {ms(step['median_s']).strip()})")
 
 
 def log_bound(log, bound: dict) -> None:
-    log(f"compute bound: forward matmuls     {_ms(bound['median_s'])}  (sum of per-layer best medians, n={bound['n']}: "
+    log(f"compute bound: forward matmuls     {ms(bound['median_s'])}  (sum of per-layer best medians, n={bound['n']}: "
         + ", ".join(f"{1e3 * l['median_s']:.2f} ms {l['best']}" for l in bound["layers"])
         + f"; {bound['flops'] / 1e9:.2f} GFLOP, {bound['gflops_per_s']:.1f} GFLOP/s)")
 
@@ -445,19 +319,20 @@ def parse_args(argv=None):
                     "compute bound, and how a generation scales with population and parent size.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--reps", type=int, default=5, help="repetitions per measurement (medians are reported)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto", help="device for ours, the reference's forwards (its similarity is numpy) and the bound")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                   help="device for ours, the reference's forwards (its similarity is numpy) and the bound")
     p.add_argument("--full", action="store_true",
                    help="also time a whole run (run_ecomp: generations + final all-batches pass) and "
                         "estimate the reference's")
     p.add_argument("--no-scale", action="store_true", help="skip the scale subprocesses")
     p.add_argument("--scale-pops", type=int, nargs="+", default=None,
                    help="populations for the scale table (default 100 300 1000; with --tiny 8); "
-                        "the wide parent runs at the first")
+                        "the wide parent runs at the first and the last")
     p.add_argument("--tiny", action="store_true",
                    help="tiny configuration (pop 8, batch 20, hidden 16 16, perplexity 5, synthetic data; "
                         "tiny scale subprocesses): a smoke test in seconds")
     p.add_argument("--cnn", action="store_true",
-                   help="also the CNN section (benchmarks/bench_cnn.py): the default CNN parent, ours vs the "
+                   help="also the CNN section (what benchmarks/bench_cnn.py runs): the default CNN parent, ours vs the "
                         "per-network reference and the dense convolution bound")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     p.add_argument("--scale-worker", metavar="SPEC", help=argparse.SUPPRESS)
@@ -472,7 +347,7 @@ def main(argv=None) -> int:
     if args.scale_worker:
         scale_worker(json.loads(args.scale_worker))
         return 0
-    s = TINY if args.tiny else REF
+    s = MLP_TINY if args.tiny else MLP_REF
     if args.scale_pops is None:
         args.scale_pops = list(s.scale_pops)
     device = resolve_device(args.device)
@@ -493,7 +368,8 @@ def main(argv=None) -> int:
         + f", {os.cpu_count()} CPUs, python {platform.python_version()}")
     log(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}; reps {args.reps} (medians)")
 
-    data, parent, parent_acc = load_inputs(args, s, lambda m: log("  " + m))
+    data, model, parent_acc = load_inputs(args.tiny, lambda m: log("  " + m))
+    parent, run_data = read_inputs(model, data)  # read and checked once, as run_ecomp does
     cfg = make_config(s, "weighted", device)
     settings = {"pop": s.pop, "batch": s.batch, "parent": [784, *s.hidden, 10], "perplexity": s.perplexity,
                 "embedding_layers": list(cfg.embedding_layers), "data": "synthetic" if args.tiny else "FashionMNIST",
@@ -504,38 +380,39 @@ def main(argv=None) -> int:
         f"perplexity {s.perplexity:g}, data {settings['data']}")
 
     # ---------------------------------------------------------------- measurements
-    from reference import ReferenceEvaluator, reference_step
+    from reference import ReferenceEvaluator, reference_toolbox
 
-    run, base_pop, t0 = prepared_run(cfg, parent, data)
+    run, base_pop, t0 = prepared_run(cfg, parent, run_data)
     epoch, index = divmod(t0, run.stream.n_batches)
     x, y = run.stream.batch(epoch, index)
-    run_n, base_n, t0_n = prepared_run(make_config(s, "nsga2", device), parent, data)
-    ref = ReferenceEvaluator(run.arch, parent, cfg.embedding_layers, cfg.perplexity, device)
+    run_n, base_n, t0_n = prepared_run(make_config(s, "nsga2", device), parent, run_data)
+    ref = ReferenceEvaluator(parent, cfg.embedding_layers, cfg.perplexity, device)
     run.evaluator.clear_cache()
     check = agreement(run.evaluator.measure(base_pop, x, y), ref.measure(base_pop, x, y))
     bound_timer = ComputeBound(base_pop, x, device)
     # a late generation: the first layer's sharing between individuals has faded
-    run_l, base_l, t_l = prepared_run(cfg, parent, data, s.late)
+    run_l, base_l, t_l = prepared_run(cfg, parent, run_data, s.late)
     x_l, y_l = run_l.stream.batch(*divmod(t_l, run_l.stream.n_batches))
     bound_late = ComputeBound(base_l, x_l, device)
     raw = {k: [] for k in ("ours_step", "ours_nsga2", "ours_measure", "ref_step", "ref_measure", "late_step",
                            "late_measure")}
     parts_raw, late_parts_raw = {}, {}
     loads = []
+    step, step_n, step_l = Generation(run), Generation(run_n), Generation(run_l)
+    ref_step_fn = Generation(run, reference_toolbox(run, ref))  # the same loop, evaluated per network
     # Rounds: every quantity is measured once per round, so a change in the machine's
     # load during the benchmark hits ours, the reference and the bound alike.
     for _ in range(args.reps):
-        raw["ours_step"] += time_steps(run, base_pop, t0, 1, device)
-        raw["ours_nsga2"] += time_steps(run_n, base_n, t0_n, 1, device)
+        raw["ours_step"] += time_steps(run, base_pop, t0, 1, device, step)
+        raw["ours_nsga2"] += time_steps(run_n, base_n, t0_n, 1, device, step_n)
         raw["ours_measure"] += time_measure(run.evaluator.measure, base_pop, x, y, 1, device,
                                             run.evaluator.clear_cache)
         for k, v in time_parts(run, base_pop, t0, 1, device).items():
             parts_raw.setdefault(k, []).extend(v)
-        raw["ref_step"] += time_steps(run, base_pop, t0, 1, device,
-                                      step=lambda st: reference_step(run.evolution, st, ref))
+        raw["ref_step"] += time_steps(run, base_pop, t0, 1, device, ref_step_fn)
         raw["ref_measure"] += time_measure(ref.measure, base_pop, x, y, 1, device)
         bound_timer.time(3)
-        raw["late_step"] += time_steps(run_l, base_l, t_l, 1, device)
+        raw["late_step"] += time_steps(run_l, base_l, t_l, 1, device, step_l)
         raw["late_measure"] += time_measure(run_l.evaluator.measure, base_l, x_l, y_l, 1, device,
                                             run_l.evaluator.clear_cache)
         for k, v in time_parts(run_l, base_l, t_l, 1, device).items():
@@ -543,15 +420,16 @@ def main(argv=None) -> int:
         bound_late.time(3)
         loads.append(os.getloadavg()[0])
     ours_step, ours_nsga2, ours_measure, ref_step, ref_measure, late_step, late_measure = (
-        _summary(raw[k]) for k in ("ours_step", "ours_nsga2", "ours_measure", "ref_step", "ref_measure",
-                                   "late_step", "late_measure"))
-    parts = {k: _summary(v) for k, v in parts_raw.items()}
-    late_parts = {k: _summary(v) for k, v in late_parts_raw.items()}
+        summary(raw[k]) for k in ("ours_step", "ours_nsga2", "ours_measure", "ref_step", "ref_measure",
+                                  "late_step", "late_measure"))
+    parts = {k: summary(v) for k, v in parts_raw.items()}
+    late_parts = {k: summary(v) for k, v in late_parts_raw.items()}
     bound, bound_l = bound_timer.summary(), bound_late.summary()
     report["machine"]["loadavg_1min_per_round"] = loads
 
     report.update(ours={"step_weighted": ours_step, "step_nsga2": ours_nsga2, "evaluation": ours_measure,
-                        "parts": parts, "eval_chunk": run.evaluator.chunk_size(s.batch)},
+                        "parts": parts, "eval_chunk": measure_chunk(run.evaluator, s.batch),
+                        "forward": run.evaluator.forward.name},
                   reference={"step_weighted": ref_step, "evaluation": ref_measure}, bound=bound, agreement=check)
     report["late"] = {"t": t_l, "step_weighted": late_step, "evaluation": late_measure, "parts": late_parts,
                       "bound": bound_l, "ours_over_bound_generation": late_step["median_s"] / bound_l["median_s"]}
@@ -559,13 +437,13 @@ def main(argv=None) -> int:
     log("")
     log(f"== one generation (weighted unless said; generation t={t0}, same population and batch for all) ==")
     describe_population(log, run, base_pop)
-    log(f"ours: Evolution.step, weighted     {_spread(ours_step)}")
-    log(f"ours: Evolution.step, NSGA-II      {_spread(ours_nsga2)}   (evaluates parents and offspring: "
+    log(f"ours: ea_weighted, one generation  {spread(ours_step)}   (forward {run.evaluator.forward.name})")
+    log(f"ours: ea_nsga2, one generation     {spread(ours_nsga2)}   (evaluates parents and offspring: "
         f"{2 * s.pop} evaluations)")
-    log(f"ours: evaluation only (measure)    {_spread(ours_measure)}")
+    log(f"ours: evaluation only (measure)    {spread(ours_measure)}")
     log_parts(log, parts, ours_step)
-    log(f"reference: per-network generation  {_spread(ref_step)}")
-    log(f"reference: evaluation only         {_spread(ref_measure)}")
+    log(f"reference: per-network generation  {spread(ref_step)}")
+    log(f"reference: evaluation only         {spread(ref_measure)}")
     log_bound(log, bound)
     log(f"agreement check (reference vs ours on the timed generation, {check['n']} individuals): "
         f"accuracy equal {check['accuracy_equal']}/{check['n']}, compression equal "
@@ -585,8 +463,8 @@ def main(argv=None) -> int:
     log(f"== one weighted generation late in a run (t={t_l}: a default run evolved {t_l} generations, "
         "the first layer's sharing faded) ==")
     describe_population(log, run_l, base_l)
-    log(f"ours: Evolution.step, weighted     {_spread(late_step)}")
-    log(f"ours: evaluation only (measure)    {_spread(late_measure)}")
+    log(f"ours: ea_weighted, one generation  {spread(late_step)}")
+    log(f"ours: evaluation only (measure)    {spread(late_measure)}")
     log_parts(log, late_parts, late_step)
     log_bound(log, bound_l)
     log(f"ratio ours / bound (generation t={t_l}): {late_step['median_s'] / bound_l['median_s']:.1f}x   "
@@ -637,8 +515,6 @@ def main(argv=None) -> int:
 
     # ---------------------------------------------------------------- CNN
     if args.cnn:
-        from bench_cnn import cnn_section
-
         log("")
         log("== CNN: one weighted generation (cnn_weighting121) ==")
         report["cnn"] = cnn_section(args.reps, device, args.tiny, log)
@@ -667,8 +543,8 @@ def main(argv=None) -> int:
         wide = next(r for r in rows if r["hidden"] != base["hidden"])
         log(f"wide parent: time(784-{'-'.join(map(str, wide['hidden']))}-10) / time(784-"
             f"{'-'.join(map(str, base['hidden']))}-10) at pop {wide['pop']}: {wide['median_s'] / base['median_s']:.2f}")
-        log("(the 784-256-256-10 rows use the trained parent, the wide parent is randomly initialised; "
-            "RSS growth = ru_maxrss after the generations minus before the run's set-up)")
+        log(f"(the 784-{'-'.join(map(str, base['hidden']))}-10 rows use the trained parent, the wide parent is "
+            "randomly initialised; RSS growth = ru_maxrss after the generations minus before the run's set-up)")
 
     load1 = os.getloadavg()
     report["machine"]["loadavg_end"] = load1

@@ -1,7 +1,7 @@
 """compress() at its defaults on a user's own MLP, with and without the refit.
 
     python benchmarks/compress_defaults.py              # both variants, one torch thread
-    python benchmarks/compress_defaults.py --variants refit --threads 2
+    python benchmarks/compress_defaults.py --variants default --threads 2
 
 The network is not the default parent: 784-300-100-10 (ReLU) trained on FashionMNIST by
 ``ParentSpec(hidden=(300, 100), seed=3)``; compress() gets the first 50 000 training

@@ -1,8 +1,9 @@
 """The per-network reference implementation of one EComp generation (benchmarks only).
 
 This is how the reference work evaluated a population, kept here as the baseline
-that ``bench_generation.py`` times against the batched evaluator. It is never
-imported by the ``ecomp_deap`` package.
+that ``bench_generation.py`` and ``bench_cnn.py`` time against the batched evaluator.
+It is never imported by the ``ecomp_deap`` package, and imports nothing from
+``benchmarks/`` (the scripts import it).
 
 * Every individual is exported as its own, physically smaller ``nn.Sequential``
   (``ecomp_deap.nets.export.export_individual``) and run on the batch on its own.
@@ -14,9 +15,11 @@ imported by the ``ecomp_deap`` package.
   The parent's P is recomputed for every individual (the parent is run again too):
   that is what the reference paid.
 
-Selection, variation and bookkeeping are the package's own (``Evolution.vary``,
-``toolbox.select``, ``Evolution.assign`` / ``record``): only the evaluation differs,
-so the time difference of a generation is the evaluation's.
+A reference generation is the package's own loop (``ecomp_deap.search.loops``:
+``ea_weighted`` / ``ea_nsga2``) with a toolbox whose ``evaluate`` measures through
+:class:`ReferenceEvaluator` (:func:`reference_toolbox`): selection, variation
+(``loops.vary``) and bookkeeping (``loops.assign``, the logbook) are the package's, so
+the time difference of a generation is the evaluation's.
 """
 from __future__ import annotations
 
@@ -27,8 +30,10 @@ import torch
 from torch import nn
 from sklearn.manifold._t_sne import _joint_probabilities
 
-from ecomp_deap.fitness.evaluator import Measures
+from ecomp_deap.fitness.measures import Measures
 from ecomp_deap.nets.export import export_individual
+from ecomp_deap.nets.reader import Parent
+from ecomp_deap.search.loops import evaluate_on_batch
 
 MACHINE_EPSILON = np.finfo(np.float64).eps
 
@@ -65,21 +70,23 @@ def _capture(model: nn.Sequential, x: torch.Tensor, names) -> tuple[torch.Tensor
 class ReferenceEvaluator:
     """Per-network evaluation of a population on one batch, as the reference did it."""
 
-    def __init__(self, arch, parent_model: nn.Module, embedding_layers, perplexity: float,
-                 device: str | torch.device = "cpu"):
+    def __init__(self, parent: Parent, embedding_layers, perplexity: float, device: str | torch.device = "cpu"):
+        """``parent``: read by ``ecomp_deap.nets.reader.read_parent`` (its ``chain`` cuts the
+        individuals for the export; its ``model`` is run as the parent); ``embedding_layers``:
+        the parent's layer names (None: the chain's default embeddings)."""
         if embedding_layers is None:
-            embedding_layers = arch.default_embeddings()
-        self.arch = arch
+            embedding_layers = parent.chain.default_embeddings()
+        self.chain = parent.chain
         self.device = torch.device(device)
-        self.parent = copy.deepcopy(parent_model).to(self.device).eval()  # the caller's stays where it is
+        self.parent = copy.deepcopy(parent.model).to(self.device).eval()  # the caller's stays where it is
         self.layers = tuple(embedding_layers)
         self.perplexity = float(perplexity)
-        self.total_hidden = sum(arch.hidden_widths)
+        self.total_hidden = sum(self.chain.hidden_widths)
 
     @torch.no_grad()
     def measure_one(self, ind, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
         """(accuracy, compression, similarity) of one individual on the batch (x, y)."""
-        child = export_individual(ind, self.arch).to(self.device)
+        child = export_individual(ind, self.chain).to(self.device)
         logits, child_out = _capture(child, x, self.layers)
         acc = int((logits.argmax(1) == y).sum()) / len(y)  # divided on the host, as ours (exact on CUDA too)
         comp = sum(int(m.sum()) for m in ind.masks) / self.total_hidden
@@ -98,11 +105,10 @@ class ReferenceEvaluator:
         return Measures(*(np.array(col, dtype=np.float64) for col in zip(*rows)))
 
 
-def reference_step(evo, state, ref: ReferenceEvaluator) -> dict:
-    """``Evolution.step`` itself, with the per-network evaluation in place of the batched one."""
-    batched = evo.evaluator
-    evo.evaluator = ref
-    try:
-        return evo.step(state)
-    finally:
-        evo.evaluator = batched
+def reference_toolbox(run, ref: ReferenceEvaluator):
+    """A copy of ``run``'s toolbox (an ``EcompRun``'s: the same operators and random
+    generator) whose ``evaluate(population, t)`` measures through ``ref``; one generation
+    of ``LOOPS[config.selection]`` with it is a reference generation."""
+    tb = copy.copy(run.toolbox)
+    tb.register("evaluate", evaluate_on_batch, evaluator=ref, stream=run.stream, config=run.config)
+    return tb

@@ -224,7 +224,7 @@ def run_all(args, argv, experiments, plan, client=None) -> int:
         return 128 + e.signum
     done = len(report.written)
     print(f"== {done} of {report.total} run(s) done in {time.perf_counter() - t0:.1f} s"
-          + (f", {len(report.skipped)} already finished" if report.skipped else "")
+          + (f", {len(report.skipped)} skipped (finished before)" if report.skipped else "")
           + f"; results in {', '.join(str(e.folder) for e in experiments)}")
     if report.failures:
         print(f"error: {len(report.failures)} run(s) failed: "

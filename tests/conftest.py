@@ -87,3 +87,8 @@ def stop_processes(procs) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory, fashion):
+    return tmp_path_factory.mktemp("parent-cache")

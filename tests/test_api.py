@@ -43,11 +43,10 @@ def test_three_unequal_hidden_layers_end_to_end_and_export_matches(act):
     run = res.run
     best = run.evolution.population[run.evolution.best_index]
     from ecomp_deap.fitness.evaluator import PopulationEvaluator
-    from ecomp_deap.nets.chain import Chain, parent_tensors
+    from ecomp_deap.nets.reader import read_parent
 
-    arch = Chain.from_module(model)
-    ev = PopulationEvaluator(arch, *parent_tensors(model, arch)[:2], CFG)
-    logits, _, _ = ev._forward_stacked([best], x[1200:], 0)
+    ev = PopulationEvaluator(read_parent(model), CFG, forward="stacked")
+    logits, _, _ = ev.outputs([best], x[1200:], 0)
     with torch.no_grad():
         assert torch.allclose(res.best.module(x[1200:]), logits[0], atol=1e-5)
     acc = (res.best.module(x[1200:]).argmax(1) == y[1200:]).double().mean().item()

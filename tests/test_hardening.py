@@ -18,6 +18,7 @@ from torch import nn
 
 import ecomp_deap
 from conftest import REPO, make_tiny_data, stop_processes
+from helpers import ecomp_run
 from ecomp_deap import data as D
 from ecomp_deap import files
 from ecomp_deap.nets.chain import ELEMENTWISE
@@ -86,7 +87,7 @@ def test_compress_refuses_bad_data_in_one_line_before_any_work(which, pair, expe
     def no_run(*a, **k):
         raise AssertionError("a run started on bad data")
 
-    monkeypatch.setattr(api, "run_ecomp", no_run)
+    monkeypatch.setattr(api, "EcompRun", no_run)
     sets = {"train": (X[:1000], Y[:1000]), "val": (X[1000:1200], Y[1000:1200]), "test": (X[1200:], Y[1200:]), which: pair}
     with pytest.raises(ConfigError) as e:
         ecomp_deap.compress(MODEL, config=CFG, progress=False, **sets)
@@ -138,6 +139,7 @@ def test_validate_dataset_takes_an_image_shape_exactly():
 
 def test_experiment_checks_data_before_clearing_results(tmp_path, tiny_parent):
     from ecomp_deap.study.experiment import Experiment
+    from ecomp_deap.study.runner import SerialExecutor, run_experiments
 
     data = make_tiny_data()
     data.test_x = with_value(data.test_x, (2, 1), float("nan"))
@@ -145,7 +147,7 @@ def test_experiment_checks_data_before_clearing_results(tmp_path, tiny_parent):
     exp.folder.mkdir(parents=True)
     (exp.folder / "run_0.json").write_text("{}")
     with pytest.raises(ConfigError, match="test data: input 2 is not finite"):
-        exp.run(tiny_parent, data, overwrite=True, progress=False, log=lambda s: None)
+        run_experiments([exp], tiny_parent, data, SerialExecutor(progress=False), overwrite=True, log=lambda s: None)
     assert [p.name for p in exp.folder.iterdir()] == ["run_0.json"]  # --overwrite cleared nothing
 
 
@@ -305,10 +307,8 @@ def test_other_classes_need_the_explicit_opt_in(tmp_path):
 
 # ------------------------------------------------------------------ checkpoints
 def tiny_run(tiny_parent, generations=4):
-    from ecomp_deap.search.run import EcompRun
-
-    return EcompRun(CFG.replace(generations=generations, pop_size=8, batch_size=50, val_size=100), tiny_parent,
-                    make_tiny_data(), progress=False)
+    return ecomp_run(CFG.replace(generations=generations, pop_size=8, batch_size=50, val_size=100), tiny_parent,
+                     make_tiny_data())
 
 
 class Stop(Exception):
@@ -326,7 +326,7 @@ def test_checkpoint_is_plain_data_and_resumes_to_the_uninterrupted_result(tmp_pa
 
     def stop_at_2(state):
         if state.t == 2:
-            save_checkpoint(ckpt, state, first.config, rng_snapshot(first.gen), 1.5)
+            save_checkpoint(ckpt, state, first.config, rng_snapshot(first.rng), 1.5)
             raise Stop
 
     with pytest.raises(Stop):
@@ -335,7 +335,7 @@ def test_checkpoint_is_plain_data_and_resumes_to_the_uninterrupted_result(tmp_pa
     assert blob["format"] == "ecomp_deap.checkpoint/2" and isinstance(blob["logbook"], list)
     second = tiny_run(tiny_parent)
     _, ind_cls = make_types(fitness_weights(second.config.selection, second.config.weights))
-    state, elapsed = load_checkpoint(ckpt, second.config, ind_cls, second.gen)
+    state, elapsed = load_checkpoint(ckpt, second.config, ind_cls, second.rng)
     assert state.t == 2 and elapsed == 1.5
     resumed = second.run(state).to_json()
     expected = whole.to_json()
@@ -354,12 +354,12 @@ def test_malicious_and_old_format_checkpoints_are_refused(tmp_path, evil, tiny_p
     _, ind_cls = make_types(fitness_weights(run.config.selection, run.config.weights))
     path, target = evil
     with pytest.raises(UserError, match="refused to load this checkpoint: it needs GLOBAL .*exec.*delete .* to restart"):
-        load_checkpoint(path, run.config, ind_cls, run.gen)
+        load_checkpoint(path, run.config, ind_cls, run.rng)
     assert not target.exists()
     old = tmp_path / "old.ckpt"
     torch.save({"format": "ecomp_deap.checkpoint/1", "logbook": tools.Logbook(), "rng": {"numpy": np.zeros(3)}}, old)
     with pytest.raises(UserError, match=r"older format \(ecomp_deap.checkpoint/1\).*refuses; delete .* to restart"):
-        load_checkpoint(old, run.config, ind_cls, run.gen)
+        load_checkpoint(old, run.config, ind_cls, run.rng)
 
 
 def test_cli_resume_from_a_malicious_checkpoint_is_refused(tmp_path, evil, idx_root, parents):

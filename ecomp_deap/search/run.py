@@ -162,10 +162,11 @@ class EcompRun:
             settle(ind, self.toolbox, refit=self.config.refit_children)
         return EvolutionState(0, population, tools.Logbook(), self.rng)
 
-    def evolve(self, state: EvolutionState | None = None, on_generation=None, on_failure=None) -> EvolutionState:
-        """Run the generations left (from ``state`` when resuming) with the run's loop
-        (:data:`~ecomp_deap.search.loops.LOOPS`); the hooks as in
-        :class:`~ecomp_deap.search.loops.GenerationHooks`."""
+    def evolve(self, state: EvolutionState | None = None, on_generation=None, on_failure=None,
+               until: int | None = None) -> EvolutionState:
+        """Run the generations left (from ``state`` when resuming; up to ``until``, by default
+        all of them) with the run's loop (:data:`~ecomp_deap.search.loops.LOOPS`); the hooks
+        as in :class:`~ecomp_deap.search.loops.GenerationHooks`."""
         from tqdm.auto import tqdm
 
         cfg = self.config
@@ -175,7 +176,7 @@ class EcompRun:
         with bar:
             hooks = GenerationHooks(bar, on_generation, on_failure)
             return LOOPS[cfg.selection](state, self.toolbox, cfg, make_statistics(), self.stream.n_batches,
-                                        self.total, hooks)
+                                        self.total if until is None else until, hooks)
 
     def describe(self, ind, m: Measures, i: int) -> dict:
         kept = ind.hidden_units()

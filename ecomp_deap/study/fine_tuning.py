@@ -204,13 +204,15 @@ def finetune_baselines(parent, baselines: dict, data, sizes: Sequence[float], in
     seeds, seed, subset and BatchNorm calibration) rebuilt at ``sizes``, exported and
     fine-tuned: ``{method: [{size, compression, hidden_units, after_epochs (mean over
     the random seeds), after_epochs_std, repeats}, ...]}``. ``parent``: a
-    :class:`~ecomp_deap.nets.reader.Parent`."""
+    :class:`~ecomp_deap.nets.reader.Parent`, or a module to read."""
     import numpy as np
 
     from .pruning_baselines import METHODS, baseline_prunings, split_method
     from ..data import make_splits
     from ..nets.export import export_individual
+    from ..nets.reader import read_parent
 
+    parent = read_parent(parent, data.train_x)  # a Parent as it is; a module read
     chain = parent.chain
     seed, seeds = int(baselines.get("seed", 0)), int(baselines.get("random_seeds", 5))
     subset = make_splits(data.train_y, int(baselines.get("subset", 10000)), 0, seed).subset

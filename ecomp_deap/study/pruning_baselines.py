@@ -25,7 +25,7 @@ from ..config import EcompConfig
 from ..fitness.evaluator import PopulationEvaluator
 from ..nets.chain import Chain
 from ..nets.masked import MaskedNetwork
-from ..nets.reader import Parent
+from ..nets.reader import Parent, read_parent
 from ..nets.refit import Refit
 from ..search.operators import recalibrate_norms
 from ..search.scores import METHODS, top_units_mask, unit_scores
@@ -78,13 +78,15 @@ def baseline_prunings(parent: Parent, method: str, sizes, activation_x=None, see
     return population
 
 
-def baseline_curves(parent: Parent, sizes, test_x, test_y, activation_x=None, seeds: int = 5,
+def baseline_curves(parent, sizes, test_x, test_y, activation_x=None, seeds: int = 5,
                     methods=METHODS, seed: int = 0, calibration_x=None, refit_x=None,
                     refit_ridge: float = 1e-4) -> dict:
     """Test accuracy of every method at every size: ``{method: [{size, compression,
     hidden_units, test_accuracy, test_accuracy_std}, ...]}``, the networks of
     :func:`baseline_prunings`; with ``refit_x``, every method refitted too
-    (``{method}+refit``)."""
+    (``{method}+refit``). ``parent``: a :class:`~ecomp_deap.nets.reader.Parent`, or a module
+    to read."""
+    parent = read_parent(parent, test_x)
     if refit_x is not None:
         methods = [*methods, *(m + REFIT_SUFFIX for m in methods if not m.endswith(REFIT_SUFFIX))]
     chain = parent.chain

@@ -25,7 +25,8 @@ from typing import Callable, Iterator
 import torch
 
 from ..search.genome import fitness_weights, make_types
-from ..search.run import EcompRun
+from ..nets.reader import read_parent
+from ..search.run import EcompRun, RunData, check_data
 from ..rng import rng_snapshot
 from .checkpoint import CheckpointStore, FileStore, checkpoint_bytes, read_checkpoint, restore_state
 from .experiment import Experiment, RunJob, run_line, write_run
@@ -190,11 +191,16 @@ def run_experiments(experiments: list[Experiment], parent, data, executor, paren
     """Run every (unfinished, with ``resume``) run of ``experiments`` on ``executor`` and
     write the results here as they complete; see the module docstring. A failing run is
     reported (``log_error``; with ``details``, followed by the end of its traceback) and
-    the others go on. Returns a :class:`Report`."""
+    the others go on. ``parent`` and ``data``: read and checked once by the caller (a
+    :class:`~ecomp_deap.nets.reader.Parent` and :class:`~ecomp_deap.search.run.RunData`),
+    or else here, before any folder is touched. Returns a :class:`Report`."""
     import sys
     import traceback
 
     log_error = log_error or (lambda s: print(s, file=sys.stderr))
+    parent = read_parent(parent, data.train_x)  # a Parent is returned as it is
+    if not isinstance(data, RunData):
+        data = check_data(parent, data)
     for exp in experiments:
         exp.prepare(overwrite, resume)
     report = Report()

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
@@ -23,7 +22,7 @@ from ecomp_deap.errors import ConfigError
 from ecomp_deap.study.published import TABLE, published_for, weighting_code
 from ecomp_deap.files import save_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_script(script, *args):

@@ -19,11 +19,13 @@ import torch
 pytest.importorskip("distributed")
 
 from conftest import REPO, stop_processes  # noqa: E402
-from test_cli import SMALL, cache_dir, run_script  # noqa: E402,F401  (fixture)
+from helpers import SMALL, run_script  # noqa: E402
 
 from ecomp_deap.config import EcompConfig  # noqa: E402
-from ecomp_deap.study.executors import run_on_cluster, run_task  # noqa: E402
+from ecomp_deap.study.executors import ClusterExecutor, run_task  # noqa: E402
 from ecomp_deap.study.experiment import Experiment  # noqa: E402
+from ecomp_deap.study.runner import run_experiments  # noqa: E402
+from helpers import run_here  # noqa: E402
 
 NAMES = ("weighting121", "pareto121")
 TINY = dict(pop_size=8, generations=6, batch_size=30, perplexity=5.0, val_size=60, device="cpu",
@@ -132,8 +134,7 @@ def test_unreachable_scheduler_and_misplaced_options_are_one_line_errors(tmp_pat
 def tiny_serial(tmp_path_factory, tiny_data, tiny_parent):
     """The serial reference, made before any Dask client lives in this process."""
     folder = tmp_path_factory.mktemp("tiny-serial")
-    for exp in tiny_experiments(folder, runs=3):
-        exp.run(tiny_parent, tiny_data, progress=False, log=lambda s: None)
+    run_here(tiny_experiments(folder, runs=3), tiny_parent, tiny_data)
     return folder
 
 
@@ -146,49 +147,50 @@ def client(tiny_serial):
         yield c
 
 
-def tiny_experiments(out: Path, runs: int = 2) -> list[Experiment]:
-    return [Experiment("w", EcompConfig(selection="weighted", **TINY), runs, 0, out),
-            Experiment("p", EcompConfig(selection="nsga2", **TINY), runs, 3, out)]
+def tiny_experiments(out: Path, runs: int = 2, checkpoint_every: int = 25, **settings) -> list[Experiment]:
+    cfg = {**TINY, **settings}
+    return [Experiment("w", EcompConfig(selection="weighted", **cfg), runs, 0, out, checkpoint_every),
+            Experiment("p", EcompConfig(selection="nsga2", **cfg), runs, 3, out, checkpoint_every)]
 
 
 def written_once(monkeypatch) -> dict:
     """Count the driver's writes of each run."""
-    from ecomp_deap.study import experiment
+    from ecomp_deap.study import runner
 
     counts: dict = {}
-    real = experiment.write_run
+    real = runner.write_run
 
     def counting(folder, name, k, result_json, best_module):
         counts[(name, k)] = counts.get((name, k), 0) + 1
         return real(folder, name, k, result_json, best_module)
 
-    monkeypatch.setattr(experiment, "write_run", counting)
+    monkeypatch.setattr(runner, "write_run", counting)
     return counts
 
 
 def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, client, tiny_serial, tiny_data, tiny_parent,
                                                          monkeypatch):
-    def task(config, name, k, parent, data, acc, threads):
-        if (name, k) == ("p", 1):
+    def task(job, *args):
+        if (job["name"], job["k"]) == ("p", 1):
             raise RuntimeError("injected failure")
-        if (name, k) == ("w", 1):  # an error whose traceback is too deep to pickle
+        if (job["name"], job["k"]) == ("w", 1):  # an error whose traceback is too deep to pickle
             def down(n):
                 return down(n + 1)
             down(0)
-        return run_task(config, name, k, parent, data, acc, threads)
+        return run_task(job, *args)
 
     counts = written_once(monkeypatch)
     errors, lines = [], []
     exps = tiny_experiments(tmp_path / "out", runs=3)
-    report = run_on_cluster(exps, client, tiny_parent, tiny_data, log=lines.append, log_error=errors.append, task=task,
-                            details=True)
+    report = run_experiments(exps, tiny_parent, tiny_data, ClusterExecutor(client, task=task), log=lines.append,
+                             log_error=errors.append, details=True)
     failed = {(f.name, f.run): f.error for f in report.failures}
     assert failed == {("p", 1): "RuntimeError: injected failure",
                       ("w", 1): "RecursionError: maximum recursion depth exceeded"}
     lines_failed = [e for e in errors if " failed: " in e]
     assert len(lines_failed) == 2 and any("p run 2/3" in e and "injected failure" in e for e in lines_failed)
     # with details (run.py --debug), each is followed by the end of the worker's traceback
-    tracebacks = [e for e in errors if e.startswith("worker traceback (end):")]
+    tracebacks = [e for e in errors if e.startswith("traceback (end):")]
     assert len(tracebacks) == 2 and len(errors) == 4
     assert any("in task" in t and t.endswith("RuntimeError: injected failure") for t in tracebacks)
     assert any("in down" in t and t.endswith("RecursionError: maximum recursion depth exceeded") for t in tracebacks)
@@ -200,8 +202,8 @@ def test_a_failing_run_is_reported_and_the_others_finish(tmp_path, client, tiny_
         assert not (tmp_path / "out" / name / "run_1.pt").exists()
 
     # --resume runs only the failed runs; then every file is the serial one
-    again = run_on_cluster(tiny_experiments(tmp_path / "out", runs=3), client, tiny_parent, tiny_data, resume=True,
-                           log=lines.append)
+    again = run_experiments(tiny_experiments(tmp_path / "out", runs=3), tiny_parent, tiny_data, ClusterExecutor(client),
+                            resume=True, log=lines.append)
     assert again.total == 2 and sorted(again.written) == [("p", 1), ("w", 1)] and len(again.skipped) == 4
     assert not again.failures
     assert_same_results(tiny_serial, tmp_path / "out", ["w", "p"], 3)
@@ -212,10 +214,10 @@ def test_a_worker_killed_mid_run_ends_with_every_run_written_once(tmp_path, clie
     markers = tmp_path / "started"
     markers.mkdir()
 
-    def task(config, name, k, parent, data, acc, threads):
-        (markers / f"{name}-{k}-{os.getpid()}").touch()
+    def task(job, *args):
+        (markers / f"{job['name']}-{job['k']}-{os.getpid()}").touch()
         time.sleep(1.0)  # a window where the run is surely in progress
-        return run_task(config, name, k, parent, data, acc, threads)
+        return run_task(job, *args)
 
     killed = []
 
@@ -233,7 +235,7 @@ def test_a_worker_killed_mid_run_ends_with_every_run_written_once(tmp_path, clie
     exps = tiny_experiments(tmp_path / "out", runs=3)
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    report = run_on_cluster(exps, client, tiny_parent, tiny_data, log=lambda s: None, task=task)
+    report = run_experiments(exps, tiny_parent, tiny_data, ClusterExecutor(client, task=task), log=lambda s: None)
     thread.join(timeout=60)
     assert killed, "no worker was killed"
     assert not report.failures
@@ -243,6 +245,94 @@ def test_a_worker_killed_mid_run_ends_with_every_run_written_once(tmp_path, clie
     assert no_temporary_files(tmp_path / "out")
     assert_same_results(tiny_serial, tmp_path / "out", ["w", "p"], 3)
     client.wait_for_workers(2, timeout=60)
+
+
+def test_a_run_whose_worker_dies_resumes_from_its_last_checkpoint_on_another_worker(tmp_path, client, tiny_data,
+                                                                                    tiny_parent):
+    """Checkpoints of a cluster run live in the scheduler: the task Dask starts again after
+    its worker was killed resumes from the last one, and the files are an uninterrupted
+    run's."""
+    from distributed import Variable
+
+    long = dict(generations=6, epochs=8)  # 48 generations, a checkpoint after each
+    markers = tmp_path / "started"
+    markers.mkdir()
+
+    def task(job, *args):
+        (markers / f"{job['name']}-{job['k']}-{os.getpid()}").touch()
+        return run_task(job, *args)
+
+    exps = tiny_experiments(tmp_path / "out", runs=1, checkpoint_every=1, **long)
+    executor = ClusterExecutor(client, task=task, tag="killed")
+    key = executor.checkpoint_key(exps[0].job(0))
+    killed = []
+
+    def killer():
+        variable, deadline = Variable(key, client), time.monotonic() + 120
+        while not killed and time.monotonic() < deadline:
+            try:
+                variable.get(timeout=0.05)  # the run has checkpointed at least once
+            except TimeoutError:
+                continue
+            pid = int(next(markers.glob("w-0-*")).name.rsplit("-", 1)[1])
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    lines = []
+    report = run_experiments(exps, tiny_parent, tiny_data, executor, log=lines.append)
+    thread.join(timeout=60)
+    assert killed, "no worker was killed"
+    assert not report.failures and len(report.written) == 2
+    assert len(list(markers.glob("w-0-*"))) == 2  # started again, on another worker
+    done = next(line for line in lines if "] w run 1/1" in line)
+    assert "(resumed from generation " in done, done
+    assert int(done.rsplit("(resumed from generation ", 1)[1].rstrip(")")) >= 1
+    serial = tmp_path / "serial"
+    run_here(tiny_experiments(serial, runs=1, **long), tiny_parent, tiny_data)
+    assert_same_results(serial, tmp_path / "out", ["w", "p"], 1)
+    assert no_temporary_files(tmp_path / "out")
+    client.wait_for_workers(2, timeout=60)
+
+
+def test_an_interrupted_cluster_run_leaves_its_checkpoint_for_resume(tmp_path, client, tiny_data, tiny_parent):
+    """A stop request (SIGINT/SIGTERM on the driver) cancels the cluster's work and
+    writes each unfinished run's last checkpoint to run_K.ckpt; --resume continues
+    from it to the uninterrupted result."""
+    from distributed import Variable
+
+    from ecomp_deap.study.runner import RunInterrupted
+
+    long = dict(generations=6, epochs=8)
+    exps = tiny_experiments(tmp_path / "out", runs=1, checkpoint_every=1, **long)[:1]
+    executor = ClusterExecutor(client, tag="stopped")
+    key = executor.checkpoint_key(exps[0].job(0))
+
+    def stop_after_a_checkpoint():
+        variable, deadline = Variable(key, client), time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                variable.get(timeout=0.05)
+            except TimeoutError:
+                continue
+            os.kill(os.getpid(), signal.SIGTERM)  # the driver's stop request
+            return
+
+    thread = threading.Thread(target=stop_after_a_checkpoint, daemon=True)
+    thread.start()
+    with pytest.raises(RunInterrupted):
+        run_experiments(exps, tiny_parent, tiny_data, executor, log=lambda s: None)
+    thread.join(timeout=60)
+    folder = tmp_path / "out" / "w"
+    assert (folder / "run_0.ckpt").exists() and not (folder / "run_0.json").exists()
+    lines = []
+    report = run_experiments(exps, tiny_parent, tiny_data, ClusterExecutor(client), resume=True, log=lines.append)
+    assert report.written == [("w", 0)] and "(resumed from generation " in lines[-1]
+    serial = tmp_path / "serial"
+    run_here(tiny_experiments(serial, runs=1, **long)[:1], tiny_parent, tiny_data)
+    assert_same_results(serial, tmp_path / "out", ["w"], 1)
+    assert no_temporary_files(tmp_path / "out")
 
 
 @pytest.mark.parametrize("tasks,cores,given,expected", [

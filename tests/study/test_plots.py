@@ -15,7 +15,7 @@ except ImportError:  # tests/ imported as a package
 
 from ecomp_deap.files import save_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 SCRIPTS = {

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import ecomp_run
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.search.run import run_ecomp
-from ecomp_deap.nets.export import export_individual
 from ecomp_deap.search.indicators import non_dominated_mask
 
 TINY = dict(pop_size=8, generations=4, batch_size=30, perplexity=5.0, val_size=60, device="cpu",
@@ -57,13 +57,12 @@ def test_nsga2_returns_a_mutually_non_dominated_set(tiny_data, tiny_parent):
 
 
 def test_elitism_carries_the_best_individuals_over_unchanged(tiny_data, tiny_parent):
-    from ecomp_deap.search.run import EcompRun
 
     cfg = EcompConfig(selection="weighted", elitism=2, **TINY)
-    run = EcompRun(cfg, tiny_parent, tiny_data, progress=False)
-    state = run.evolution.initial_state()
+    run = ecomp_run(cfg, tiny_parent, tiny_data)
+    state = run.initial_state()
     before = list(state.population)
-    run.evolution.step(state)
+    run.evolve(state, until=state.t + 1)
     ranked = sorted(before, key=lambda ind: ind.fitness.values[0], reverse=True)[:2]
     for elite, kept in zip(ranked, state.population[:2]):
         assert all(torch.equal(a, b) for a, b in zip(elite.weights, kept.weights))
@@ -72,17 +71,17 @@ def test_elitism_carries_the_best_individuals_over_unchanged(tiny_data, tiny_par
 
 def test_activation_initialisation_keeps_the_highest_activation_score_units(tiny_data, tiny_parent):
     from ecomp_deap.search.scores import unit_scores
-    from ecomp_deap.search.run import INIT_SCORE_IMAGES, EcompRun
+    from ecomp_deap.search.run import INIT_SCORE_IMAGES
     from ecomp_deap.search.scores import top_units_mask
 
     cfg = EcompConfig(selection="nsga2", init_scores="activation", **TINY)
-    run = EcompRun(cfg, tiny_parent, tiny_data, progress=False)
-    pop = run.evolution.initial_state().population
+    run = ecomp_run(cfg, tiny_parent, tiny_data)
+    pop = run.initial_state().population
     n = min(run.stream.n_batches, INIT_SCORE_IMAGES // cfg.batch_size)
     x = torch.cat([run.stream.batch(0, i)[0] for i in range(n)])
-    scores = unit_scores("activation", run.arch, run.weights, run.biases, x)
-    l1 = EcompRun(cfg.replace(init_scores="l1"), tiny_parent, tiny_data, progress=False)
-    l1_pop = l1.evolution.initial_state().population
+    scores = unit_scores("activation", run.chain, run.parent.weights, run.parent.biases, x)
+    l1 = ecomp_run(cfg.replace(init_scores="l1"), tiny_parent, tiny_data)
+    l1_pop = l1.initial_state().population
     differs = False
     for ind, ref in zip(pop, l1_pop):
         for mask, s in zip(ind.masks, scores):

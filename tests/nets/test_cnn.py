@@ -1,6 +1,5 @@
 """Convolutional parents: parsing, the channel coupling, the batched evaluator against
 each network run alone, export, and the operators on channel groups."""
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -17,62 +16,7 @@ from ecomp_deap.nets.forward import network_forward
 from ecomp_deap.search.scores import l1_unit_scores
 from ecomp_deap.search.operators import (cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights)
 from ecomp_deap.fitness.similarity import tsne_similarity_loss
-
-
-def randomise_norms(model: nn.Module, seed: int) -> nn.Module:
-    """Non-trivial BatchNorm statistics and affine parameters (fresh ones are the identity)."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            if m.affine:
-                m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
-    return model.eval()
-
-
-def seq(*layers):
-    return nn.Sequential(OrderedDict((f"l{i}", m) for i, m in enumerate(layers)))
-
-
-# (model factory, input shape): stride 2, padding, no bias, dilation, non-square kernels,
-# average / max / adaptive pooling, BatchNorm 2d and 1d, Dropout, several activations
-CNNS = {
-    "stride2-nobias-bn-avgpool": (lambda: seq(
-        nn.Conv2d(3, 6, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
-        nn.Conv2d(6, 8, 3), nn.BatchNorm2d(8), nn.GELU(), nn.AvgPool2d(2), nn.Flatten(),
-        nn.Linear(8 * 2 * 2, 12), nn.Tanh(), nn.Linear(12, 4)), (3, 12, 12)),
-    "dilation-maxpool-adaptive": (lambda: seq(
-        nn.Conv2d(1, 5, (3, 2), dilation=2), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout2d(0.3),
-        nn.Conv2d(5, 7, 3, padding=1), nn.Sigmoid(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(7, 3)),
-     (1, 14, 13)),
-    "conv-then-mlp-with-bn1d": (lambda: seq(
-        nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4), nn.ELU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10),
-        nn.BatchNorm1d(10), nn.ReLU(), nn.Dropout(0.5), nn.Linear(10, 3)), (2, 6, 6)),
-}
-
-
-def population(model, shape, n=6, seed=0, mutate=True):
-    """L1 prunings, recombined on every stage, mutated (weights or channel gains) and
-    mask-flipped: individuals with their own filters, BatchNorm entries and masks."""
-    chain = Chain.from_module(model, shape)
-    w, b, norms = parent_tensors(model, chain)
-    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
-    pop = init_pruned_population(ind_cls, w, b, n, norms=norms)
-    g = torch.Generator().manual_seed(seed)
-    layers = range(len(w))
-    for i in range(0, n - 1, 2):
-        cx_layerwise(pop[i], pop[i + 1], layers, g)
-    for j, ind in enumerate(pop):
-        if mutate:
-            if j % 2:
-                mut_scale_weights(ind, layers, 0.8, 1.2, g)
-            else:
-                mut_scale_units(ind, layers, 0.8, 1.2, g, repeats=[st.in_repeat for st in chain.stages])
-        mut_flip_units(ind, 0.2, g)
-    return chain, (w, b, norms), pop
+from helpers import CNNS, population, randomise_norms, seq
 
 
 def named_outputs(net: nn.Module, x: torch.Tensor, names) -> dict:
@@ -104,10 +48,10 @@ def test_batched_measures_equal_each_exported_network_run_alone(name, kept_path)
     factory, shape = CNNS[name]
     torch.manual_seed(0)
     model = randomise_norms(factory(), 2)
-    chain, (w, b, norms), pop = population(model, shape)
+    parent, pop = population(model, shape)
+    chain = parent.chain
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=30)
-    ev = PopulationEvaluator(chain, w, b, cfg, parent_norms=norms)
-    ev.kept_units_forward = kept_path
+    ev = PopulationEvaluator(parent, cfg, forward="kept_groups" if kept_path else "stacked")
     x, y = torch.randn(30, *shape), torch.randint(0, chain.n_classes, (30,))
     m = ev.measure(pop, x, y)
     names = chain.default_embeddings()
@@ -130,15 +74,15 @@ def test_kept_channel_and_stacked_paths_agree_with_shared_first_layer(name):
     factory, shape = CNNS[name]
     torch.manual_seed(1)
     model = randomise_norms(factory(), 3)
-    chain, (w, b, norms), pop = population(model, shape, n=8, mutate=False)
+    parent, pop = population(model, shape, n=8, mutate=False)
+    chain, w = parent.chain, parent.weights
     assert sum(ind.weights[0] is w[0] for ind in pop) == 8  # the first stage is shared
     cfg = EcompConfig(embedding_layers=chain.embedding_names, recombination_layers=None, perplexity=4.0,
                       batch_size=20)
-    ev = PopulationEvaluator(chain, w, b, cfg, parent_norms=norms)
+    ev = PopulationEvaluator(parent, cfg)
     x = torch.randn(20, *shape)
     kept = ev.outputs(pop, x, 16)
-    ev.kept_units_forward = False
-    stacked = ev.outputs(pop, x, 16)
+    stacked = PopulationEvaluator(parent, cfg, forward="stacked").outputs(pop, x, 16)
     assert torch.allclose(kept[0], stacked[0], atol=1e-5)
     for a, s in zip(kept[2], stacked[2]):
         assert torch.allclose(a, s, rtol=1e-5, atol=1e-6)
@@ -148,7 +92,8 @@ def test_export_is_physically_smaller_saves_and_loads(tmp_path):
     factory, shape = CNNS["stride2-nobias-bn-avgpool"]
     torch.manual_seed(2)
     model = randomise_norms(factory(), 4)
-    chain, _, pop = population(model, shape, n=4)
+    parent, pop = population(model, shape, n=4)
+    chain = parent.chain
     x = torch.randn(5, *shape)
     for i, ind in enumerate(pop):
         net = export_individual(ind, chain)
@@ -280,7 +225,8 @@ def test_recalibrated_norms_are_the_pruned_networks_batch_statistics():
     factory, shape = CNNS["stride2-nobias-bn-avgpool"]
     torch.manual_seed(4)
     model = randomise_norms(factory(), 8)
-    chain, (w, b, norms), pop = population(model, shape, n=4)
+    parent, pop = population(model, shape, n=4)
+    chain = parent.chain
     x = torch.randn(64, *shape)
     from ecomp_deap.search.operators import recalibrate_norms
 
@@ -345,18 +291,19 @@ def test_batched_final_pass_equals_the_per_batch_one(name, shared, pool, monkeyp
     (batches, rows, rows) stack included; with ``pool``, the first stage once for the
     population's distinct filters with their BatchNorm entries) = the mean of the
     per-batch measures."""
-    import ecomp_deap.fitness.evaluator as evaluate
-    from ecomp_deap.fitness.evaluator import Measures
+    from ecomp_deap.fitness import kept_groups
+    from ecomp_deap.fitness.measures import Measures
 
     factory, shape = CNNS[name]
     torch.manual_seed(5)
     model = randomise_norms(factory(), 5)
-    chain, (w, b, norms), pop = population(model, shape, mutate=not shared)
+    parent, pop = population(model, shape, mutate=not shared)
+    chain = parent.chain
     if pool:
-        monkeypatch.setattr(evaluate, "DEDUPE_MIN_IMAGES", 1)
+        monkeypatch.setattr(kept_groups, "DEDUPE_MIN_IMAGES", 1)
     cfg = EcompConfig(embedding_layers=chain.embedding_names, recombination_layers=None, perplexity=4.0,
                       batch_size=16, similarity_batch=12, eval_chunk=3 if pool else 0)
-    ev = PopulationEvaluator(chain, w, b, cfg, parent_norms=norms)
+    ev = PopulationEvaluator(parent, cfg)
     g = torch.Generator().manual_seed(6)
     batches = [(torch.randn(16, *shape, generator=g), torch.randint(0, chain.n_classes, (16,), generator=g))
                for _ in range(3)]

@@ -1,5 +1,5 @@
 """The CUDA path against the CPU one: skipped without a CUDA device (CI has none; run
-``pytest tests/test_cuda.py`` on a GPU machine). On a GPU the evaluator runs the
+``pytest tests/fitness/test_cuda.py`` on a GPU machine). On a GPU the evaluator runs the
 stacked masked forward and the torch perplexity search, so these compare two different
 programs: measures within float tolerance (an accuracy may differ by one tied image),
 compressions exactly, and with TF32 allowed (the evaluator turns it off within)."""
@@ -8,12 +8,10 @@ import pytest
 import torch
 
 from ecomp_deap.config import EcompConfig
-from ecomp_deap.fitness.evaluator import Measures, PopulationEvaluator
+from ecomp_deap.fitness.evaluator import PopulationEvaluator
+from ecomp_deap.fitness.measures import Measures
 from ecomp_deap.nets.parents import build_mlp
-
-from test_cli import cache_dir  # noqa: F401  (fixture)
-from test_cnn import CNNS, population, randomise_norms
-from test_evaluate import varied_population
+from helpers import CNNS, SMALL, population, randomise_norms, run_script, varied_population
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -42,13 +40,13 @@ def assert_agree(gpu: Measures, cpu: Measures, images: int, rtol: float):
 def test_mlp_measures_on_cuda_equal_the_cpu(dtype, embeddings):
     torch.manual_seed(0)
     model = build_mlp((48, 32, 24), in_features=30, n_classes=5, activation="relu")
-    arch, w, b, pop = varied_population(model, n=10, seed=1)
+    parent, pop = varied_population(model, n=10, seed=1)
     cfg = EcompConfig(embedding_layers=embeddings, recombination_layers=None, perplexity=10.0, batch_size=80,
                       similarity_dtype=dtype)
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(80, 30, generator=g), torch.randint(0, 5, (80,), generator=g)
-    cpu = PopulationEvaluator(arch, w, b, cfg, "cpu").measure(pop, x, y)
-    gpu = PopulationEvaluator(arch, w, b, cfg, "cuda").measure(pop, x, y)
+    cpu = PopulationEvaluator(parent, cfg, "cpu").measure(pop, x, y)
+    gpu = PopulationEvaluator(parent, cfg, "cuda").measure(pop, x, y)
     assert_agree(gpu, cpu, 80, 1e-4)
 
 
@@ -57,26 +55,27 @@ def test_cnn_measures_on_cuda_equal_the_cpu(name):
     factory, shape = CNNS[name]
     torch.manual_seed(0)
     model = randomise_norms(factory(), 2)
-    chain, (w, b, norms), pop = population(model, shape, n=8)
+    parent, pop = population(model, shape, n=8)
+    chain = parent.chain
     cfg = EcompConfig(embedding_layers=chain.embedding_names, recombination_layers=None, perplexity=5.0,
                       batch_size=40)
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(40, *shape, generator=g), torch.randint(0, chain.n_classes, (40,), generator=g)
-    cpu = PopulationEvaluator(chain, w, b, cfg, "cpu", parent_norms=norms).measure(pop, x, y)
-    gpu = PopulationEvaluator(chain, w, b, cfg, "cuda", parent_norms=norms).measure(pop, x, y)
+    cpu = PopulationEvaluator(parent, cfg, "cpu").measure(pop, x, y)
+    gpu = PopulationEvaluator(parent, cfg, "cuda").measure(pop, x, y)
     assert_agree(gpu, cpu, 40, 1e-4)
 
 
 def test_the_batched_final_pass_on_cuda_equals_the_cpu_per_batch_mean():
     torch.manual_seed(4)
     model = build_mlp((40, 24), in_features=20, n_classes=4, activation="gelu")
-    arch, w, b, pop = varied_population(model, n=8, seed=4)
+    parent, pop = varied_population(model, n=8, seed=4)
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=30)
     g = torch.Generator().manual_seed(5)
     batches = [(torch.randn(30, 20, generator=g), torch.randint(0, 4, (30,), generator=g)) for _ in range(6)]
-    cpu = PopulationEvaluator(arch, w, b, cfg, "cpu")
+    cpu = PopulationEvaluator(parent, cfg, "cpu")
     expected = Measures.mean([cpu.measure(pop, x, y) for x, y in batches])
-    gpu = PopulationEvaluator(arch, w, b, cfg, "cuda")
+    gpu = PopulationEvaluator(parent, cfg, "cuda")
     assert_agree(gpu.measure_batches(pop, batches, key=("train",)), expected, 30, 1e-4)
     x = torch.cat([x for x, _ in batches])
     y = torch.cat([y for _, y in batches])
@@ -102,8 +101,6 @@ def test_a_run_on_cuda_completes_reloads_and_exports_a_cpu_network(tiny_data, ti
 
 def test_the_cli_runs_on_cuda_and_records_the_device(tmp_path, cache_dir):
     import json
-
-    from test_cli import SMALL, run_script
 
     args = [a if a != "cpu" else "cuda" for a in SMALL]
     out = tmp_path / "o"

@@ -421,7 +421,7 @@ def test_settled_rows_are_written_after_one_more_unevaluated_newton_step(search_
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_newton_arithmetic_in_torch_matches_numpy(dtype, monkeypatch):
     # CPU tensors do the per-row arithmetic in numpy, GPU ones in torch: the same search
-    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
+    from ecomp_deap.fitness.similarity import native, perplexity
 
     g = torch.Generator().manual_seed(21)
     x = torch.relu(torch.randn(30, 100, 40, generator=g) - 0.3)
@@ -450,7 +450,7 @@ F32_RTOL = 1e-4  # issue #13: relative error of the loss against the oracle
 def search_path(request, monkeypatch):
     """A float32 CPU search through the C kernel (ecomp_deap.fitness.similarity.native), then through the
     numpy Newton phase it replaces (the path without a compiler)."""
-    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
+    from ecomp_deap.fitness.similarity import native
 
     if request.param == "native" and native.for_tensor(torch.zeros(1)) is None:
         pytest.skip("the C kernel is not available here (no C compiler)")
@@ -520,7 +520,7 @@ def test_float32_search_falls_back_to_float64_for_rows_it_cannot_solve(search_pa
     assert p32.dtype == torch.float32
     rel32 = ((p32.double() - p64).abs() / p64)[off].max()
     assert 1e-6 < rel32 < 1e-4  # float32's own search: to its entropy tolerance
-    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
+    from ecomp_deap.fitness.similarity import perplexity
 
     original = perplexity._MAX_ITER
     try:  # every float32 row now counts as out of steps: all of them take the float64 path
@@ -555,7 +555,7 @@ def test_the_loss_in_small_blocks_equals_it_in_one(kernel, dtype, monkeypatch):
     parents where it can, gathered copies where it cannot): any block size gives the
     one-block losses, for the evaluator's layouts (a parent per batch against
     (individuals, batches) children; one parent against many) and odd broadcasts."""
-    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
+    from ecomp_deap.fitness.similarity import loss
     from ecomp_deap.fitness.similarity import parent_entropy_term, similarity_from_distances
 
     g = torch.Generator().manual_seed(21)
@@ -589,7 +589,7 @@ def test_matrices_read_by_columns_in_any_pieces_match_the_row_search(dtype, monk
     out) in whole-matrix pieces, pieces of several matrices and column ranges of one
     matrix, equals the search on the off-diagonal rows, tied rows (closed form, NaN
     log(beta)) included."""
-    from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
+    from ecomp_deap.fitness.similarity import loss, native, perplexity
 
     monkeypatch.setattr(native, "USE", False)  # the column search (the C kernel reads rows)
     g = torch.Generator().manual_seed(23)

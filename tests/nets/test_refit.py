@@ -3,11 +3,13 @@ refitted layer, only the Linear stages after the first change, the same refit fo
 baselines, and the settings' errors."""
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from helpers import ecomp_run
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
 from ecomp_deap.search.genome import Genome, make_types
@@ -16,6 +18,7 @@ from ecomp_deap.nets.export import export_individual
 from ecomp_deap.nets.forward import as_input, kept_tensors, network_forward, run_stage
 from ecomp_deap.nets.parents import build_cnn, build_mlp
 from ecomp_deap.search.operators import init_pruned
+from ecomp_deap.nets.reader import read_parent
 from ecomp_deap.nets.refit import Refit, parent_preactivations, ridge_solve
 
 
@@ -186,21 +189,20 @@ def test_refit_settings_are_checked():
 
 
 def test_a_run_with_refit_measures_and_exports_the_refitted_networks(tiny_data, tiny_parent):
-    from ecomp_deap.search.run import EcompRun
 
     cfg = EcompConfig(selection="nsga2", pop_size=8, generations=4, batch_size=50, perplexity=5.0, val_size=200,
                       device="cpu", max_size=0.5, refit_images=150, embedding_layers=None,
                       recombination_layers=None)
-    plain = EcompRun(cfg.replace(refit_images=0), tiny_parent, tiny_data, progress=False).run()
-    run = EcompRun(cfg, tiny_parent, tiny_data, progress=False)
+    plain = ecomp_run(cfg.replace(refit_images=0), tiny_parent, tiny_data).run()
+    run = ecomp_run(cfg, tiny_parent, tiny_data)
     r = run.run()
     # the same search (the refit is applied at the end only) ...
     assert [row["accuracy"]["avg"] for row in r.logbook] == [row["accuracy"]["avg"] for row in plain.logbook]
     # ... then every final network refitted on the first 150 images of the subset
     pop = r.evolution.population
     x = run.subset_images(150)
-    arch = run.arch
-    targets = parent_preactivations(arch, x, run.weights, run.biases, run.norms)
+    arch = run.chain
+    targets = parent_preactivations(arch, x, run.parent.weights, run.parent.biases, run.parent.norms)
     ind = pop[r.evolution.best_index]
     a = stage_inputs(arch, ind, x)[-1]
     w_ref, b_ref = ridge_solve(a, targets[-1], cfg.refit_ridge)
@@ -213,41 +215,41 @@ def test_a_run_with_refit_measures_and_exports_the_refitted_networks(tiny_data, 
 
 
 def test_lamarckian_refit_gives_every_child_refitted_weights(tiny_data, tiny_parent):
-    from ecomp_deap.search.run import EcompRun
 
     cfg = EcompConfig(selection="weighted", pop_size=6, generations=3, batch_size=50, perplexity=5.0, val_size=0,
                       device="cpu", refit_images=100, refit_children=True, embedding_layers=None,
                       recombination_layers=None)
-    run = EcompRun(cfg, tiny_parent, tiny_data, progress=False)
-    state = run.evolution.initial_state()
+    run = ecomp_run(cfg, tiny_parent, tiny_data)
+    state = run.initial_state()
     x = run.subset_images(100)
-    targets = parent_preactivations(run.arch, x, run.weights, run.biases, run.norms)
+    targets = parent_preactivations(run.chain, x, run.parent.weights, run.parent.biases, run.parent.norms)
     for _ in range(2):
         for ind in state.population:
-            a = stage_inputs(run.arch, ind, x)[-1]
+            a = stage_inputs(run.chain, ind, x)[-1]
             w_ref, _ = ridge_solve(a, targets[-1], cfg.refit_ridge)
             assert torch.allclose(ind.weights[-1][:, ind.masks[-1]], w_ref.float(), atol=1e-5)
-        run.evolution.step(state)
+        run.evolve(state, until=state.t + 1)
 
 
 def test_baselines_get_the_same_refit():
     from ecomp_deap.study.pruning_baselines import baseline_curves, baseline_prunings
 
     model, arch, w, b, n = mlp(hidden=(16, 12))
+    parent = read_parent(model)
     g = torch.Generator().manual_seed(6)
     x, y = torch.randn(400, 10, generator=g), torch.randint(0, 5, (400,), generator=g)
     refit_x = x[:200]
-    plain = baseline_prunings(arch, w, b, n, "l1", [0.5])[0]
-    refitted = baseline_prunings(arch, w, b, n, "l1+refit", [0.5], refit_x=refit_x)[0]
-    expected = Refit(arch, w, b, n, refit_x)(plain.clone())[0]
+    plain = baseline_prunings(parent, "l1", [0.5])[0]
+    refitted = baseline_prunings(parent, "l1+refit", [0.5], refit_x=refit_x)[0]
+    expected = Refit(arch, w, b, n, refit_x)(copy.copy(plain))[0]
     assert [m.tolist() for m in refitted.masks] == [m.tolist() for m in plain.masks]
     assert all(torch.equal(p, q) for p, q in zip(refitted.weights, expected.weights))
     with pytest.raises(ValueError, match="needs calibration images"):
-        baseline_prunings(arch, w, b, n, "l1+refit", [0.5])
-    curves = baseline_curves(model, [0.5], x, y, x, seeds=2, refit_x=refit_x)
+        baseline_prunings(parent, "l1+refit", [0.5])
+    curves = baseline_curves(parent, [0.5], x, y, x, seeds=2, refit_x=refit_x)
     assert list(curves) == ["l1", "random", "activation", "l1+refit", "random+refit", "activation+refit"]
     assert curves["random+refit"][0]["repeats"] == 2
-    assert list(baseline_curves(model, [0.5], x, y, x, seeds=2)) == ["l1", "random", "activation"]
+    assert list(baseline_curves(parent, [0.5], x, y, x, seeds=2)) == ["l1", "random", "activation"]
 
 
 def test_compress_refits_by_default_on_up_to_5000_training_images():

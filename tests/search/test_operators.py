@@ -1,18 +1,9 @@
 import torch
 
-from ecomp_deap.nets.chain import Chain, parent_tensors
-from ecomp_deap.search.genome import fitness_weights, make_types
+from helpers import setup
+
+from ecomp_deap.search.genome import make_types
 from ecomp_deap.search.operators import (cx_layerwise, init_pruned_population, init_pruned, mut_flip_units, mut_scale_units, mut_scale_weights, sel_softmax_roulette)
-from ecomp_deap.nets.parents import build_mlp
-
-
-def setup(hidden=(16, 12, 8), seed=0):
-    torch.manual_seed(seed)
-    model = build_mlp(hidden, in_features=10, n_classes=5)
-    arch = Chain.from_module(model)
-    w, b, _ = parent_tensors(model, arch)
-    _, ind_cls = make_types(fitness_weights("nsga2", (1, 1, 1)))
-    return arch, w, b, ind_cls
 
 
 def test_make_types_is_idempotent_and_silent(recwarn):

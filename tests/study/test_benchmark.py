@@ -4,6 +4,7 @@ subprocesses), prints its ratio lines, and the reference agrees with ours. No ti
 assertions: the numbers depend on the machine."""
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "bench_generation.py"
 
 
@@ -39,10 +40,13 @@ def test_bench_generation_tiny(tmp_path):
     assert all(r["rss_peak_bytes"] > 0 and r["median_s"] > 0 for r in report["scale"])
 
 
-def test_bench_generation_options():
-    """The command line, parsed in this process (no second torch start-up)."""
+def test_bench_generation_options(monkeypatch):
+    """The command line, parsed in this process (no second torch start-up); the script's
+    shared modules (benchmarks/common.py) are found as when it runs as a script."""
     import importlib.util
 
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    monkeypatch.delitem(sys.modules, "common", raising=False)  # not another project's module of that name
     spec = importlib.util.spec_from_file_location("bench_generation", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -82,3 +86,29 @@ def test_bench_devices_refuses_bad_sizes_and_a_missing_gpu():
         p = subprocess.run([sys.executable, str(script), "--devices", "cuda", "--pops", "4"], capture_output=True,
                            text=True, timeout=120)
         assert p.returncode != 0 and "no CUDA device" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_benchmark_scripts_import_no_script():
+    """What the scripts share lives in modules (common.py, reference.py); no file of
+    benchmarks/ imports a script (a file run as ``__main__``), even inside a function,
+    and the shared modules import no script and not each other in a cycle."""
+    folder = REPO / "benchmarks"
+    files = {p.stem: p for p in folder.glob("*.py")}
+    scripts = {name for name, p in files.items() if '__name__ == "__main__"' in p.read_text()}
+    assert {"bench_generation", "bench_cnn", "bench_devices", "compress_defaults"} <= scripts
+    graph = {}
+    for name, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                deps.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                deps.update(alias.name.split(".")[0] for alias in node.names)
+        graph[name] = deps & set(files) - {name}
+    assert {name: sorted(deps & scripts) for name, deps in graph.items() if deps & scripts} == {}
+    assert "common" in graph["bench_generation"] and "common" in graph["bench_cnn"]
+
+    def reaches(start, goal, seen=()):
+        return any(d == goal or (d not in seen and reaches(d, goal, (*seen, d))) for d in graph[start])
+
+    assert [name for name in graph if reaches(name, name)] == []

@@ -11,17 +11,17 @@ from ecomp_deap.search.scores import unit_scores
 from ecomp_deap.study.pruning_baselines import baseline_curves, keep_counts, pruned
 from ecomp_deap.search.indicators import knee_point
 from ecomp_deap.nets.parents import build_mlp
+from ecomp_deap.nets.reader import read_parent
 
 
 @pytest.mark.parametrize("method", ["l1", "random", "activation"])
 def test_baselines_keep_exactly_the_requested_unit_counts(method):
     torch.manual_seed(0)
-    model = build_mlp((40, 9, 23), in_features=12, n_classes=3)
-    arch = Chain.from_module(model)
-    w, b, _ = parent_tensors(model, arch)
+    parent = read_parent(build_mlp((40, 9, 23), in_features=12, n_classes=3))
+    arch, w, b = parent.chain, parent.weights, parent.biases
     scores = unit_scores(method, arch, w, b, torch.randn(50, 12), torch.Generator().manual_seed(0))
     for size in (0.1, 0.25, 0.5, 0.75, 0.9):
-        ind = pruned(arch, w, b, scores, size)
+        ind = pruned(parent, scores, size)
         assert ind.hidden_units() == [max(1, round(size * h)) for h in (40, 9, 23)] == keep_counts(arch, size)
 
 

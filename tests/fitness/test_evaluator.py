@@ -2,32 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.config import EcompConfig
-from ecomp_deap.fitness.evaluator import PopulationEvaluator, fitness_tuples, weighted_fitness
+from helpers import varied_population
+from ecomp_deap.fitness import first_stage, kept_groups, memory
+from ecomp_deap.fitness.embeddings import Embeddings
+from ecomp_deap.fitness.evaluator import PopulationEvaluator
+from ecomp_deap.fitness.measures import Measures, fitness_tuples, weighted_fitness
+from ecomp_deap.fitness.similarity import tsne_similarity_loss
 from ecomp_deap.nets.export import count_parameters, export_individual
 from ecomp_deap.nets.forward import as_input, network_forward, stacked_stage
-from ecomp_deap.search.genome import fitness_weights, make_types
-from ecomp_deap.search.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
 from ecomp_deap.nets.parents import build_mlp
-from ecomp_deap.fitness.similarity import tsne_similarity_loss
-
-
-def varied_population(model, n=6, seed=0, mutate=True):
-    """L1 prunings, recombined, weight-mutated (unless ``mutate`` is False: then the
-    individuals keep sharing the parent's tensors) and mask-flipped."""
-    arch = Chain.from_module(model)
-    w, b, _ = parent_tensors(model, arch)
-    _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
-    pop = init_pruned_population(ind_cls, w, b, n)
-    g = torch.Generator().manual_seed(seed)
-    for i in range(0, n - 1, 2):
-        cx_layerwise(pop[i], pop[i + 1], range(len(w)), g)
-    for ind in pop:
-        if mutate:
-            mut_scale_weights(ind, range(len(w)), 0.9, 1.1, g)
-        mut_flip_units(ind, 0.1, g)
-    return arch, w, b, pop
 
 
 @pytest.mark.parametrize("hidden,act", [((24, 16), "relu"), ((20, 9, 13), "gelu"), ((12, 30), "tanh"),
@@ -35,15 +19,15 @@ def varied_population(model, n=6, seed=0, mutate=True):
 def test_batched_evaluator_equals_exported_networks_one_at_a_time(hidden, act):
     torch.manual_seed(0)
     model = build_mlp(hidden, in_features=15, n_classes=4, activation=act)
-    arch, w, b, pop = varied_population(model)
+    parent, pop = varied_population(model)
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=40)
-    ev = PopulationEvaluator(arch, w, b, cfg)
+    ev = PopulationEvaluator(parent, cfg)
     x, y = torch.randn(40, 15), torch.randint(0, 4, (40,))
     m = ev.measure(pop, x, y)
     with torch.no_grad():
         parent_embs = _activations(model, x)
     for i, ind in enumerate(pop):
-        net = export_individual(ind, arch)
+        net = export_individual(ind, parent.chain)
         with torch.no_grad():
             logits = net(x)
         assert m.accuracy[i] == (logits.argmax(1) == y).double().mean().item()
@@ -66,25 +50,25 @@ def _activations(net, x):
 def test_export_matches_masked_forward_and_counts_parameters():
     torch.manual_seed(1)
     model = build_mlp((32, 8, 16), in_features=12, n_classes=3)
-    arch, w, b, pop = varied_population(model, n=4, seed=1)
-    ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
+    parent, pop = varied_population(model, n=4, seed=1)
+    ev = PopulationEvaluator(parent, EcompConfig(embedding_layers=None, recombination_layers=None), forward="stacked")
     x = torch.randn(7, 12)
-    logits, _, _ = ev._forward_stacked(pop, x, 0)
+    logits, _, _ = ev.outputs(pop, x, 0)
     for i, ind in enumerate(pop):
-        net = export_individual(ind, arch)
+        net = export_individual(ind, parent.chain)
         with torch.no_grad():
             assert torch.allclose(net(x), logits[i], atol=1e-5)
-        assert count_parameters(net) == arch.sizes(ind.hidden_units())[0]
+        assert count_parameters(net) == parent.chain.sizes(ind.hidden_units())[0]
         assert [m.out_features for m in net if isinstance(m, torch.nn.Linear)][:-1] == ind.hidden_units()
 
 
 def test_masked_unit_activation_is_zero_even_when_activation_of_zero_is_not():
     torch.manual_seed(2)
     model = build_mlp((6,), in_features=4, n_classes=2, activation="sigmoid")
-    arch, w, b, pop = varied_population(model, n=2)
-    ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
-    ws, bs, ns, ms = ev._stack(pop)
-    _, post = stacked_stage(arch.stages[0], as_input(arch, torch.randn(5, 4)), ws[0], bs[0], ns[0], ms[0],
+    parent, pop = varied_population(model, n=2)
+    ev = PopulationEvaluator(parent, EcompConfig(embedding_layers=None, recombination_layers=None), forward="stacked")
+    ws, bs, ns, ms = ev.forward.stack(pop)
+    _, post = stacked_stage(parent.chain.stages[0], as_input(parent.chain, torch.randn(5, 4)), ws[0], bs[0], ns[0], ms[0],
                             shared=True, positions=[0])
     for i, ind in enumerate(pop):
         assert torch.all(post[0][i][:, ~ind.masks[0]] == 0)
@@ -92,8 +76,6 @@ def test_masked_unit_activation_is_zero_even_when_activation_of_zero_is_not():
 
 
 def test_fitness_weighted_formula_and_nsga2_tuples():
-    from ecomp_deap.fitness.evaluator import Measures
-
     m = Measures(np.array([0.8, 0.5]), np.array([0.25, 1.0]), np.array([0.1, 0.3]))
     assert np.allclose(weighted_fitness(m, (1, 2, 1)), [0.8 - 0.2 + 0.75, 0.5 - 0.6 + 0.0])
     assert fitness_tuples(m, "weighted", (1, 2, 1))[0] == pytest.approx((1.35,))
@@ -104,23 +86,23 @@ def test_fitness_weighted_formula_and_nsga2_tuples():
 def test_stacked_forward_equals_each_network_run_alone():
     torch.manual_seed(3)
     model = build_mlp((24, 16), in_features=15, n_classes=4)
-    arch, w, b, pop = varied_population(model)
-    ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None))
+    parent, pop = varied_population(model)
+    ev = PopulationEvaluator(parent, EcompConfig(embedding_layers=None, recombination_layers=None), forward="stacked")
     x = torch.randn(9, 15)
-    logits, _, _ = ev._forward_stacked(pop, x, 0)
+    logits, _, _ = ev.outputs(pop, x, 0)
     for i, ind in enumerate(pop):
-        alone = network_forward(arch, x, ind.weights, ind.biases, ind.norms, ind.masks)
+        alone = network_forward(parent.chain, x, ind.weights, ind.biases, ind.norms, ind.masks)
         assert torch.allclose(logits[i], alone, atol=1e-5)
 
 
 def test_similarity_batch_uses_the_first_images_only():
     torch.manual_seed(4)
     model = build_mlp((24, 16), in_features=15, n_classes=4)
-    arch, w, b, pop = varied_population(model)
+    parent, pop = varied_population(model)
     x, y = torch.randn(60, 15), torch.randint(0, 4, (60,))
-    full = PopulationEvaluator(arch, w, b, EcompConfig(perplexity=5.0, batch_size=60, embedding_layers=None,
+    full = PopulationEvaluator(parent, EcompConfig(perplexity=5.0, batch_size=60, embedding_layers=None,
                                                        recombination_layers=None))
-    part = PopulationEvaluator(arch, w, b, EcompConfig(perplexity=5.0, batch_size=60, similarity_batch=20,
+    part = PopulationEvaluator(parent, EcompConfig(perplexity=5.0, batch_size=60, similarity_batch=20,
                                                        embedding_layers=None, recombination_layers=None))
     m_part = part.measure(pop, x, y)
     m_first = full.measure(pop, x[:20], y[:20])
@@ -138,17 +120,16 @@ def test_kept_units_forward_equals_the_stacked_masked_forward(embeddings, mutate
     (other devices) give the same logits, embedding distances and measures."""
     torch.manual_seed(5)
     model = build_mlp((32, 8, 16), in_features=12, n_classes=3, activation="gelu")
-    arch, w, b, pop = varied_population(model, n=6, seed=5, mutate=mutate)
-    assert all((ind.weights[0] is w[0]) != mutate for ind in pop)
+    parent, pop = varied_population(model, n=6, seed=5, mutate=mutate)
+    assert all((ind.weights[0] is parent.weights[0]) != mutate for ind in pop)
     cfg = EcompConfig(embedding_layers=embeddings, recombination_layers=None, perplexity=4.0, batch_size=20)
-    ev = PopulationEvaluator(arch, w, b, cfg)
+    ev = PopulationEvaluator(parent, cfg)
     x, y = torch.randn(20, 12), torch.randint(0, 3, (20,))
-    assert ev.kept_units_forward
+    assert ev.forward.name == "kept_groups"  # chosen for the CPU
     kept = ev.outputs(pop, x, 15)
     m_kept = ev.measure(pop, x, y)
     acc_kept = ev.accuracy(pop, x, y, batch_size=7)
-    ev.kept_units_forward = False
-    ev.clear_cache()
+    ev = PopulationEvaluator(parent, cfg, forward="stacked")
     stacked = ev.outputs(pop, x, 15)
     m_stacked = ev.measure(pop, x, y)
     assert np.array_equal(ev.accuracy(pop, x, y, batch_size=7), acc_kept)
@@ -169,16 +150,14 @@ def test_large_embeddings_centred_in_place_give_the_same_bits(layers, monkeypatc
     """The final pass centres a large embedding in place when no other embedding shares
     its storage (a layer named twice shares it: those are copied); the measures are the
     same bits as with every embedding copied before centring."""
-    import ecomp_deap.fitness.evaluator as evaluate
-
     model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
-    arch, w, b, pop = varied_population(model, n=6, seed=5)
+    parent, pop = varied_population(model, n=6, seed=5)
     cfg = EcompConfig(embedding_layers=layers, recombination_layers=None, perplexity=5.0, batch_size=20)
     g = torch.Generator().manual_seed(6)
     batches = [(torch.randn(20, 15, generator=g), torch.randint(0, 4, (20,), generator=g)) for _ in range(5)]
-    monkeypatch.setattr(evaluate, "PAD_MAX_ELEMENTS", 0)  # every embedding takes the large path
+    monkeypatch.setattr(kept_groups, "PAD_MAX_ELEMENTS", 0)  # every embedding takes the large path
     calls = []
-    original = PopulationEvaluator.distances
+    original = Embeddings.distances
 
     def recording(self, t, dtype=None, overwrite=False, out=None, copy_all=False):
         calls.append(overwrite)
@@ -186,10 +165,10 @@ def test_large_embeddings_centred_in_place_give_the_same_bits(layers, monkeypatc
 
     results = {}
     for copy_all in (False, True):
-        monkeypatch.setattr(PopulationEvaluator, "distances",
+        monkeypatch.setattr(Embeddings, "distances",
                             lambda self, t, dtype=None, overwrite=False, out=None, c=copy_all:
                             recording(self, t, dtype, overwrite, out, c))
-        ev = PopulationEvaluator(arch, w, b, cfg)
+        ev = PopulationEvaluator(parent, cfg)
         calls.clear()
         results[copy_all] = ev.measure_batches(pop, batches, key=("train",))
         if not copy_all:
@@ -202,8 +181,6 @@ def test_large_embeddings_centred_in_place_give_the_same_bits(layers, monkeypatc
 
 
 def _per_batch_mean(ev, pop, batches):
-    from ecomp_deap.fitness.evaluator import Measures
-
     return Measures.mean([ev.measure(pop, x, y) for x, y in batches])
 
 
@@ -216,27 +193,23 @@ def test_batched_final_pass_equals_the_per_batch_one(stacked, dtype, similarity_
     stack; with ``pool``, the first layer computed once for the population's distinct
     rows) gives the per-batch measures' mean, also when the batches are split into
     several forwards, and unequal batches still work (one at a time)."""
-    import ecomp_deap.fitness.evaluator as evaluate
-
     torch.manual_seed(3)
     model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
-    arch, w, b, pop = varied_population(model, n=6, seed=3)
+    parent, pop = varied_population(model, n=6, seed=3)
     pop += [ind.__class__(ind.masks, ind.weights, ind.biases) for ind in pop[:2]]  # copies: rows shared with others
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=20,
                       similarity_batch=similarity_batch, similarity_dtype=dtype, eval_chunk=3 if pool else 0)
     if pool:
-        monkeypatch.setattr(evaluate, "DEDUPE_MIN_IMAGES", 1)
+        monkeypatch.setattr(kept_groups, "DEDUPE_MIN_IMAGES", 1)
         built = []
-        original = PopulationEvaluator.first_stage_pool
-        monkeypatch.setattr(PopulationEvaluator, "first_stage_pool",
-                            lambda self, *a: built.append(original(self, *a)) or built[-1])
-    ev = PopulationEvaluator(arch, w, b, cfg)
-    ev.kept_units_forward = not stacked
+        original = kept_groups.build_pool
+        monkeypatch.setattr(kept_groups, "build_pool", lambda *a: built.append(original(*a)) or built[-1])
+    ev = PopulationEvaluator(parent, cfg, forward="stacked" if stacked else "kept_groups")
     g = torch.Generator().manual_seed(4)
     batches = [(torch.randn(20, 15, generator=g), torch.randint(0, 4, (20,), generator=g)) for _ in range(5)]
     expected = _per_batch_mean(ev, pop, batches)
-    for image_bytes in (evaluate.IMAGE_BYTES, 2 * 20 * 24 * 4):  # all five batches at once; two at a time
-        monkeypatch.setattr(evaluate, "IMAGE_BYTES", image_bytes)
+    for image_bytes in (memory.IMAGE_BYTES, 2 * 20 * 24 * 4):  # all five batches at once; two at a time
+        monkeypatch.setattr(memory, "IMAGE_BYTES", image_bytes)
         ev.clear_cache()
         got = ev.measure_batches(pop, batches, key=("train",))
         np.testing.assert_allclose(got.accuracy, expected.accuracy, rtol=1e-12)
@@ -254,13 +227,13 @@ def test_batched_final_pass_equals_the_per_batch_one(stacked, dtype, similarity_
 def test_float32_similarity_agrees_with_float64_in_the_evaluator():
     torch.manual_seed(4)
     model = build_mlp((32, 24), in_features=15, n_classes=4, activation="relu")
-    arch, w, b, pop = varied_population(model, n=8, seed=4)
+    parent, pop = varied_population(model, n=8, seed=4)
     x, y = torch.randn(60, 15), torch.randint(0, 4, (60,))
     m = {}
     for dtype in ("float32", "float64"):
         cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=10.0, batch_size=60,
                           similarity_dtype=dtype)
-        m[dtype] = PopulationEvaluator(arch, w, b, cfg).measure(pop, x, y)
+        m[dtype] = PopulationEvaluator(parent, cfg).measure(pop, x, y)
     np.testing.assert_array_equal(m["float32"].accuracy, m["float64"].accuracy)
     np.testing.assert_allclose(m["float32"].similarity, m["float64"].similarity, rtol=1e-4)
 
@@ -271,15 +244,14 @@ def test_the_first_layer_on_distinct_rows_gives_the_same_measures(monkeypatch):
     ``accuracy``): the same measures as each individual on its own rows."""
     torch.manual_seed(5)
     model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
-    arch, w, b, pop = varied_population(model, n=8, seed=5, mutate=False)
-    mutate_some = varied_population(model, n=4, seed=6)[3]
+    parent, pop = varied_population(model, n=8, seed=5, mutate=False)
+    mutate_some = varied_population(model, n=4, seed=6)[1]
     pop += mutate_some + [ind.clone() for ind in pop[:2]]  # shared, copied and mutated rows
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=30)
-    ev = PopulationEvaluator(arch, w, b, cfg)
+    ev = PopulationEvaluator(parent, cfg)
     built = []
-    original = PopulationEvaluator.first_stage_pool
-    monkeypatch.setattr(PopulationEvaluator, "first_stage_pool",
-                        lambda self, *a: built.append(original(self, *a)) or built[-1])
+    original = kept_groups.build_pool
+    monkeypatch.setattr(kept_groups, "build_pool", lambda *a: built.append(original(*a)) or built[-1])
     g = torch.Generator().manual_seed(7)
     x, y = torch.randn(30, 15, generator=g), torch.randint(0, 4, (30,), generator=g)
     pooled = ev.measure(pop, x, y)
@@ -287,7 +259,7 @@ def test_the_first_layer_on_distinct_rows_gives_the_same_measures(monkeypatch):
     assert built and all(p is not None for p in built)
     kept = sum(int(ind.masks[0].sum()) for ind in pop)
     assert built[0].out.shape[1] < kept  # fewer distinct rows than kept ones
-    monkeypatch.setattr(PopulationEvaluator, "_pooled", lambda self, *a: False)
+    monkeypatch.setattr(kept_groups.KeptGroupsForward, "pooled", lambda self, *a: False)
     ev.clear_cache()
     own = ev.measure(pop, x, y)
     np.testing.assert_array_equal(pooled.accuracy, own.accuracy)
@@ -299,8 +271,6 @@ def test_the_first_layer_on_distinct_rows_gives_the_same_measures(monkeypatch):
 def test_kept_groups_of_a_population_are_each_individuals_kept_indices():
     from types import SimpleNamespace
 
-    from ecomp_deap.fitness.evaluator import kept_groups
-
     g = torch.Generator().manual_seed(2)
     pop = [SimpleNamespace(masks=[torch.rand(9, generator=g) < 0.5, torch.rand(5, generator=g) < 0.7])
            for _ in range(6)]
@@ -308,15 +278,14 @@ def test_kept_groups_of_a_population_are_each_individuals_kept_indices():
     pop[2].masks[0][8] = True  # one unit
     pop[4].masks[1] = torch.ones(5, dtype=torch.bool)  # all units
     for k in (0, 1):
-        got = kept_groups(pop, k)
+        got = kept_groups.kept_groups(pop, k)
         assert len(got) == len(pop)
         for idx, ind in zip(got, pop):
             assert torch.equal(idx, torch.nonzero(ind.masks[k]).squeeze(1))
 
 
 def test_unit_major_keeps_the_values_with_units_contiguous():
-    from ecomp_deap.fitness.evaluator import unit_major
-
+    unit_major = first_stage.unit_major
     t = torch.randn(700, 13, generator=torch.Generator().manual_seed(3))  # several blocks and a partial one
     u = unit_major(t)
     assert torch.equal(u, t) and u.T.is_contiguous()
@@ -326,17 +295,15 @@ def test_unit_major_keeps_the_values_with_units_contiguous():
 def test_the_pool_copies_each_distinct_output_unit_major_once(monkeypatch):
     """A kept position that is the stage's output itself (the ReLU's, the default
     embedding) is the same tensor in the pool, copied once."""
-    import ecomp_deap.fitness.evaluator as evaluate
-
     torch.manual_seed(2)
     model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
-    arch, w, b, pop = varied_population(model, n=6, seed=2)
-    ev = PopulationEvaluator(arch, w, b, EcompConfig(embedding_layers=None, recombination_layers=None,
+    parent, pop = varied_population(model, n=6, seed=2)
+    ev = PopulationEvaluator(parent, EcompConfig(embedding_layers=None, recombination_layers=None,
                                                      perplexity=5.0, batch_size=30))
     calls = []
-    original = evaluate.unit_major
-    monkeypatch.setattr(evaluate, "unit_major", lambda t, *a: calls.append(t) or original(t, *a))
-    pool = ev.first_stage_pool(pop, torch.randn(30, 15), 30)
+    original = first_stage.unit_major
+    monkeypatch.setattr(first_stage, "unit_major", lambda t, *a: calls.append(t) or original(t, *a))
+    pool = first_stage.build_pool(parent.chain, ev.embeddings, pop, torch.randn(30, 15), 30, ev.device)
     assert pool is not None and pool.kept and all(t is pool.out for t in pool.kept.values())
     assert len(calls) == 1
 

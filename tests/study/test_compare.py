@@ -21,7 +21,7 @@ from ecomp_deap.study import comparison
 from ecomp_deap.study.results import load_experiment
 from ecomp_deap.files import save_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def run_compare(*args):

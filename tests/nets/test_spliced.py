@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ecomp_deap.fitness import row_keys
 from ecomp_deap.nets import spliced
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.fitness.evaluator import PopulationEvaluator
 from ecomp_deap.search.genome import fitness_weights, make_types
-from ecomp_deap.nets.chain import Chain, parent_tensors
+from ecomp_deap.nets.reader import read_parent
 from ecomp_deap.nets.parents import build_mlp
 from ecomp_deap.search.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
 from ecomp_deap.nets.spliced import RowSplice, StageTensors, rows_by_source, splice
@@ -117,8 +116,8 @@ def _spliced_population(generations=6, n=8, seed=0):
     once per individual, then only recombined (as late in a run)."""
     torch.manual_seed(seed)
     model = build_mlp((24, 16), in_features=15, n_classes=4, activation="relu")
-    arch = Chain.from_module(model)
-    w, b, _ = parent_tensors(model, arch)
+    parent = read_parent(model)
+    w, b = list(parent.weights), list(parent.biases)
     _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
     g = torch.Generator().manual_seed(seed)
     pop = init_pruned_population(ind_cls, w, b, n)
@@ -131,11 +130,11 @@ def _spliced_population(generations=6, n=8, seed=0):
             cx_layerwise(pop[i], pop[i + 1], [0, 1, 2], g)
         for ind in pop:
             mut_flip_units(ind, 0.1, g)
-    return arch, w, b, pop
+    return parent, pop
 
 
 def test_crossover_splices_the_first_stage_and_the_evaluator_reads_it_without_copying(monkeypatch):
-    arch, w, b, pop = _spliced_population()
+    parent, pop = _spliced_population()
     raws = [ind.weights.raw(0) for ind in pop]
     assert all(isinstance(r, RowSplice) for r in raws)
     assert max(len(r.parts) for r in raws) >= 3
@@ -148,7 +147,7 @@ def test_crossover_splices_the_first_stage_and_the_evaluator_reads_it_without_co
     original = RowSplice.materialize
     monkeypatch.setattr(RowSplice, "materialize", lambda self: copies.append(self) or original(self))
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=30)
-    ev = PopulationEvaluator(arch, w, b, cfg)
+    ev = PopulationEvaluator(parent, cfg)
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(30, 15, generator=g), torch.randint(0, 4, (30,), generator=g)
     m = ev.measure(pop, x, y)
@@ -163,7 +162,7 @@ def test_crossover_splices_the_first_stage_and_the_evaluator_reads_it_without_co
 
 @pytest.mark.parametrize("generations", [1, 4])
 def test_recombined_children_equal_the_concatenation_of_their_parents_rows(generations):
-    _, _, _, pop = _spliced_population(generations=generations, seed=4)
+    _, pop = _spliced_population(generations=generations, seed=4)
     expected = [ind.weights.raw(0).materialize().clone() for ind in pop]
     g = torch.Generator().manual_seed(9)
     a, c = pop[0].clone(), pop[1].clone()

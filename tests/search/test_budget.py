@@ -15,7 +15,8 @@ from ecomp_deap.config import budget_groups, check_budget
 from ecomp_deap.search.budget import budget_rates, group_ranks, repair_to_budget
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
-from ecomp_deap.nets.chain import Chain, parent_tensors
+from ecomp_deap.nets.chain import Chain
+from ecomp_deap.nets.reader import read_parent
 from ecomp_deap.nets.parents import build_cnn, build_mlp
 from ecomp_deap.search.scores import l1_unit_scores
 from ecomp_deap.search.toolbox import build_toolbox
@@ -58,7 +59,7 @@ def test_ranks_are_percentiles_within_each_layer():
     assert ranks[1].tolist() == [0.5, 1.0]
 
 
-from test_operators import setup  # noqa: E402  (a small MLP's chain, tensors and individual type)
+from helpers import setup  # noqa: E402  (a small MLP's chain, tensors and individual type)
 
 
 def test_repair_of_a_uniform_pruning_stays_uniform_and_drops_the_lowest_scores():
@@ -88,9 +89,9 @@ def test_initial_prunings_spread_below_the_budget_from_it():
     low, high = budget_rates(0.25, 0.1, 0.8)
     assert 1 - low == pytest.approx(0.25)  # the first pruning keeps the budget
     assert (1 - high) / (1 - low) == pytest.approx(0.2 / 0.9)  # the spread below it as below the parent
-    arch, w, b, _ = setup(hidden=(40, 40))
+    parent = read_parent(build_mlp((40, 40), in_features=10, n_classes=5))
     cfg = EcompConfig(selection="nsga2", max_size=0.5, embedding_layers=None, recombination_layers=None)
-    pop = build_toolbox(cfg, arch, w, b, torch.Generator().manual_seed(0)).population(n=10)
+    pop = build_toolbox(cfg, parent, torch.Generator().manual_seed(0)).population(n=10)
     sizes = [kept(ind) for ind in pop]
     assert sizes[0] == 40 and sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 10
     assert sizes[-1] == pytest.approx(40 * (1 - 0.7 * 9 / 10 / 0.9), abs=2)  # rate 0.73 of the budget
@@ -100,7 +101,7 @@ def test_initial_prunings_spread_below_the_budget_from_it():
 
 
 def random_parent(rng: torch.Generator, cnn: bool):
-    """A small random MLP or CNN chain, its arch and tensors."""
+    """A small random MLP or CNN parent, read."""
     def draw(lo, hi):
         return int(torch.randint(lo, hi + 1, (1,), generator=rng))
 
@@ -108,18 +109,17 @@ def random_parent(rng: torch.Generator, cnn: bool):
     if cnn:
         model = build_cnn(channels=[draw(2, 5) for _ in range(draw(1, 2))], hidden=(draw(2, 6),), in_shape=(1, 8, 8),
                           n_classes=3)
-        arch = Chain.from_module(model, input_shape=(1, 8, 8))
-    else:
-        model = build_mlp([draw(2, 20) for _ in range(draw(1, 3))], in_features=7, n_classes=3)
-        arch = Chain.from_module(model)
-    return model, arch, parent_tensors(model, arch)
+        return read_parent(model, torch.zeros(1, 1, 8, 8))
+    model = build_mlp([draw(2, 20) for _ in range(draw(1, 3))], in_features=7, n_classes=3)
+    return read_parent(model)
 
 
 @pytest.mark.parametrize("cnn", [False, True], ids=["mlp", "cnn"])
 def test_the_budget_holds_after_every_operator_over_random_parents_and_budgets(cnn):
     rng = torch.Generator().manual_seed(11 if cnn else 7)
     for trial in range(25):
-        model, arch, (w, b, norms) = random_parent(rng, cnn)
+        parent = random_parent(rng, cnn)
+        arch = parent.chain
         total, layers = sum(arch.hidden_widths), arch.n_hidden
         # any budget from one group per layer to all of them
         max_size = (layers + float(torch.rand((), generator=rng)) * (total - layers)) / total
@@ -133,7 +133,7 @@ def test_the_budget_holds_after_every_operator_over_random_parents_and_budgets(c
                           init_prune_low=pick([0.0, 0.1]), init_prune_high=pick([0.5, 0.8, 1.0]))
         cfg.validate().validate_for(arch)
         scores = None if trial % 2 else [torch.rand(h, generator=rng) for h in arch.hidden_widths]  # L1 or given
-        tb = build_toolbox(cfg, arch, w, b, torch.Generator().manual_seed(trial), scores, norms)
+        tb = build_toolbox(cfg, parent, torch.Generator().manual_seed(trial), init_scores=scores)
 
         def check(individuals, what):
             for ind in individuals:

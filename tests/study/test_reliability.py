@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import torch
 from conftest import REPO
 from ecomp_deap import files
 from ecomp_deap.study import results
-from test_cli import SMALL, cache_dir  # noqa: F401  (fixture)
+from helpers import SMALL
 
 LONG = [a if a != "3" else "40" for a in SMALL]  # 40 generations: long enough to interrupt
 
@@ -115,16 +114,15 @@ def test_atomic_writer_keeps_the_old_file_when_writing_fails(tmp_path, monkeypat
 
 
 def test_degenerate_individuals_and_extreme_weights_give_finite_measures():
-    from ecomp_deap.nets.chain import Chain, parent_tensors
     from ecomp_deap.config import EcompConfig
     from ecomp_deap.fitness.evaluator import PopulationEvaluator
-    from ecomp_deap.search.genome import fitness_weights, make_types
     from ecomp_deap.nets.parents import build_mlp
+    from ecomp_deap.nets.reader import read_parent
+    from ecomp_deap.search.genome import fitness_weights, make_types
 
     torch.manual_seed(0)
-    model = build_mlp((16, 12), in_features=10, n_classes=3)
-    arch = Chain.from_module(model)
-    w, b, _ = parent_tensors(model, arch)
+    parent = read_parent(build_mlp((16, 12), in_features=10, n_classes=3))
+    w, b = list(parent.weights), list(parent.biases)
     _, ind_cls = make_types(fitness_weights("weighted", (1, 2, 1)))
     one_unit = [torch.zeros(16, dtype=torch.bool), torch.zeros(12, dtype=torch.bool)]
     one_unit[0][3] = one_unit[1][5] = True
@@ -137,15 +135,15 @@ def test_degenerate_individuals_and_extreme_weights_give_finite_measures():
     x = torch.rand(40, 10)
     x[20:] = x[0]  # identical rows
     for kernel in ("gaussian", "student_t"):
-        ev = PopulationEvaluator(arch, w, b, EcompConfig(perplexity=5.0, kernel=kernel, embedding_layers=None,
-                                                         recombination_layers=None))
+        ev = PopulationEvaluator(parent, EcompConfig(perplexity=5.0, kernel=kernel, embedding_layers=None,
+                                                     recombination_layers=None))
         m = ev.measure(pop, x, torch.randint(0, 3, (40,)))
         m.check_finite()
         assert np.all(m.similarity >= 0)
 
 
 def test_a_non_finite_measure_stops_the_run_naming_individual_and_measure():
-    from ecomp_deap.fitness.evaluator import Measures, NonFiniteError
+    from ecomp_deap.fitness.measures import Measures, NonFiniteError
 
     m = Measures(np.array([0.5, 0.6]), np.array([0.5, 0.5]), np.array([0.1, np.nan]))
     with pytest.raises(NonFiniteError, match="individual 1: similarity is nan"):

@@ -3,28 +3,10 @@ the scripts that read its results."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
-
-# A small parent and budget: the whole chain in seconds.
-SMALL = ["--hidden", "32", "32", "--parent-epochs", "1", "--pop-size", "8", "--generations", "3",
-         "--batch-size", "50", "--val-size", "100", "--device", "cpu", "--quiet"]
-
-
-def run_script(script, *args, env=None, timeout=300):
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory, fashion):
-    return tmp_path_factory.mktemp("parent-cache")
-
+from helpers import SMALL, run_script
 
 BAD = [
     (["--name", "nosuchpreset"], "unknown preset"),

@@ -14,11 +14,13 @@ import pytest
 import torch
 
 from conftest import REPO
+from helpers import run_here
 from ecomp_deap.study.pruning_baselines import baseline_prunings, keep_counts
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
 from ecomp_deap.study.fine_tuning import (Recipe, fine_tune, finetune_baselines, finetune_body, finetune_indices, finetune_parent, finetune_runs, hidden_widths)
-from ecomp_deap.nets.chain import Chain, parent_tensors
+from ecomp_deap.nets.chain import parent_tensors
+from ecomp_deap.nets.reader import read_parent
 from ecomp_deap.nets.export import export_individual
 from ecomp_deap.nets.parents import accuracy, build_cnn
 from ecomp_deap.study.results import load_experiment
@@ -31,10 +33,9 @@ except ImportError:  # tests/ imported as a package
 
 
 def pruned_network(parent, size=0.5, method="l1"):
-    arch = Chain.from_module(parent)
-    w, b, n = parent_tensors(parent, arch)
-    ind = baseline_prunings(arch, w, b, n, method, [size], seeds=1)[0]
-    return arch, ind, export_individual(ind, arch)
+    read = read_parent(parent)
+    ind = baseline_prunings(read, method, [size], seeds=1)[0]
+    return read.chain, ind, export_individual(ind, read.chain)
 
 
 def state(model):
@@ -82,9 +83,9 @@ def test_fine_tuning_is_seeded(tiny_parent, tiny_data):
 def test_fine_tuning_a_pruned_cnn_keeps_its_channels_and_batchnorm_sizes():
     torch.manual_seed(0)
     parent = build_cnn(channels=(4, 6), hidden=(8,), in_shape=(1, 8, 8), n_classes=3).eval()
-    arch = Chain.from_module(parent, input_shape=(1, 8, 8))
-    w, b, n = parent_tensors(parent, arch)
-    net = export_individual(baseline_prunings(arch, w, b, n, "l1", [0.5], seeds=1)[0], arch)
+    read = read_parent(parent, torch.zeros(1, 1, 8, 8))
+    arch, w = read.chain, read.weights
+    net = export_individual(baseline_prunings(read, "l1", [0.5], seeds=1)[0], arch)
     shapes = {k: v.shape for k, v in net.state_dict().items()}
     x, y = torch.rand(101, 1, 8, 8), torch.arange(101) % 3  # the last batch of one image is skipped
     fine_tune(net, x, y, Recipe(epochs=(1,), batch_size=25))
@@ -121,7 +122,7 @@ def test_runs_baselines_and_parent_fine_tuned_end_to_end_into_the_size_table(tmp
     cfg = EcompConfig(selection="nsga2", weights=(1, 0, 1), pop_size=8, generations=4, batch_size=50,
                       perplexity=5.0, val_size=200, device="cpu", embedding_layers=None, recombination_layers=None,
                       kernel="student_t", max_size=0.5)
-    Experiment("tiny", cfg, 2, 0, tmp_path).run(tiny_parent, tiny_data, progress=False, log=lambda s: None)
+    run_here([Experiment("tiny", cfg, 2, 0, tmp_path)], tiny_parent, tiny_data)
     runs = load_experiment(tmp_path / "tiny")
     recipe = Recipe(epochs=(1, 2))
     lines = []

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
-from ecomp_deap.fitness.similarity import native
 from ecomp_deap.fitness.similarity import joint_probabilities, squared_distances
 from ecomp_deap.fitness.similarity.loss import _offdiag
 from ecomp_deap.fitness.similarity.perplexity import _conditional_probabilities
