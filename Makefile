@@ -10,7 +10,7 @@ RUNS   ?= 2
 DATA_ROOT := $(or $(ECOMP_DATA_DIR),$(HOME)/.cache/ecomp_deap/data)
 DEBIAN_DATA := /usr/share/datasets/fashion-mnist
 
-# The study (issue #14): every weighted and Pareto preset and the reference presets.
+# The study: every weighted and Pareto preset and the reference presets.
 # RUNS defaults to 10 here (make study RUNS=3 for fewer). The cores are used as run.py
 # does by default (threads per run, then parallel runs); WORKERS=N forces N local workers.
 STUDY_RUNS := $(if $(filter file,$(origin RUNS)),10,$(RUNS))
@@ -20,7 +20,7 @@ WEIGHTINGS := 001 020 021 100 101 120 121
 STUDY := $(addprefix weighting,$(WEIGHTINGS)) pareto101 pareto120 pareto121 $(addprefix ref-weighting,$(WEIGHTINGS))
 STUDY_DIRS := $(addprefix $(OUT)/,$(STUDY))
 
-# The size-budget study (issue #15): the quality search within 12.5 / 25 / 50 % of the hidden units, with
+# The size-budget study: the quality search within 12.5 / 25 / 50 % of the hidden units, with
 # and without the similarity objective; the baselines at those sizes; every network fine-tuned (1 and 5
 # epochs by default) with one recipe; one size table. Resumes, like make study.
 BUDGETS := 12.5 25 50
@@ -39,10 +39,10 @@ help:
 	@echo "make test-cuda  on a machine with a CUDA GPU: the GPU path against the CPU's (skipped without one)"
 	@echo "make bench      the speed benchmark"
 	@echo "make quality    the size-budget study: quality12.5/25/50 with and without similarity ($(RUNS) runs each,"
-	@echo "                RUNS=10 for the README's table), baselines, fine-tuning ($(FINETUNE_EPOCHS) epochs), one size table"
+	@echo "                RUNS=10 for docs/results.md's table), baselines, fine-tuning ($(FINETUNE_EPOCHS) epochs), one size table"
 	@echo "make quality-front  the accuracy-at-size study of whole fronts: quality121 vs quality101"
 	@echo "make cnn        the default CNN parent: cnn_weighting121 vs cnn_pareto121, CNN baselines, compare, plot"
-	@echo "make cnn-quality  the CNN accuracy-at-size study: cnn_quality121 vs cnn_quality101 (RUNS=10: the README's)"
+	@echo "make cnn-quality  the CNN accuracy-at-size study: cnn_quality121 vs cnn_quality101 (RUNS=10: docs/results.md's)"
 	@echo "make study      every weighted, Pareto and ref-weighting preset (RUNS=10 by default, all CPUs),"
 	@echo "                one comparison with the reference's published table, figures in OUT/plots/"
 	@echo "                (STUDY_ARGS='--pop-size 8 --generations 3' passes options to run.py: a quick trial)"
@@ -78,8 +78,9 @@ run: $(STAMP) data
 	$(BIN)/python plots/hypervolume.py $(OUT)/weighting121 $(OUT)/pareto121
 	@echo "results: $(OUT)/weighting121 $(OUT)/pareto121; comparison: $(OUT)/comparison.md; plots: $(OUT)/weighting121/plots/"
 
+# The test modules are spread over the cores (pytest-xdist), a module's tests together.
 test: $(STAMP) data
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-slow: $(STAMP) data
 	$(BIN)/python -m pytest -q -m slow
@@ -98,7 +99,7 @@ quality: $(STAMP) data
 	$(BIN)/python experiments/compare.py $(QUALITY_DIRS) --baselines $(OUT)/baselines --sizes $(QUALITY_SIZES) --out $(OUT)
 	@echo "size table (before and after fine-tuning): $(OUT)/comparison.md"
 
-# The accuracy-at-size study of whole fronts (issue #7; about 8 min per run on 2 cores).
+# The accuracy-at-size study of whole fronts (minutes per run: docs/benchmarks.md).
 quality-front: $(STAMP) data
 	$(BIN)/python experiments/run.py --name quality121 quality101 --runs $(RUNS) --out $(OUT) --overwrite
 	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite

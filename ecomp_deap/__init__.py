@@ -16,7 +16,16 @@ checks it):
 * :mod:`.api` (``compress``) and this ``__init__``: the top, which may import anything.
 """
 from ._version import __version__
-from .api import compress
 from .config import EcompConfig
 
 __all__ = ["compress", "EcompConfig", "__version__"]
+
+
+def __getattr__(name: str):
+    """``compress`` is imported on first use: the scripts that only read result files
+    (plots, comparisons) then never import torch."""
+    if name == "compress":
+        from .api import compress
+
+        return compress
+    raise AttributeError(f"module 'ecomp_deap' has no attribute {name!r}")

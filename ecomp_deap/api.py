@@ -89,13 +89,10 @@ def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompCon
     data has batches (at most 100), and the final population's Linear layers refitted
     to the parent on up to 5000 training images (:mod:`ecomp_deap.nets.refit`).
 
-    Measured on a user's own MLP (784-300-100-10 on FashionMNIST, test accuracy
-    0.8731; README "Your own network"): the refit lifts the front's best network at
-    <= 25 % of the units from 0.827 to 0.864 and at <= 50 % from 0.862 to 0.871 at no
-    measurable cost in time (about a minute per call on one thread,
-    ``benchmarks/compress_defaults.py``). ``refit_children=True`` (every child
-    refitted) buys more for more time (1.7x in the ``quality25`` search; more where
-    the evaluation batches are small); ``refit_images=0`` is the search without it."""
+    The refit lifts the front's networks at a quarter and at half of the units at
+    little cost in time (docs/results.md, ``benchmarks/compress_defaults.py``).
+    ``refit_children=True`` (every child refitted) buys more accuracy for more time;
+    ``refit_images=0`` is the search without it."""
     generations = max(1, min(100, n_train // batch_size))
     refit = min(DEFAULT_REFIT_IMAGES, generations * batch_size)
     settings = dict(selection="nsga2", weights=(1.0, 1.0, 1.0), embedding_layers=None, recombination_layers=None,

@@ -89,7 +89,7 @@ class EcompConfig:
     kernel: str = "gaussian"
     similarity_dtype: str = "float32"
     """Precision of the children's embedding distances and perplexity search: 'float32'
-    (about twice as fast; checked against scikit-learn to 1e-4 relative) or 'float64'.
+    (faster, docs/benchmarks.md; checked against scikit-learn to 1e-4 relative) or 'float64'.
     The parent's P and the KL sums are float64 either way; the Student-t kernel always
     runs in float64. Result files written before this setting existed ran in float64."""
     init_prune_low: float = 0.1

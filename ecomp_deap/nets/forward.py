@@ -45,7 +45,7 @@ def run_stage(st: Stage, h: torch.Tensor, w, b, norm, positions=()) -> tuple[tor
         if op.kind == "norm":
             z = batch_norm(z, norm, op.module.eps)
         elif isinstance(op.module, nn.MaxPool2d):
-            # the same maxima, about 5x faster from a channels-last copy on the CPU; back to
+            # the same maxima, faster from a channels-last copy on the CPU; back to
             # the usual layout so that what follows computes exactly as the exported module
             z = op.module(z.contiguous(memory_format=torch.channels_last)).contiguous()
         elif own and op.overwriting is not None:

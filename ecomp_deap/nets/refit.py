@@ -1,4 +1,4 @@
-"""Closed-form refit of a pruned network's Linear layers to the parent (issue #15).
+"""Closed-form refit of a pruned network's Linear layers to the parent.
 
 Dropping hidden units leaves the next layer summing fewer inputs than it was trained
 on. The refit solves, without gradient, for the weights that best restore the
@@ -13,7 +13,7 @@ outputs) the *parent's* pre-activations of the outputs the network keeps (all of
 for the output layer: its logits). ``lam`` is ``ridge`` times the mean of the diagonal
 of ``A_k^T A_k`` (centred), so the setting does not depend on the activations' scale;
 the bias is not penalised (the system is centred). The solve runs in float64 on a
-(kept inputs)-square system: a few milliseconds for an MLP individual. This is the
+(kept inputs)-square system. This is the
 least-squares reconstruction of channel-pruning work (e.g. He et al. 2017, ThiNet), applied to every network alike:
 the evolved ones (``EcompConfig.refit_images``: the final population, before the
 validation choice) and the baselines (``experiments/baselines.py --refit``), so the

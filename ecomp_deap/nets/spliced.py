@@ -4,8 +4,8 @@ Aligned crossover (:func:`~ecomp_deap.search.operators.cx_layerwise`) gives a ch
 [0, c) of one parent's stage tensor and [c, out) of the other's, and row ``j`` of any
 descendant is row ``j`` of the tensor it was first written in (the parent's, or a
 mutated copy). Late in a run every pair of parents holds different first-layer tensors,
-so copying them (``torch.cat``, about 1.6 MB per pair for a 784-256 layer) cost about
-8 of the 77 ms of a t = 90 generation. A :class:`RowSplice` records the ranges instead;
+and copying them (``torch.cat``) would cost a whole layer per child. A :class:`RowSplice`
+records the ranges instead;
 the evaluator reads the rows it needs from the sources (:func:`rows_by_source`), and
 anything else reads the genome's
 tensor as usual (:class:`StageTensors` materialises it on first read, once: the copy is
@@ -13,10 +13,8 @@ cached on the splice, which clones share).
 
 A splice holds references to its sources (whole tensors, never other splices) and has
 at most MAX_PARTS ranges (beyond, it is materialised at once), so a population keeps at
-most MAX_PARTS tensors alive per individual. In practice far fewer: at the end of a
-default run (t = 100, pop 100) the first stages of the weighted population read from
-69 tensors and the NSGA-II one's from 12, where without splices each individual held
-its own (100).
+most MAX_PARTS tensors alive per individual (in practice far fewer: most individuals
+of a late population read from the same few sources, docs/benchmarks.md).
 """
 from __future__ import annotations
 

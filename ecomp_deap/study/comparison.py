@@ -253,20 +253,27 @@ def rows_as_columns_markdown(rows: Sequence[dict], names: Sequence[str], first: 
     return markdown_table([first, *labels], body, ["l"] + ["r"] * len(rows))
 
 
-def size_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict], list[str]]:
-    """Flat rows for ``save_csv`` and their field names."""
+def flat_csv_rows(rows: Sequence[dict], names: Sequence[str], leading: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """Flat rows for ``save_csv`` and their field names: the ``leading`` keys of each row
+    (its size, and epochs), each experiment's median, quartiles and run count, the
+    p-value when the rows have one, the baselines and the parent; ``None`` as ``n/a``."""
     methods = [k for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
     paired = ["p_value"] if rows and "p_value" in rows[0] else []
-    fields = (["size"] + [f"{n}_{s}" for n in names for s in ("median", "q25", "q75", "runs")] + paired
+    fields = (list(leading) + [f"{n}_{s}" for n in names for s in ("median", "q25", "q75", "runs")] + paired
               + methods + ["parent_accuracy"])
     out = []
     for r in rows:
-        flat = {"size": r["size"], "parent_accuracy": r["parent_accuracy"], "p_value": r.get("p_value")}
+        flat = {k: r.get(k) for k in (*leading, *paired, "parent_accuracy")}
         for n in names:
             flat.update({f"{n}_{s}": r[n][s] for s in ("median", "q25", "q75", "runs")})
         flat.update({m: r[m] for m in methods})
         out.append({f: (NA if flat.get(f) is None else flat[f]) for f in fields})
     return out, fields
+
+
+def size_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict], list[str]]:
+    """:func:`flat_csv_rows` of the size table (one row per size)."""
+    return flat_csv_rows(rows, names, ("size",))
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -322,18 +329,8 @@ def finetune_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
 
 
 def finetune_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict], list[str]]:
-    """Flat rows (one per size and epoch count) for ``save_csv`` and their field names."""
-    methods = [k for k in (rows[0] if rows else {}) if k.startswith("baseline_")]
-    fields = (["size", "epochs"] + [f"{n}_{s}" for n in names for s in ("median", "q25", "q75", "runs")]
-              + methods + ["parent_accuracy"])
-    out = []
-    for r in rows:
-        flat = {"size": r["size"], "epochs": r["epochs"], "parent_accuracy": r["parent_accuracy"]}
-        for n in names:
-            flat.update({f"{n}_{s}": r[n][s] for s in ("median", "q25", "q75", "runs")})
-        flat.update({m: r[m] for m in methods})
-        out.append({f: (NA if flat.get(f) is None else flat[f]) for f in fields})
-    return out, fields
+    """:func:`flat_csv_rows` of the fine-tuning table (one row per size and epoch count)."""
+    return flat_csv_rows(rows, names, ("size", "epochs"))
 
 
 # --------------------------------------------------------------------------- formatting

@@ -309,8 +309,8 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# How a machine's cores are used by default (issue #13). Measured on a 2-core machine
-# (README, "Speed"): one run with 2 torch threads finishes two runs sooner than two
+# How a machine's cores are used by default (measurements: docs/benchmarks.md, "Cores"):
+# one run with 2 torch threads finishes two runs sooner than two
 # one-thread runs side by side (they compete for the same caches and memory bus), so
 # up to RUN_THREADS cores go to one run's threads; beyond that, independent runs in
 # parallel processes (a local Dask cluster), RUN_THREADS threads each, scale better

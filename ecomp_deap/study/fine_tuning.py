@@ -1,4 +1,4 @@
-"""Fine-tuning compressed networks by gradient, one recipe for all of them (issue #15).
+"""Fine-tuning compressed networks by gradient, one recipe for all of them.
 
 Pruned networks are usually fine-tuned; the fair question is whether an evolved
 architecture still beats L1 (or random, or activation) pruning once both are

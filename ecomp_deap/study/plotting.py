@@ -54,7 +54,7 @@ FIGURE_FORMATS = ("png", "pdf")
 
 
 @dataclass
-class Experiment:
+class ExperimentResults:
     """One experiment folder: its runs (ordered by K) and their files."""
 
     folder: Path
@@ -104,7 +104,7 @@ def get_path(obj: Any, dotted: str, default: Any = None) -> Any:
     return obj
 
 
-def require(exp: Experiment, *fields: str) -> None:
+def require(exp: ExperimentResults, *fields: str) -> None:
     """Raise :class:`ResultsError` naming the file when a run lacks a field.
 
     A field ending in ``[]`` must be a list (``"logbook[]"``, ``"front[]"``).
@@ -125,17 +125,17 @@ def is_baselines_folder(folder) -> bool:
     return folder.is_dir() and (folder / BASELINES_FILE).is_file() and not run_files(folder)
 
 
-def load_experiment_folder(folder) -> Experiment:
+def load_experiment_folder(folder) -> ExperimentResults:
     """:func:`ecomp_deap.study.results.load_experiment` plus the file of each run."""
     folder = Path(folder)
     runs = load_experiment(folder)  # ResultsError: missing folder, no runs, wrong schema, bad JSON
     files = run_files(folder)
     if len(files) != len(runs):  # a run file appeared/vanished between the two listings
         raise ResultsError(f"{folder}: the run files changed while reading them; try again")
-    return Experiment(folder=folder, name=experiment_name(folder, runs), runs=runs, files=files)
+    return ExperimentResults(folder=folder, name=experiment_name(folder, runs), runs=runs, files=files)
 
 
-def load_experiments(folders: Sequence, fields: Iterable[str] = ()) -> list[Experiment]:
+def load_experiments(folders: Sequence, fields: Iterable[str] = ()) -> list[ExperimentResults]:
     """Load every folder (all before drawing anything) and check ``fields``.
 
     Two folders whose runs carry the same ``name`` get their folder path as name,

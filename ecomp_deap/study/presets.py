@@ -8,7 +8,7 @@ similarity, compression; ``paretoABC`` is NSGA-II over the objectives whose weig
 non-zero. Everything else is the reference setting (``EcompConfig``'s defaults: pop
 100, mutation 0.01, embedding layers layer_1_act layer_2_act, recombination layers
 layer_1_linear layer_2_linear output, 1 epoch of 100 batches of 100). ``quality121`` and
-``quality101`` are the configuration behind the README's accuracy-at-size table.
+``quality101`` are the configuration behind the accuracy-at-size table (docs/results.md).
 
 ``qualityS`` and ``qualityS_nosim`` (S = 12.5, 25, 50) search for the most accurate
 network within S % of the parent's hidden units (``max_size``, see
@@ -18,7 +18,7 @@ so the population stays at the budget), every child's Linear layers refitted to 
 parent by closed-form least squares on 1000 images (:mod:`ecomp_deap.nets.refit`,
 Lamarckian: selection compares masks at their refitted accuracy), and the most
 accurate network on validation as the run's result (``run_K.pt``, which
-``experiments/finetune.py`` fine-tunes). They make the table of issue #15: ``make quality``.
+``experiments/finetune.py`` fine-tunes). They make the size table: ``make quality``.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _weights(code: str) -> tuple[float, float, float]:
     return tuple(float(c) for c in code)  # type: ignore[return-value]
 
 
-# The quality configuration (issue #7): NSGA-II on large, low-noise accuracy batches
+# The quality configuration: NSGA-II on large, low-noise accuracy batches
 # (the similarity on their first 100 images), a population twice the reference's,
 # initial prunings ranked by activation, and unit-gain mutation instead of per-weight
 # noise. quality101 is the same search without the similarity objective.
@@ -47,7 +47,7 @@ QUALITY = {"selection": "nsga2", "pop_size": 200, "batch_size": 5000, "generatio
 CNN_LAYERS = {"embedding_layers": None, "recombination_layers": None}
 CNN_QUALITY = {**QUALITY, **CNN_LAYERS, "pop_size": 40, "batch_size": 1000, "generations": 10, "epochs": 3}
 
-# The reference study's operators (issue #14): its unaligned recombination, no mask
+# The reference study's operators: its unaligned recombination, no mask
 # flips, its weight mutation (probability 0.01 per child, a U(0.9, 1.1) factor per
 # weight), L1-norm initial prunings at rates over [0.1, 0.8), softmax roulette at T = 1
 # on the raw fitness, children replace the population. Stated in full, not left to the
@@ -58,12 +58,10 @@ REFERENCE = {"selection": "weighted", "crossover": "reference", "mask_flip_prob"
              "selection_temperature": 1.0, "elitism": 0}
 REFERENCE_PREFIX = "ref-weighting"
 
-# Size-budget presets (issue #15): the quality search with every network within S % of
-# the parent's hidden units, with and without the similarity objective. Measured on
-# seeds 0 and 1 at 25 % (README): compression as a third objective spreads the
-# population below the budget and costs ~0.5 point; the Lamarckian refit ~0.5 point
-# over a refit of the final population only, at ~1.7x the time; 5 epochs with it
-# beat 25 without it.
+# Size-budget presets: the quality search with every network within S % of the parent's
+# hidden units, with and without the similarity objective; compression is not an
+# objective (it would spread the population below the budget), every child is refitted
+# (Lamarckian), 5 epochs (the measurements behind these choices: docs/results.md).
 BUDGETS = {"12.5": 0.125, "25": 0.25, "50": 0.5}
 BUDGET_SEARCH = {**QUALITY, "epochs": 5, "refit_images": 1000, "refit_children": True}
 

@@ -1,4 +1,4 @@
-"""The reference study's published table (issue #14), carried as data.
+"""The reference study's published table, carried as data.
 
 Ten runs per weighting of the reference implementation on FashionMNIST with a
 784-256-256-10 parent of test accuracy 0.866: the test accuracy of each run's best

@@ -166,7 +166,7 @@ def tsne_similarity_loss(
     (q_ij ∝ (1 + D_ij/dof)^(-(dof+1)/2), dof default = number of active child
     units, i.e. columns not identically zero over the batch, at least 1).
 
-    dtype: precision of the child's distances and perplexity search (float32: twice as
+    dtype: precision of the child's distances and perplexity search (float32: faster,
     fast, to scikit-learn's tolerance; the parent's P stays float64; the Student-t
     kernel always runs in float64).
 

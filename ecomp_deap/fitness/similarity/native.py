@@ -12,11 +12,10 @@ the system's C compiler, cached, loaded through ctypes.
   three).
 
 Without a compiler, or with ``ECOMP_DEAP_NATIVE=0``, everything runs as before in
-torch/numpy: the same results to float32 rounding, about twice as slow in the search.
+torch/numpy: the same results to float32 rounding, slower in the search.
 
 The library is compiled once per source version and machine type into
-``$ECOMP_DEAP_NATIVE_DIR`` (default ``~/.cache/ecomp_deap/native``): about a second,
-the first time a float32 search runs on the CPU. ``CC`` chooses the compiler (default
+``$ECOMP_DEAP_NATIVE_DIR`` (default ``~/.cache/ecomp_deap/native``), the first time a float32 search runs on the CPU. ``CC`` chooses the compiler (default
 ``cc``). ``python -m ecomp_deap.fitness.similarity.native`` builds them and says where they are.
 """
 from __future__ import annotations
@@ -147,7 +146,7 @@ def kernels() -> SimpleNamespace | None:
 
 def _warn(why: str) -> None:
     warnings.warn(f"ecomp_deap: the C similarity kernels are not available ({why}); the similarity runs in "
-                  "torch/numpy, about half as fast (set CC to a C compiler, or ECOMP_DEAP_NATIVE=0 to silence this)",
+                  "torch/numpy, more slowly (set CC to a C compiler, or ECOMP_DEAP_NATIVE=0 to silence this)",
                   RuntimeWarning, stacklevel=3)
 
 

@@ -13,8 +13,7 @@ per-row bisection bracket. The plain Newton phase runs in the C kernel of :mod:`
 for float32 on the CPU, else in numpy (CPU) or torch (other devices) through one
 function written for both array modules (:func:`_newton_step`).
 
-Precision: float64 to an entropy tolerance of 1e-9; float32 (about twice as fast on a
-CPU) to scikit-learn's own tolerance, 1e-5, with rows that do not converge searched
+Precision: float64 to an entropy tolerance of 1e-9; float32 (faster on a CPU) to scikit-learn's own tolerance, 1e-5, with rows that do not converge searched
 again in float64.
 """
 from __future__ import annotations
@@ -34,10 +33,9 @@ _ENTROPY_TOL = 1e-9  # |H_i - log(perplexity)| convergence threshold in float64
 _ENTROPY_TOL_FLOAT32 = 1e-5  # ... in float32 (scikit-learn's tolerance; float32 resolves H to ~1e-6)
 _MAX_ITER = 100  # same step budget as sklearn's binary search
 # Rows x neighbours per piece of the search, per torch thread: its two working arrays
-# then stay in a core's L2 cache, where the elementwise passes run 2-3x faster than from
-# memory (and each thread still gets a useful share of every operation). Measured on
-# this 2-core machine (final pass of a t = 90 population): 2^18 with 2^19 per loss block
-# 3-5 % faster than 2^17 with 2^18, 2^16 10 % slower.
+# then stay in a core's L2 cache, where the elementwise passes run faster than from
+# memory (and each thread still gets a useful share of every operation); the size was
+# chosen by measurement (docs/benchmarks.md).
 _SEARCH_ELEMENTS = 2**18
 _NEWTON_STEPS = 8  # evaluations of the plain Newton phase before the bracketed search takes over
 _NEWTON_MAX_STEP = 2.0  # largest change of log(beta) in one plain Newton step
@@ -200,7 +198,7 @@ def _search_piece(d: Tensor, own: int | None, target: float, tol: float, max_ite
     if diag is not None:
         diag.zero_()  # adds nothing to the starting point's sums
     # (own entries stay 0: exp(-beta 0) = 1 exactly, which the Newton phase takes off its
-    # sums; a huge entry whose exp underflows instead makes every exp pass ~1.6x slower)
+    # sums; a huge entry whose exp underflows instead makes every exp pass slower)
     t = _start(None if t_init is None else t_init.to(d.dtype).reshape(k * c), x, 0, M, target, floor)
     steps = min(_NEWTON_STEPS, max_iter)
     rest, t, x, used = _newton_phase(x, w, t.clone(), target, tol, steps, steps >= max_iter, own,
@@ -286,7 +284,7 @@ def _newton_phase(x: Tensor, w: Tensor, t: Tensor, target: float, tol: float, st
     it left unsolved, or None; their t; their columns (L, r); the evaluations spent)."""
     k, L, c = out.shape
     # the per-row arithmetic on (a,) vectors in numpy for a CPU tensor (zero-copy views; its
-    # per-call cost is a fifth of torch's, and a step makes about 25 such calls), else in torch
+    # per-call cost is a fraction of torch's, and a step makes a few dozen such calls), else in torch
     cpu = x.device.type == "cpu" and _NUMPY_ON_CPU
     xp = np if cpu else torch
     as_xp = Tensor.numpy if cpu else _same
