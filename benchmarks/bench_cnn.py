@@ -31,7 +31,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from common import cnn_section, resolve_device
 
 

@@ -15,8 +15,8 @@ import statistics
 import sys
 
 import torch
-
 from common import load_inputs, prepared_run, read_inputs, resolve_device, time_steps
+
 from ecomp_deap.study.presets import preset_config
 
 

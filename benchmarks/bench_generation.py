@@ -62,11 +62,29 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
+from common import (
+    MLP_REF,
+    MLP_TINY,
+    SIM_RTOL,
+    FormTimer,
+    Generation,
+    agreement,
+    cnn_section,
+    load_inputs,
+    maxrss_bytes,
+    measure_chunk,
+    ms,
+    prepared_run,
+    read_inputs,
+    resolve_device,
+    spread,
+    summary,
+    time_measure,
+    time_steps,
+    timed,
+)
 from deap import tools
 
-from common import (MLP_REF, MLP_TINY, SIM_RTOL, FormTimer, Generation, agreement, cnn_section, load_inputs,
-                    maxrss_bytes, measure_chunk, ms, prepared_run, read_inputs, resolve_device, spread, summary,
-                    time_measure, time_steps, timed)
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.data import balanced_indices
 from ecomp_deap.fitness.evaluator import full_float32

@@ -27,8 +27,8 @@ import copy
 
 import numpy as np
 import torch
-from torch import nn
 from sklearn.manifold._t_sne import _joint_probabilities
+from torch import nn
 
 from ecomp_deap.fitness.measures import Measures
 from ecomp_deap.nets.export import export_individual

@@ -46,6 +46,10 @@ class Compressed:
 
 @dataclass
 class CompressionResult:
+    """What :func:`compress` returns: ``best``, the chosen network, and ``front``, the
+    networks of the final population's front (both :class:`Compressed`, measured alike),
+    with ``run``, the whole :class:`~ecomp_deap.search.run.RunResult`."""
+
     best: Compressed
     front: list[Compressed]
     run: RunResult

@@ -145,21 +145,28 @@ class EcompConfig:
     # ------------------------------------------------------------------ derived
     @property
     def active_objectives(self) -> tuple[str, ...]:
+        """The objectives with a non-zero weight, in the order of :data:`OBJECTIVES`."""
         return tuple(o for o, w in zip(OBJECTIVES, self.weights) if w != 0)
 
     @property
     def similarity_size(self) -> int:
+        """Images of each batch that enter the similarity: ``similarity_batch``, or the whole batch."""
         return self.similarity_batch or self.batch_size
 
     @property
     def subset_size(self) -> int:
+        """Images in the evolution subset: ``generations * batch_size``."""
         return self.generations * self.batch_size
 
     def to_dict(self) -> dict:
+        """The settings as a dict, field name -> value (what a result file stores)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "EcompConfig":
+        """The config of a :meth:`to_dict` dict, not validated: an unknown setting is a
+        :class:`ConfigError`, and a dict without ``similarity_dtype`` (saved before it existed)
+        gets 'float64', what those runs used."""
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -169,6 +176,7 @@ class EcompConfig:
         return cls(**d)
 
     def replace(self, **changes) -> "EcompConfig":
+        """A copy with ``changes`` applied (:func:`dataclasses.replace`; not validated)."""
         return replace(self, **changes)
 
     # --------------------------------------------------------------- validation
@@ -265,6 +273,8 @@ class EcompConfig:
         return self
 
     def resolved_device(self) -> str:
+        """The device to run on: ``device``, 'auto' resolved to 'cuda' where CUDA is
+        available, else 'cpu'."""
         import torch
 
         if self.device == "auto":

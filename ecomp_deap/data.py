@@ -47,11 +47,15 @@ HOW_TO_GET_DATA = (
 
 
 def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/ecomp_deap`` (default ``~/.cache/ecomp_deap``): the default home of
+    the data (``data/``) and the trained parents (``parents/``)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "ecomp_deap"
 
 
 def resolve_data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """The data root ``ROOT``: ``data_dir``, else ``$ECOMP_DATA_DIR`` (``~`` expanded in
+    both), else ``data/`` in :func:`default_cache_dir`."""
     if data_dir:
         return Path(data_dir).expanduser()
     if os.environ.get("ECOMP_DATA_DIR"):
@@ -60,6 +64,7 @@ def resolve_data_root(data_dir: str | os.PathLike | None = None) -> Path:
 
 
 def raw_dir(root: Path) -> Path:
+    """``root/FashionMNIST/raw``: where the four idx files live."""
     return Path(root) / "FashionMNIST" / "raw"
 
 
@@ -177,6 +182,9 @@ def read_idx(path: Path) -> torch.Tensor:
 
 
 def load_fashion_mnist(data_dir=None, allow_download: bool = True) -> FashionMNISTData:
+    """FashionMNIST in memory, provisioned under the data root of ``data_dir`` as the module
+    docstring says (torchvision's download only with ``allow_download``). Missing or corrupt
+    files, labels included, are a :class:`~ecomp_deap.errors.DataError`."""
     root = resolve_data_root(data_dir)
     source = provision(root, allow_download=allow_download)  # the four files exist and have their sizes
     raw = raw_dir(root)
@@ -235,6 +243,9 @@ class Splits:
 
 
 def make_splits(train_y: torch.Tensor, subset_size: int, val_size: int, seed: int) -> Splits:
+    """The evolution subset and the validation split of the training labels ``train_y``,
+    both class-balanced (:func:`balanced_indices`), disjoint and drawn from ``seed``; a
+    :class:`~ecomp_deap.errors.DataError` when together they exceed the data."""
     g = torch.Generator().manual_seed(int(seed))
     if subset_size + val_size > len(train_y):
         raise DataError(f"subset ({subset_size}) plus validation ({val_size}) exceed the "
@@ -260,12 +271,15 @@ class BatchStream:
         self.seed = int(seed)
 
     def order(self, epoch: int) -> torch.Tensor:
+        """The subset's indices in epoch ``epoch``'s order: as given for epoch 0, a permutation
+        seeded by the stream's seed and the epoch after."""
         if epoch == 0:
             return self.subset
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return self.subset[torch.randperm(len(self.subset), generator=g)]
 
     def batch(self, epoch: int, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Batch ``index`` of epoch ``epoch``: images (batch_size, ...) and labels (batch_size,)."""
         idx = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         return self.x[idx], self.y[idx]
 

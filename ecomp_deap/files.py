@@ -81,6 +81,8 @@ def _finite_or_none(obj: Any) -> Any:
 
 
 def save_json(path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically: numpy and torch values as plain lists
+    and numbers (``tolist``, ``item``), NaN and infinities as null."""
     text = json.dumps(_finite_or_none(json.loads(json.dumps(data, default=_json_default))), indent=1)
     atomic_write(Path(path), lambda f: f.write(text.encode() + b"\n"))
 
@@ -91,10 +93,13 @@ def write_bytes(path, data: bytes) -> None:
 
 
 def save_text(path, text: str) -> None:
+    """Write ``text``, UTF-8 encoded, atomically."""
     atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def save_csv(path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """Write ``rows`` (dicts) as CSV with a header, atomically: columns ``fieldnames``
+    (default: the first row's keys), any other key left out."""
     fieldnames = fieldnames or (list(rows[0].keys()) if rows else [])
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fieldnames, extrasaction="ignore")
@@ -104,12 +109,15 @@ def save_csv(path, rows: list[dict], fieldnames: list[str] | None = None) -> Non
 
 
 def save_torch(path, obj: Any) -> None:
+    """Write ``obj`` with ``torch.save``, atomically."""
     import torch
 
     atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
 def load_json(path) -> Any:
+    """The JSON in ``path``; a one-line :class:`~ecomp_deap.errors.ResultsError` when the
+    file is missing or not valid JSON."""
     path = Path(path)
     try:
         with open(path) as f:

@@ -21,6 +21,8 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def rng_snapshot(rng: torch.Generator) -> dict:
+    """The states of ``random``, numpy, torch's global generator and the run's ``rng``, for
+    :func:`restore_rng` (:func:`plain_rng` makes it loadable with ``weights_only=True``)."""
     return {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "gen": rng.get_state()}
 

@@ -18,8 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_parent_arguments, finite_float, non_negative_int, positive_int, run_main)
 from ecomp_deap.errors import ConfigError
+from ecomp_deap.study.cli import (
+    HelpFormatter,
+    OneLineParser,
+    add_parent_arguments,
+    finite_float,
+    non_negative_int,
+    positive_int,
+    run_main,
+)
 
 
 def build_parser() -> OneLineParser:
@@ -64,10 +72,10 @@ def main(argv) -> int:
     if (folder / "baselines.json").exists() and not args.overwrite:
         raise ConfigError(f"{folder / 'baselines.json'} exists; use --overwrite to replace it")
 
-    from ecomp_deap.study.pruning_baselines import BASELINES_SCHEMA, baseline_curves
     from ecomp_deap.data import load_fashion_mnist, make_splits
     from ecomp_deap.files import save_json
     from ecomp_deap.study.cli import load_parent
+    from ecomp_deap.study.pruning_baselines import BASELINES_SCHEMA, baseline_curves
 
     data = load_fashion_mnist(args.data_dir)
     parent, _, parent_acc = load_parent(args, data)

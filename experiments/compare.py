@@ -47,11 +47,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ecomp_deap.errors import ConfigError
+from ecomp_deap.files import save_csv, save_text
 from ecomp_deap.study import comparison
 from ecomp_deap.study.cli import finite_float
-from ecomp_deap.errors import ConfigError
 from ecomp_deap.study.plotting import add_common_args, load_baselines, load_experiments, make_parser, run_cli
-from ecomp_deap.files import save_csv, save_text
 
 
 def parent_folder(folder) -> Path:
@@ -81,8 +81,8 @@ def load_finetuned(exps, baselines_folder):
     ``({name: body}, baselines body or None, the recipe in words or None when there are
     none)``. Results for other runs than the folder's, or made with different recipes,
     are refused: the comparison is only fair with one recipe."""
-    from ecomp_deap.study.fine_tuning import Recipe, check_against_runs, load_finetune
     from ecomp_deap.errors import ResultsError
+    from ecomp_deap.study.fine_tuning import Recipe, check_against_runs, load_finetune
 
     tuned = {}
     for e in exps:

@@ -32,8 +32,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int, positive_int, run_main)
 from ecomp_deap.errors import ConfigError
+from ecomp_deap.study.cli import (
+    HelpFormatter,
+    OneLineParser,
+    add_data_and_parent_arguments,
+    finite_float,
+    non_negative_int,
+    positive_int,
+    run_main,
+)
 
 
 def build_parser() -> OneLineParser:
@@ -108,9 +116,16 @@ def main(argv) -> int:
 
     from ecomp_deap.config import EcompConfig
     from ecomp_deap.data import load_fashion_mnist
-    from ecomp_deap.study.runner import torch_threads
-    from ecomp_deap.study.fine_tuning import (FINETUNE_FILE, finetune_baselines, finetune_body, finetune_indices, finetune_parent, finetune_runs)
     from ecomp_deap.files import save_json
+    from ecomp_deap.study.fine_tuning import (
+        FINETUNE_FILE,
+        finetune_baselines,
+        finetune_body,
+        finetune_indices,
+        finetune_parent,
+        finetune_runs,
+    )
+    from ecomp_deap.study.runner import torch_threads
 
     data = load_fashion_mnist(args.data_dir, allow_download=not args.no_download)
     print(f"data: FashionMNIST ({data.source}), {len(data.train_x)} train / {len(data.test_x)} test images")

@@ -20,9 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-from ecomp_deap.study.cli import (HelpFormatter, OneLineParser, add_data_and_parent_arguments, finite_float, non_negative_int, positive_int, run_main)
 from ecomp_deap.config import CROSSOVERS, DEVICES, INIT_SCORES, KERNELS, MUTATIONS, SELECTIONS
 from ecomp_deap.errors import ConfigError
+from ecomp_deap.study.cli import (
+    HelpFormatter,
+    OneLineParser,
+    add_data_and_parent_arguments,
+    finite_float,
+    non_negative_int,
+    positive_int,
+    run_main,
+)
 
 
 def build_parser() -> OneLineParser:

@@ -17,7 +17,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ecomp_deap.study.plotting import (MEASURES, color_for, folders_parser, logbook_series, plot_experiments, positive_int, run_cli)
+from ecomp_deap.study.plotting import (
+    MEASURES,
+    color_for,
+    folders_parser,
+    logbook_series,
+    plot_experiments,
+    positive_int,
+    run_cli,
+)
 
 ROWS = ["accuracy", "compression", "similarity"]
 

@@ -19,7 +19,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ecomp_deap.study.plotting import (color_for, folders_parser, logbook_series, nan_quantiles, plot_experiments, run_cli)
+from ecomp_deap.study.plotting import (
+    color_for,
+    folders_parser,
+    logbook_series,
+    nan_quantiles,
+    plot_experiments,
+    run_cli,
+)
 
 
 def hypervolume_table(exp) -> tuple[np.ndarray, np.ndarray]:

@@ -28,9 +28,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from ecomp_deap.search.indicators import non_dominated_mask  # noqa: E402
-from ecomp_deap.study.plotting import (apply_style, color_for, default_plot_dir, folders_parser, front_points, is_baselines_folder, load_baselines, load_experiments, num, render_figure, run_cli, save_figures)
 from ecomp_deap.errors import ResultsError  # noqa: E402
+from ecomp_deap.search.indicators import non_dominated_mask  # noqa: E402
+from ecomp_deap.study.plotting import (
+    apply_style,
+    color_for,
+    default_plot_dir,
+    folders_parser,
+    front_points,
+    is_baselines_folder,
+    load_baselines,
+    load_experiments,
+    num,
+    render_figure,
+    run_cli,
+    save_figures,
+)
 
 BASELINE_STYLES = {  # method -> (label, colour, linestyle, marker)
     "l1": ("L1-norm pruning", "#222222", "--", "s"),

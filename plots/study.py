@@ -31,7 +31,20 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from ecomp_deap.study.plotting import (MEASURES, apply_style, default_plot_dir, folders_parser, get_path, load_experiments, logbook_series, nan_quantiles, num, render_figure, run_cli, save_figures)
+from ecomp_deap.study.plotting import (
+    MEASURES,
+    apply_style,
+    default_plot_dir,
+    folders_parser,
+    get_path,
+    load_experiments,
+    logbook_series,
+    nan_quantiles,
+    num,
+    render_figure,
+    run_cli,
+    save_figures,
+)
 from ecomp_deap.study.published import TABLE  # noqa: E402
 
 # family -> (legend label, colour); the order is the order of the boxes in a group

@@ -8,15 +8,20 @@ import sys
 from collections import OrderedDict
 
 import torch
+from conftest import REPO
 from torch import nn
 
-from conftest import REPO
 from ecomp_deap.nets.parents import build_mlp
 from ecomp_deap.nets.reader import read_parent
-from ecomp_deap.search.run import EcompRun, check_data
 from ecomp_deap.search.genome import fitness_weights, make_types
-from ecomp_deap.search.operators import (cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_units,
-                                         mut_scale_weights)
+from ecomp_deap.search.operators import (
+    cx_layerwise,
+    init_pruned_population,
+    mut_flip_units,
+    mut_scale_units,
+    mut_scale_weights,
+)
+from ecomp_deap.search.run import EcompRun, check_data
 
 # A small parent and budget: the whole chain in seconds.
 SMALL = ["--hidden", "32", "32", "--parent-epochs", "1", "--pop-size", "8", "--generations", "3",

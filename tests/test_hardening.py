@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, make_tiny_data, stop_processes
+from helpers import ecomp_run
 from torch import nn
 
 import ecomp_deap
-from conftest import REPO, make_tiny_data, stop_processes
-from helpers import ecomp_run
 from ecomp_deap import data as D
 from ecomp_deap import files
-from ecomp_deap.nets.chain import ELEMENTWISE
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError, ParentError, UnsafeFileError, UserError
+from ecomp_deap.nets.chain import ELEMENTWISE
 from ecomp_deap.nets.parents import build_mlp, load_parent_file
 from ecomp_deap.nets.safe_load import load_untrusted
 
@@ -316,9 +316,9 @@ class Stop(Exception):
 
 
 def test_checkpoint_is_plain_data_and_resumes_to_the_uninterrupted_result(tmp_path, tiny_parent):
-    from ecomp_deap.study.checkpoint import load_checkpoint, save_checkpoint
-    from ecomp_deap.search.genome import fitness_weights, make_types
     from ecomp_deap.rng import rng_snapshot
+    from ecomp_deap.search.genome import fitness_weights, make_types
+    from ecomp_deap.study.checkpoint import load_checkpoint, save_checkpoint
 
     whole = tiny_run(tiny_parent).run()
     ckpt = tmp_path / "run.ckpt"
@@ -347,8 +347,8 @@ def test_checkpoint_is_plain_data_and_resumes_to_the_uninterrupted_result(tmp_pa
 def test_malicious_and_old_format_checkpoints_are_refused(tmp_path, evil, tiny_parent):
     from deap import tools
 
-    from ecomp_deap.study.checkpoint import load_checkpoint
     from ecomp_deap.search.genome import fitness_weights, make_types
+    from ecomp_deap.study.checkpoint import load_checkpoint
 
     run = tiny_run(tiny_parent)
     _, ind_cls = make_types(fitness_weights(run.config.selection, run.config.weights))

@@ -155,4 +155,6 @@ class KeptGroupsPlan:
         self.forward, self.population, self.x, self.rows, self.pool = forward, population, x, rows, pool
 
     def outputs(self, start: int, stop: int, blocks: int = 1, dtype=None):
+        """:meth:`KeptGroupsForward.outputs` of members ``start`` to ``stop`` (excluded) of the
+        population, with the plan's first stage: C = stop - start."""
         return self.forward.outputs(self.population[start:stop], self.x, self.rows, blocks, dtype, self.pool, start)

@@ -70,4 +70,6 @@ class StackedPlan:
         self.forward, self.population, self.x, self.rows = forward, population, x, rows
 
     def outputs(self, start: int, stop: int, blocks: int = 1, dtype=None):
+        """:meth:`StackedForward.outputs` of members ``start`` to ``stop`` (excluded) of the
+        population: C = stop - start."""
         return self.forward.outputs(self.population[start:stop], self.x, self.rows, blocks, dtype)

@@ -76,10 +76,12 @@ class Stage:
 
     @property
     def norm(self) -> TailOp | None:
+        """The tail's BatchNorm, or None."""
         return next((op for op in self.tail if op.kind == "norm"), None)
 
     @property
     def flattens(self) -> bool:
+        """Whether the tail holds a Flatten."""
         return any(op.kind == "flatten" for op in self.tail)
 
     def input_columns(self, kept_below: torch.Tensor) -> torch.Tensor:
@@ -115,18 +117,22 @@ class Chain:
     # ------------------------------------------------------------------ shape
     @property
     def n_hidden(self) -> int:
+        """Group layers: every stage but the output layer."""
         return len(self.stages) - 1
 
     @property
     def hidden_widths(self) -> tuple[int, ...]:
+        """Groups (units or channels) of each hidden stage: (H_0, ..., H_{n_hidden - 1})."""
         return tuple(st.out_size for st in self.stages[:-1])
 
     @property
     def stage_names(self) -> tuple[str, ...]:
+        """The stages' layer names, the output layer last."""
         return tuple(st.name for st in self.stages)
 
     @property
     def is_conv(self) -> bool:
+        """Whether any stage is a Conv2d."""
         return any(st.kind == "conv" for st in self.stages)
 
     @property
@@ -136,6 +142,8 @@ class Chain:
 
     @property
     def layer_names(self) -> tuple[str, ...]:
+        """Every module's name in order: those before the first layer, then each stage's
+        layer and its tail."""
         names = [op.name for op in self.pre]
         for st in self.stages:
             names += [st.name] + [op.name for op in st.tail]
@@ -143,6 +151,7 @@ class Chain:
 
     @property
     def group_kind(self) -> str:
+        """What the groups are called in messages: 'units' (an MLP) or 'channels+units' (a CNN)."""
         return "channels+units" if self.is_conv else "units"
 
     def describe(self) -> str:

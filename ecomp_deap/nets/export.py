@@ -18,8 +18,8 @@ from torch import nn
 
 from ..errors import ParentError
 from ..files import save_torch
-from .safe_load import load_untrusted
 from .chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS, Chain
+from .safe_load import load_untrusted
 
 FORMAT = "ecomp_deap.exported/2"
 # The module types a saved network may name: what a chain may hold, nothing else.
@@ -69,6 +69,7 @@ def _sliced_norm(template: nn.Module, norm: torch.Tensor) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Scalars in ``model``'s parameters (buffers such as BatchNorm running statistics not counted)."""
     return sum(p.numel() for p in model.parameters())
 
 

@@ -32,6 +32,8 @@ class MaskedNetwork:
 
     @property
     def weights(self) -> StageTensors:
+        """The per-stage weights, a :class:`~.spliced.StageTensors`; assigning a list (of
+        tensors or splices) stores a copy of it."""
         return self._weights
 
     @weights.setter

@@ -18,8 +18,8 @@ from torch import nn
 
 from ..errors import ParentError, UnsafeFileError
 from ..files import save_torch
-from .safe_load import load_untrusted
 from .chain import check_layers
+from .safe_load import load_untrusted
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}
@@ -100,6 +100,8 @@ def build_cnn(channels=DEFAULT_CNN_CHANNELS, hidden=DEFAULT_CNN_HIDDEN, in_shape
 
 
 def build_parent(spec: ParentSpec) -> nn.Sequential:
+    """An untrained network of ``spec``: :func:`build_cnn` for ``arch='cnn'`` (square
+    one-channel images of ``in_features`` pixels), else :func:`build_mlp`."""
     if spec.arch == "cnn":
         side = int(round(spec.in_features ** 0.5))
         return build_cnn(spec.channels, spec.hidden, (1, side, side), spec.n_classes, spec.activation)
@@ -107,6 +109,7 @@ def build_parent(spec: ParentSpec) -> nn.Sequential:
 
 
 def describe_spec(spec: ParentSpec) -> str:
+    """``spec``'s architecture in words, e.g. 'MLP 784-256-256-10'."""
     if spec.arch == "cnn":
         return (f"CNN conv {'-'.join(map(str, spec.channels))} (3x3, BatchNorm, max pool 2), "
                 f"linear {'-'.join(map(str, (*spec.hidden, spec.n_classes)))}")
@@ -115,6 +118,8 @@ def describe_spec(spec: ParentSpec) -> str:
 
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2000) -> float:
+    """Fraction of ``x`` that ``model`` (put in eval mode; inputs moved to its device)
+    classifies as ``y``, in batches of ``batch_size``."""
     model.eval()
     device = next(model.parameters()).device
     correct = 0
@@ -158,6 +163,8 @@ def train_parent(spec: ParentSpec, train_x: torch.Tensor, train_y: torch.Tensor,
 
 
 def cache_key(spec: ParentSpec, data_fingerprint: str) -> str:
+    """The parent cache's key of ``spec`` on the data with ``data_fingerprint``: 16 hex
+    digits of a SHA-256 (an MLP's computed without the CNN fields, as before they existed)."""
     fields = asdict(spec)
     if spec.arch == "mlp":  # MLP keys as before the CNN fields existed: cached parents stay valid
         del fields["arch"], fields["channels"]
@@ -167,6 +174,9 @@ def cache_key(spec: ParentSpec, data_fingerprint: str) -> str:
 
 @dataclass
 class ParentInfo:
+    """A parent from :func:`load_or_train_parent`: ``model`` (eval mode), its test accuracy,
+    whether it came from the cache, the cache file (``path``) and its ``spec``."""
+
     model: nn.Sequential
     test_accuracy: float
     cached: bool
@@ -207,6 +217,11 @@ def load_parent_file(path, spec: ParentSpec | None = None, trust_pickle: bool = 
 
 
 def model_from_state_dict(state: dict, spec: ParentSpec | None = None, source: str = "state dict") -> nn.Sequential:
+    """A parent from a state dict, in eval mode: a :func:`build_cnn` network's (keys ending
+    in ``_conv.weight``: :func:`cnn_from_state_dict`), else an MLP in :func:`build_mlp`'s
+    layout, its widths read off the Linear weights in key order (checked against ``spec``
+    when given; its activation, else ReLU). Anything that does not fit is a one-line
+    :class:`~ecomp_deap.errors.ParentError` naming ``source``."""
     if any(k.endswith("_conv.weight") for k in state):
         return cnn_from_state_dict(state, spec, source)
     names = [k[:-len(".weight")] for k in state if k.endswith(".weight")]

@@ -30,10 +30,12 @@ class Parent:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """One example's shape as the first layer takes it."""
         return self.chain.input_shape
 
     @property
     def n_classes(self) -> int:
+        """Outputs of the last layer: the number of classes."""
         return self.chain.n_classes
 
     def whole(self) -> MaskedNetwork:

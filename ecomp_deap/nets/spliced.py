@@ -124,6 +124,7 @@ class StageTensors(list):
         super().__init__(list.copy(items) if isinstance(items, StageTensors) else items)
 
     def raw(self, k: int):
+        """Entry ``k`` as stored: a tensor, or a :class:`RowSplice` left unread."""
         return list.__getitem__(self, k)
 
     def __getitem__(self, k):
@@ -140,6 +141,7 @@ class StageTensors(list):
             yield self[i]
 
     def copy(self) -> "StageTensors":
+        """A shallow copy: a new :class:`StageTensors` of the same entries, splices kept as they are."""
         return StageTensors(self)
 
     def __reduce__(self):  # pickles as the list of tensors it reads as

@@ -137,6 +137,10 @@ class GenerationHooks:
 
     @contextmanager
     def generation(self, state: EvolutionState):
+        """A context around one generation's work: on a
+        :class:`~ecomp_deap.fitness.measures.NonFiniteError` inside it, ``on_failure`` gets the
+        random states from before the generation and the error propagates; otherwise
+        ``state.t`` advances, the progress bar moves and ``on_generation(state)`` runs."""
         before = rng_snapshot(state.rng) if self.on_failure is not None else None
         try:
             yield

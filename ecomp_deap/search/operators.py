@@ -11,8 +11,8 @@ from typing import Sequence
 import torch
 
 from ..nets.forward import recalibrated_norms
-from .scores import l1_unit_scores, top_units_mask
 from ..nets.spliced import splice
+from .scores import l1_unit_scores, top_units_mask
 
 
 def init_pruned(ind_cls, weights, biases, rate: float, scores=None, norms=None):

@@ -75,6 +75,11 @@ def check_data(parent: Parent, data, validation: tuple | None = None) -> RunData
 
 @dataclass
 class RunResult:
+    """One run's outcome: the chosen network (``best``, its measures; ``best_module``, it
+    exported), the front (``front``, ``front_modules``) and its ``extremes``, the
+    ``parent``'s test accuracy and sizes, the front's ``test_hypervolume``, the wall times
+    and the :class:`~.choice.EvolutionResult` behind them."""
+
     config: EcompConfig
     chain: Chain
     evolution: EvolutionResult
@@ -99,6 +104,7 @@ class RunResult:
 
     @property
     def logbook(self):
+        """The logbook as plain dicts, one per generation (:func:`~.loops.logbook_rows`)."""
         return logbook_rows(self.evolution.logbook)
 
     def to_json(self) -> dict:
@@ -179,6 +185,9 @@ class EcompRun:
                                         self.total if until is None else until, hooks)
 
     def describe(self, ind, m: Measures, i: int) -> dict:
+        """The result-file entry of ``ind``, whose measures are entry ``i`` of ``m``: test
+        accuracy, compression, similarity, kept groups per hidden stage, parameters and
+        multiply-adds per example (also as fractions of the parent's)."""
         kept = ind.hidden_units()
         params, macs = self.chain.sizes(kept)
         parent_params, parent_macs = self.chain.sizes()

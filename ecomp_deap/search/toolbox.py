@@ -11,8 +11,16 @@ from ..nets.refit import Refit
 from .budget import budget_rates, group_ranks, within_budget
 from .genome import Genome, fitness_weights, make_types
 from .loops import evaluate_on_batch
-from .operators import (cx_layerwise, cx_reference, init_pruned_population, mut_flip_units, mut_scale_units,
-                        mut_scale_weights, recalibrate_norms, sel_softmax_roulette)
+from .operators import (
+    cx_layerwise,
+    cx_reference,
+    init_pruned_population,
+    mut_flip_units,
+    mut_scale_units,
+    mut_scale_weights,
+    recalibrate_norms,
+    sel_softmax_roulette,
+)
 from .scores import l1_unit_scores
 
 

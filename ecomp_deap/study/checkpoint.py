@@ -143,12 +143,15 @@ class CheckpointStore:
     run starts from generation 0), :meth:`clear` it once the run is written."""
 
     def save(self, data: bytes) -> None:
+        """Keep ``data``, a serialised checkpoint, as the run's latest (replacing the one before)."""
         raise NotImplementedError
 
     def load(self) -> bytes | None:
+        """The latest checkpoint's bytes, or None when there is none."""
         raise NotImplementedError
 
     def clear(self) -> None:
+        """Drop the checkpoint (there may be none)."""
         raise NotImplementedError
 
     def describe(self) -> str:

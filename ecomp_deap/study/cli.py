@@ -6,19 +6,19 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
-from ..errors import UserError
-from ..errors import ResultsError
+from ..errors import ResultsError, UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line (``prog: error: ...``), exit code 2."""
 
     def error(self, message: str):
+        """Exit with code 2 after one line on stderr: ``prog: error: MESSAGE (see --help)``."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Help that keeps the description's line breaks and shows each option's default."""
 
 
 def _int_at_least(low: int):
@@ -40,6 +40,7 @@ non_negative_int = _int_at_least(0)
 
 
 def finite_float(text: str) -> float:
+    """An argparse type: a finite number, with a one-line message otherwise."""
     import math
 
     try:

@@ -86,15 +86,20 @@ def median_iqr(values: Iterable[Any]) -> tuple[float | None, float | None, float
 
 
 def run_values(runs: Sequence[dict], path: Sequence[str]) -> list[Any]:
+    """Each run's value at ``path`` (keys into nested dicts); None where it is missing."""
     return [_get(r, path) for r in runs]
 
 
 def selection_mode(runs: Sequence[dict]) -> str:
+    """The runs' common ``selection`` ('weighted', 'nsga2'), or 'mixed'."""
     modes = {str(r.get("selection")) for r in runs}
     return modes.pop() if len(modes) == 1 else "mixed"
 
 
 def summary_row(name: str, runs: Sequence[dict]) -> dict:
+    """One experiment's row of :data:`SUMMARY_FIELDS`: its selection mode, its number of
+    runs, the median and quartiles of each best-network measure and the median test
+    hypervolume."""
     row: dict[str, Any] = {"name": name, "selection": selection_mode(runs), "runs": len(runs)}
     for key, path, _ in BEST_MEASURES:
         med, q25, q75 = median_iqr(run_values(runs, path))
@@ -104,6 +109,7 @@ def summary_row(name: str, runs: Sequence[dict]) -> dict:
 
 
 def summary_rows(experiments: Sequence[tuple[str, Sequence[dict]]]) -> list[dict]:
+    """:func:`summary_row` of each ``(name, runs)`` pair."""
     return [summary_row(name, runs) for name, runs in experiments]
 
 
@@ -238,6 +244,8 @@ def size_markdown(rows: Sequence[dict], names: Sequence[str]) -> str:
 
 
 def size_markdown_by_experiment(rows: Sequence[dict], names: Sequence[str]) -> str:
+    """The size table with the experiments as rows and the size budgets as columns
+    (:func:`rows_as_columns_markdown`)."""
     return rows_as_columns_markdown(rows, names, "hidden units kept",
                                     [f"≤ {100 * r['size']:g} % median [q25–q75] (runs)" for r in rows])
 
@@ -280,6 +288,7 @@ def size_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[dict
 
 
 def epoch_label(n: int) -> str:
+    """A column label for ``n`` epochs of fine-tuning ('not fine-tuned' for 0)."""
     return "not fine-tuned" if n == 0 else f"after {n} epoch{'s' if n != 1 else ''} of fine-tuning"
 
 
@@ -337,6 +346,8 @@ def finetune_csv_rows(rows: Sequence[dict], names: Sequence[str]) -> tuple[list[
 
 
 def fmt_number(x: Any, digits: int = 4) -> str:
+    """A number for a table: an integer as it is, anything else with ``digits`` decimals;
+    None, NaN and infinities as 'n/a'."""
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return NA
     if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
@@ -345,12 +356,14 @@ def fmt_number(x: Any, digits: int = 4) -> str:
 
 
 def fmt_p(p: float | None) -> str:
+    """A p-value for a table: 4 decimals, scientific notation below 0.001; None as 'n/a'."""
     if p is None:
         return NA
     return f"{p:.2e}" if p < 1e-3 else f"{p:.4f}"
 
 
 def fmt_median_iqr(med, q25, q75, digits: int = 4) -> str:
+    """'median [q25–q75]' with ``digits`` decimals; 'n/a' without a median."""
     if med is None:
         return NA
     return f"{fmt_number(med, digits)} [{fmt_number(q25, digits)}–{fmt_number(q75, digits)}]"
@@ -376,6 +389,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
 
 
 def summary_markdown(rows: Sequence[dict]) -> str:
+    """The summary table (:func:`summary_rows`) as Markdown."""
     headers = ["experiment", "selection", "runs"] + [
         f"{heading} median [q25–q75]" for _, _, heading in BEST_MEASURES] + ["median test hypervolume"]
     body = []
@@ -387,6 +401,8 @@ def summary_markdown(rows: Sequence[dict]) -> str:
 
 
 def pairwise_markdown(rows: Sequence[dict]) -> str:
+    """The pairwise tests (:func:`pairwise_rows`) as Markdown, with the Holm-adjusted
+    columns when the rows have them."""
     headers = ["experiment A", "experiment B", "runs A", "runs B",
                "p (test hypervolume)", "p (best test accuracy)"]
     adjusted = bool(rows) and "p_accuracy_holm" in rows[0]
@@ -399,6 +415,8 @@ def pairwise_markdown(rows: Sequence[dict]) -> str:
 
 
 def pairwise_fields(rows: Sequence[dict]) -> list[str]:
+    """The CSV columns of :func:`pairwise_rows`'s rows: :data:`PAIRWISE_FIELDS`, and
+    :data:`HOLM_FIELDS` when the rows have them."""
     return PAIRWISE_FIELDS + (HOLM_FIELDS if rows and "p_accuracy_holm" in rows[0] else [])
 
 
@@ -414,6 +432,7 @@ PUBLISHED_FIELDS = [
 
 
 def median_min_max(values: Iterable[Any]) -> tuple[float | None, float | None, float | None]:
+    """``(median, min, max)`` of the finite values; ``(None, None, None)`` when there are none."""
     v = finite_values(values)
     if len(v) == 0:
         return None, None, None
@@ -447,6 +466,8 @@ def published_rows(experiments: Sequence[tuple[str, Sequence[dict]]]) -> list[di
 
 
 def family(name: str) -> str:
+    """An experiment's family for the rank correlations: 'ref-weighting*' for a ``ref-``
+    name, else 'weighting*'."""
     return "ref-weighting*" if name.startswith("ref-") else "weighting*"
 
 
@@ -477,16 +498,21 @@ def rank_correlations(rows: Sequence[dict]) -> list[dict]:
 
 
 def fmt_range(med, lo, hi, digits: int = 3) -> str:
+    """'median [min–max]' with ``digits`` decimals; 'n/a' without a median."""
     if med is None:
         return NA
     return f"{med:.{digits}f} [{lo:.{digits}f}–{hi:.{digits}f}]"
 
 
 def fmt_in(flag: bool | None) -> str:
+    """'yes', 'no', or 'n/a' for None."""
     return NA if flag is None else ("yes" if flag else "no")
 
 
 def published_markdown(rows: Sequence[dict], correlations: Sequence[dict] = ()) -> str:
+    """The reference's published table beside ours (:func:`published_rows`) in Markdown,
+    after a paragraph that explains it; with ``correlations`` (:func:`rank_correlations`),
+    their table follows."""
     from .published import PARENT, RUNS
 
     headers = ["weights (a s c)", "experiment", "runs",

@@ -19,9 +19,9 @@ import random as _stdlib_random
 import sys
 import threading
 import uuid
+from asyncio import CancelledError
 from collections import OrderedDict
 from contextlib import contextmanager
-from asyncio import CancelledError
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -241,6 +241,8 @@ class ClusterExecutor:
         self.tag = tag or uuid.uuid4().hex[:8]
 
     def checkpoint_key(self, job: RunJob) -> str:
+        """The name of the scheduler variable that holds ``job``'s latest checkpoint (unique
+        to this executor's ``tag``)."""
         return f"ecomp-ckpt-{self.tag}-{job.name}-run{job.k}"
 
     def execute(self, jobs, parent, data, parent_test_accuracy, stop, log):
@@ -331,6 +333,7 @@ class CorePlan:
     threads: int
 
     def describe(self) -> str:
+        """The plan in words, for the log."""
         if self.executor == "serial":
             return f"serial, {self.threads} torch thread(s) per run"
         return f"local cluster of {self.workers} worker process(es), {self.threads} torch thread(s) each"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ..config import EcompConfig
 from ..errors import ConfigError
+from ..files import save_csv, save_json
 from ..nets.export import save_exported
 from .results import RUN_SCHEMA, SUMMARY_SCHEMA, load_run, run_files
-from ..files import save_csv, save_json
 
 SUMMARY_FIELDS = ["run", "seed", "test_accuracy", "compression", "similarity", "parameters",
                   "hidden_units", "test_hypervolume", "front_size", "wall_time_s"]
@@ -31,6 +31,7 @@ def run_seed(base_seed: int, k: int) -> int:
 
 
 def nearest_existing(path: Path) -> Path:
+    """``path``, made absolute, or its nearest ancestor that exists."""
     path = path.absolute()
     while not path.exists():
         path = path.parent
@@ -59,6 +60,8 @@ def check_output_folder(folder: Path, overwrite: bool, resume: bool = False) -> 
 
 
 def clear_results(folder: Path) -> None:
+    """Delete an experiment folder's results: the runs' ``run_K.json``, ``.pt`` and
+    ``.ckpt`` files, the summaries and ``finetune.json``."""
     # finetune.json (experiments/finetune.py) belongs to the runs it was made from
     for pattern in ("run_*.json", "run_*.pt", "run_*.ckpt", "summary.json", "summary.csv", "finetune.json"):
         for p in folder.glob(pattern):
@@ -66,6 +69,8 @@ def clear_results(folder: Path) -> None:
 
 
 def summarise_run(k: int, seed: int, result: dict) -> dict:
+    """Run ``k``'s row of ``summary.csv`` (:data:`SUMMARY_FIELDS`) from its result body:
+    its best network's measures, the test hypervolume, the front's size and the wall time."""
     best = result["best"]
     return {"run": k, "seed": seed, "test_accuracy": best["test_accuracy"], "compression": best["compression"],
             "similarity": best["similarity"], "parameters": best["parameters"],
@@ -74,6 +79,8 @@ def summarise_run(k: int, seed: int, result: dict) -> dict:
 
 
 def write_summary(folder: Path, name: str, rows: list[dict], parent: dict | None) -> None:
+    """Write ``summary.csv`` (``rows``) and ``summary.json`` (the rows, the ``parent`` and
+    each measure's median over the runs, nulls left out), atomically."""
     def med(key):
         vals = [r[key] for r in rows if r[key] is not None]
         return statistics.median(vals) if vals else None
@@ -118,6 +125,7 @@ class RunJob:
 
     @property
     def label(self) -> str:
+        """``NAME run K/RUNS`` with K counted from 1, for messages."""
         return f"{self.name} run {self.k + 1}/{self.runs}"
 
 
@@ -141,10 +149,12 @@ class Experiment:
         return RunJob(self.name, k, self.runs, self.run_config(k), self.threads, self.checkpoint_every)
 
     def checkpoint_path(self, k: int) -> Path:
+        """Run ``k``'s checkpoint file, ``OUT/NAME/run_K.ckpt``."""
         return self.folder / f"run_{k}.ckpt"
 
     @property
     def folder(self) -> Path:
+        """``OUT/NAME``, where the runs are written."""
         return Path(self.out) / self.name
 
     def run_config(self, k: int) -> EcompConfig:

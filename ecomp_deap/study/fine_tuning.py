@@ -33,8 +33,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..errors import ResultsError
+from ..errors import ConfigError, ResultsError
 from ..files import load_json
 
 FINETUNE_SCHEMA = "ecomp_deap.finetune/1"
@@ -58,6 +57,7 @@ class Recipe:
         object.__setattr__(self, "epochs", tuple(sorted(set(self.epochs))))
 
     def validate(self) -> "Recipe":
+        """The recipe itself, checked: a one-line :class:`ConfigError` for a bad setting."""
         if not self.epochs or not all(isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in self.epochs):
             raise ConfigError(f"fine-tuning epochs must be whole numbers >= 1, got {list(self.epochs)}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
@@ -70,12 +70,15 @@ class Recipe:
 
     @property
     def total_epochs(self) -> int:
+        """Epochs trained: the largest of ``epochs``."""
         return max(self.epochs)
 
     def to_dict(self) -> dict:
+        """The recipe as plain data, its optimiser and loss named (a ``finetune.json`` field)."""
         return {**asdict(self), "epochs": list(self.epochs), "optimizer": "Adam", "loss": "cross-entropy"}
 
     def describe(self) -> str:
+        """The recipe in one line, for reports."""
         return (f"Adam (lr {self.lr:g}), cross-entropy, batches of {self.batch_size}, seed {self.seed}, "
                 f"test accuracy after {', '.join(map(str, self.epochs))} epoch(s)")
 
@@ -207,10 +210,10 @@ def finetune_baselines(parent, baselines: dict, data, sizes: Sequence[float], in
     :class:`~ecomp_deap.nets.reader.Parent`, or a module to read."""
     import numpy as np
 
-    from .pruning_baselines import METHODS, baseline_prunings, split_method
     from ..data import make_splits
     from ..nets.export import export_individual
     from ..nets.reader import read_parent
+    from .pruning_baselines import METHODS, baseline_prunings, split_method
 
     parent = read_parent(parent, data.train_x)  # a Parent as it is; a module read
     chain = parent.chain
@@ -251,6 +254,8 @@ def finetune_baselines(parent, baselines: dict, data, sizes: Sequence[float], in
 
 
 def finetune_body(kind: str, recipe: Recipe, parent: dict | None, **fields) -> dict:
+    """A ``finetune.json`` body: its schema, ``kind`` ('experiment' or 'baselines'), the
+    recipe, the ``parent`` fine-tuned as the control, and ``fields``."""
     return {"schema": FINETUNE_SCHEMA, "kind": kind, "recipe": recipe.to_dict(), "parent": parent, **fields}
 
 

@@ -27,10 +27,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from .cli import OneLineParser, positive_int, run_main  # noqa: F401  (positive_int: used by the plot scripts)
 from ..errors import ResultsError
-from .results import experiment_name, load_experiment, run_files
 from ..files import load_json, write_bytes
+from .cli import OneLineParser, positive_int, run_main  # noqa: F401  (positive_int: used by the plot scripts)
+from .results import experiment_name, load_experiment, run_files
 
 BASELINES_SCHEMA = "ecomp_deap.baselines/1"
 BASELINES_FILE = "baselines.json"
@@ -64,19 +64,23 @@ class ExperimentResults:
 
     @property
     def run_ids(self) -> list[int]:
+        """Each run's K, from its file name."""
         return [int(p.stem[4:]) for p in self.files]
 
     @property
     def selection(self) -> str:
+        """The runs' common ``selection`` ('weighted', 'nsga2'), or 'mixed'."""
         modes = {str(r.get("selection")) for r in self.runs}
         return modes.pop() if len(modes) == 1 else "mixed"
 
     @property
     def label(self) -> str:
+        """The name and the selection mode, for legends: 'NAME (NSGA-II)'."""
         mode = SELECTION_NAMES.get(self.selection, self.selection)
         return f"{self.name} ({mode})"
 
     def parent_accuracy(self) -> float:
+        """The parent's test accuracy (the first finite one among the runs), NaN when none has it."""
         vals = [num(get_path(r, "parent.test_accuracy")) for r in self.runs]
         vals = [v for v in vals if math.isfinite(v)]
         return vals[0] if vals else math.nan
@@ -121,6 +125,7 @@ def require(exp: ExperimentResults, *fields: str) -> None:
 
 
 def is_baselines_folder(folder) -> bool:
+    """Whether ``folder`` is a folder with a ``baselines.json`` and no run results."""
     folder = Path(folder)
     return folder.is_dir() and (folder / BASELINES_FILE).is_file() and not run_files(folder)
 
@@ -153,6 +158,8 @@ def load_experiments(folders: Sequence, fields: Iterable[str] = ()) -> list[Expe
 
 
 def load_baselines(folder) -> dict:
+    """``folder/baselines.json``, checked (its schema, and ``methods`` mapping names to
+    lists of points); a one-line :class:`~ecomp_deap.errors.ResultsError` otherwise."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ResultsError(f"{folder}: no such baselines folder")
@@ -214,6 +221,7 @@ def nan_quantiles(stack: np.ndarray, qs=(25, 50, 75), axis: int = 0) -> list[np.
 
 
 def color_for(i: int) -> str:
+    """Series ``i``'s colour: the Okabe-Ito :data:`PALETTE`, then matplotlib's tab20."""
     if i < len(PALETTE):
         return PALETTE[i]
     import matplotlib
@@ -290,6 +298,8 @@ def make_parser(doc: str | None, prog: str | None = None) -> argparse.ArgumentPa
 
 
 def add_common_args(parser: argparse.ArgumentParser, out_default: str, figures: bool = True) -> None:
+    """Add ``--out`` (its help names ``out_default``), ``--dpi`` (with ``figures``) and
+    ``--debug`` to ``parser``."""
     parser.add_argument("--out", metavar="DIR", default=None,
                         help=f"folder for the output files (default: {out_default})")
     if figures:

@@ -127,5 +127,6 @@ def preset_config(name: str, **overrides) -> EcompConfig:
 
 
 def describe_presets() -> str:
+    """Every preset's name and description, one per line, the names aligned."""
     width = max(map(len, PRESETS))
     return "\n".join(f"{name:<{width}}  {DESCRIPTIONS[name]}" for name in PRESETS)

@@ -24,6 +24,8 @@ def run_files(folder) -> list[Path]:
 
 
 def load_run(path) -> dict:
+    """A run's result file as a dict; a one-line :class:`~ecomp_deap.errors.ResultsError`
+    when it is missing, not JSON or not of ``RUN_SCHEMA``."""
     data = load_json(path)
     if not isinstance(data, dict) or data.get("schema") != RUN_SCHEMA:
         raise ResultsError(f"{path}: not an ecomp_deap run result (expected schema {RUN_SCHEMA!r})")
@@ -42,6 +44,7 @@ def load_experiment(folder) -> list[dict]:
 
 
 def experiment_name(folder, runs: list[dict] | None = None) -> str:
+    """An experiment's name: its first run's ``name``, else the folder's name."""
     if runs:
         return str(runs[0].get("name") or Path(folder).name)
     return Path(folder).resolve().name

@@ -24,10 +24,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..search.genome import fitness_weights, make_types
 from ..nets.reader import read_parent
-from ..search.run import EcompRun, RunData, check_data
 from ..rng import rng_snapshot
+from ..search.genome import fitness_weights, make_types
+from ..search.run import EcompRun, RunData, check_data
 from .checkpoint import CheckpointStore, FileStore, checkpoint_bytes, read_checkpoint, restore_state
 from .experiment import Experiment, RunJob, run_line, write_run
 
@@ -134,6 +134,9 @@ def execute_run(job: RunJob, parent, data, store: CheckpointStore, stop: StopReq
 
 @dataclass
 class Failure:
+    """A run that failed: its experiment's ``name``, the ``run`` number, the ``error`` in
+    one line and the ``exception`` itself."""
+
     name: str
     run: int
     error: str

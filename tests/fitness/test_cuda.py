@@ -6,12 +6,12 @@ compressions exactly, and with TF32 allowed (the evaluator turns it off within).
 import numpy as np
 import pytest
 import torch
+from helpers import CNNS, SMALL, population, randomise_norms, run_script, varied_population
 
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.fitness.evaluator import PopulationEvaluator
 from ecomp_deap.fitness.measures import Measures
 from ecomp_deap.nets.parents import build_mlp
-from helpers import CNNS, SMALL, population, randomise_norms, run_script, varied_population
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
+from helpers import varied_population
 
 from ecomp_deap.config import EcompConfig
-from helpers import varied_population
 from ecomp_deap.fitness import first_stage, kept_groups, memory
 from ecomp_deap.fitness.embeddings import Embeddings
 from ecomp_deap.fitness.evaluator import PopulationEvaluator

@@ -8,8 +8,7 @@ import warnings
 import pytest
 import torch
 
-from ecomp_deap.fitness.similarity import distances, loss, native, perplexity
-from ecomp_deap.fitness.similarity import joint_probabilities, squared_distances
+from ecomp_deap.fitness.similarity import distances, joint_probabilities, loss, native, perplexity, squared_distances
 from ecomp_deap.fitness.similarity.loss import _offdiag
 from ecomp_deap.fitness.similarity.perplexity import _conditional_probabilities
 

@@ -4,8 +4,8 @@ import gc
 import torch
 
 from ecomp_deap.fitness import row_keys
-from ecomp_deap.nets import spliced
 from ecomp_deap.fitness.row_keys import row_numbers, unique_rows
+from ecomp_deap.nets import spliced
 from ecomp_deap.search.genome import fitness_weights, make_types
 from ecomp_deap.search.operators import cx_layerwise, mut_scale_weights
 

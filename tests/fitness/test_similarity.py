@@ -15,8 +15,15 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist, squareform
 
-from ecomp_deap.fitness.similarity import (EPS, count_active_units, joint_probabilities, kl_divergence, squared_distances,
-                                          student_t_probabilities, tsne_similarity_loss)
+from ecomp_deap.fitness.similarity import (
+    EPS,
+    count_active_units,
+    joint_probabilities,
+    kl_divergence,
+    squared_distances,
+    student_t_probabilities,
+    tsne_similarity_loss,
+)
 from ecomp_deap.fitness.similarity.loss import _offdiag
 from ecomp_deap.fitness.similarity.perplexity import _conditional_probabilities
 
@@ -555,8 +562,7 @@ def test_the_loss_in_small_blocks_equals_it_in_one(kernel, dtype, monkeypatch):
     parents where it can, gathered copies where it cannot): any block size gives the
     one-block losses, for the evaluator's layouts (a parent per batch against
     (individuals, batches) children; one parent against many) and odd broadcasts."""
-    from ecomp_deap.fitness.similarity import loss
-    from ecomp_deap.fitness.similarity import parent_entropy_term, similarity_from_distances
+    from ecomp_deap.fitness.similarity import loss, parent_entropy_term, similarity_from_distances
 
     g = torch.Generator().manual_seed(21)
     B = 12

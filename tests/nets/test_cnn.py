@@ -4,19 +4,25 @@ each network run alone, export, and the operators on channel groups."""
 import numpy as np
 import pytest
 import torch
+from helpers import CNNS, population, randomise_norms, seq
 from torch import nn
 
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ParentError
 from ecomp_deap.fitness.evaluator import PopulationEvaluator
-from ecomp_deap.search.genome import fitness_weights, make_types
+from ecomp_deap.fitness.similarity import tsne_similarity_loss
 from ecomp_deap.nets.chain import Chain, parent_tensors
 from ecomp_deap.nets.export import count_parameters, export_individual, load_exported, save_exported
 from ecomp_deap.nets.forward import network_forward
+from ecomp_deap.search.genome import fitness_weights, make_types
+from ecomp_deap.search.operators import (
+    cx_layerwise,
+    init_pruned_population,
+    mut_flip_units,
+    mut_scale_units,
+    mut_scale_weights,
+)
 from ecomp_deap.search.scores import l1_unit_scores
-from ecomp_deap.search.operators import (cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_units, mut_scale_weights)
-from ecomp_deap.fitness.similarity import tsne_similarity_loss
-from helpers import CNNS, population, randomise_norms, seq
 
 
 def named_outputs(net: nn.Module, x: torch.Tensor, names) -> dict:

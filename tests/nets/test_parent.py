@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from ecomp_deap.errors import ParentError
 from ecomp_deap.nets import parents as P
 from ecomp_deap.nets.chain import Chain
-from ecomp_deap.errors import ParentError
 
 
 def test_build_mlp_has_the_reference_layer_names():

@@ -4,22 +4,23 @@ baselines, and the settings' errors."""
 from __future__ import annotations
 
 import copy
+
 import numpy as np
 import pytest
 import torch
+from helpers import ecomp_run
 from torch import nn
 
-from helpers import ecomp_run
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
-from ecomp_deap.search.genome import Genome, make_types
 from ecomp_deap.nets.chain import Chain, parent_input_shape, parent_tensors
 from ecomp_deap.nets.export import export_individual
 from ecomp_deap.nets.forward import as_input, kept_tensors, network_forward, run_stage
 from ecomp_deap.nets.parents import build_cnn, build_mlp
-from ecomp_deap.search.operators import init_pruned
 from ecomp_deap.nets.reader import read_parent
 from ecomp_deap.nets.refit import Refit, parent_preactivations, ridge_solve
+from ecomp_deap.search.genome import Genome, make_types
+from ecomp_deap.search.operators import init_pruned
 
 
 def mlp(hidden=(16, 12, 8), seed=0, bias=True):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from ecomp_deap.nets import spliced
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.fitness.evaluator import PopulationEvaluator
-from ecomp_deap.search.genome import fitness_weights, make_types
-from ecomp_deap.nets.reader import read_parent
+from ecomp_deap.nets import spliced
 from ecomp_deap.nets.parents import build_mlp
-from ecomp_deap.search.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
+from ecomp_deap.nets.reader import read_parent
 from ecomp_deap.nets.spliced import RowSplice, StageTensors, rows_by_source, splice
+from ecomp_deap.search.genome import fitness_weights, make_types
+from ecomp_deap.search.operators import cx_layerwise, init_pruned_population, mut_flip_units, mut_scale_weights
 
 
 def _sources(n=3, rows=7, cols=4, seed=0):

@@ -3,11 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import ecomp_run
+
 from ecomp_deap.config import EcompConfig
-from ecomp_deap.search.run import run_ecomp
 from ecomp_deap.search.indicators import non_dominated_mask
+from ecomp_deap.search.run import run_ecomp
 
 TINY = dict(pop_size=8, generations=4, batch_size=30, perplexity=5.0, val_size=60, device="cpu",
             embedding_layers=None, recombination_layers=None)
@@ -70,9 +70,8 @@ def test_elitism_carries_the_best_individuals_over_unchanged(tiny_data, tiny_par
 
 
 def test_activation_initialisation_keeps_the_highest_activation_score_units(tiny_data, tiny_parent):
-    from ecomp_deap.search.scores import unit_scores
     from ecomp_deap.search.run import INIT_SCORE_IMAGES
-    from ecomp_deap.search.scores import top_units_mask
+    from ecomp_deap.search.scores import top_units_mask, unit_scores
 
     cfg = EcompConfig(selection="nsga2", init_scores="activation", **TINY)
     run = ecomp_run(cfg, tiny_parent, tiny_data)

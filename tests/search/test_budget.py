@@ -9,15 +9,14 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
-from ecomp_deap.config import budget_groups, check_budget
-from ecomp_deap.search.budget import budget_rates, group_ranks, repair_to_budget
-from ecomp_deap.config import EcompConfig
+
+from ecomp_deap.config import EcompConfig, budget_groups, check_budget
 from ecomp_deap.errors import ConfigError
 from ecomp_deap.nets.chain import Chain
-from ecomp_deap.nets.reader import read_parent
 from ecomp_deap.nets.parents import build_cnn, build_mlp
+from ecomp_deap.nets.reader import read_parent
+from ecomp_deap.search.budget import budget_rates, group_ranks, repair_to_budget
 from ecomp_deap.search.scores import l1_unit_scores
 from ecomp_deap.search.toolbox import build_toolbox
 
@@ -180,8 +179,9 @@ def test_a_budget_run_evaluates_only_networks_within_it_and_returns_the_most_acc
 
 
 def test_compress_with_max_size_and_its_errors():
-    import ecomp_deap
     from torch import nn
+
+    import ecomp_deap
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(900, 6, generator=g)

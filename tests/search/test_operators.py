@@ -1,9 +1,16 @@
 import torch
-
 from helpers import setup
 
 from ecomp_deap.search.genome import make_types
-from ecomp_deap.search.operators import (cx_layerwise, init_pruned_population, init_pruned, mut_flip_units, mut_scale_units, mut_scale_weights, sel_softmax_roulette)
+from ecomp_deap.search.operators import (
+    cx_layerwise,
+    init_pruned,
+    init_pruned_population,
+    mut_flip_units,
+    mut_scale_units,
+    mut_scale_weights,
+    sel_softmax_roulette,
+)
 
 
 def test_make_types_is_idempotent_and_silent(recwarn):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ecomp_deap.files import save_json
 from ecomp_deap.search.indicators import hypervolume_2d
 from ecomp_deap.study.results import RUN_SCHEMA
-from ecomp_deap.files import save_json
 
 PARENT = {"test_accuracy": 0.87, "hidden_units": [256, 256], "parameters": 269322, "macs": 268800}
 BASELINES_SCHEMA = "ecomp_deap.baselines/1"

@@ -4,14 +4,14 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from ecomp_deap.nets.chain import Chain, parent_tensors
-from ecomp_deap.search.scores import unit_scores
-from ecomp_deap.study.pruning_baselines import baseline_curves, keep_counts, pruned
-from ecomp_deap.search.indicators import knee_point
 from ecomp_deap.nets.parents import build_mlp
 from ecomp_deap.nets.reader import read_parent
+from ecomp_deap.search.indicators import knee_point
+from ecomp_deap.search.scores import unit_scores
+from ecomp_deap.study.pruning_baselines import baseline_curves, keep_counts, pruned
 
 
 @pytest.mark.parametrize("method", ["l1", "random", "activation"])

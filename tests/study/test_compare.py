@@ -17,9 +17,9 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.fixtures_results import make_all, make_experiment
 
+from ecomp_deap.files import save_json
 from ecomp_deap.study import comparison
 from ecomp_deap.study.results import load_experiment
-from ecomp_deap.files import save_json
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,13 +19,16 @@ import torch
 pytest.importorskip("distributed")
 
 from conftest import REPO, stop_processes  # noqa: E402
-from helpers import SMALL, run_script  # noqa: E402
+from helpers import (  # noqa: E402
+    SMALL,
+    run_here,  # noqa: E402
+    run_script,
+)
 
 from ecomp_deap.config import EcompConfig  # noqa: E402
 from ecomp_deap.study.executors import ClusterExecutor, run_task  # noqa: E402
 from ecomp_deap.study.experiment import Experiment  # noqa: E402
 from ecomp_deap.study.runner import run_experiments  # noqa: E402
-from helpers import run_here  # noqa: E402
 
 NAMES = ("weighting121", "pareto121")
 TINY = dict(pop_size=8, generations=6, batch_size=30, perplexity=5.0, val_size=60, device="cpu",

@@ -12,19 +12,28 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
 from helpers import run_here
-from ecomp_deap.study.pruning_baselines import baseline_prunings, keep_counts
+
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import ConfigError
-from ecomp_deap.study.fine_tuning import (Recipe, fine_tune, finetune_baselines, finetune_body, finetune_indices, finetune_parent, finetune_runs, hidden_widths)
+from ecomp_deap.files import save_json
 from ecomp_deap.nets.chain import parent_tensors
-from ecomp_deap.nets.reader import read_parent
 from ecomp_deap.nets.export import export_individual
 from ecomp_deap.nets.parents import accuracy, build_cnn
+from ecomp_deap.nets.reader import read_parent
+from ecomp_deap.study.fine_tuning import (
+    Recipe,
+    fine_tune,
+    finetune_baselines,
+    finetune_body,
+    finetune_indices,
+    finetune_parent,
+    finetune_runs,
+    hidden_widths,
+)
+from ecomp_deap.study.pruning_baselines import baseline_prunings, keep_counts
 from ecomp_deap.study.results import load_experiment
-from ecomp_deap.files import save_json
 
 try:
     from fixtures_results import make_all, make_baselines_finetune, make_experiment, make_finetune

@@ -3,11 +3,11 @@
 Run with `make test-slow` (CI runs it after `make test`)."""
 import pytest
 
-from ecomp_deap.study.pruning_baselines import baseline_curves
-from ecomp_deap.study.comparison import front_at_size
 from ecomp_deap.data import make_splits
 from ecomp_deap.search.run import run_ecomp
+from ecomp_deap.study.comparison import front_at_size
 from ecomp_deap.study.presets import preset_config
+from ecomp_deap.study.pruning_baselines import baseline_curves
 
 
 @pytest.mark.slow

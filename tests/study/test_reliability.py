@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
+from helpers import SMALL
+
 from ecomp_deap import files
 from ecomp_deap.study import results
-from helpers import SMALL
 
 LONG = [a if a != "3" else "40" for a in SMALL]  # 40 generations: long enough to interrupt
 

@@ -17,10 +17,10 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests.fixtures_results import make_baselines, make_experiment
 
-from ecomp_deap.study import comparison
 from ecomp_deap.errors import ConfigError
-from ecomp_deap.study.published import TABLE, published_for, weighting_code
 from ecomp_deap.files import save_json
+from ecomp_deap.study import comparison
+from ecomp_deap.study.published import TABLE, published_for, weighting_code
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -190,6 +190,7 @@ def test_study_figures_and_legends_outside_the_axes(study, tmp_path):
     try:
         import hypervolume
         import study as study_plot
+
         from ecomp_deap.study.plotting import load_experiments
 
         exps = load_experiments(folders)

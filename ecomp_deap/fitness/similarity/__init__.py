@@ -4,8 +4,17 @@ the C kernels of the float32 CPU path (:mod:`.native`, ``csrc/similarity.c``, bu
 first use). Imports torch, numpy and nothing else of the package.
 """
 from .distances import centred_gram, distances_from_gram, rescaled_as_one, squared_distances
-from .loss import (DTYPES, KERNELS, count_active_units, kl_divergence, normalise_kernel, parent_entropy_term,
-                   similarity_from_distances, student_t_probabilities, tsne_similarity_loss)
+from .loss import (
+                   DTYPES,
+                   KERNELS,
+                   count_active_units,
+                   kl_divergence,
+                   normalise_kernel,
+                   parent_entropy_term,
+                   similarity_from_distances,
+                   student_t_probabilities,
+                   tsne_similarity_loss,
+)
 from .perplexity import EPS, joint_probabilities
 
 __all__ = ["EPS", "DTYPES", "KERNELS", "squared_distances", "centred_gram", "distances_from_gram", "rescaled_as_one",

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from . import native
 
+
 def _as_float64(x) -> Tensor:
     return _as_dtype(x, torch.float64)
 

@@ -50,6 +50,8 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path:
+    """Where the built kernels are kept: ``$ECOMP_DEAP_NATIVE_DIR``, else
+    ``$XDG_CACHE_HOME/ecomp_deap/native`` (default ``~/.cache/ecomp_deap/native``)."""
     if os.environ.get("ECOMP_DEAP_NATIVE_DIR"):
         return Path(os.environ["ECOMP_DEAP_NATIVE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -57,6 +59,7 @@ def cache_dir() -> Path:
 
 
 def compiler() -> list[str]:
+    """The C compiler's command as a list: ``$CC`` split as a shell would (default ``cc``)."""
     return shlex.split(os.environ.get("CC", "cc")) or ["cc"]
 
 
