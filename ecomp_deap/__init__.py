@@ -18,14 +18,18 @@ checks it):
 from ._version import __version__
 from .config import EcompConfig
 
-__all__ = ["compress", "EcompConfig", "__version__"]
+__all__ = ["compress", "save_compressed", "load_compressed", "EcompConfig", "__version__"]
 
 
 def __getattr__(name: str):
-    """``compress`` is imported on first use: the scripts that only read result files
-    (plots, comparisons) then never import torch."""
+    """``compress``, ``save_compressed`` and ``load_compressed`` are imported on first use:
+    the scripts that only read result files (plots, comparisons) then never import torch."""
     if name == "compress":
         from .api import compress
 
         return compress
+    if name in ("save_compressed", "load_compressed"):
+        from .nets import export
+
+        return getattr(export, name)
     raise AttributeError(f"module 'ecomp_deap' has no attribute {name!r}")

@@ -1,16 +1,21 @@
-"""Compress your own MLP or CNN on your own data: ``ecomp_deap.compress``.
+"""Compress your own network on your own data: ``ecomp_deap.compress``.
 
     import ecomp_deap
     result = ecomp_deap.compress(model, train=(X, y), val=(Xv, yv), test=(Xt, yt))
-    result.best.module          # the chosen network, physically smaller nn.Sequential
+    result.best.module          # the chosen network, physically smaller
     [(c.compression, c.accuracy) for c in result.front]
     ecomp_deap.compress(model, train=(X, y), val=(Xv, yv), test=(Xt, yt), max_size=0.25)  # at most 25 % of the units
+    ecomp_deap.compress(resnet, train=(X, y), val=(Xv, yv), test=(Xt, yt), max_macs=0.5)  # half the multiply-adds
 
-``model`` is an ``nn.Sequential`` chain: ``Linear`` layers with elementwise activations
-(an MLP, optionally with ``Flatten``, ``Dropout``, ``BatchNorm1d``), or ``Conv2d`` blocks
-with ``BatchNorm2d``, activations and pooling, then ``Flatten`` and ``Linear`` layers (a
-CNN; :mod:`ecomp_deap.nets.chain` lists what is supported), or the path of a file
-holding one (loaded safely: see :func:`ecomp_deap.nets.parents.load_parent_file`).
+``model`` is any ``nn.Module`` classifier whose forward can be traced on the training
+inputs: an ``nn.Sequential`` chain of ``Linear``/``Conv2d`` layers, BatchNorm,
+activations and pooling (:mod:`ecomp_deap.nets.chain`: exported as a smaller
+``nn.Sequential``), or a residual, depthwise or branching network, a torchvision model
+or a class of your own (:mod:`ecomp_deap.nets.graph`: its channels coupled by
+Torch-Pruning, exported as a pruned copy of its own class; save it with
+:func:`~ecomp_deap.nets.export.save_compressed`, rebuild it with
+:func:`ecomp_deap.load_compressed`); or the path of a file holding an ``nn.Sequential``
+(loaded safely: see :func:`ecomp_deap.nets.parents.load_parent_file`).
 Data are ``(inputs, labels)`` tensors (a CNN's inputs as images ``(N, C, H, W)``) or a
 ``DataLoader`` yielding such pairs, checked before anything runs
 (:mod:`ecomp_deap.validation`). Nothing is retrained by gradient.
@@ -32,9 +37,11 @@ from .validation import validate_dataset
 
 @dataclass
 class Compressed:
-    """One compressed network and its measures (on ``test`` if given, else ``val``)."""
+    """One compressed network and its measures (on ``test`` if given, else ``val``):
+    ``module`` is an ``nn.Sequential`` for a chain parent, a pruned copy of the user's
+    own class for a graph parent."""
 
-    module: nn.Sequential
+    module: nn.Module
     accuracy: float
     compression: float  # kept groups (units, channels) / the parent's
     similarity: float
@@ -107,13 +114,16 @@ def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompCon
 
 
 def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, config: EcompConfig | None = None,
-             progress: bool = True, trust_pickle: bool = False, max_size: float | None = None) -> CompressionResult:
+             progress: bool = True, trust_pickle: bool = False, max_size: float | None = None,
+             max_macs: float | None = None) -> CompressionResult:
     """Evolve compressed versions of ``model``; return the chosen one and the front.
 
     ``max_size=F`` asks for the most accurate network with at most the fraction F of the
     model's hidden units (or channels): every candidate stays within that budget and
     ``best`` is the most accurate one on ``val`` (it overrides ``config.max_size``; F in
     (0, 1] and at least one unit per hidden layer, else a :class:`ConfigError`).
+    ``max_macs=F`` does the same with the fraction F of the model's multiply-adds per
+    example (its Conv and Linear layers'), the budget CNN users usually give.
 
     ``val`` is used for the final choice (Pareto mode: the validation front's knee);
     without it, ``config.val_size`` images are held out of ``train``. Measures are
@@ -130,7 +140,7 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
 
         model = load_parent_file(model, trust_pickle=trust_pickle)
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model must be an nn.Sequential or the path of a saved one, got {type(model).__name__}")
+        raise ConfigError(f"model must be an nn.Module or the path of a saved nn.Sequential, got {type(model).__name__}")
     model = model.eval().cpu()
     given_sets = {name: as_tensors(given, name) for name, given in (("train", train), ("val", val), ("test", test))
                   if given is not None or name == "train"}
@@ -144,10 +154,14 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
     report = sets.get("test", validation)
     if config is None:
         config = default_config(len(x), val_size=0 if validation is not None else min(1000, len(x) // 5 // 100 * 100))
+        if parent.is_graph:  # the closed-form refit solves a chain's Linear layers only
+            config = config.replace(refit_images=0)
     if report is None:
         raise ConfigError("give val or test data: compressed networks are measured on data not used for evolution")
     if max_size is not None:
         config = config.replace(max_size=max_size)
+    if max_macs is not None:
+        config = config.replace(max_macs=max_macs)
     r = EcompRun(config, parent, RunData(x, y, *report, validation), progress=progress).run()
 
     def wrap(measures: dict, module) -> Compressed:

@@ -43,6 +43,18 @@ def check_budget(max_size, widths: Sequence[int], kind: str = "units") -> int:
     return budget
 
 
+def check_macs_budget(max_macs: float, net) -> float:
+    """The multiply-adds ``max_macs`` allows of a parent's parsed network (``net.sizes()``);
+    a one-line :class:`ConfigError` when even one group per layer needs more."""
+    total = net.sizes()[1]
+    smallest = net.sizes([1] * len(net.hidden_widths))[1]
+    budget = max_macs * total
+    if budget + SIZE_TOL * total < smallest:
+        raise ConfigError(f"max_macs {max_macs:g} allows {budget:.0f} of the parent's {total} multiply-adds, fewer than "
+                          f"one group per layer needs ({smallest}): the smallest budget is {smallest / total:.4g}")
+    return budget
+
+
 @dataclass(frozen=True)
 class EcompConfig:
     """One EComp run. Defaults are the reference settings (``weighting121``)."""
@@ -128,6 +140,10 @@ class EcompConfig:
     lie within it, a repair after every operator that can grow a mask drops the
     lowest-scoring groups (by ``init_scores``) until it holds, and the run's "best" is
     the most accurate network on validation within it."""
+    max_macs: float | None = None
+    """Size budget in multiply-adds: at most this fraction of the parent's multiply-adds per
+    example (its Conv and Linear layers') in every individual, the usual budget of CNN
+    pruning; repaired and chosen as ``max_size`` is (both may be given). None = no budget."""
     seed: int = 0
     device: str = "auto"
     eval_chunk: int = 0
@@ -135,8 +151,10 @@ class EcompConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
-        if isinstance(self.max_size, int) and not isinstance(self.max_size, bool):
-            object.__setattr__(self, "max_size", float(self.max_size))
+        for name in ("max_size", "max_macs"):
+            v = getattr(self, name)
+            if isinstance(v, int) and not isinstance(v, bool):
+                object.__setattr__(self, name, float(v))
         for name in ("embedding_layers", "recombination_layers"):
             v = getattr(self, name)
             if v is not None:
@@ -147,6 +165,17 @@ class EcompConfig:
     def active_objectives(self) -> tuple[str, ...]:
         """The objectives with a non-zero weight, in the order of :data:`OBJECTIVES`."""
         return tuple(o for o, w in zip(OBJECTIVES, self.weights) if w != 0)
+
+    @property
+    def has_budget(self) -> bool:
+        """Whether a size budget (groups or multiply-adds) bounds every individual."""
+        return self.max_size is not None or self.max_macs is not None
+
+    def describe_budget(self) -> str:
+        """e.g. '0.25 of the groups', '0.5 of the multiply-adds' (both when both are given)."""
+        parts = ([f"{self.max_size:g} of the groups"] if self.max_size is not None else []) + \
+            ([f"{self.max_macs:g} of the multiply-adds"] if self.max_macs is not None else [])
+        return " and ".join(parts)
 
     @property
     def similarity_size(self) -> int:
@@ -234,6 +263,10 @@ class EcompConfig:
             need(isinstance(self.max_size, (int, float)) and not isinstance(self.max_size, bool)
                  and math.isfinite(self.max_size) and 0.0 < self.max_size <= 1.0,
                  f"max_size must be a fraction of the parent's hidden units in (0, 1], got {self.max_size}")
+        if self.max_macs is not None:
+            need(isinstance(self.max_macs, (int, float)) and not isinstance(self.max_macs, bool)
+                 and math.isfinite(self.max_macs) and 0.0 < self.max_macs <= 1.0,
+                 f"max_macs must be a fraction of the parent's multiply-adds in (0, 1], got {self.max_macs}")
         need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         need(isinstance(self.eval_chunk, int) and self.eval_chunk >= 0, f"eval_chunk must be an integer >= 0, got {self.eval_chunk}")
         if self.device == "cuda":
@@ -243,9 +276,19 @@ class EcompConfig:
         return self
 
     def validate_for(self, chain) -> "EcompConfig":
-        """Check the layer names against a parent :class:`~ecomp_deap.nets.chain.Chain`."""
+        """Check the settings against a parent's parsed network (a
+        :class:`~ecomp_deap.nets.chain.Chain` or a :class:`~ecomp_deap.nets.graph.Graph`):
+        layer names, the size budget, and what graph parents do not support yet."""
         if self.max_size is not None:
             check_budget(self.max_size, chain.hidden_widths, chain.group_kind)
+        if self.max_macs is not None:
+            check_macs_budget(self.max_macs, chain)
+        if chain.kind == "graph":
+            for name, on in (("refit_images", self.refit_images), ("kernel 'student_t'", self.kernel == "student_t"),
+                             ("crossover 'reference'", self.crossover == "reference")):
+                if on:
+                    raise ConfigError(f"{name} works on chain parents (nn.Sequential of the layers a chain holds) "
+                                      f"only; this parent is {chain.describe()}")
         names = ", ".join(chain.embedding_names)
         for layer in self.embedding_layers or ():
             try:

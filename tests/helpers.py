@@ -40,7 +40,7 @@ def setup(hidden=(16, 12, 8), seed=0):
     torch.manual_seed(seed)
     parent = read_parent(build_mlp(hidden, in_features=10, n_classes=5))
     _, ind_cls = make_types(fitness_weights("nsga2", (1, 1, 1)))
-    return parent.chain, list(parent.weights), list(parent.biases), ind_cls
+    return parent.net, list(parent.weights), list(parent.biases), ind_cls
 
 
 def varied_population(model, n=6, seed=0, mutate=True):
@@ -99,7 +99,7 @@ def population(model, shape, n=6, seed=0, mutate=True):
     """L1 prunings, recombined on every stage, mutated (weights or channel gains) and
     mask-flipped: individuals with their own filters, BatchNorm entries and masks."""
     parent = read_parent(model, torch.zeros(1, *shape))
-    chain, w, b, norms = parent.chain, parent.weights, parent.biases, parent.norms
+    chain, w, b, norms = parent.net, parent.weights, parent.biases, parent.norms
     _, ind_cls = make_types(fitness_weights("weighted", (1, 1, 1)))
     pop = init_pruned_population(ind_cls, w, b, n, norms=norms)
     g = torch.Generator().manual_seed(seed)

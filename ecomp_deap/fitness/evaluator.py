@@ -28,19 +28,23 @@ from ..config import EcompConfig
 from ..nets.masked import MaskedNetwork
 from . import memory
 from .embeddings import Embeddings
+from .graph_forward import GraphForward
 from .kept_groups import KeptGroupsForward
 from .measures import Measures
 from .reference import ParentReference, row_means
 from .similarity import joint_probabilities, parent_entropy_term, similarity_from_distances
 from .stacked import StackedForward
 
-FORWARDS = {"kept_groups": KeptGroupsForward, "stacked": StackedForward}
+FORWARDS = {"kept_groups": KeptGroupsForward, "stacked": StackedForward, "graph": GraphForward}
 
 
-def choose_forward(device: torch.device) -> str:
-    """The forward strategy for a device: each individual on its kept groups on the CPU
-    (its cost scales with its size), one stacked masked program elsewhere (few kernel
-    launches, where launches and not arithmetic bound a generation)."""
+def choose_forward(device: torch.device, net=None) -> str:
+    """The forward strategy for a device and a parsed parent: a graph parent's masked
+    functional forward (:mod:`.graph_forward`); for a chain, each individual on its kept
+    groups on the CPU (its cost scales with its size), one stacked masked program
+    elsewhere (few kernel launches, where launches and not arithmetic bound a generation)."""
+    if net is not None and net.kind == "graph":
+        return "graph"
     return "kept_groups" if device.type == "cpu" else "stacked"
 
 
@@ -67,7 +71,7 @@ class PopulationEvaluator:
     the device by :func:`choose_forward`)."""
 
     def __init__(self, parent, config: EcompConfig, device: str | torch.device = "cpu", forward: str | None = None):
-        self.chain = chain = parent.chain
+        self.chain = chain = parent.net
         self.config = config
         self.device = torch.device(device)
         norms = parent.norms if parent.norms is not None else [None] * len(parent.weights)
@@ -76,11 +80,12 @@ class PopulationEvaluator:
             [b.to(self.device) for b in parent.biases], [n.to(self.device) if n is not None else None for n in norms])
         self.embeddings = Embeddings(chain, config)
         self.total_hidden = sum(chain.hidden_widths)
-        self.bytes_per_ind = sum(w.numel() + b.numel() for w, b in zip(parent.weights, parent.biases)) * 4
-        self.feature_elems = max(st.out_size * st.out_hw[0] * st.out_hw[1] for st in chain.stages)  # largest map
-        name = forward or choose_forward(self.device)
-        if name not in FORWARDS:
-            raise ValueError(f"unknown forward {name!r}; choose from {', '.join(FORWARDS)}")
+        self.bytes_per_ind = (sum(w.numel() for w in parent.weights) + sum(b.numel() for b in parent.biases)) * 4
+        self.feature_elems = chain.largest_feature_map()  # elements of one example's largest layer output
+        name = forward or choose_forward(self.device, chain)
+        if name not in FORWARDS or (name == "graph") != (chain.kind == "graph"):
+            raise ValueError(f"forward {name!r} does not run a {chain.kind} parent; choose from "
+                             + ", ".join(n for n in FORWARDS if (n == "graph") == (chain.kind == "graph")))
         self.forward = FORWARDS[name](chain, self.embeddings, self.device)
         self._parent_references: dict = {}  # batch key -> the parent's references on that batch
 
@@ -161,7 +166,7 @@ class PopulationEvaluator:
             s = torch.zeros(stop - start, blocks, dtype=torch.float64, device=self.device)
             for (layer, _), d_child, ref in zip(self.embeddings.layers, dists, stacked):
                 s = s + similarity_from_distances(ref.p, d_child, self.config.perplexity, self.config.kernel,
-                                                  dof=masks[layer].sum(1)[:, None],
+                                                  dof=masks[layer].sum(1)[:, None] if layer is not None else None,
                                                   log_beta_init=ref.warm_start(d_child), parent_term=ref.term)
             sim.append(s)
         correct, kept, sim = (torch.cat(v).cpu().numpy() for v in (acc, comp, sim))

@@ -15,15 +15,13 @@ import torch
 
 from ..nets.chain import Chain
 from ..nets.forward import as_input, kept_tensors, run_stage
-from . import memory
-from .embeddings import Embeddings, block_rows
+from .embeddings import Embeddings, block_rows, padded_distances
 from .first_stage import FirstStagePool, build_pool, first_stage_outputs
 
 # A convolutional first stage runs once on the population's distinct filters from this many
 # images (the final pass's concatenated batches) when the population is measured in several
 # chunks; a Linear one always does (see KeptGroupsForward.pooled).
 DEDUPE_MIN_IMAGES = 1000
-PAD_MAX_ELEMENTS = 2**16  # embeddings up to this size get their distances computed together, zero-padded
 
 
 def kept_groups(population, k: int) -> tuple[torch.Tensor, ...]:
@@ -106,45 +104,8 @@ class KeptGroupsForward:
         # named twice, or a group's columns of one first-stage run) is centred in place
         holders = Counter(e.untyped_storage().data_ptr() for per_pos in embedded for e in per_pos if e is not None)
         for pos in range(len(self.embeddings)):
-            self.padded_distances(embedded[pos], dists[pos], dtype, holders)
+            padded_distances(self.embeddings, embedded[pos], dists[pos], dtype, holders)
         return logits, masks, dists
-
-    def padded_distances(self, embedded: list, out: torch.Tensor, dtype, holders: Counter | None = None) -> None:
-        """Squared distances of the embeddings (blocks, rows, F_i) not None in
-        ``embedded``, written into ``out`` (C, blocks, rows, rows): computed for many
-        individuals at once, their features zero-padded to a common width (zero
-        features add nothing to a distance), in groups under ``memory.IMAGE_BYTES``.
-        ``holders``: how many embeddings of the forward hold each storage; a large
-        embedding alone in its storage is centred in place (it is not read again; the
-        same bits unless its squared norms need the float32 rescale, see
-        :func:`~ecomp_deap.fitness.similarity.squared_distances`)."""
-        todo = []
-        for i, e in enumerate(embedded):
-            if e is None:
-                continue
-            if e.numel() > PAD_MAX_ELEMENTS:  # large already (many batches): padding would only copy
-                alone = holders is not None and holders[e.untyped_storage().data_ptr()] == 1
-                self.embeddings.distances(e, dtype, overwrite=alone, out=out[i])
-            else:
-                todo.append(i)
-        while todo:
-            group, width = [], 0
-            for i in todo:
-                w = max(width, embedded[i].shape[-1])
-                if group and (len(group) + 1) * w * embedded[i][..., 0].numel() * 4 > memory.IMAGE_BYTES:
-                    break
-                group.append(i)
-                width = w
-            todo = todo[len(group):]
-            first = embedded[group[0]]
-            stack = first.new_zeros(len(group), *first.shape[:-1], width)  # (G, blocks, rows, width)
-            for j, i in enumerate(group):
-                stack[j, ..., :embedded[i].shape[-1]] = embedded[i]
-            if group[-1] - group[0] == len(group) - 1:  # consecutive individuals: written in place
-                self.embeddings.distances(stack, dtype, overwrite=True, out=out[group[0]:group[-1] + 1])
-            else:
-                out[torch.tensor(group)] = self.embeddings.distances(stack, dtype, overwrite=True)
-
 
 class KeptGroupsPlan:
     """The kept-groups forward of ``population`` on ``x``, its first stage pooled or not

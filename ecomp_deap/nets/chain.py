@@ -115,6 +115,8 @@ class Chain:
     n_classes: int
 
     # ------------------------------------------------------------------ shape
+    kind = "chain"  # what config.validate_for and the entry points tell apart
+
     @property
     def n_hidden(self) -> int:
         """Group layers: every stage but the output layer."""
@@ -154,6 +156,10 @@ class Chain:
         """What the groups are called in messages: 'units' (an MLP) or 'channels+units' (a CNN)."""
         return "channels+units" if self.is_conv else "units"
 
+    def largest_feature_map(self) -> int:
+        """Elements of one example's largest stage output (bounds a forward's memory)."""
+        return max(st.out_size * st.out_hw[0] * st.out_hw[1] for st in self.stages)
+
     def describe(self) -> str:
         """e.g. 'conv 1->16 | conv 16->32 | linear 1568->64 | linear 64->10'."""
         return " | ".join(f"{st.kind} {st.in_size}->{st.out_size}" for st in self.stages)
@@ -185,10 +191,11 @@ class Chain:
         return tuple(names)
 
     # ------------------------------------------------------------------ sizes
-    def sizes(self, kept: list[int] | tuple[int, ...] | None = None) -> tuple[int, int]:
+    def sizes(self, kept=None) -> tuple[int, int]:
         """(parameters, multiply-adds per example) with ``kept`` groups per hidden stage
-        (None: the parent)."""
-        kept = list(self.hidden_widths if kept is None else kept)
+        (counts, or (H_l,) bool masks; None: the parent)."""
+        kept = [int(k.sum()) if isinstance(k, torch.Tensor) else k for k in (self.hidden_widths if kept is None
+                                                                               else kept)]
         n_in = self.stages[0].in_size
         params = macs = 0
         for k, st in enumerate(self.stages):

@@ -18,16 +18,24 @@ from torch import nn
 
 from ..errors import ParentError
 from ..files import save_torch
-from .chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS, Chain
+from .chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS
+from .graph import pruned_copy, replay
 from .safe_load import load_untrusted
 
 FORMAT = "ecomp_deap.exported/2"
+COMPRESSED_FORMAT = "ecomp_deap.compressed/1"  # a pruned module of a user's own class
 # The module types a saved network may name: what a chain may hold, nothing else.
 LOADABLE = {cls.__name__: cls for cls in (nn.Linear, nn.Conv2d, nn.Flatten, *NORMS, *POOLS, *DROPOUTS, *ELEMENTWISE)}
 
 
-def export_individual(ind, chain: Chain) -> nn.Sequential:
-    """The individual as a dense module holding its kept groups only."""
+def export_individual(ind, chain):
+    """The individual as a dense module holding its kept groups only: for a chain, an
+    ``nn.Sequential``; for a graph parent, a pruned copy of the parent's own class (its
+    pruning history in ``module.ecomp_compressed``, for :func:`save_network`)."""
+    if chain.kind == "graph":
+        module, history = pruned_copy(chain, list(ind.weights), ind.masks)
+        module.ecomp_compressed = {"history": history, "input_shape": list(chain.input_shape)}
+        return module
     layers: list[tuple[str, nn.Module]] = [(op.name, copy.deepcopy(op.module)) for op in chain.pre]
     prev = None  # kept group indices of the stage below
     for k, st in enumerate(chain.stages):
@@ -102,6 +110,10 @@ def save_exported(path, model: nn.Sequential, extra: dict | None = None) -> None
 def load_exported(path) -> nn.Sequential:
     """Rebuild a module written by :func:`save_exported` (e.g. ``OUT/NAME/run_0.pt``)."""
     blob = load_untrusted(Path(path), opt_in=None, what="exported network")  # tensors and plain data only
+    if isinstance(blob, dict) and blob.get("format") == COMPRESSED_FORMAT:
+        raise ParentError(f"{path} holds a compressed {blob.get('class', 'network')} of your own class: load it "
+                          "with ecomp_deap.load_compressed(build_model, path), build_model making the parent's "
+                          "architecture")
     if isinstance(blob, dict) and blob.get("format") == "ecomp_deap.exported/1":
         return _load_v1(blob)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
@@ -131,3 +143,43 @@ def _load_v1(blob: dict) -> nn.Sequential:
     model = nn.Sequential(OrderedDict(layers))
     model.load_state_dict(blob["state_dict"])
     return model.eval()
+
+
+def save_compressed(path, model: nn.Module, extra: dict | None = None) -> None:
+    """Save a pruned copy of a graph parent (:func:`export_individual`) as plain data: its
+    state dict, its pruning history and input shape (no pickled code);
+    :func:`load_compressed` rebuilds it from the parent's constructor."""
+    info = model.ecomp_compressed
+    blob = {"format": COMPRESSED_FORMAT, "class": type(model).__name__, "history": info["history"],
+            "input_shape": list(info["input_shape"]), "state_dict": model.state_dict(), **(extra or {})}
+    save_torch(path, blob)
+
+
+def load_compressed(build_model, path) -> nn.Module:
+    """The compressed network saved in ``path`` (:func:`save_compressed`, e.g. a run's
+    ``run_K.pt`` of a graph parent), rebuilt without unpickling code: ``build_model()``
+    makes the parent's architecture (its weights do not matter), which is pruned as
+    recorded, then given the saved weights."""
+    blob = load_untrusted(Path(path), opt_in=None, what="compressed network")
+    if not isinstance(blob, dict) or blob.get("format") != COMPRESSED_FORMAT:
+        raise ParentError(f"{path}: not a compressed network of ecomp_deap (an nn.Sequential export loads with "
+                          "ecomp_deap.nets.export.load_exported)")
+    model = build_model()
+    if not isinstance(model, nn.Module):
+        raise ParentError(f"build_model() must return an nn.Module, got {type(model).__name__}")
+    try:
+        model = replay(model, blob["history"], blob["input_shape"])
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, AttributeError, KeyError, ValueError) as e:
+        raise ParentError(f"{path}: build_model() does not make the architecture this network was compressed from "
+                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    model.ecomp_compressed = {"history": blob["history"], "input_shape": blob["input_shape"]}
+    return model.eval()
+
+
+def save_network(path, model: nn.Module, extra: dict | None = None) -> None:
+    """:func:`save_compressed` for a graph parent's network, :func:`save_exported` for a chain's."""
+    if hasattr(model, "ecomp_compressed"):
+        save_compressed(path, model, extra)
+    else:
+        save_exported(path, model, extra)

@@ -18,17 +18,20 @@ from torch import nn
 
 from ..errors import ParentError, UnsafeFileError
 from ..files import save_torch
-from .chain import check_layers
 from .safe_load import load_untrusted
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}
 
 
-ARCHS = ("mlp", "cnn")
+ARCHS = ("mlp", "cnn", "resnet")
 DEFAULT_CNN_CHANNELS = (16, 32)
 DEFAULT_CNN_HIDDEN = (64,)
 DEFAULT_CNN_EPOCHS = 5
+DEFAULT_RESNET_CHANNELS = (16, 32, 64)
+DEFAULT_RESNET_BLOCKS = 3
+DEFAULT_RESNET_EPOCHS = 8
+RESNET_STEM_STRIDE = 2  # 28 x 28 images: the stages at 14, 7 and 4 pixels
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,9 @@ class ParentSpec:
     """How to build and train a parent (the reference MLP: 784-256-256-10, ReLU, Adam
     1e-3, 4 epochs). ``arch='cnn'``: ``channels`` are the convolution blocks' widths
     (each Conv 3x3 pad 1 - BatchNorm - activation - MaxPool 2), ``hidden`` the Linear
-    layers after Flatten; images are square with one channel (side sqrt(in_features))."""
+    layers after Flatten; ``arch='resnet'``: a :class:`~ecomp_deap.nets.resnet.ResNet` of
+    ``blocks`` BasicBlocks per stage at ``channels`` (``hidden`` unused); images are square
+    with one channel (side sqrt(in_features))."""
 
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
@@ -48,17 +53,22 @@ class ParentSpec:
     seed: int = 0
     arch: str = "mlp"
     channels: tuple[int, ...] = ()
+    blocks: int = 0  # BasicBlocks per stage of a ResNet parent
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if self.arch not in ARCHS:
             raise ParentError(f"unknown parent architecture {self.arch!r}; choose from {', '.join(ARCHS)}")
-        if self.arch == "cnn" and (not self.channels or any(c < 1 for c in self.channels)):
-            raise ParentError(f"a CNN parent needs positive channel widths, got {list(self.channels)}")
+        if self.arch in ("cnn", "resnet") and (not self.channels or any(c < 1 for c in self.channels)):
+            raise ParentError(f"a {self.arch.upper()} parent needs positive channel widths, got {list(self.channels)}")
         if self.arch == "mlp" and self.channels:
-            raise ParentError("channels are for --arch cnn")
-        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ParentError("channels are for --arch cnn or resnet")
+        if self.arch == "resnet" and (self.blocks < 1 or self.hidden):
+            raise ParentError("a ResNet parent needs blocks >= 1 per stage and no hidden Linear widths")
+        if self.arch != "resnet" and self.blocks:
+            raise ParentError("blocks are for --arch resnet")
+        if self.arch != "resnet" and (not self.hidden or any(h < 1 for h in self.hidden)):
             raise ParentError(f"hidden widths must be positive integers, got {list(self.hidden)}")
         if self.activation not in ACTIVATIONS:
             raise ParentError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
@@ -99,9 +109,14 @@ def build_cnn(channels=DEFAULT_CNN_CHANNELS, hidden=DEFAULT_CNN_HIDDEN, in_shape
     return nn.Sequential(OrderedDict(layers))
 
 
-def build_parent(spec: ParentSpec) -> nn.Sequential:
-    """An untrained network of ``spec``: :func:`build_cnn` for ``arch='cnn'`` (square
-    one-channel images of ``in_features`` pixels), else :func:`build_mlp`."""
+def build_parent(spec: ParentSpec) -> nn.Module:
+    """An untrained network of ``spec``: :func:`build_cnn` for ``arch='cnn'``, a
+    :class:`~ecomp_deap.nets.resnet.ResNet` for ``arch='resnet'`` (square one-channel
+    images of ``in_features`` pixels), else :func:`build_mlp`."""
+    if spec.arch == "resnet":
+        from .resnet import ResNet
+
+        return ResNet(spec.channels, spec.blocks, 1, spec.n_classes, stem_stride=RESNET_STEM_STRIDE)
     if spec.arch == "cnn":
         side = int(round(spec.in_features ** 0.5))
         return build_cnn(spec.channels, spec.hidden, (1, side, side), spec.n_classes, spec.activation)
@@ -110,6 +125,9 @@ def build_parent(spec: ParentSpec) -> nn.Sequential:
 
 def describe_spec(spec: ParentSpec) -> str:
     """``spec``'s architecture in words, e.g. 'MLP 784-256-256-10'."""
+    if spec.arch == "resnet":
+        return (f"ResNet-{6 * spec.blocks + 2}-style, {spec.blocks} BasicBlock(s) per stage at "
+                f"{'-'.join(map(str, spec.channels))} channels")
     if spec.arch == "cnn":
         return (f"CNN conv {'-'.join(map(str, spec.channels))} (3x3, BatchNorm, max pool 2), "
                 f"linear {'-'.join(map(str, (*spec.hidden, spec.n_classes)))}")
@@ -129,7 +147,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / len(x)
 
 
-def train_parent(spec: ParentSpec, train_x: torch.Tensor, train_y: torch.Tensor, progress: bool = True) -> nn.Sequential:
+def train_parent(spec: ParentSpec, train_x: torch.Tensor, train_y: torch.Tensor, progress: bool = True) -> nn.Module:
     """Adam, cross-entropy, shuffled mini-batches; deterministic for one seed on CPU."""
     from tqdm.auto import tqdm
 
@@ -137,7 +155,7 @@ def train_parent(spec: ParentSpec, train_x: torch.Tensor, train_y: torch.Tensor,
     random.seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
     model = build_parent(spec)
-    if spec.arch == "cnn":
+    if spec.arch in ("cnn", "resnet"):
         side = int(round(spec.in_features ** 0.5))
         train_x = train_x.reshape(len(train_x), 1, side, side)
     opt = torch.optim.Adam(model.parameters(), lr=spec.lr)
@@ -166,6 +184,8 @@ def cache_key(spec: ParentSpec, data_fingerprint: str) -> str:
     """The parent cache's key of ``spec`` on the data with ``data_fingerprint``: 16 hex
     digits of a SHA-256 (an MLP's computed without the CNN fields, as before they existed)."""
     fields = asdict(spec)
+    if spec.arch != "resnet":  # keys as before the ResNet field existed: cached parents stay valid
+        del fields["blocks"]
     if spec.arch == "mlp":  # MLP keys as before the CNN fields existed: cached parents stay valid
         del fields["arch"], fields["channels"]
     blob = json.dumps({"spec": fields, "data": data_fingerprint, "format": 1}, sort_keys=True)
@@ -185,6 +205,24 @@ class ParentInfo:
     notes: dict = field(default_factory=dict)
 
 
+def read_weights_file(path: Path, what: str, **load) -> object:
+    """What the torch file at ``path`` holds, read by
+    :func:`~ecomp_deap.nets.safe_load.load_untrusted` (``load``: its options); a missing,
+    truncated or foreign file is one :class:`~ecomp_deap.errors.ParentError` line."""
+    if not path.is_file():
+        raise ParentError(f"{path}: parent weights file not found")
+    try:
+        return load_untrusted(path, what=what, **load)
+    except UnsafeFileError:
+        raise
+    except (ImportError, AttributeError) as e:  # trust_pickle: a class the file names cannot be found
+        raise ParentError(f"{path}: cannot unpickle the parent ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                          "the classes it was saved with must be importable here") from None
+    except Exception as e:
+        raise ParentError(f"{path}: cannot read parent weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                          "the file is truncated or not a torch file") from None
+
+
 def load_parent_file(path, spec: ParentSpec | None = None, trust_pickle: bool = False) -> nn.Sequential:
     """Load a parent: a pickled ``nn.Sequential`` (MLP or CNN chain), a state dict of a
     ``build_mlp`` or ``build_cnn`` network (widths inferred), or this toolkit's cache file.
@@ -194,20 +232,8 @@ def load_parent_file(path, spec: ParentSpec | None = None, trust_pickle: bool = 
     a file that would unpickle anything else is refused (``UnsafeFileError``) unless
     ``trust_pickle`` (``--trust-parent-file``) says the file is trusted."""
     path = Path(path)
-    if not path.is_file():
-        raise ParentError(f"{path}: parent weights file not found")
-    try:
-        obj = load_untrusted(path, trust_pickle=trust_pickle, what="parent file")
-    except UnsafeFileError:
-        raise
-    except (ImportError, AttributeError) as e:  # trust_pickle: a class the file names cannot be found
-        raise ParentError(f"{path}: cannot unpickle the parent ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                          "the classes it was saved with must be importable here") from None
-    except Exception as e:
-        raise ParentError(f"{path}: cannot read parent weights ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                          "the file is truncated or not a torch file") from None
-    if isinstance(obj, nn.Sequential):
-        check_layers(obj)
+    obj = read_weights_file(path, "parent file", trust_pickle=trust_pickle)
+    if isinstance(obj, nn.Module):  # a safely loaded Sequential of known layers, or a trusted pickle
         return obj.eval()
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
@@ -224,6 +250,8 @@ def model_from_state_dict(state: dict, spec: ParentSpec | None = None, source: s
     :class:`~ecomp_deap.errors.ParentError` naming ``source``."""
     if any(k.endswith("_conv.weight") for k in state):
         return cnn_from_state_dict(state, spec, source)
+    if "stem.0.weight" in state:
+        return resnet_from_state_dict(state, source)
     names = [k[:-len(".weight")] for k in state if k.endswith(".weight")]
     if not names:
         raise ParentError(f"{source}: state dict holds no Linear weights")
@@ -288,3 +316,87 @@ def load_or_train_parent(spec: ParentSpec, data, cache_dir, progress: bool = Tru
                       "data_fingerprint": data.fingerprint})
     log(f"parent: test accuracy {acc:.4f}; cached at {path}")
     return ParentInfo(model, acc, cached=False, path=path, spec=spec)
+
+
+def resnet_from_state_dict(state: dict, source: str = "state dict") -> nn.Module:
+    """A state dict of a :class:`~ecomp_deap.nets.resnet.ResNet` (the default residual
+    parent), its channels and blocks per stage read off the tensors."""
+    from .resnet import ResNet
+
+    stages = sorted({int(k.split(".")[0][5:]) for k in state if k.startswith("stage") and k.split(".")[0][5:].isdigit()})
+    channels = [state[f"stage{i}.0.conv1.weight"].shape[0] for i in stages]
+    blocks = len({k.split(".")[1] for k in state if k.startswith("stage1.")})
+    stem = state["stem.0.weight"]
+    model = ResNet(channels, blocks, stem.shape[1], state["fc.weight"].shape[0], stem_stride=RESNET_STEM_STRIDE)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ParentError(f"{source}: state dict does not fit a ResNet of {channels} channels and {blocks} blocks "
+                          f"per stage ({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
+def import_builder(ref: str):
+    """The function ``ref`` names, imported on purpose (it runs the user's code):
+    ``'path/to/models.py:build_fn'`` (that file) or ``'package.module:build_fn'``. One
+    :class:`~ecomp_deap.errors.ParentError` line when it cannot be found."""
+    import importlib
+    import importlib.util
+    import sys
+
+    where, sep, name = ref.rpartition(":")
+    if not sep or not where or not name:
+        raise ParentError(f"--model {ref!r}: expected FILE.py:FUNCTION or MODULE:FUNCTION")
+    try:
+        if where.endswith(".py") or "/" in where or Path(where).is_file():
+            path = Path(where).expanduser().resolve()
+            if not path.is_file():
+                raise ParentError(f"--model {ref!r}: no such file {path}")
+            key = "ecomp_user_models_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+            module = sys.modules.get(key)
+            if module is None:
+                spec = importlib.util.spec_from_file_location(key, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[key] = module  # its classes pickle and unpickle by this name in this process
+                spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(where)
+    except ParentError:
+        raise
+    except Exception as e:
+        raise ParentError(f"--model {ref!r}: importing {where} failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    builder = getattr(module, name, None)
+    if not callable(builder):
+        raise ParentError(f"--model {ref!r}: {where} has no function {name!r}")
+    return builder
+
+
+def model_from_builder(ref: str, weights=None) -> nn.Module:
+    """The network ``import_builder(ref)()`` makes (in eval mode), with the state dict in
+    the file ``weights`` loaded into it when given (read with ``weights_only=True``: a state
+    dict, or a dict holding one under ``'state_dict'``)."""
+    try:
+        model = import_builder(ref)()
+    except ParentError:
+        raise
+    except Exception as e:
+        raise ParentError(f"--model {ref!r}: calling it failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    if not isinstance(model, nn.Module):
+        raise ParentError(f"--model {ref!r} must return an nn.Module, got {type(model).__name__}")
+    if weights is not None:
+        path = Path(weights)
+        state = read_weights_file(path, "parent weights", opt_in=None)
+        if isinstance(state, nn.Module):
+            state = state.state_dict()
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ParentError(f"{path}: not a state dict (found {type(state).__name__})")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ParentError(f"{path}: these weights do not fit the model {ref} builds "
+                              f"({str(e).splitlines()[0]})") from None
+    return model.eval()

@@ -30,10 +30,11 @@ from torch import nn
 from ..errors import UnsafeFileError
 from .chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS
 
-LAYERS = (nn.Sequential, nn.Flatten, nn.Linear, nn.Conv2d, *ELEMENTWISE, *NORMS, *POOLS, *DROPOUTS)
+LAYERS = (nn.Sequential, nn.Flatten, nn.Linear, nn.Conv2d, *ELEMENTWISE, *NORMS, *POOLS, *DROPOUTS,
+          nn.Conv1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool2d, nn.Unflatten, nn.PReLU)
 """The torch layer classes a pickled parent may contain: what a chain may hold."""
-LAYER_SUMMARY = ("Sequential, Flatten, Linear, elementwise activations, Conv2d, BatchNorm1d/2d, MaxPool2d, AvgPool2d, "
-                 "AdaptiveAvgPool2d, Dropout/Dropout2d")
+LAYER_SUMMARY = ("Sequential, Flatten, Unflatten, Linear, elementwise activations, PReLU, Conv1d/2d, BatchNorm1d/2d, "
+                 "MaxPool1d/2d, AvgPool1d/2d, adaptive pooling, Dropout/Dropout2d")
 
 SAFE_GLOBALS = [*LAYERS, collections.OrderedDict, torch._utils._rebuild_parameter, nn.Parameter]
 

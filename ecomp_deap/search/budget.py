@@ -26,6 +26,8 @@ from typing import Sequence
 
 import torch
 
+from ..config import SIZE_TOL
+
 
 def group_ranks(scores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Per hidden layer, (H_l,) float: each group's percentile within its layer by
@@ -92,3 +94,49 @@ def budget_rates(max_size: float, low: float, high: float) -> tuple[float, float
     :func:`ecomp_deap.search.operators.init_pruned_population` spaces evenly."""
     scale = max_size / (1.0 - low)
     return 1.0 - scale * (1.0 - low), 1.0 - scale * (1.0 - high)
+
+
+def repair_to_macs(ind, net, budget: float, ranks: Sequence[torch.Tensor]):
+    """Drop ``ind``'s kept groups of lowest rank, over all layers, one at a time until its
+    multiply-adds (``net.sizes``) are at most ``budget``; each layer keeps its best-ranked
+    group. An individual within the budget is left as it is. Returns ``(ind,)``."""
+    if net.sizes(ind.masks)[1] <= budget + SIZE_TOL * budget:
+        return (ind,)
+    keys = []
+    for m, r in zip(ind.masks, ranks):
+        key = torch.where(m, r, torch.full_like(r, math.inf))
+        if bool(m.any()):
+            key[int(torch.argmax(torch.where(m, r, torch.full_like(r, -math.inf))))] = math.inf
+        keys.append(key)
+    flat = torch.cat(keys)  # layer-major, as repair_to_budget
+    starts = [0]
+    for m in ind.masks:
+        starts.append(starts[-1] + len(m))
+    masks = [m.clone() for m in ind.masks]
+    for position in torch.argsort(flat, stable=True).tolist():
+        if not math.isfinite(float(flat[position])):
+            break
+        layer = max(i for i, s in enumerate(starts[:-1]) if s <= position)
+        masks[layer][position - starts[layer]] = False
+        if net.sizes(masks)[1] <= budget + SIZE_TOL * budget:
+            break
+    for layer, (old, new) in enumerate(zip(ind.masks, masks)):
+        if not torch.equal(old, new):
+            ind.masks[layer] = new
+    return (ind,)
+
+
+def within_macs(net, budget: float, ranks: Sequence[torch.Tensor]):
+    """A ``toolbox.decorate`` decorator: every individual the operator returns is repaired
+    to at most ``budget`` multiply-adds (:func:`repair_to_macs`)."""
+    def decorator(func):
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            out = func(*args, **kwargs)
+            for ind in out:
+                repair_to_macs(ind, net, budget, ranks)
+            return out
+
+        return wrapper
+
+    return decorator

@@ -4,7 +4,7 @@
 * Pareto mode: the non-dominated set on all training batches, measured again on the
   validation split; what is non-dominated there is the front, and its knee (accuracy
   against compression) is "best" (without validation data, the training front's knee).
-* With a size budget (``max_size``), either mode: the whole final population (all of it
+* With a size budget (``max_size``, ``max_macs``), either mode: the whole final population (all of it
   within the budget) measured on the validation split; its non-dominated set is the
   front and its most accurate network "best".
 
@@ -48,7 +48,7 @@ def choose(population, logbook, toolbox, evaluator, config: EcompConfig, train_b
             settle(ind, toolbox, refit=True)
     train = evaluator.measure_batches(population, train_batches, key=train_key)
     assign(population, train, config)
-    if config.max_size is not None:
+    if config.has_budget:
         return _within_budget(population, logbook, evaluator, config, train, val_batches)
     objectives = config.active_objectives
     pts, senses = train.objectives(objectives)
@@ -91,5 +91,7 @@ def _within_budget(population, logbook, evaluator, config: EcompConfig, train: M
     extremes = {"accuracy": best, "compression": front[int(np.argmin(comp))]}
     val = ref.subset(front) if val_batches else None
     return EvolutionResult(population, train, best, front, logbook, val_measures=val,
-                           selected_by=f"most accurate {where} within the size budget ({config.max_size:g})",
+                           selected_by=f"most accurate {where} within the size budget ({config.describe_budget()})"
+                           if config.max_macs is not None else
+                           f"most accurate {where} within the size budget ({config.max_size:g})",
                            extremes=extremes)

@@ -16,19 +16,19 @@ from .scores import l1_unit_scores, top_units_mask
 
 
 def init_pruned(ind_cls, weights, biases, rate: float, scores=None, norms=None):
-    """One structured pruning of the parent: every hidden stage keeps
-    ``round((1 - rate) * H)`` groups (at least one), those with the largest per-stage
+    """One structured pruning of the parent: every group layer keeps
+    ``round((1 - rate) * H)`` groups (at least one), those with the largest per-layer
     ``scores`` (H_l,), by default the L1 norm of their incoming weights (the
-    reference); tensors (and BatchNorm ``norms``) shared with the parent."""
+    reference; a chain's stages); tensors (and BatchNorm ``norms``) shared with the parent."""
     scores = l1_unit_scores(weights) if scores is None else scores
-    keeps = [max(1, int(round((1.0 - rate) * w.shape[0]))) for w in weights[:-1]]
+    keeps = [max(1, int(round((1.0 - rate) * len(s)))) for s in scores]
     return ind_cls([top_units_mask(s, k) for s, k in zip(scores, keeps)], weights, biases, norms)
 
 
 def init_pruned_population(ind_cls, weights, biases, n: int, low: float = 0.1, high: float = 0.8,
                            scores=None, norms=None) -> list:
     """``n`` prunings at rates evenly spaced over [low, high), by L1 norm (the
-    reference) or by the given per-stage group ``scores``."""
+    reference) or by the given per-layer group ``scores`` (required for a graph parent)."""
     scores = l1_unit_scores(weights) if scores is None else scores  # once, not per individual
     rates = [low + (high - low) * i / n for i in range(n)]
     return [init_pruned(ind_cls, weights, biases, r, scores, norms) for r in rates]
@@ -80,6 +80,57 @@ def cx_layerwise(ind1, ind2, layers: Sequence[int], rng: torch.Generator):
             ind1.masks[k] = ensure_nonempty(torch.cat([m1[:cut], m2[cut:]]), rng)
             ind2.masks[k] = ensure_nonempty(torch.cat([m2[:cut], m1[cut:]]), rng)
     return ind1, ind2
+
+
+def cx_groupwise(ind1, ind2, graph, rng: torch.Generator):
+    """Group-wise one-point crossover for a graph parent (:class:`~ecomp_deap.nets.graph.Graph`),
+    aligned as :func:`cx_layerwise`: for each coupled group a cut ``c`` in [1, H - 1];
+    child 1 takes channels [0, c) from ``ind1`` and [c, H) from ``ind2``, child 2 the
+    opposite. A channel carries its mask bit and its rows in every tensor the group owns
+    (its filters with all their input weights, biases, BatchNorm entries, in every layer
+    it touches). The output layer's rows (the classes) are cut once, across its tensors.
+    A tensor both parents share stays shared; a group left empty gets one channel back."""
+    for k, g in enumerate(graph.groups):
+        cut = int(torch.randint(1, g.size, (1,), generator=rng))
+        for s in g.rows:
+            _swap_rows(ind1, ind2, s.tensor, s.index[s.root >= cut])
+        m1, m2 = ind1.masks[k], ind2.masks[k]
+        ind1.masks[k] = ensure_nonempty(torch.cat([m1[:cut], m2[cut:]]), rng)
+        ind2.masks[k] = ensure_nonempty(torch.cat([m2[:cut], m1[cut:]]), rng)
+    owned = {s.tensor for g in graph.groups for s in g.rows}
+    free = [i for i, name in enumerate(graph.tensor_names) if i not in owned
+            and name.rsplit(".", 1)[0] == graph.output_layer]
+    if free:
+        rows = graph.shapes[free[0]][0]
+        cut = int(torch.randint(1, rows, (1,), generator=rng)) if rows > 1 else 1
+        for i in free:
+            _swap_rows(ind1, ind2, i, torch.arange(cut, rows))
+    return ind1, ind2
+
+
+def _swap_rows(ind1, ind2, k: int, rows: torch.Tensor) -> None:
+    """Exchange rows ``rows`` of tensor ``k`` between two individuals, every other row
+    staying where it is (new tensors; the parents' are never written)."""
+    t1, t2 = ind1.weights[k], ind2.weights[k]
+    if t1 is t2 or len(rows) == 0:
+        return
+    swap = torch.zeros(t1.shape[0], dtype=torch.bool)
+    swap[rows] = True
+    swap = swap.view(-1, *([1] * (t1.dim() - 1)))
+    ind1.weights[k], ind2.weights[k] = torch.where(swap, t2, t1), torch.where(swap, t1, t2)
+
+
+def mut_scale_group_units(ind, graph, low: float, high: float, rng: torch.Generator):
+    """Unit-gain mutation for a graph parent: each channel of each coupled group has its
+    outgoing weights (every consumer's input slice of it) times one factor from U(low, high)."""
+    for g in graph.groups:
+        factors = torch.empty(g.size).uniform_(low, high, generator=rng)  # (H_g,)
+        for s in g.inputs:
+            w = ind.weights[s.tensor]
+            scale = torch.ones(w.shape[1], dtype=w.dtype)
+            scale[s.index] = factors[s.root].to(w.dtype)
+            ind.weights[s.tensor] = w * scale.view(1, -1, *(1,) * (w.dim() - 2))
+    return (ind,)
 
 
 def kept_indices(mask: torch.Tensor) -> torch.Tensor:
@@ -186,6 +237,15 @@ def recalibrate_norms(ind, chain, x: torch.Tensor):
     if any(n is not None for n in ind.norms[1:]):
         with torch.inference_mode():
             ind.norms = recalibrated_norms(chain, x, ind.weights, ind.biases, ind.norms, ind.masks)
+    return (ind,)
+
+
+def recalibrate_graph_norms(ind, graph, x: torch.Tensor):
+    """Adaptive BatchNorm for a graph parent's individual
+    (:func:`ecomp_deap.nets.graph.recalibrated`). Returns a tuple, in DEAP's style."""
+    from ..nets.graph import recalibrated
+
+    ind.weights = recalibrated(graph, ind.weights, ind.masks, x)
     return (ind,)
 
 

@@ -26,6 +26,7 @@ from ..fitness.evaluator import PopulationEvaluator
 from ..fitness.measures import Measures
 from ..nets.chain import Chain
 from ..nets.export import export_individual
+from ..nets.graph import Graph
 from ..nets.reader import Parent, read_parent
 from ..rng import seed_everything
 from ..validation import validate_run_data
@@ -69,7 +70,7 @@ def check_data(parent: Parent, data, validation: tuple | None = None) -> RunData
     """``data`` (anything with ``train_x, train_y, test_x, test_y``) and the optional
     ``validation`` (x, y) checked against ``parent`` (:func:`~ecomp_deap.validation.validate_run_data`:
     one :class:`~ecomp_deap.errors.ConfigError` line naming the set and the problem)."""
-    validate_run_data(data, parent.chain, validation)
+    validate_run_data(data, parent.net, validation)
     return RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation)
 
 
@@ -81,7 +82,7 @@ class RunResult:
     and the :class:`~.choice.EvolutionResult` behind them."""
 
     config: EcompConfig
-    chain: Chain
+    net: Chain | Graph
     evolution: EvolutionResult
     best: dict
     front: list[dict]
@@ -128,10 +129,10 @@ class EcompRun:
         if data.validation is not None:
             config = config.replace(val_size=0)
         config.validate()
-        config.validate_for(parent.chain)
+        config.validate_for(parent.net)
         config.validate_data(len(data.train_y))
         self.config, self.parent, self.data, self.progress = config, parent, data, progress
-        self.chain = parent.chain
+        self.net = parent.net
         self.parent_test_accuracy = parent_test_accuracy
         self.rng = seed_everything(config.seed)
         splits = make_splits(data.train_y, config.subset_size, config.val_size, config.seed)
@@ -154,7 +155,7 @@ class EcompRun:
         batches = range(min(self.stream.n_batches, max(1, images // self.config.batch_size)))
         x = torch.cat([self.stream.batch(0, i)[0] for i in batches])
         p = self.parent
-        return unit_scores(self.config.init_scores, self.chain, p.weights, p.biases, x, norms=p.norms)
+        return unit_scores(self.config.init_scores, self.net, p.weights, p.biases, x, norms=p.norms)
 
     def subset_images(self, images: int) -> torch.Tensor:
         """The first ``images`` images of the evolution subset, in its first epoch's order."""
@@ -189,8 +190,8 @@ class EcompRun:
         accuracy, compression, similarity, kept groups per hidden stage, parameters and
         multiply-adds per example (also as fractions of the parent's)."""
         kept = ind.hidden_units()
-        params, macs = self.chain.sizes(kept)
-        parent_params, parent_macs = self.chain.sizes()
+        params, macs = self.net.sizes(ind.masks)
+        parent_params, parent_macs = self.net.sizes()
         return {"test_accuracy": float(m.accuracy[i]), "compression": float(m.compression[i]),
                 "similarity": float(m.similarity[i]), "hidden_units": kept,
                 "parameters": params, "macs": macs, "parameters_kept": params / parent_params,
@@ -230,25 +231,25 @@ class EcompRun:
         front = [row[i] for i in evo.front_indices]
         hv = hypervolume_2d(np.array([[f["test_accuracy"], f["compression"]] for f in front]),
                             (HV_REFERENCE["accuracy"], HV_REFERENCE["compression"]))
-        params, macs = self.chain.sizes()
+        params, macs = self.net.sizes()
         if self.parent_test_accuracy is None:
             from ..nets.parents import accuracy
 
             self.parent_test_accuracy = accuracy(self.parent.model, self.data.test_x, self.data.test_y)
-        parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.chain.hidden_widths),
+        parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.net.hidden_widths),
                   "parameters": params, "macs": macs}
         extremes = {k: row[i] for k, i in evo.extremes.items()}
-        best_module = export_individual(pop[evo.best_index], self.chain)
-        front_modules = [export_individual(pop[i], self.chain) for i in evo.front_indices]
+        best_module = export_individual(pop[evo.best_index], self.net)
+        front_modules = [export_individual(pop[i], self.net) for i in evo.front_indices]
         end = time.perf_counter()
         phases = {"generations": t_final - t_gen, "final_pass": t_test - t_final, "test_and_export": end - t_test}
-        return RunResult(self.config, self.chain, evo, best, front, parent, hv, end - t0, best_module, extremes,
+        return RunResult(self.config, self.net, evo, best, front, parent, hv, end - t0, best_module, extremes,
                          front_modules, phases)
 
 
 def run_ecomp(config: EcompConfig, model, data, progress: bool = True, parent_test_accuracy: float | None = None,
               validation: tuple | None = None) -> RunResult:
-    """Run EComp once on ``model`` (an ``nn.Module`` chain, or a :class:`~ecomp_deap.nets.reader.Parent`
+    """Run EComp once on ``model`` (an ``nn.Module`` classifier, or a :class:`~ecomp_deap.nets.reader.Parent`
     already read) and ``data`` (``train_x, train_y, test_x, test_y``; ``validation`` (x, y)
     for the final choice instead of a split of the training data): read the parent, check
     the data against it, evolve, choose, measure on the test set, export the chosen

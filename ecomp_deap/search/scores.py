@@ -15,6 +15,7 @@ import torch
 
 from ..nets.chain import Chain
 from ..nets.forward import as_input, run_stage
+from ..nets.graph import Graph, functional_forward
 
 METHODS = ("l1", "random", "activation")
 
@@ -33,14 +34,20 @@ def top_units_mask(scores: torch.Tensor, keep: int) -> torch.Tensor:
     return mask
 
 
-def unit_scores(method: str, chain: Chain, weights, biases, x: torch.Tensor | None = None,
+def unit_scores(method: str, chain: Chain | Graph, weights, biases, x: torch.Tensor | None = None,
                 rng: torch.Generator | None = None, norms=None) -> list[torch.Tensor]:
-    """Per hidden stage, a (H_l,) score: higher is kept first."""
-    if method == "l1":
-        return l1_unit_scores(weights)
+    """Per group (a chain's hidden stage, or a graph's coupled group), a (H_l,) score:
+    higher is kept first."""
     if method == "random":
         return [torch.rand(h, generator=rng) for h in chain.hidden_widths]
-    if method == "activation":
+    if isinstance(chain, Graph):
+        if method == "l1":
+            return graph_l1_scores(chain, weights)
+        if method == "activation":
+            return graph_activation_scores(chain, weights, x)
+    elif method == "l1":
+        return l1_unit_scores(weights)
+    elif method == "activation":
         return activation_scores(chain, weights, biases, norms, x)
     raise ValueError(f"unknown baseline method {method!r}; choose from {', '.join(METHODS)}")
 
@@ -66,3 +73,63 @@ def activation_scores(chain: Chain, weights, biases, norms, x: torch.Tensor, bat
     return scores
 
 
+
+
+def graph_l1_scores(graph: Graph, tensors) -> list[torch.Tensor]:
+    """Per coupled group, (H_g,): the L1 norm of each channel's filters (its rows) in every
+    Conv and Linear layer of the group (a group-wide L1 magnitude, as Torch-Pruning's
+    group importance with p = 1 over the layers that produce the channel)."""
+    weights = {layer.weight for layer in graph.layers}
+    scores = []
+    for g in graph.groups:
+        s = torch.zeros(g.size, dtype=torch.float64)
+        for sl in g.rows:
+            if sl.tensor in weights:
+                rows = tensors[sl.tensor].index_select(0, sl.index)  # (n, ...)
+                s.index_add_(0, sl.root, rows.abs().flatten(1).sum(1).double())
+        scores.append(s.float())
+    return scores
+
+
+def graph_activation_scores(graph: Graph, tensors, x: torch.Tensor, batch: int = 250) -> list[torch.Tensor]:
+    """Per coupled group, (H_g,): what each channel sends downstream, summed over its
+    consumers: the mean |input| a consumer layer reads at the channel's positions (over
+    images and a feature map's positions) times the L2 norm of the consumer's weights
+    there."""
+    consumers = {}  # consumer layer name -> its weight's tensor index
+    by_weight = {layer.weight: layer.name for layer in graph.layers}
+    for g in graph.groups:
+        for sl in g.inputs:
+            if sl.tensor in by_weight:
+                consumers[by_weight[sl.tensor]] = sl.tensor
+    mean_abs = {name: None for name in consumers}
+    hooks = []
+
+    def record(name):
+        def hook(module, inputs):
+            h = inputs[0].detach()
+            dims = [0, *range(2, h.dim())] if h.dim() > 2 else [0]
+            part = h.abs().sum(dims, dtype=torch.float64) / (h[0, 0].numel() if h.dim() > 2 else 1)
+            mean_abs[name] = part if mean_abs[name] is None else mean_abs[name] + part
+        return hook
+
+    for name in consumers:
+        hooks.append(graph.model.get_submodule(name).register_forward_pre_hook(record(name)))
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(x), batch):
+                functional_forward(graph, tensors, x[i:i + batch])
+    finally:
+        for h in hooks:
+            h.remove()
+    scores = []
+    for g in graph.groups:
+        s = torch.zeros(g.size, dtype=torch.float64)
+        for sl in g.inputs:
+            name = by_weight.get(sl.tensor)
+            if name is None or mean_abs[name] is None:
+                continue
+            w = tensors[sl.tensor].index_select(1, sl.index).transpose(0, 1).flatten(1)  # (n, everything fed)
+            s.index_add_(0, sl.root, mean_abs[name][sl.index] / len(x) * w.norm(dim=1).double())
+        scores.append(s.float())
+    return scores

@@ -56,7 +56,7 @@ def test_cnn_measures_on_cuda_equal_the_cpu(name):
     torch.manual_seed(0)
     model = randomise_norms(factory(), 2)
     parent, pop = population(model, shape, n=8)
-    chain = parent.chain
+    chain = parent.net
     cfg = EcompConfig(embedding_layers=chain.embedding_names, recombination_layers=None, perplexity=5.0,
                       batch_size=40)
     g = torch.Generator().manual_seed(3)

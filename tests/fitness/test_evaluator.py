@@ -4,7 +4,7 @@ import torch
 from helpers import varied_population
 
 from ecomp_deap.config import EcompConfig
-from ecomp_deap.fitness import first_stage, kept_groups, memory
+from ecomp_deap.fitness import embeddings, first_stage, kept_groups, memory
 from ecomp_deap.fitness.embeddings import Embeddings
 from ecomp_deap.fitness.evaluator import PopulationEvaluator
 from ecomp_deap.fitness.measures import Measures, fitness_tuples, weighted_fitness
@@ -27,7 +27,7 @@ def test_batched_evaluator_equals_exported_networks_one_at_a_time(hidden, act):
     with torch.no_grad():
         parent_embs = _activations(model, x)
     for i, ind in enumerate(pop):
-        net = export_individual(ind, parent.chain)
+        net = export_individual(ind, parent.net)
         with torch.no_grad():
             logits = net(x)
         assert m.accuracy[i] == (logits.argmax(1) == y).double().mean().item()
@@ -55,10 +55,10 @@ def test_export_matches_masked_forward_and_counts_parameters():
     x = torch.randn(7, 12)
     logits, _, _ = ev.outputs(pop, x, 0)
     for i, ind in enumerate(pop):
-        net = export_individual(ind, parent.chain)
+        net = export_individual(ind, parent.net)
         with torch.no_grad():
             assert torch.allclose(net(x), logits[i], atol=1e-5)
-        assert count_parameters(net) == parent.chain.sizes(ind.hidden_units())[0]
+        assert count_parameters(net) == parent.net.sizes(ind.hidden_units())[0]
         assert [m.out_features for m in net if isinstance(m, torch.nn.Linear)][:-1] == ind.hidden_units()
 
 
@@ -68,7 +68,7 @@ def test_masked_unit_activation_is_zero_even_when_activation_of_zero_is_not():
     parent, pop = varied_population(model, n=2)
     ev = PopulationEvaluator(parent, EcompConfig(embedding_layers=None, recombination_layers=None), forward="stacked")
     ws, bs, ns, ms = ev.forward.stack(pop)
-    _, post = stacked_stage(parent.chain.stages[0], as_input(parent.chain, torch.randn(5, 4)), ws[0], bs[0], ns[0], ms[0],
+    _, post = stacked_stage(parent.net.stages[0], as_input(parent.net, torch.randn(5, 4)), ws[0], bs[0], ns[0], ms[0],
                             shared=True, positions=[0])
     for i, ind in enumerate(pop):
         assert torch.all(post[0][i][:, ~ind.masks[0]] == 0)
@@ -91,7 +91,7 @@ def test_stacked_forward_equals_each_network_run_alone():
     x = torch.randn(9, 15)
     logits, _, _ = ev.outputs(pop, x, 0)
     for i, ind in enumerate(pop):
-        alone = network_forward(parent.chain, x, ind.weights, ind.biases, ind.norms, ind.masks)
+        alone = network_forward(parent.net, x, ind.weights, ind.biases, ind.norms, ind.masks)
         assert torch.allclose(logits[i], alone, atol=1e-5)
 
 
@@ -155,7 +155,7 @@ def test_large_embeddings_centred_in_place_give_the_same_bits(layers, monkeypatc
     cfg = EcompConfig(embedding_layers=layers, recombination_layers=None, perplexity=5.0, batch_size=20)
     g = torch.Generator().manual_seed(6)
     batches = [(torch.randn(20, 15, generator=g), torch.randint(0, 4, (20,), generator=g)) for _ in range(5)]
-    monkeypatch.setattr(kept_groups, "PAD_MAX_ELEMENTS", 0)  # every embedding takes the large path
+    monkeypatch.setattr(embeddings, "PAD_MAX_ELEMENTS", 0)  # every embedding takes the large path
     calls = []
     original = Embeddings.distances
 
@@ -303,7 +303,7 @@ def test_the_pool_copies_each_distinct_output_unit_major_once(monkeypatch):
     calls = []
     original = first_stage.unit_major
     monkeypatch.setattr(first_stage, "unit_major", lambda t, *a: calls.append(t) or original(t, *a))
-    pool = first_stage.build_pool(parent.chain, ev.embeddings, pop, torch.randn(30, 15), 30, ev.device)
+    pool = first_stage.build_pool(parent.net, ev.embeddings, pop, torch.randn(30, 15), 30, ev.device)
     assert pool is not None and pool.kept and all(t is pool.out for t in pool.kept.values())
     assert len(calls) == 1
 

@@ -55,7 +55,7 @@ def test_batched_measures_equal_each_exported_network_run_alone(name, kept_path)
     torch.manual_seed(0)
     model = randomise_norms(factory(), 2)
     parent, pop = population(model, shape)
-    chain = parent.chain
+    chain = parent.net
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=30)
     ev = PopulationEvaluator(parent, cfg, forward="kept_groups" if kept_path else "stacked")
     x, y = torch.randn(30, *shape), torch.randint(0, chain.n_classes, (30,))
@@ -81,7 +81,7 @@ def test_kept_channel_and_stacked_paths_agree_with_shared_first_layer(name):
     torch.manual_seed(1)
     model = randomise_norms(factory(), 3)
     parent, pop = population(model, shape, n=8, mutate=False)
-    chain, w = parent.chain, parent.weights
+    chain, w = parent.net, parent.weights
     assert sum(ind.weights[0] is w[0] for ind in pop) == 8  # the first stage is shared
     cfg = EcompConfig(embedding_layers=chain.embedding_names, recombination_layers=None, perplexity=4.0,
                       batch_size=20)
@@ -99,7 +99,7 @@ def test_export_is_physically_smaller_saves_and_loads(tmp_path):
     torch.manual_seed(2)
     model = randomise_norms(factory(), 4)
     parent, pop = population(model, shape, n=4)
-    chain = parent.chain
+    chain = parent.net
     x = torch.randn(5, *shape)
     for i, ind in enumerate(pop):
         net = export_individual(ind, chain)
@@ -232,7 +232,7 @@ def test_recalibrated_norms_are_the_pruned_networks_batch_statistics():
     torch.manual_seed(4)
     model = randomise_norms(factory(), 8)
     parent, pop = population(model, shape, n=4)
-    chain = parent.chain
+    chain = parent.net
     x = torch.randn(64, *shape)
     from ecomp_deap.search.operators import recalibrate_norms
 
@@ -304,7 +304,7 @@ def test_batched_final_pass_equals_the_per_batch_one(name, shared, pool, monkeyp
     torch.manual_seed(5)
     model = randomise_norms(factory(), 5)
     parent, pop = population(model, shape, mutate=not shared)
-    chain = parent.chain
+    chain = parent.net
     if pool:
         monkeypatch.setattr(kept_groups, "DEDUPE_MIN_IMAGES", 1)
     cfg = EcompConfig(embedding_layers=chain.embedding_names, recombination_layers=None, perplexity=4.0,

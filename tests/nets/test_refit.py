@@ -202,7 +202,7 @@ def test_a_run_with_refit_measures_and_exports_the_refitted_networks(tiny_data, 
     # ... then every final network refitted on the first 150 images of the subset
     pop = r.evolution.population
     x = run.subset_images(150)
-    arch = run.chain
+    arch = run.net
     targets = parent_preactivations(arch, x, run.parent.weights, run.parent.biases, run.parent.norms)
     ind = pop[r.evolution.best_index]
     a = stage_inputs(arch, ind, x)[-1]
@@ -223,10 +223,10 @@ def test_lamarckian_refit_gives_every_child_refitted_weights(tiny_data, tiny_par
     run = ecomp_run(cfg, tiny_parent, tiny_data)
     state = run.initial_state()
     x = run.subset_images(100)
-    targets = parent_preactivations(run.chain, x, run.parent.weights, run.parent.biases, run.parent.norms)
+    targets = parent_preactivations(run.net, x, run.parent.weights, run.parent.biases, run.parent.norms)
     for _ in range(2):
         for ind in state.population:
-            a = stage_inputs(run.chain, ind, x)[-1]
+            a = stage_inputs(run.net, ind, x)[-1]
             w_ref, _ = ridge_solve(a, targets[-1], cfg.refit_ridge)
             assert torch.allclose(ind.weights[-1][:, ind.masks[-1]], w_ref.float(), atol=1e-5)
         run.evolve(state, until=state.t + 1)

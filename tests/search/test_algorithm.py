@@ -78,7 +78,7 @@ def test_activation_initialisation_keeps_the_highest_activation_score_units(tiny
     pop = run.initial_state().population
     n = min(run.stream.n_batches, INIT_SCORE_IMAGES // cfg.batch_size)
     x = torch.cat([run.stream.batch(0, i)[0] for i in range(n)])
-    scores = unit_scores("activation", run.chain, run.parent.weights, run.parent.biases, x)
+    scores = unit_scores("activation", run.net, run.parent.weights, run.parent.biases, x)
     l1 = ecomp_run(cfg.replace(init_scores="l1"), tiny_parent, tiny_data)
     l1_pop = l1.initial_state().population
     differs = False

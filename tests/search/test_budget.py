@@ -118,7 +118,7 @@ def test_the_budget_holds_after_every_operator_over_random_parents_and_budgets(c
     rng = torch.Generator().manual_seed(11 if cnn else 7)
     for trial in range(25):
         parent = random_parent(rng, cnn)
-        arch = parent.chain
+        arch = parent.net
         total, layers = sum(arch.hidden_widths), arch.n_hidden
         # any budget from one group per layer to all of them
         max_size = (layers + float(torch.rand((), generator=rng)) * (total - layers)) / total
