@@ -29,7 +29,13 @@ QUALITY_DIRS := $(addprefix $(OUT)/,$(QUALITY))
 QUALITY_SIZES := 0.125 0.25 0.5
 FINETUNE_EPOCHS ?= 1 5
 
-.PHONY: run test test-slow test-cuda data install bench quality quality-front study cnn cnn-quality clean help
+# The residual parent (ResNet-20-style, 16-32-64 channels) within 25 / 50 / 75 % of its multiply-adds, with and
+# without the similarity objective, against Torch-Pruning's one-shot pruners at the same multiply-adds.
+RESNET_MACS ?= 50
+RESNET := $(foreach b,$(RESNET_MACS),resnet_macs$(b) resnet_macs$(b)_nosim)
+RESNET_DIRS := $(addprefix $(OUT)/,$(RESNET))
+
+.PHONY: run test test-slow test-cuda data install bench quality quality-front study cnn cnn-quality resnet clean help
 
 help:
 	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each),"
@@ -43,6 +49,8 @@ help:
 	@echo "make quality-front  the accuracy-at-size study of whole fronts: quality121 vs quality101"
 	@echo "make cnn        the default CNN parent: cnn_weighting121 vs cnn_pareto121, CNN baselines, compare, plot"
 	@echo "make cnn-quality  the CNN accuracy-at-size study: cnn_quality121 vs cnn_quality101 (RUNS=10: docs/results.md's)"
+	@echo "make resnet     the residual parent within 50 % of its multiply-adds (RESNET_MACS='25 50 75' for all three),"
+	@echo "                with and without similarity, against Torch-Pruning's pruners at the same multiply-adds"
 	@echo "make study      every weighted, Pareto and ref-weighting preset (RUNS=10 by default, all CPUs),"
 	@echo "                one comparison with the reference's published table, figures in OUT/plots/"
 	@echo "                (STUDY_ARGS='--pop-size 8 --generations 3' passes options to run.py: a quick trial)"
@@ -90,6 +98,7 @@ test-cuda: $(STAMP) data
 
 bench: $(STAMP) data
 	$(BIN)/python benchmarks/bench_generation.py --cnn
+	$(BIN)/python benchmarks/bench_resnet.py
 
 quality: $(STAMP) data
 	$(BIN)/python experiments/run.py --name $(QUALITY) --runs $(RUNS) --out $(OUT) --resume --quiet
@@ -119,6 +128,14 @@ cnn-quality: $(STAMP) data
 	$(BIN)/python experiments/baselines.py --arch cnn --name cnn_baselines --out $(OUT) --overwrite
 	$(BIN)/python experiments/compare.py $(OUT)/cnn_quality121 $(OUT)/cnn_quality101 --baselines $(OUT)/cnn_baselines
 	$(BIN)/python plots/pareto.py $(OUT)/cnn_quality121 $(OUT)/cnn_quality101 $(OUT)/cnn_baselines
+resnet: $(STAMP) data
+	$(BIN)/python experiments/run.py --name $(RESNET) --runs $(RUNS) --out $(OUT) --resume --quiet
+	$(BIN)/python experiments/baselines.py --arch resnet --name resnet_baselines --out $(OUT) --overwrite \
+	    --sizes 0.25 0.75 0.25
+	$(BIN)/python experiments/compare.py $(RESNET_DIRS) --baselines $(OUT)/resnet_baselines --out $(OUT)
+	$(BIN)/python plots/pareto.py $(RESNET_DIRS) $(OUT)/resnet_baselines
+	@echo "comparison: $(OUT)/comparison.md; plots: $(OUT)/resnet_macs*/plots/"
+
 # Resumes: finished runs are kept, so an interrupted study continues where it stopped.
 study: $(STAMP) data
 	$(BIN)/python experiments/run.py --name $(STUDY) --runs $(STUDY_RUNS) --out $(OUT) --resume --quiet \

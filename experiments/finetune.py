@@ -100,7 +100,7 @@ def load_parent(args, data, exps):
     from ecomp_deap.study.presets import preset_arch
 
     parent, _, acc = cli.load_parent(args, data, [preset_arch(e.name) for e in exps], progress=not args.quiet)
-    widths = list(parent.chain.hidden_widths)
+    widths = list(parent.net.hidden_widths)
     for exp in exps:
         made_with = exp.runs[0].get("parent") or {}
         if made_with.get("hidden_units") != widths or abs(float(made_with.get("test_accuracy", acc)) - acc) > 1e-6:

@@ -115,6 +115,10 @@ def build_parser() -> OneLineParser:
     g.add_argument("--similarity-batch", type=non_negative_int,
                    help="first images of each batch that enter the similarity loss (preset: 0 = the whole batch)")
     g.add_argument("--val-size", type=non_negative_int, help="validation images for final selection (preset: 5000)")
+    g.add_argument("--max-macs", type=finite_float, metavar="F",
+                   help="size budget in multiply-adds: every network keeps at most this fraction (0, 1] of the "
+                        "parent's multiply-adds per example (Conv and Linear layers); the result is the most accurate "
+                        "on validation within it")
     g.add_argument("--max-size", type=finite_float, metavar="F",
                    help="size budget: every network keeps at most this fraction (0, 1] of the parent's hidden units "
                         "(channels); the result is the most accurate on validation within it (quality* budget presets)")
@@ -130,7 +134,7 @@ OVERRIDES = ("weights", "selection", "crossover", "pop_size", "generations", "ep
              "mutation", "mutation_low", "mutation_high",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
              "embedding_layers", "recombination_layers", "similarity_batch", "init_scores", "norm_calibration",
-             "similarity_dtype", "max_size", "refit_images", "refit_ridge",
+             "similarity_dtype", "max_size", "max_macs", "refit_images", "refit_ridge",
              "refit_children")
 
 
@@ -196,7 +200,7 @@ def run_all(args, argv, experiments, plan, client=None) -> int:
     """Data and parent, read and checked once; then every run through the one runner,
     here or on the cluster."""
     from ecomp_deap.data import load_fashion_mnist
-    from ecomp_deap.study.cli import load_parent
+    from ecomp_deap.study.cli import fit_layers, load_parent
     from ecomp_deap.study.executors import ClusterExecutor, DataSpec
     from ecomp_deap.study.presets import preset_arch
     from ecomp_deap.study.runner import RunInterrupted, SerialExecutor, run_experiments
@@ -207,10 +211,12 @@ def run_all(args, argv, experiments, plan, client=None) -> int:
         exp.config.validate_data(len(data.train_y))
     parent, checked, parent_acc = load_parent(args, data, [preset_arch(exp.name) for exp in experiments],
                                               progress=not args.quiet)
-    chain = parent.chain
-    print(f"parent: {chain.describe()}; {sum(chain.hidden_widths)} {chain.group_kind} to compress")
-    for exp in experiments:
-        exp.config.validate_for(chain)
+    net = parent.net
+    print(f"parent: {net.describe()}; {sum(net.hidden_widths)} {net.group_kind} to compress")
+    explicit = {k for k in ("embedding_layers", "recombination_layers") if getattr(args, k) is not None}
+    for exp in experiments:  # layer names the parent does not have: its own defaults (unless given)
+        exp.config = fit_layers(exp.config, net, explicit)
+        exp.config.validate_for(net)
     if client is None:
         executor = SerialExecutor(progress=not args.quiet)
     else:
@@ -244,7 +250,7 @@ def run_all(args, argv, experiments, plan, client=None) -> int:
 
 
 def describe(exp) -> str:
-    budget = f", at most {100 * exp.config.max_size:g} % of the hidden units" if exp.config.max_size else ""
+    budget = f", at most {exp.config.describe_budget()}" if exp.config.has_budget else ""
     return (f"== {exp.name}: {exp.runs} run(s), {exp.config.selection}, weights {list(exp.config.weights)}, "
             f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations{budget} -> {exp.folder}")
 

@@ -37,6 +37,7 @@ from .runner import RunInterrupted, RunOutcome, error_text, execute_run
 
 EXECUTORS = ("serial", "local", "dask")
 PARENT_FORMAT = "ecomp_deap.parent-payload/2"
+GRAPH_PARENT_FORMAT = "ecomp_deap.graph-parent-payload/1"
 
 
 # ------------------------------------------------------------------ the task side
@@ -71,23 +72,43 @@ def worker_data(spec) -> object:
     return data
 
 
-def parent_payload(model: nn.Module) -> dict:
-    """The parent as plain tensors plus its layout: each layer's type and constructor
-    arguments (what a task ships, not the module; the format of exported networks)."""
-    check_layers(model)
+def parent_payload(parent) -> dict:
+    """What a task ships of the parent (a :class:`~ecomp_deap.nets.reader.Parent`): plain
+    tensors plus a chain's layout (each layer's type and constructor arguments), or a graph
+    parent's state dict and how a worker rebuilds its module (``parent.source``: a default
+    parent's spec, or the ``--model`` builder); a one-line ConfigError for a graph parent
+    that cannot be rebuilt elsewhere."""
+    model = parent.model
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+    if parent.net.kind == "graph":
+        if parent.source is None:
+            raise ConfigError(f"this parent ({type(model).__name__}) can only run here (--executor serial): workers "
+                              "rebuild a graph parent from --model FILE.py:FUNCTION or --arch")
+        return {"format": GRAPH_PARENT_FORMAT, "state_dict": state, "source": parent.source}
+    check_layers(model)
     return {"format": PARENT_FORMAT, "state_dict": state,
             "layers": [{"name": name, **module_spec(mod)} for name, mod in model.named_children()]}
 
 
-def parent_from_payload(payload: dict) -> nn.Sequential:
-    """Rebuild the parent of :func:`parent_payload`: the same layers, the same weights."""
-    if not isinstance(payload, dict) or payload.get("format") != PARENT_FORMAT:
+def parent_from_payload(payload: dict) -> tuple[nn.Module, dict | None]:
+    """Rebuild the parent of :func:`parent_payload`: the same module, the same weights;
+    and its source (None for a chain)."""
+    if not isinstance(payload, dict) or payload.get("format") not in (PARENT_FORMAT, GRAPH_PARENT_FORMAT):
         raise ValueError("not a parent payload")
+    if payload["format"] == GRAPH_PARENT_FORMAT:
+        from ..nets.parents import ParentSpec, build_parent, import_builder
+
+        source = payload["source"]
+        if source["kind"] == "spec":
+            model = build_parent(ParentSpec(**source["spec"]))
+        else:
+            model = import_builder(source["ref"])()
+        model.load_state_dict(payload["state_dict"])
+        return model.eval(), source
     layers = [(spec["name"], LOADABLE[spec["type"]](**spec["args"])) for spec in payload["layers"]]
     model = nn.Sequential(OrderedDict(layers))
     model.load_state_dict(payload["state_dict"])
-    return model.eval()
+    return model.eval(), None
 
 
 class ThreadRandom:
@@ -180,9 +201,9 @@ def run_task(job: dict, parent: dict, data_spec, parent_test_accuracy: float | N
 
     isolate_random()
     job = RunJob(**{**job, "config": EcompConfig.from_dict(job["config"]), "threads": job["threads"] or 1})
-    model = parent_from_payload(parent)
+    model, source = parent_from_payload(parent)
     data = worker_data(data_spec)
-    read = read_parent(model, data.train_x)
+    read = read_parent(model, data.train_x, source)
     checked = data if isinstance(data, RunData) else check_data(read, data)
     return execute_run(job, read, checked, VariableStore(key, initial), progress=False, log=lambda s: None,
                        parent_test_accuracy=parent_test_accuracy)
@@ -240,6 +261,12 @@ class ClusterExecutor:
         self.client, self.data_spec, self.task = client, data_spec, task
         self.tag = tag or uuid.uuid4().hex[:8]
 
+    def check(self, parent) -> None:
+        """Before any folder is touched: a one-line ConfigError for a parent the workers
+        could not rebuild (:func:`parent_payload`)."""
+        if parent.net.kind == "graph" and parent.source is None:
+            parent_payload(parent)
+
     def checkpoint_key(self, job: RunJob) -> str:
         """The name of the scheduler variable that holds ``job``'s latest checkpoint (unique
         to this executor's ``tag``)."""
@@ -250,7 +277,7 @@ class ClusterExecutor:
         catches a signal (the cluster's work for us is cancelled)."""
         from distributed import Variable, wait
 
-        payload = parent_payload(parent.model)
+        payload = parent_payload(parent)
         data_arg = self.data_spec if self.data_spec is not None else data
         futures = {}
         for exp, job in jobs:

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..config import EcompConfig
 from ..errors import ConfigError
 from ..files import save_csv, save_json
-from ..nets.export import save_exported
+from ..nets.export import save_network
 from .results import RUN_SCHEMA, SUMMARY_SCHEMA, load_run, run_files
 
 SUMMARY_FIELDS = ["run", "seed", "test_accuracy", "compression", "similarity", "parameters",
@@ -105,7 +105,7 @@ def write_run(folder: Path, name: str, k: int, result_json: dict, best_module) -
     ``result_json`` is :meth:`RunResult.to_json`. Every executor writes through here."""
     folder = Path(folder)
     body = {"schema": RUN_SCHEMA, "name": name, "run": k, **result_json, "weights_file": f"run_{k}.pt"}
-    save_exported(folder / f"run_{k}.pt", best_module, {"measures": result_json["best"], "name": name, "run": k})
+    save_network(folder / f"run_{k}.pt", best_module, {"measures": result_json["best"], "name": name, "run": k})
     save_json(folder / f"run_{k}.json", body)
     (folder / f"run_{k}.ckpt").unlink(missing_ok=True)
     return body

@@ -208,7 +208,6 @@ def finetune_baselines(parent, baselines: dict, data, sizes: Sequence[float], in
     fine-tuned: ``{method: [{size, compression, hidden_units, after_epochs (mean over
     the random seeds), after_epochs_std, repeats}, ...]}``. ``parent``: a
     :class:`~ecomp_deap.nets.reader.Parent`, or a module to read."""
-    import numpy as np
 
     from ..data import make_splits
     from ..nets.export import export_individual
@@ -216,9 +215,11 @@ def finetune_baselines(parent, baselines: dict, data, sizes: Sequence[float], in
     from .pruning_baselines import METHODS, baseline_prunings, split_method
 
     parent = read_parent(parent, data.train_x)  # a Parent as it is; a module read
-    chain = parent.chain
+    chain = parent.net
     seed, seeds = int(baselines.get("seed", 0)), int(baselines.get("random_seeds", 5))
     subset = make_splits(data.train_y, int(baselines.get("subset", 10000)), 0, seed).subset
+    if parent.is_graph:
+        return _finetune_tp_baselines(parent, baselines, data, sizes, indices, recipe, subset, progress, log)
     activation_x = data.train_x[subset]
     calibration = int(baselines.get("norm_calibration") or 0)
     refit_images = int(baselines.get("refit_images") or 0)
@@ -231,22 +232,51 @@ def finetune_baselines(parent, baselines: dict, data, sizes: Sequence[float], in
         nets = baseline_prunings(parent, method, sizes, activation_x, seeds, seed,
                                  activation_x[:calibration] if calibration else None, refit_x,
                                  float(baselines.get("refit_ridge") or 1e-4))
-        repeats = len(nets) // len(sizes)
-        rows = []
-        for i, size in enumerate(sizes):
-            recs = [tune_record(export_individual(ind, chain), data, indices, recipe, progress,
-                                f"{method} {100 * size:g} %") for ind in nets[i * repeats:(i + 1) * repeats]]
-            epochs = list(recs[0]["after_epochs"])
-            vals = {e: [r["after_epochs"][e] for r in recs] for e in epochs}
-            row = {"size": float(size), "compression": sum(recs[0]["hidden_units"]) / total,
-                   "hidden_units": recs[0]["hidden_units"], "repeats": repeats, "images": len(indices),
-                   "after_epochs": {e: float(np.mean(v)) for e, v in vals.items()},
-                   "after_epochs_std": {e: float(np.std(v)) for e, v in vals.items()},
-                   "wall_time_s": sum(r["wall_time_s"] for r in recs)}
-            rows.append(row)
-            log(f"{method} pruning at {100 * size:g} % ({repeats} network{'s' if repeats > 1 else ''}): "
-                f"{epochs_line(row['after_epochs'])}, {row['wall_time_s']:.1f} s")
-        out[method] = rows
+        out[method] = _tuned_rows(method, sizes, [export_individual(ind, chain) for ind in nets], hidden_widths,
+                                  total, data, indices, recipe, progress, log)
+    return out
+
+
+def _tuned_rows(method: str, sizes, nets, widths_of, total: int, data, indices, recipe: Recipe, progress, log,
+                of: str = "") -> list[dict]:
+    """One baseline method's networks (size-major, ``len(nets) // len(sizes)`` per size)
+    fine-tuned: a row per size, the mean (and spread) over its networks after each epoch."""
+    import numpy as np
+
+    repeats = len(nets) // len(sizes)
+    rows = []
+    for i, size in enumerate(sizes):
+        group = nets[i * repeats:(i + 1) * repeats]
+        widths = widths_of(group[0])
+        recs = [tune_record(m, data, indices, recipe, progress, f"{method} {100 * size:g} %") for m in group]
+        vals = {e: [r["after_epochs"][e] for r in recs] for e in recs[0]["after_epochs"]}
+        row = {"size": float(size), "compression": sum(widths) / total, "hidden_units": widths,
+               "repeats": repeats, "images": len(indices),
+               "after_epochs": {e: float(np.mean(v)) for e, v in vals.items()},
+               "after_epochs_std": {e: float(np.std(v)) for e, v in vals.items()},
+               "wall_time_s": sum(r["wall_time_s"] for r in recs)}
+        rows.append(row)
+        log(f"{method} pruning at {100 * size:g} %{of} ({repeats} network{'s' if repeats > 1 else ''}): "
+            f"{epochs_line(row['after_epochs'])}, {row['wall_time_s']:.1f} s")
+    return rows
+
+
+def _finetune_tp_baselines(parent, baselines: dict, data, sizes, indices, recipe: Recipe, subset, progress, log):
+    """:func:`finetune_baselines` for a graph parent: Torch-Pruning's prunings
+    (:mod:`ecomp_deap.study.tp_baselines`) rebuilt at the multiply-add fractions ``sizes``."""
+    from .tp_baselines import TP_METHODS, group_widths, tp_prunings
+
+    graph = parent.net
+    seed, seeds = int(baselines.get("seed", 0)), int(baselines.get("random_seeds", 5))
+    calib = subset[:int(baselines.get("calibration") or 1000)]
+    total = sum(graph.hidden_widths)
+    out = {}
+    for method in [m for m in baselines.get("methods", {}) if m in TP_METHODS]:
+        norm = int(baselines.get("norm_calibration") or 0)
+        nets = tp_prunings(parent, method, sizes, data.train_x[calib], data.train_y[calib], seeds, seed,
+                           norm_x=data.train_x[subset[:norm]] if norm else None)
+        out[method] = _tuned_rows(method, sizes, nets, lambda m: group_widths(graph, m), total, data, indices, recipe,
+                                  progress, log, of=" of the multiply-adds")
     return out
 
 

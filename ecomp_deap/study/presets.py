@@ -65,6 +65,14 @@ REFERENCE_PREFIX = "ref-weighting"
 BUDGETS = {"12.5": 0.125, "25": 0.25, "50": 0.5}
 BUDGET_SEARCH = {**QUALITY, "epochs": 5, "refit_images": 1000, "refit_children": True}
 
+# Residual presets: the default ResNet parent (``run.py --arch resnet``), every group
+# recombined and each stage's output in the similarity; the budget presets keep every
+# network within a fraction of the parent's multiply-adds (what users of CNN pruning
+# budget), with the CNN quality search's settings scaled to a parent with ~5x the
+# multiply-adds of the default CNN: pop 24, 2 epochs of 10 batches of 500.
+MACS = {"25": 0.25, "50": 0.5, "75": 0.75}
+RESNET_BUDGET = {**CNN_QUALITY, "pop_size": 24, "batch_size": 500, "generations": 10, "epochs": 2}
+
 PRESETS: dict[str, dict] = {
     **{f"weighting{c}": {"selection": "weighted", "weights": _weights(c)} for c in WEIGHTINGS},
     **{f"{REFERENCE_PREFIX}{c}": {**REFERENCE, "weights": _weights(c)} for c in WEIGHTINGS},
@@ -77,6 +85,10 @@ PRESETS: dict[str, dict] = {
     "cnn_pareto121": {**CNN_LAYERS, "selection": "nsga2", "weights": _weights("121")},
     "cnn_quality121": {**CNN_QUALITY, "weights": _weights("121")},
     "cnn_quality101": {**CNN_QUALITY, "weights": _weights("101")},
+    "resnet_weighting121": {**CNN_LAYERS, "selection": "weighted", "weights": _weights("121")},
+    "resnet_pareto121": {**CNN_LAYERS, "selection": "nsga2", "weights": _weights("121")},
+    **{f"resnet_macs{b}": {**RESNET_BUDGET, "weights": _weights("120"), "max_macs": f} for b, f in MACS.items()},
+    **{f"resnet_macs{b}_nosim": {**RESNET_BUDGET, "weights": _weights("100"), "max_macs": f} for b, f in MACS.items()},
 }
 
 _QUALITY_TEXT = ("pop 200, 25 epochs of 11 batches of 5000 (similarity on 100), activation-ranked "
@@ -88,7 +100,15 @@ _BUDGET_TEXT = ("pop 200, 5 epochs of 11 batches of 5000 (similarity on 100), ac
 _CNN_QUALITY_TEXT = ("pop 40, 3 epochs of 10 batches of 1000 (similarity on 100), activation-ranked initial "
                      "prunings, channel-gain mutation 0.3")
 
+_RESNET_TEXT = ("ResNet parent; within {b} % of its multiply-adds (max_macs {f}); NSGA-II over accuracy{sim}; "
+                "pop 24, 2 epochs of 10 batches of 500 (similarity on 100), activation-ranked initial prunings, "
+                "channel-gain mutation 0.3")
+
 DESCRIPTIONS = {
+    "resnet_weighting121": "ResNet parent; weighted selection, weights 1 2 1 (the reference settings otherwise)",
+    "resnet_pareto121": "ResNet parent; NSGA-II over accuracy, similarity, compression",
+    **{f"resnet_macs{b}": _RESNET_TEXT.format(b=b, f=f, sim=", similarity") for b, f in MACS.items()},
+    **{f"resnet_macs{b}_nosim": _RESNET_TEXT.format(b=b, f=f, sim=" (no similarity)") for b, f in MACS.items()},
     "cnn_weighting121": "CNN parent; weighted selection, weights 1 2 1 (the reference settings otherwise)",
     "cnn_pareto121": "CNN parent; NSGA-II over accuracy, similarity, compression",
     "cnn_quality121": "CNN parent; NSGA-II over accuracy, similarity, compression; " + _CNN_QUALITY_TEXT,
@@ -110,10 +130,13 @@ DESCRIPTIONS = {
 
 
 def preset_arch(name: str) -> str | None:
-    """The parent a preset is made for ('cnn' or 'mlp'); None for a name that is no preset."""
+    """The parent a preset is made for ('mlp', 'cnn' or 'resnet'); None for a name that is no preset."""
     if name not in PRESETS:
         return None
-    return "cnn" if name.startswith("cnn_") else "mlp"
+    for arch in ("cnn", "resnet"):
+        if name.startswith(f"{arch}_"):
+            return arch
+    return "mlp"
 
 
 def preset_config(name: str, **overrides) -> EcompConfig:

@@ -48,7 +48,7 @@ def keep_counts(chain: Chain, size: float) -> list[int]:
 
 def pruned(parent: Parent, scores, size: float) -> MaskedNetwork:
     """The parent pruned to ``size``: each hidden stage keeps its best-scored groups."""
-    masks = [top_units_mask(s, k) for s, k in zip(scores, keep_counts(parent.chain, size))]
+    masks = [top_units_mask(s, k) for s, k in zip(scores, keep_counts(parent.net, size))]
     return MaskedNetwork(masks, parent.weights, parent.biases, parent.norms)
 
 
@@ -64,7 +64,7 @@ def baseline_prunings(parent: Parent, method: str, sizes, activation_x=None, see
     method, refit = split_method(method)
     if refit and refit_x is None:
         raise ValueError(f"baseline {method}{REFIT_SUFFIX} needs calibration images for the refit")
-    chain, weights, biases, norms = parent.chain, parent.weights, parent.biases, parent.norms
+    chain, weights, biases, norms = parent.net, parent.weights, parent.biases, parent.norms
     repeats = seeds if method == "random" else 1
     rng = torch.Generator().manual_seed(seed)
     score_sets = [unit_scores(method, chain, weights, biases, activation_x, rng, norms) for _ in range(repeats)]
@@ -89,7 +89,7 @@ def baseline_curves(parent, sizes, test_x, test_y, activation_x=None, seeds: int
     parent = read_parent(parent, test_x)
     if refit_x is not None:
         methods = [*methods, *(m + REFIT_SUFFIX for m in methods if not m.endswith(REFIT_SUFFIX))]
-    chain = parent.chain
+    chain = parent.net
     ev = PopulationEvaluator(parent, EcompConfig(embedding_layers=None, recombination_layers=None))
     total = sum(chain.hidden_widths)
     out = {}

@@ -204,6 +204,8 @@ def run_experiments(experiments: list[Experiment], parent, data, executor, paren
     parent = read_parent(parent, data.train_x)  # a Parent is returned as it is
     if not isinstance(data, RunData):
         data = check_data(parent, data)
+    if hasattr(executor, "check"):  # e.g. whether the workers can rebuild the parent
+        executor.check(parent)
     for exp in experiments:
         exp.prepare(overwrite, resume)
     report = Report()

@@ -18,7 +18,7 @@ from ecomp_deap.study.pruning_baselines import baseline_curves, keep_counts, pru
 def test_baselines_keep_exactly_the_requested_unit_counts(method):
     torch.manual_seed(0)
     parent = read_parent(build_mlp((40, 9, 23), in_features=12, n_classes=3))
-    arch, w, b = parent.chain, parent.weights, parent.biases
+    arch, w, b = parent.net, parent.weights, parent.biases
     scores = unit_scores(method, arch, w, b, torch.randn(50, 12), torch.Generator().manual_seed(0))
     for size in (0.1, 0.25, 0.5, 0.75, 0.9):
         ind = pruned(parent, scores, size)

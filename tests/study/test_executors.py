@@ -358,3 +358,42 @@ def test_default_use_of_the_cores(tasks, cores, given, expected):
     plan = plan_cores(tasks, cores, **given)
     assert (plan.executor, plan.workers, plan.threads) == expected
     assert plan.describe()
+
+
+def test_a_graph_parent_runs_on_the_cluster_as_here(tmp_path, client):
+    """A residual parent is rebuilt on the workers from its spec (its state dict shipped
+    as tensors) and its runs write the files a serial run writes; a graph parent with
+    no way to rebuild it elsewhere is refused in one line before anything runs."""
+    from dataclasses import asdict
+    from types import SimpleNamespace
+
+    from ecomp_deap.errors import ConfigError
+    from ecomp_deap.nets.parents import ParentSpec, train_parent
+    from ecomp_deap.nets.reader import read_parent
+    from ecomp_deap.study.runner import SerialExecutor
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(400) % 4
+    x = torch.randn(4, 1, 12, 12, generator=g)[y] + 0.8 * torch.randn(400, 1, 12, 12, generator=g)
+    data = SimpleNamespace(train_x=x[:300], train_y=y[:300], test_x=x[300:], test_y=y[300:],
+                           fingerprint="synthetic", source="synthetic")
+    spec = ParentSpec(arch="resnet", channels=(4, 6), blocks=1, hidden=(), in_features=144, n_classes=4, epochs=1,
+                      batch_size=50)
+    model = train_parent(spec, data.train_x, data.train_y, progress=False)
+    parent = read_parent(model, data.train_x, {"kind": "spec", "spec": asdict(spec)})
+    assert parent.is_graph
+    settings = dict(TINY, generations=3, val_size=40, mutation="units")
+
+    def experiments(out):
+        return [Experiment("w", EcompConfig(selection="weighted", **settings), 2, 0, out, 25)]
+
+    run_experiments(experiments(tmp_path / "serial"), parent, data, SerialExecutor(), log=lambda s: None)
+    report = run_experiments(experiments(tmp_path / "cluster"), parent, data, ClusterExecutor(client),
+                             log=lambda s: None)
+    assert not report.failures and len(report.written) == 2
+    assert_same_results(tmp_path / "serial", tmp_path / "cluster", ["w"], 2)
+
+    homeless = read_parent(model, data.train_x)  # no source: the workers could not rebuild it
+    with pytest.raises(ConfigError, match="can only run here"):
+        run_experiments(experiments(tmp_path / "refused"), homeless, data, ClusterExecutor(client), log=lambda s: None)
+    assert not (tmp_path / "refused").exists()

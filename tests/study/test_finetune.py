@@ -44,7 +44,7 @@ except ImportError:  # tests/ imported as a package
 def pruned_network(parent, size=0.5, method="l1"):
     read = read_parent(parent)
     ind = baseline_prunings(read, method, [size], seeds=1)[0]
-    return read.chain, ind, export_individual(ind, read.chain)
+    return read.net, ind, export_individual(ind, read.net)
 
 
 def state(model):
@@ -93,7 +93,7 @@ def test_fine_tuning_a_pruned_cnn_keeps_its_channels_and_batchnorm_sizes():
     torch.manual_seed(0)
     parent = build_cnn(channels=(4, 6), hidden=(8,), in_shape=(1, 8, 8), n_classes=3).eval()
     read = read_parent(parent, torch.zeros(1, 1, 8, 8))
-    arch, w = read.chain, read.weights
+    arch, w = read.net, read.weights
     net = export_individual(baseline_prunings(read, "l1", [0.5], seeds=1)[0], arch)
     shapes = {k: v.shape for k, v in net.state_dict().items()}
     x, y = torch.rand(101, 1, 8, 8), torch.arange(101) % 3  # the last batch of one image is skipped
