@@ -308,7 +308,7 @@ def describe_population(log, run, pop) -> None:
     firsts = [ind.weights.raw(0) for ind in pop]  # as stored: reading ind.weights[0] would copy splices
     distinct = len({id(w) for w in firsts})
     splices = sum(isinstance(w, RowSplice) for w in firsts)
-    kept = float(np.mean([sum(ind.hidden_units()) / sum(run.chain.hidden_widths) for ind in pop]))
+    kept = float(np.mean([sum(ind.hidden_units()) / sum(run.net.hidden_widths) for ind in pop]))
     log(f"timed population: {len(pop)} individuals, {distinct} distinct first-layer weight tensors "
         f"(individuals sharing one share its product; {splices} stored as crossover's row splices), "
         f"mean {100 * kept:.0f}% of the hidden units kept")

@@ -139,6 +139,19 @@ def prepared_run(cfg: EcompConfig, parent: Parent, data: RunData, generations: i
     return run, [run.toolbox.clone(ind) for ind in state.population], state.t
 
 
+def prepared_section(preset: str, s, model, data, device: str):
+    """A benchmark section's inputs: the parent read, ``preset`` at the settings ``s``
+    (pop, batch, generations, val_size, perplexity), the run after one warm-up
+    generation, its population, the next generation's index and that generation's batch.
+    Returns (parent, config, run, population, t0, x, y)."""
+    parent, run_data = read_inputs(model, data)
+    cfg = preset_config(preset, pop_size=s.pop, batch_size=s.batch, generations=s.generations,
+                        val_size=s.val_size, perplexity=s.perplexity, device=device)
+    run, base_pop, t0 = prepared_run(cfg, parent, run_data)
+    x, y = run.stream.batch(*divmod(t0, run.stream.n_batches))
+    return parent, cfg, run, base_pop, t0, x, y
+
+
 def time_steps(run: EcompRun, base_pop, t0: int, reps: int, device: str, step=None) -> list[float]:
     """Wall times of ``reps`` whole generations (``step``, default :class:`Generation` of
     the run), each from the same population and batch, the parent's references cleared
@@ -245,18 +258,24 @@ class FormTimer:
 
 
 # ----------------------------------------------------------------------------- CNN section
+def synthetic_images() -> SimpleNamespace:
+    """What ``--tiny`` runs on: 600 noisy 1x12x12 images around 4 class centres, 400 to
+    train and 200 to test."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 1, 12, 12, generator=g)
+    y = torch.arange(600) % 4
+    x = centers[y] + 0.8 * torch.randn(600, 1, 12, 12, generator=g)
+    return SimpleNamespace(train_x=x[:400], train_y=y[:400], test_x=x[400:], test_y=y[400:],
+                           fingerprint="synthetic", source="synthetic")
+
+
 def load_cnn_inputs(tiny: bool, log):
     """(data, CNN parent model, its test accuracy): FashionMNIST and the cached default CNN,
     or synthetic 1x12x12 images and a quickly trained small CNN with ``tiny``."""
     from ecomp_deap.nets.parents import DEFAULT_CNN_CHANNELS, DEFAULT_CNN_EPOCHS, DEFAULT_CNN_HIDDEN
 
     if tiny:
-        g = torch.Generator().manual_seed(0)
-        centers = torch.randn(4, 1, 12, 12, generator=g)
-        y = torch.arange(600) % 4
-        x = centers[y] + 0.8 * torch.randn(600, 1, 12, 12, generator=g)
-        data = SimpleNamespace(train_x=x[:400], train_y=y[:400], test_x=x[400:], test_y=y[400:],
-                               fingerprint="synthetic", source="synthetic")
+        data = synthetic_images()
         spec = ParentSpec(arch="cnn", channels=(4, 6), hidden=(8,), in_features=144, n_classes=4, epochs=2,
                           batch_size=50)
         model = train_parent(spec, data.train_x, data.train_y, progress=False)
@@ -327,12 +346,8 @@ def cnn_section(reps: int, device: str, tiny: bool, log) -> dict:
 
     s = CNN_TINY if tiny else CNN_REF
     data, model, parent_acc = load_cnn_inputs(tiny, lambda m: log("  " + m))
-    parent, run_data = read_inputs(model, data)
-    cfg = preset_config("cnn_weighting121", pop_size=s.pop, batch_size=s.batch, generations=s.generations,
-                        val_size=s.val_size, perplexity=s.perplexity, device=device)
-    run, base_pop, t0 = prepared_run(cfg, parent, run_data)
-    chain = run.chain
-    x, y = run.stream.batch(*divmod(t0, run.stream.n_batches))
+    parent, cfg, run, base_pop, t0, x, y = prepared_section("cnn_weighting121", s, model, data, device)
+    chain = run.net
     emb = chain.default_embeddings()
     log(f"CNN parent: {chain.describe()} (test accuracy {parent_acc:.4f}); pop {s.pop}, batch {s.batch}, "
         f"embeddings {'/'.join(emb)} (flattened C*H*W), perplexity {s.perplexity:g}")

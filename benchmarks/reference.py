@@ -6,7 +6,8 @@ It is never imported by the ``ecomp_deap`` package, and imports nothing from
 ``benchmarks/`` (the scripts import it).
 
 * Every individual is exported as its own, physically smaller ``nn.Sequential``
-  (``ecomp_deap.nets.export.export_individual``) and run on the batch on its own.
+  (``ecomp_deap.nets.export.export_individual``; for a graph parent, a copy of the
+  parent's own class pruned by Torch-Pruning) and run on the batch on its own.
 * The similarity is computed per network and per embedding layer with
   scikit-learn's exact t-SNE joint probabilities,
   ``sklearn.manifold._t_sne._joint_probabilities(D, perplexity, 0)``, on numpy
@@ -55,8 +56,24 @@ def reference_loss(parent_e: np.ndarray, child_e: np.ndarray, perplexity: float)
     return float(2.0 * np.sum(p * np.log(np.maximum(p, MACHINE_EPSILON) / q)))
 
 
-def _capture(model: nn.Sequential, x: torch.Tensor, names) -> tuple[torch.Tensor, dict]:
-    """Run ``model`` layer by layer; return the logits and the outputs of the named layers."""
+def _capture_modules(model: nn.Module, x: torch.Tensor, names) -> tuple[torch.Tensor, dict]:
+    """Run ``model``; return the logits and the outputs of its named submodules (hooks)."""
+    out, hooks = {}, []
+    for name in names:
+        hooks.append(model.get_submodule(name).register_forward_hook(
+            lambda m, i, o, name=name: out.setdefault(name, o)))
+    try:
+        return model(x), out
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _capture(model: nn.Module, x: torch.Tensor, names) -> tuple[torch.Tensor, dict]:
+    """Run ``model`` layer by layer; return the logits and the outputs of the named layers
+    (a graph parent's module and its pruned copies: by hooks on the named submodules)."""
+    if not isinstance(model, nn.Sequential):
+        return _capture_modules(model, x, names)
     want = set(names)
     out = {}
     h = x
@@ -75,8 +92,8 @@ class ReferenceEvaluator:
         individuals for the export; its ``model`` is run as the parent); ``embedding_layers``:
         the parent's layer names (None: the chain's default embeddings)."""
         if embedding_layers is None:
-            embedding_layers = parent.chain.default_embeddings()
-        self.chain = parent.chain
+            embedding_layers = parent.net.default_embeddings()
+        self.chain = parent.net
         self.device = torch.device(device)
         self.parent = copy.deepcopy(parent.model).to(self.device).eval()  # the caller's stays where it is
         self.layers = tuple(embedding_layers)
