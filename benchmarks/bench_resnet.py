@@ -9,7 +9,8 @@ torchvision ResNet-18s.
 * ours: one generation of the run's loop (``ea_weighted`` until t + 1) of the
   ``resnet_weighting121`` preset at pop 100, batch 100: the graph forward (each chunk of
   individuals vmapped over their stacked, zeroed tensors), each stage's output in the
-  similarity (flattened C*H*W).
+  similarity (flattened C*H*W). The same generation without vmap (one functional call
+  per individual, what a model vmap cannot run gets) is timed beside it.
 * reference (``reference.py``): the same generation with every individual pruned by
   Torch-Pruning into its own smaller copy of the parent's class and run alone, the
   similarity per network and layer with scikit-learn's exact t-SNE P. Its measures are
@@ -121,21 +122,26 @@ def resnet_section(reps: int, device: str, tiny: bool, log) -> dict:
     ours_step, ref_step = Generation(run), Generation(run, reference_toolbox(run, ref))
     from ecomp_deap.nets.export import export_individual
 
-    raw = {"ours": [], "reference": [], "pruning": []}
+    raw = {"ours": [], "one_by_one": [], "reference": [], "pruning": []}
+    forward = run.evaluator.forward
     for _ in range(reps):  # rounds: load changes hit ours, the reference and the bound alike
         raw["ours"] += time_steps(run, base_pop, t0, 1, device, step=ours_step)
+        forward.vmapped = False  # what a model vmap cannot run gets: one functional call per individual
+        raw["one_by_one"] += time_steps(run, base_pop, t0, 1, device, step=ours_step)
+        forward.vmapped = True
         raw["reference"] += time_steps(run, base_pop, t0, 1, device, step=ref_step)
         t = time.perf_counter()
         for ind in base_pop:
             export_individual(ind, graph)
         raw["pruning"].append(time.perf_counter() - t)
         bound.time(3)
-    ours, reference, pruning, b = (summary(raw["ours"]), summary(raw["reference"]), summary(raw["pruning"]),
-                                   bound.summary())
+    ours, one_by_one, reference, pruning, b = (summary(raw["ours"]), summary(raw["one_by_one"]),
+                                               summary(raw["reference"]), summary(raw["pruning"]), bound.summary())
     kept = sum(sum(ind.hidden_units()) for ind in base_pop) / (len(base_pop) * sum(graph.hidden_widths))
     log(f"timed population (generation t={t0}): {len(base_pop)} individuals, mean {100 * kept:.0f}% of the "
         f"channels kept")
     log(f"ours: ea_weighted, one generation  {spread(ours)}")
+    log(f"ours without vmap (one functional call per individual)  {spread(one_by_one)}")
     log(f"reference: per-network generation  {spread(reference)}")
     log(f"  of which pruning {len(base_pop)} copies {ms(pruning['median_s'])}")
     log(f"dense bound (parent forward, pop x batch images) {ms(b['median_s'])}")
@@ -144,13 +150,15 @@ def resnet_section(reps: int, device: str, tiny: bool, log) -> dict:
         f"{check['similarity_max_rel_diff']:.2e}: {'PASSED' if check['passed'] else 'FAILED'}")
     ratios = {"reference_over_ours_generation": reference["median_s"] / ours["median_s"],
               "reference_without_pruning_over_ours": (reference["median_s"] - pruning["median_s"]) / ours["median_s"],
-              "ours_over_bound_generation": ours["median_s"] / b["median_s"]}
+              "ours_over_bound_generation": ours["median_s"] / b["median_s"],
+              "one_by_one_over_ours": one_by_one["median_s"] / ours["median_s"]}
     log(f"ratio reference / ours (generation): {ratios['reference_over_ours_generation']:.1f}x "
         f"({ratios['reference_without_pruning_over_ours']:.1f}x without the reference's pruning)")
     log(f"ratio ours / dense bound (generation): {ratios['ours_over_bound_generation']:.2f}x")
+    log(f"ratio without vmap / ours: {ratios['one_by_one_over_ours']:.1f}x")
     return {"parent": graph.describe(), "parent_test_accuracy": parent_acc, "pop": s.pop, "batch": s.batch,
-            "forward": run.evaluator.forward.name, "ours": ours, "reference": reference, "pruning": pruning,
-            "bound": b, "agreement": check, "ratios": ratios, "kept_fraction": kept}
+            "forward": run.evaluator.forward.name, "ours": ours, "one_by_one": one_by_one, "reference": reference,
+            "pruning": pruning, "bound": b, "agreement": check, "ratios": ratios, "kept_fraction": kept}
 
 
 def memory_child(pop: int, batch: int) -> None:
