@@ -61,6 +61,7 @@ def load_resnet_inputs(tiny: bool, log):
         DEFAULT_RESNET_BLOCKS,
         DEFAULT_RESNET_CHANNELS,
         DEFAULT_RESNET_EPOCHS,
+        DEFAULT_RESNET_SCHEDULE,
         ParentSpec,
         accuracy,
         train_parent,
@@ -77,7 +78,7 @@ def load_resnet_inputs(tiny: bool, log):
 
     data = load_fashion_mnist()
     spec = ParentSpec(arch="resnet", channels=DEFAULT_RESNET_CHANNELS, blocks=DEFAULT_RESNET_BLOCKS, hidden=(),
-                      epochs=DEFAULT_RESNET_EPOCHS)
+                      epochs=DEFAULT_RESNET_EPOCHS, schedule=DEFAULT_RESNET_SCHEDULE)
     info = load_or_train_parent(spec, data, default_cache_dir(), progress=False, log=log)
     return data, info.model, info.test_accuracy
 

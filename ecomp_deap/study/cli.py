@@ -100,7 +100,7 @@ def add_parent_arguments(group) -> None:
                             "(default 16 32 64)")
     group.add_argument("--blocks", type=positive_int, help="--arch resnet: BasicBlocks per stage (default 3)")
     group.add_argument("--parent-epochs", type=positive_int,
-                       help="parent training epochs (default: mlp 4, cnn 5, resnet 8)")
+                       help="parent training epochs (default: mlp 4, cnn 5, resnet 10, cosine learning-rate decay)")
     group.add_argument("--parent", metavar="PATH",
                        help="load this parent instead: a saved nn.Sequential, a state dict of the toolkit's own "
                             "layouts, or, with --model, the state dict of the model that builds")
@@ -124,6 +124,7 @@ def parent_spec(args, preset_archs=()):
         DEFAULT_RESNET_BLOCKS,
         DEFAULT_RESNET_CHANNELS,
         DEFAULT_RESNET_EPOCHS,
+        DEFAULT_RESNET_SCHEDULE,
         ParentSpec,
     )
 
@@ -142,7 +143,7 @@ def parent_spec(args, preset_archs=()):
             raise ConfigError("--hidden does not go with --arch resnet (its classifier is one Linear layer)")
         return ParentSpec(arch="resnet", channels=tuple(args.channels or DEFAULT_RESNET_CHANNELS), hidden=(),
                           blocks=getattr(args, "blocks", None) or DEFAULT_RESNET_BLOCKS,
-                          epochs=args.parent_epochs or DEFAULT_RESNET_EPOCHS)
+                          epochs=args.parent_epochs or DEFAULT_RESNET_EPOCHS, schedule=DEFAULT_RESNET_SCHEDULE)
     if arch == "cnn":
         return ParentSpec(arch="cnn", channels=tuple(args.channels or DEFAULT_CNN_CHANNELS),
                           hidden=tuple(args.hidden or DEFAULT_CNN_HIDDEN),

@@ -71,3 +71,28 @@ def test_unsupported_architectures_are_refused():
         Chain.from_module(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2)))
     with pytest.raises(ParentError, match="no hidden Conv2d or Linear layer"):
         Chain.from_module(torch.nn.Sequential(torch.nn.Linear(4, 2)))
+
+
+def test_a_cosine_schedule_decays_the_rate_and_is_its_own_cache_entry(tiny_data, monkeypatch):
+    spec = P.ParentSpec(hidden=(8,), in_features=20, n_classes=4, epochs=2, batch_size=100)
+    cosine = P.ParentSpec(**{**spec.__dict__, "schedule": "cosine"})
+    rates = []
+    step = torch.optim.Adam.step
+
+    def recording(self, *a, **k):
+        rates.append(self.param_groups[0]["lr"])
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    P.train_parent(cosine, tiny_data.train_x, tiny_data.train_y, progress=False)
+    assert rates[0] == pytest.approx(spec.lr) and all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
+    rates.clear()
+    P.train_parent(spec, tiny_data.train_x, tiny_data.train_y, progress=False)
+    assert set(rates) == {spec.lr}
+    assert P.cache_key(cosine, "a") != P.cache_key(spec, "a")
+    # a constant-rate spec keeps the key it had before the schedule existed
+    fields = {k: v for k, v in spec.__dict__.items() if k not in ("schedule", "blocks", "arch", "channels")}
+    old = P.hashlib.sha256(P.json.dumps({"spec": fields, "data": "a", "format": 1}, sort_keys=True).encode())
+    assert P.cache_key(spec, "a") == old.hexdigest()[:16]
+    with pytest.raises(ParentError, match="schedule"):
+        P.ParentSpec(schedule="step")
