@@ -19,6 +19,13 @@ parent by closed-form least squares on 1000 images (:mod:`ecomp_deap.nets.refit`
 Lamarckian: selection compares masks at their refitted accuracy), and the most
 accurate network on validation as the run's result (``run_K.pt``, which
 ``experiments/finetune.py`` fine-tunes). They make the size table: ``make quality``.
+
+``unlabeled121``, ``unlabeled101``, ``unlabeled25``, ``unlabeled25_nosim`` and
+``cnn_unlabeled121``, ``cnn_unlabeled101`` are ``quality121``, ``quality101``,
+``quality25``, ``quality25_nosim``, ``cnn_quality121`` and ``cnn_quality101`` without
+labels: their first objective is the fidelity (agreement with the parent's top-1
+predictions; ``EcompConfig.accuracy_objective``), and no training or validation label
+is read. ``run.py --unlabeled`` does the same to any preset.
 """
 from __future__ import annotations
 
@@ -79,6 +86,13 @@ PRESETS: dict[str, dict] = {
     "cnn_quality101": {**CNN_QUALITY, "weights": _weights("101")},
 }
 
+# Without labels: the same searches with the parent's top-1 predictions as the targets
+# of the first objective (fidelity) in place of the labels.
+UNLABELED_TWINS = {"unlabeled121": "quality121", "unlabeled101": "quality101", "unlabeled25": "quality25",
+                   "unlabeled25_nosim": "quality25_nosim", "cnn_unlabeled121": "cnn_quality121",
+                   "cnn_unlabeled101": "cnn_quality101"}
+PRESETS.update({name: {**PRESETS[twin], "accuracy_objective": "fidelity"} for name, twin in UNLABELED_TWINS.items()})
+
 _QUALITY_TEXT = ("pop 200, 25 epochs of 11 batches of 5000 (similarity on 100), activation-ranked "
                  "initial prunings, unit-gain mutation 0.3")
 
@@ -107,6 +121,8 @@ DESCRIPTIONS = {
     **{f"pareto{c}": "NSGA-II over " + ", ".join(o for o, w in zip(("accuracy", "similarity", "compression"), c)
                                                  if w != "0") for c in PARETO},
 }
+DESCRIPTIONS.update({name: f"{twin} without labels: fidelity to the parent's predictions in place of accuracy"
+                     for name, twin in UNLABELED_TWINS.items()})
 
 
 def preset_arch(name: str) -> str | None:
