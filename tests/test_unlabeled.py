@@ -276,3 +276,21 @@ def test_run_unlabeled_then_compare_and_plot_beside_a_labeled_run(tmp_path, cach
     assert "best test fidelity" in (tmp_path / "c" / "comparison.md").read_text()
     c = run_script("plots/curves.py", out / "pareto121", out / "u" / "pareto121", "--out", tmp_path / "p")
     assert c.returncode == 0 and (tmp_path / "p" / "curves.png").exists(), c.stderr
+
+
+def test_a_checkpoint_written_before_the_objective_existed_resumes_as_a_run_with_labels(tiny_data, tiny_parent):
+    import io
+
+    from ecomp_deap.errors import UserError
+    from ecomp_deap.rng import rng_snapshot
+    from ecomp_deap.study.checkpoint import checkpoint_bytes, read_checkpoint
+
+    run = ecomp_run(CFG, tiny_parent, tiny_data)
+    blob = torch.load(io.BytesIO(checkpoint_bytes(run.initial_state(), CFG, rng_snapshot(run.rng), 0.0)),
+                      weights_only=True)
+    del blob["config"]["accuracy_objective"]
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    assert read_checkpoint(buffer.getvalue(), CFG, "old.ckpt")["t"] == 0
+    with pytest.raises(UserError, match="other settings"):
+        read_checkpoint(buffer.getvalue(), FIDELITY, "old.ckpt")
