@@ -104,10 +104,11 @@ def as_tensors(data, what: str, labels: bool = True) -> tuple[torch.Tensor, torc
             y = None if batches[0][1] is None else torch.cat([b[1] for b in batches])
         except RuntimeError as e:
             raise ConfigError(f"{what} data: batches do not fit together ({str(e).splitlines()[0]})") from None
-    if x.dim() == 0 or (y is not None and y.dim() == 0):
+    if y is not None and (x.dim() == 0 or y.dim() == 0):
         raise ConfigError(f"{what} data: inputs and labels need one row per example, got shapes "
-                          f"{tuple(x.shape)} and {tuple(y.shape)}" if y is not None else
-                          f"{what} data: inputs need one row per example, got a single number")
+                          f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if x.dim() == 0:
+        raise ConfigError(f"{what} data: inputs need one row per example, got a single number")
     if x.dim() == 1 and not x.is_floating_point():
         raise ConfigError(f"{what} data: the inputs are a 1-d tensor of integers ({len(x)} values), labels alone? "
                           "give inputs of shape (N, ...), alone or as (inputs, labels)")
