@@ -35,7 +35,13 @@ RESNET_MACS ?= 50
 RESNET := $(foreach b,$(RESNET_MACS),resnet_macs$(b) resnet_macs$(b)_nosim)
 RESNET_DIRS := $(addprefix $(OUT)/,$(RESNET))
 
-.PHONY: run test test-slow test-cuda data install bench quality quality-front study cnn cnn-quality resnet clean help
+# Compressing without labels: the labeled budget searches against their twins without labels
+# (fidelity to the parent), with and without the similarity objective, on the MLP (<= 25 % of
+# the units) and the CNN (<= 50 % of the channels and units); baselines; one comparison each.
+UNLABELED_MLP := quality25 unlabeled25 unlabeled25_nosim
+UNLABELED_CNN := cnn_quality50 cnn_unlabeled50 cnn_unlabeled50_nosim cnn_quality50_nosim
+
+.PHONY: run test test-slow test-cuda data install bench quality quality-front unlabeled study cnn cnn-quality resnet clean help
 
 help:
 	@echo "make run        install, provision data, train/load the parent, run weighting121 vs pareto121 ($(RUNS) runs each),"
@@ -47,6 +53,7 @@ help:
 	@echo "make quality    the size-budget study: quality12.5/25/50 with and without similarity ($(RUNS) runs each,"
 	@echo "                RUNS=10 for docs/results.md's table), baselines, fine-tuning ($(FINETUNE_EPOCHS) epochs), one size table"
 	@echo "make quality-front  the accuracy-at-size study of whole fronts: quality121 vs quality101"
+	@echo "make unlabeled  labeled vs unlabeled budget searches, MLP at 25 % and CNN at 50 % (RUNS=5: docs/results.md's)"
 	@echo "make cnn        the default CNN parent: cnn_weighting121 vs cnn_pareto121, CNN baselines, compare, plot"
 	@echo "make cnn-quality  the CNN accuracy-at-size study: cnn_quality121 vs cnn_quality101 (RUNS=10: docs/results.md's)"
 	@echo "make resnet     the residual parent within 50 % of its multiply-adds (RESNET_MACS='25 50 75' for all three),"
@@ -114,6 +121,17 @@ quality-front: $(STAMP) data
 	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite
 	$(BIN)/python experiments/compare.py $(OUT)/quality121 $(OUT)/quality101 --baselines $(OUT)/baselines
 	$(BIN)/python plots/pareto.py $(OUT)/quality121 $(OUT)/quality101 $(OUT)/baselines
+
+unlabeled: $(STAMP) data
+	$(BIN)/python experiments/run.py --name $(UNLABELED_MLP) --runs $(RUNS) --out $(OUT) --resume --quiet
+	$(BIN)/python experiments/run.py --name $(UNLABELED_CNN) --runs $(RUNS) --out $(OUT) --resume --quiet
+	$(BIN)/python experiments/baselines.py --out $(OUT) --overwrite --sizes 0.125 0.875 0.125 --refit 1000
+	$(BIN)/python experiments/baselines.py --arch cnn --name cnn_baselines --out $(OUT) --overwrite
+	$(BIN)/python experiments/compare.py $(addprefix $(OUT)/,$(UNLABELED_MLP)) --baselines $(OUT)/baselines \
+	    --sizes 0.25 --out $(OUT)/unlabeled_mlp
+	$(BIN)/python experiments/compare.py $(addprefix $(OUT)/,$(UNLABELED_CNN)) --baselines $(OUT)/cnn_baselines \
+	    --sizes 0.5 --out $(OUT)/unlabeled_cnn
+	@echo "comparisons: $(OUT)/unlabeled_mlp/comparison.md, $(OUT)/unlabeled_cnn/comparison.md"
 
 # Channel compression of the default CNN parent (conv 16-32, linear 64-10), trained once and cached.
 cnn: $(STAMP) data

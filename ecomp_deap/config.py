@@ -18,6 +18,7 @@ DEVICES = ("auto", "cpu", "cuda")
 INIT_SCORES = ("l1", "activation")
 MUTATIONS = ("weights", "units")
 CROSSOVERS = ("layerwise", "reference")
+ACCURACY_OBJECTIVES = ("accuracy", "fidelity")
 
 
 # ------------------------------------------------------------------ size budget
@@ -62,6 +63,11 @@ class EcompConfig:
     weights: tuple[float, float, float] = (1.0, 2.0, 1.0)
     """Objective weights in the order accuracy, similarity, compression. Weighted mode:
     fitness = wa*a - ws*s + wc*(1 - c). NSGA-II: a zero weight drops that objective."""
+    accuracy_objective: str = "accuracy"
+    """What the first objective measures: 'accuracy' (agreement with the labels) or
+    'fidelity' (agreement with the parent's top-1 predictions, computed from the inputs
+    once per data set: the run reads no training or validation label; test labels, where
+    given, only report the test accuracy beside the test fidelity)."""
     selection: str = "weighted"
     """'weighted' (softmax roulette, the reference) or 'nsga2' (Pareto selection)."""
     pop_size: int = 100
@@ -178,6 +184,12 @@ class EcompConfig:
         return " and ".join(parts)
 
     @property
+    def objective_names(self) -> tuple[str, ...]:
+        """:attr:`active_objectives` as result files name them: the first one after what it
+        measures (``accuracy_objective``: 'accuracy' or 'fidelity')."""
+        return tuple(self.accuracy_objective if o == "accuracy" else o for o in self.active_objectives)
+
+    @property
     def similarity_size(self) -> int:
         """Images of each batch that enter the similarity: ``similarity_batch``, or the whole batch."""
         return self.similarity_batch or self.batch_size
@@ -219,6 +231,8 @@ class EcompConfig:
         need(all(math.isfinite(w) for w in self.weights), f"weights must be finite, got {list(self.weights)}")
         need(all(w >= 0 for w in self.weights), f"weights must be non-negative, got {list(self.weights)}")
         need(any(w > 0 for w in self.weights), "weights are all zero: at least one objective needs a positive weight")
+        need(self.accuracy_objective in ACCURACY_OBJECTIVES,
+             f"accuracy_objective must be one of {', '.join(ACCURACY_OBJECTIVES)}, got {self.accuracy_objective!r}")
         need(self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         need(isinstance(self.pop_size, int) and self.pop_size >= 2, f"pop_size must be an integer >= 2, got {self.pop_size}")
         if self.selection == "nsga2":

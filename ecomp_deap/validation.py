@@ -105,13 +105,16 @@ def validate_dataset(name: str, x, y, n_classes: int, input_shape: Sequence[int]
 
 def validate_run_data(data, chain, validation: tuple | None = None) -> None:
     """Check a run's data against its parent: ``data.train_x/train_y``, the optional
-    ``validation`` (x, y) pair, and ``data.test_x/test_y``. ``chain`` (a parsed parent) needs ``input_shape``
-    and ``n_classes``."""
+    ``validation`` (x, y) pair, and ``data.test_x/test_y``; labels that are None (inputs
+    only) are not checked. ``chain`` (a parsed parent) needs ``input_shape`` and ``n_classes``."""
     shape, k = chain.input_shape, chain.n_classes
-    validate_dataset("train", data.train_x, data.train_y, k, shape)
-    if validation is not None:
-        validate_dataset("val", validation[0], validation[1], k, shape)
-    validate_dataset("test", data.test_x, data.test_y, k, shape)
+    sets = [("train", data.train_x, data.train_y), *([("val", *validation)] if validation is not None else []),
+            ("test", data.test_x, data.test_y)]
+    for name, x, y in sets:
+        if y is None:
+            validate_inputs(name, x, shape)
+        else:
+            validate_dataset(name, x, y, k, shape)
 
 
 def validate_parent_weights(model: torch.nn.Module) -> None:

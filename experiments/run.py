@@ -9,6 +9,8 @@
     python experiments/run.py --runs 10 --name cnn_weighting121 cnn_pareto121     # the default CNN parent
     python experiments/run.py --runs 10 --name quality25 quality25_nosim          # the best network with <= 25 % of the units
     python experiments/run.py --name pareto121 --max-size 0.25                    # any preset within a size budget
+    python experiments/run.py --runs 10 --name unlabeled25 unlabeled25_nosim      # without labels (fidelity to the parent)
+    python experiments/run.py --name quality25 --unlabeled --out OUT/unlabeled     # any preset without labels
 
 Results go to OUT/NAME/run_K.json (+ run_K.pt, the chosen network) and
 OUT/NAME/summary.{json,csv}; compare experiments with experiments/compare.py and
@@ -65,6 +67,10 @@ def build_parser() -> OneLineParser:
     g = p.add_argument_group("evolution (override the preset)")
     g.add_argument("--weights", nargs=3, type=finite_float, metavar=("WA", "WS", "WC"),
                    help="objective weights: accuracy, similarity, compression (required for a non-preset name)")
+    g.add_argument("--unlabeled", action="store_const", const="fidelity", dest="accuracy_objective",
+                   help="compress without labels: the first objective is the fidelity (agreement with the parent's "
+                        "top-1 predictions) and no training or validation label is read; the test labels only "
+                        "report the test accuracy beside the test fidelity (unlabeled* presets: on)")
     g.add_argument("--selection", choices=SELECTIONS, help="weighted (softmax roulette) or nsga2 (Pareto)")
     g.add_argument("--pop-size", type=positive_int, help="population size (preset: 100; NSGA-II needs a multiple of 4)")
     g.add_argument("--generations", type=positive_int, help="generations = training batches per epoch (preset: 100)")
@@ -130,7 +136,7 @@ def build_parser() -> OneLineParser:
     return p
 
 
-OVERRIDES = ("weights", "selection", "crossover", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
+OVERRIDES = ("weights", "accuracy_objective", "selection", "crossover", "pop_size", "generations", "epochs", "batch_size", "mutation_rate",
              "mutation", "mutation_low", "mutation_high",
              "mask_flip_prob", "selection_temperature", "elitism", "kernel", "perplexity", "val_size", "device",
              "embedding_layers", "recombination_layers", "similarity_batch", "init_scores", "norm_calibration",
@@ -251,7 +257,8 @@ def run_all(args, argv, experiments, plan, client=None) -> int:
 
 def describe(exp) -> str:
     budget = f", at most {exp.config.describe_budget()}" if exp.config.has_budget else ""
-    return (f"== {exp.name}: {exp.runs} run(s), {exp.config.selection}, weights {list(exp.config.weights)}, "
+    return (f"== {exp.name}: {exp.runs} run(s), {exp.config.selection} over {', '.join(exp.config.objective_names)}, "
+            f"weights {list(exp.config.weights)}, "
             f"pop {exp.config.pop_size}, {exp.config.epochs} x {exp.config.generations} generations{budget} -> {exp.folder}")
 
 

@@ -3,7 +3,8 @@
     python plots/curves.py OUT/weighting121 OUT/pareto121 [...] [--max-runs 10] [--out DIR]
 
 Draws a grid with one row per measure (accuracy, compression, similarity: the
-population average of the logbook) and one column per run index (run_0,
+population average of the logbook; for runs without labels the first row is their
+fidelity, and the axis and legend say so) and one column per run index (run_0,
 run_1, ...; at most ``--max-runs`` columns, the title says when runs were left
 out), one line per experiment. Writes ``curves.png`` and ``curves.pdf`` into
 ``DIR`` (default: ``plots/`` inside the first FOLDER). Only saved results are
@@ -19,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from ecomp_deap.study.plotting import (
     MEASURES,
+    accuracy_axis_label,
     color_for,
     folders_parser,
     logbook_series,
@@ -52,6 +54,7 @@ def figure_curves(exps, max_runs: int):
         axes[-1, col].set_xlabel("generation")
     for row, key in enumerate(ROWS):
         label, better = MEASURES[key]
+        label = accuracy_axis_label(exps) if key == "accuracy" else label
         axes[row, 0].set_ylabel(f"{label}\n({better})")
         for ax in axes[row]:
             ax.xaxis.get_major_locator().set_params(integer=True)

@@ -190,6 +190,19 @@ class PopulationEvaluator:
         return correct.cpu().numpy() / len(x)  # divided on the host, as in measure_blocks
 
     @torch.inference_mode()
+    def parent_predictions(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """(N,) int64 on the CPU: the parent's top-1 class for every input of ``x``, by the
+        same forward as the population's, so that the parent agrees with them everywhere
+        (its fidelity is 1). Inputs only: what a run without labels measures agreement with."""
+        out = []
+        for i in range(0, len(x), batch_size):
+            with full_float32(self.device):
+                logits, _, _ = self.forward.plan([self.parent_network], x[i:i + batch_size].to(self.device), 0,
+                                                 1).outputs(0, 1)
+            out.append(logits[0].argmax(-1).cpu())  # (B,)
+        return torch.cat(out)
+
+    @torch.inference_mode()
     def measure_batches(self, population, batches, key: tuple | None = None) -> Measures:
         """Mean measures over an iterable of (x, y) batches; with ``key``, batch ``i``'s
         parent reference is kept under ``(*key, i)``. Equal batches are measured

@@ -22,6 +22,7 @@ from deap import tools
 from .._version import __version__
 from ..config import EcompConfig
 from ..data import BatchStream, make_splits
+from ..errors import ConfigError
 from ..fitness.evaluator import PopulationEvaluator
 from ..fitness.measures import Measures
 from ..nets.chain import Chain
@@ -57,19 +58,23 @@ def versions() -> dict:
 class RunData:
     """A run's data, checked against its parent by :func:`check_data`: ``train_x``/``train_y``
     (the evolution subset and, unless ``validation`` (x, y) is given, the validation split
-    are drawn from them) and ``test_x``/``test_y`` (for reporting only)."""
+    are drawn from them) and ``test_x``/``test_y`` (for reporting only). A label tensor may
+    be None (inputs only): a run whose ``accuracy_objective`` is 'fidelity' needs none and
+    reads none of ``train_y`` and the validation labels; without ``test_y`` it reports
+    no test accuracy."""
 
     train_x: torch.Tensor
-    train_y: torch.Tensor
+    train_y: torch.Tensor | None
     test_x: torch.Tensor
-    test_y: torch.Tensor
+    test_y: torch.Tensor | None
     validation: tuple | None = None
 
 
 def check_data(parent: Parent, data, validation: tuple | None = None) -> RunData:
     """``data`` (anything with ``train_x, train_y, test_x, test_y``) and the optional
     ``validation`` (x, y) checked against ``parent`` (:func:`~ecomp_deap.validation.validate_run_data`:
-    one :class:`~ecomp_deap.errors.ConfigError` line naming the set and the problem)."""
+    one :class:`~ecomp_deap.errors.ConfigError` line naming the set and the problem; labels
+    that are None are not checked)."""
     validate_run_data(data, parent.net, validation)
     return RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation)
 
@@ -87,7 +92,8 @@ class RunResult:
     best: dict
     front: list[dict]
     parent: dict
-    test_hypervolume: float
+    test_hypervolume: float | None
+    """The front's (test accuracy, compression) hypervolume; None without test labels."""
     wall_time_s: float
     best_module: torch.nn.Sequential
     extremes: dict = field(default_factory=dict)
@@ -98,20 +104,24 @@ class RunResult:
 
     @property
     def final_population(self) -> dict:
-        """Mean measures of the final population on all training batches."""
+        """Mean measures of the final population on all training batches (the accuracy
+        objective under its name, ``accuracy`` or ``fidelity``)."""
         m = self.evolution.train_measures
-        return {"accuracy": float(m.accuracy.mean()), "compression": float(m.compression.mean()),
+        return {self.config.accuracy_objective: float(m.accuracy.mean()), "compression": float(m.compression.mean()),
                 "similarity": float(m.similarity.mean()), "size": len(m)}
 
     @property
     def logbook(self):
-        """The logbook as plain dicts, one per generation (:func:`~.loops.logbook_rows`)."""
-        return logbook_rows(self.evolution.logbook)
+        """The logbook as plain dicts, one per generation (:func:`~.loops.logbook_rows`),
+        the accuracy objective's statistics under its name (``accuracy`` or ``fidelity``)."""
+        name = self.config.accuracy_objective
+        return [{(name if k == "accuracy" else k): v for k, v in row.items()}
+                for row in logbook_rows(self.evolution.logbook)]
 
     def to_json(self) -> dict:
         """The result-file body (without name/run, which the experiment layer adds)."""
         cfg = self.config
-        return {"selection": cfg.selection, "objectives": list(cfg.active_objectives),
+        return {"selection": cfg.selection, "objectives": list(cfg.objective_names),
                 "config": cfg.to_dict(), "versions": versions(), "seed": cfg.seed,
                 "logbook": self.logbook, "parent": self.parent, "best": self.best, "extremes": self.extremes,
                 "front": self.front, "final_population": self.final_population, "test_hypervolume": self.test_hypervolume,
@@ -130,22 +140,34 @@ class EcompRun:
             config = config.replace(val_size=0)
         config.validate()
         config.validate_for(parent.net)
-        config.validate_data(len(data.train_y))
+        config.validate_data(len(data.train_x))
         self.config, self.parent, self.data, self.progress = config, parent, data, progress
         self.net = parent.net
         self.parent_test_accuracy = parent_test_accuracy
         self.rng = seed_everything(config.seed)
-        splits = make_splits(data.train_y, config.subset_size, config.val_size, config.seed)
-        self.stream = BatchStream(data.train_x, data.train_y, splits.subset, config.batch_size, config.seed)
-        val_x, val_y = data.validation if data.validation is not None else (data.train_x[splits.validation],
-                                                                            data.train_y[splits.validation])
-        self.val_batches = list(whole_batches(val_x, val_y, config.batch_size))
         self.evaluator = PopulationEvaluator(parent, config, config.resolved_device())
+        # everything below measures agreement with these targets and nothing else
+        train_targets = self.targets("train", data.train_x, data.train_y)
+        splits = make_splits(train_targets, config.subset_size, config.val_size, config.seed)
+        self.stream = BatchStream(data.train_x, train_targets, splits.subset, config.batch_size, config.seed)
+        val_x, val_t = ((data.validation[0], self.targets("val", *data.validation)) if data.validation is not None
+                        else (data.train_x[splits.validation], train_targets[splits.validation]))
+        self.val_batches = list(whole_batches(val_x, val_t, config.batch_size))
         calibration = self.subset_images(config.norm_calibration) if config.norm_calibration else None
         refit_x = self.subset_images(config.refit_images) if config.refit_images else None
         self.toolbox = build_toolbox(config, parent, self.rng, self.evaluator, self.stream, self.init_scores(),
                                      calibration, refit_x)
         self.total = config.epochs * self.stream.n_batches  # generations
+
+    def targets(self, name: str, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """What the accuracy objective agrees with on data set ``name``: its ``labels``, or,
+        for 'fidelity', the parent's top-1 predictions on ``x`` (the labels are not read)."""
+        if self.config.accuracy_objective == "fidelity":
+            return self.evaluator.parent_predictions(x)
+        if labels is None:
+            raise ConfigError(f"{name} data has no labels: the accuracy objective needs them "
+                              "(accuracy_objective='fidelity' compresses without labels)")
+        return labels
 
     def init_scores(self, images: int = INIT_SCORE_IMAGES):
         """Group scores ranking the initial prunings: None for L1 (the toolbox's default);
@@ -185,27 +207,43 @@ class EcompRun:
             return LOOPS[cfg.selection](state, self.toolbox, cfg, make_statistics(), self.stream.n_batches,
                                         self.total if until is None else until, hooks)
 
-    def describe(self, ind, m: Measures, i: int) -> dict:
+    def describe(self, ind, m: Measures, i: int, label_accuracy=None) -> dict:
         """The result-file entry of ``ind``, whose measures are entry ``i`` of ``m``: test
         accuracy, compression, similarity, kept groups per hidden stage, parameters and
-        multiply-adds per example (also as fractions of the parent's)."""
+        multiply-adds per example (also as fractions of the parent's). A fidelity run's
+        entry has its test fidelity (``m.accuracy``) and its test accuracy on the labels
+        (``label_accuracy``; None without test labels)."""
         kept = ind.hidden_units()
         params, macs = self.net.sizes(ind.masks)
         parent_params, parent_macs = self.net.sizes()
-        return {"test_accuracy": float(m.accuracy[i]), "compression": float(m.compression[i]),
+        if self.config.accuracy_objective == "fidelity":
+            head = {"test_accuracy": None if label_accuracy is None else float(label_accuracy[i]),
+                    "test_fidelity": float(m.accuracy[i])}
+        else:
+            head = {"test_accuracy": float(m.accuracy[i])}
+        return {**head, "compression": float(m.compression[i]),
                 "similarity": float(m.similarity[i]), "hidden_units": kept,
                 "parameters": params, "macs": macs, "parameters_kept": params / parent_params,
                 "macs_kept": macs / parent_macs}
 
     def test_measures(self, individuals) -> Measures:
-        """Measures on the test set: accuracy on all of it; the similarity, a per-batch
-        quantity, averaged over its whole batches of the run's batch size."""
-        batches = list(whole_batches(self.data.test_x, self.data.test_y, self.config.batch_size))
+        """Measures on the test set: the accuracy objective on all of it; the similarity, a
+        per-batch quantity, averaged over its whole batches of the run's batch size."""
+        x = self.data.test_x
+        y = self.targets("test", x, self.data.test_y)
+        batches = list(whole_batches(x, y, self.config.batch_size))
         if not batches:  # a test set smaller than one batch: one batch of all of it
-            batches = [(self.data.test_x, self.data.test_y)]
+            batches = [(x, y)]
         m = self.evaluator.measure_batches(individuals, batches, key=("test",))
-        m.accuracy = self.evaluator.accuracy(individuals, self.data.test_x, self.data.test_y)
+        m.accuracy = self.evaluator.accuracy(individuals, x, y)
         return m
+
+    def test_label_accuracy(self, individuals):
+        """(P,) test accuracy on the test labels, beside a fidelity run's test fidelity;
+        None without test labels."""
+        if self.data.test_y is None:
+            return None
+        return self.evaluator.accuracy(individuals, self.data.test_x, self.data.test_y)
 
     def run(self, state: EvolutionState | None = None, on_generation=None, on_failure=None,
             elapsed_before_s: float = 0.0) -> RunResult:
@@ -219,26 +257,34 @@ class EcompRun:
         t_test = time.perf_counter()
         pop = evo.population
         chosen = sorted(set(evo.front_indices) | {evo.best_index} | set(evo.extremes.values()))
-        test = self.test_measures([pop[i] for i in chosen])
-        row = {idx: self.describe(pop[idx], test, j) for j, idx in enumerate(chosen)}
+        individuals = [pop[i] for i in chosen]
+        fidelity = self.config.accuracy_objective == "fidelity"
+        test = self.test_measures(individuals)
+        label_accuracy = self.test_label_accuracy(individuals) if fidelity else None
+        row = {idx: self.describe(pop[idx], test, j, label_accuracy) for j, idx in enumerate(chosen)}
+        measure = self.config.accuracy_objective  # what the train and val entries hold
         for idx in chosen:
-            row[idx]["train_accuracy"] = float(evo.train_measures.accuracy[idx])
+            row[idx][f"train_{measure}"] = float(evo.train_measures.accuracy[idx])
             row[idx]["train_similarity"] = float(evo.train_measures.similarity[idx])
         if evo.val_measures is not None:  # Pareto mode: the validation front, aligned with front_indices
             for j, idx in enumerate(evo.front_indices):
-                row[idx]["val_accuracy"] = float(evo.val_measures.accuracy[j])
-        best = dict(row[evo.best_index], selected_by=evo.selected_by)
+                row[idx][f"val_{measure}"] = float(evo.val_measures.accuracy[j])
+        selected_by = evo.selected_by.replace("most accurate", "highest fidelity").replace("accuracy", "fidelity") \
+            if fidelity else evo.selected_by
+        best = dict(row[evo.best_index], selected_by=selected_by)
         front = [row[i] for i in evo.front_indices]
-        hv = hypervolume_2d(np.array([[f["test_accuracy"], f["compression"]] for f in front]),
-                            (HV_REFERENCE["accuracy"], HV_REFERENCE["compression"]))
+        hv = None  # over the test accuracy: none without test labels
+        if all(f["test_accuracy"] is not None for f in front):
+            hv = hypervolume_2d(np.array([[f["test_accuracy"], f["compression"]] for f in front]),
+                                (HV_REFERENCE["accuracy"], HV_REFERENCE["compression"]))
         params, macs = self.net.sizes()
-        if self.parent_test_accuracy is None:
+        if self.parent_test_accuracy is None and self.data.test_y is not None:
             from ..nets.parents import accuracy
 
             self.parent_test_accuracy = accuracy(self.parent.model, self.data.test_x, self.data.test_y)
         parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.net.hidden_widths),
                   "parameters": params, "macs": macs}
-        extremes = {k: row[i] for k, i in evo.extremes.items()}
+        extremes = {(measure if k == "accuracy" else k): row[i] for k, i in evo.extremes.items()}
         best_module = export_individual(pop[evo.best_index], self.net)
         front_modules = [export_individual(pop[i], self.net) for i in evo.front_indices]
         end = time.perf_counter()

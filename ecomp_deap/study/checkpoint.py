@@ -92,7 +92,8 @@ def _written_format(data: bytes) -> str | None:
 def read_checkpoint(data: bytes, config: EcompConfig, where: str) -> dict:
     """The checkpoint in ``data`` (the bytes of a checkpoint file; ``where`` names it in
     errors), checked: loadable without running code, of this format, written for
-    ``config``; else one :class:`~ecomp_deap.errors.UserError` line saying what to do."""
+    ``config`` (settings it lacks count as their defaults); else one
+    :class:`~ecomp_deap.errors.UserError` line saying what to do."""
     restart = f"delete {where} to restart this run from generation 0 (finished runs are kept)"
     try:
         blob = load_untrusted(io.BytesIO(data), opt_in=None, what="checkpoint", name=where)
@@ -108,7 +109,8 @@ def read_checkpoint(data: bytes, config: EcompConfig, where: str) -> dict:
         found = blob.get("format") if isinstance(blob, dict) else None
         raise UserError(f"{where}: not an ecomp_deap checkpoint of format {FORMAT}"
                         + (f" (found {found!r})" if isinstance(found, str) else "") + f"; {restart}")
-    if blob["config"] != plain(config.to_dict()):
+    defaults = plain(EcompConfig().to_dict())  # a setting added after the checkpoint was written: its default
+    if {**defaults, **blob["config"]} != plain(config.to_dict()):
         raise UserError(f"{where}: checkpoint was written with other settings; resume with the same options "
                         "or use --overwrite to start again")
     return blob

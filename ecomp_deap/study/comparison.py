@@ -4,10 +4,12 @@ Everything here takes plain data -- ``(name, runs)`` pairs where ``runs`` is the
 list of run dictionaries of :func:`ecomp_deap.study.results.load_experiment` -- and
 returns plain rows (dicts), so it is testable without files or subprocesses.
 
-* :func:`summary_row` / :func:`summary_rows`: per experiment, the median and
-  interquartile range (25th-75th percentile, linear interpolation as
-  ``numpy.percentile``) of the best network's test accuracy, compression and
-  similarity, and the median test hypervolume. Null values are left out.
+* :func:`summary_row` / :func:`summary_rows`: per experiment, its first objective
+  (accuracy on labels, or fidelity to the parent's predictions for runs without
+  labels), the median and interquartile range (25th-75th percentile, linear
+  interpolation as ``numpy.percentile``) of the best network's test accuracy (on the
+  test labels, whatever the objective), test fidelity (runs without labels), compression
+  and similarity, and the median test hypervolume. Null values are left out.
 * :func:`pairwise_rows`: for every pair of experiments, the two-sided
   Mann-Whitney U p-value on test hypervolume and on best test accuracy; ``None``
   (printed ``n/a``) when a group has fewer than two values.
@@ -33,13 +35,15 @@ NA = "n/a"
 # (row key prefix, path in the run dict, table heading)
 BEST_MEASURES = [
     ("accuracy", ("best", "test_accuracy"), "best test accuracy"),
+    ("fidelity", ("best", "test_fidelity"), "best test fidelity"),
     ("compression", ("best", "compression"), "best compression"),
     ("similarity", ("best", "similarity"), "best similarity"),
 ]
 
 SUMMARY_FIELDS = [
-    "name", "selection", "runs",
+    "name", "selection", "objective", "runs",
     "accuracy_median", "accuracy_q25", "accuracy_q75",
+    "fidelity_median", "fidelity_q25", "fidelity_q75",
     "compression_median", "compression_q25", "compression_q75",
     "similarity_median", "similarity_q25", "similarity_q75",
     "hypervolume_median",
@@ -96,11 +100,19 @@ def selection_mode(runs: Sequence[dict]) -> str:
     return modes.pop() if len(modes) == 1 else "mixed"
 
 
+def objective_of(runs: Sequence[dict]) -> str:
+    """The runs' common first objective ('accuracy', 'fidelity'; files without the setting
+    are 'accuracy'), or 'mixed'."""
+    found = {str(_get(r, ("config", "accuracy_objective")) or "accuracy") for r in runs}
+    return found.pop() if len(found) == 1 else "mixed"
+
+
 def summary_row(name: str, runs: Sequence[dict]) -> dict:
-    """One experiment's row of :data:`SUMMARY_FIELDS`: its selection mode, its number of
-    runs, the median and quartiles of each best-network measure and the median test
-    hypervolume."""
-    row: dict[str, Any] = {"name": name, "selection": selection_mode(runs), "runs": len(runs)}
+    """One experiment's row of :data:`SUMMARY_FIELDS`: its selection mode, its first
+    objective, its number of runs, the median and quartiles of each best-network measure
+    and the median test hypervolume."""
+    row: dict[str, Any] = {"name": name, "selection": selection_mode(runs), "objective": objective_of(runs),
+                           "runs": len(runs)}
     for key, path, _ in BEST_MEASURES:
         med, q25, q75 = median_iqr(run_values(runs, path))
         row[f"{key}_median"], row[f"{key}_q25"], row[f"{key}_q75"] = med, q25, q75
@@ -176,14 +188,15 @@ def pairwise_rows(experiments: Sequence[tuple[str, Sequence[dict]]], against: st
 def front_at_size(run: dict, size: float) -> dict | None:
     """The run's front network for a budget of ``size`` (fraction of the parent's hidden
     units): among its front points with compression <= size, the one with the best
-    validation accuracy (train accuracy when the run has no validation split; ties: the
-    smaller network). The test set plays no part in the choice. None when no front
-    point is that small."""
+    validation accuracy (train accuracy when the run has no validation split; a run
+    without labels: its validation, else train, fidelity; ties: the smaller network).
+    The test set plays no part in the choice. None when no front point is that small."""
     points = [p for p in run.get("front") or [] if isinstance(p, dict)
               and p.get("compression") is not None and p["compression"] <= size + SIZE_TOL]
     if not points:
         return None
-    key = "val_accuracy" if all(p.get("val_accuracy") is not None for p in points) else "train_accuracy"
+    measure = objective_of([run])
+    key = f"val_{measure}" if all(p.get(f"val_{measure}") is not None for p in points) else f"train_{measure}"
     return max(points, key=lambda p: (p.get(key) or 0.0, -p["compression"]))
 
 
@@ -389,15 +402,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
 
 
 def summary_markdown(rows: Sequence[dict]) -> str:
-    """The summary table (:func:`summary_rows`) as Markdown."""
-    headers = ["experiment", "selection", "runs"] + [
-        f"{heading} median [q25–q75]" for _, _, heading in BEST_MEASURES] + ["median test hypervolume"]
+    """The summary table (:func:`summary_rows`) as Markdown; the test fidelity column only
+    when some experiment has one (runs without labels)."""
+    measures = [m for m in BEST_MEASURES if m[0] != "fidelity" or any(r["fidelity_median"] is not None for r in rows)]
+    headers = ["experiment", "selection", "objective", "runs"] + [
+        f"{heading} median [q25–q75]" for _, _, heading in measures] + ["median test hypervolume"]
     body = []
     for r in rows:
-        body.append([r["name"], r["selection"], r["runs"]]
-                    + [fmt_median_iqr(r[f"{k}_median"], r[f"{k}_q25"], r[f"{k}_q75"]) for k, _, _ in BEST_MEASURES]
+        body.append([r["name"], r["selection"], r["objective"], r["runs"]]
+                    + [fmt_median_iqr(r[f"{k}_median"], r[f"{k}_q25"], r[f"{k}_q75"]) for k, _, _ in measures]
                     + [fmt_number(r["hypervolume_median"])])
-    return markdown_table(headers, body, ["l", "l", "r", "r", "r", "r", "r"])
+    return markdown_table(headers, body, ["l", "l", "l"] + ["r"] * (len(headers) - 3))
 
 
 def pairwise_markdown(rows: Sequence[dict]) -> str:
@@ -554,7 +569,10 @@ def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequenc
         "## Experiments",
         "",
         "Best network of each run: median and interquartile range [25th–75th percentile] "
-        "across runs. Accuracy: higher is better; compression (fraction of the parent's "
+        "across runs. Objective: what the search's first objective measured, accuracy (the "
+        "labels) or fidelity (agreement with the parent's top-1 predictions: no training or "
+        "validation label read); test accuracy is on the test labels either way. Accuracy and "
+        "fidelity: higher is better; compression (fraction of the parent's "
         "hidden units kept) and similarity (t-SNE KL divergence): lower is better.",
         "",
         summary_markdown(summary),
@@ -581,7 +599,8 @@ def format_report(summary: Sequence[dict], pairs: Sequence[dict], sizes: Sequenc
             "## Test accuracy at a size budget",
             "",
             "Per run, the front network with at most that fraction of the parent's hidden units "
-            "and the best validation accuracy (chosen without the test set); median and "
+            "and the best validation accuracy (runs without labels: fidelity; chosen without the "
+            "test set); median and "
             "interquartile range of its test accuracy across runs (runs with such a network in "
             "brackets); with two experiments, the two-sided Mann–Whitney U p-value between them. "
             "Baselines: structured pruning to exactly that size, no retraining"

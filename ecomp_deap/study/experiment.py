@@ -94,7 +94,9 @@ def write_summary(folder: Path, name: str, rows: list[dict], parent: dict | None
 def run_line(name: str, k: int, runs: int, body: dict) -> str:
     """The one-line summary of a finished run (the progress line of every executor)."""
     b = body["best"]
-    return (f"{name} run {k + 1}/{runs} (seed {body['seed']}): best test accuracy {b['test_accuracy']:.4f}, "
+    accuracy = "n/a" if b["test_accuracy"] is None else f"{b['test_accuracy']:.4f}"
+    fidelity = f", test fidelity {b['test_fidelity']:.4f}" if b.get("test_fidelity") is not None else ""
+    return (f"{name} run {k + 1}/{runs} (seed {body['seed']}): best test accuracy {accuracy}{fidelity}, "
             f"compression {b['compression']:.3f}, similarity {b['similarity']:.4f}, "
             f"hidden {'-'.join(map(str, b['hidden_units']))}, {body['wall_time_s']:.1f} s")
 

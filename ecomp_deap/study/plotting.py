@@ -4,7 +4,9 @@
   experiment each) and checks the fields a script needs (:func:`require`), so a
   bad input fails before anything is drawn or written;
   :func:`load_baselines` reads a ``baselines.json`` folder.
-* drawing: :func:`apply_style`, :func:`color_for`, :data:`MEASURES`.
+* drawing: :func:`apply_style`, :func:`color_for`, :data:`MEASURES`; a run's first
+  objective is accuracy or, without labels, fidelity (:func:`accuracy_objective`), and
+  legends and axes say which.
 * saving: :func:`save_figure` renders a figure to PNG and PDF in memory first and
   then writes both files atomically (temporary file + rename), so an error never
   leaves a half-written figure behind.
@@ -74,16 +76,36 @@ class ExperimentResults:
         return modes.pop() if len(modes) == 1 else "mixed"
 
     @property
+    def objective(self) -> str:
+        """The runs' common first objective ('accuracy', 'fidelity'), or 'mixed'."""
+        found = {accuracy_objective(r) for r in self.runs}
+        return found.pop() if len(found) == 1 else "mixed"
+
+    @property
     def label(self) -> str:
-        """The name and the selection mode, for legends: 'NAME (NSGA-II)'."""
+        """The name and the selection mode, for legends: 'NAME (NSGA-II)', and the
+        objective when it is not accuracy: 'NAME (NSGA-II, fidelity)'."""
         mode = SELECTION_NAMES.get(self.selection, self.selection)
-        return f"{self.name} ({mode})"
+        return f"{self.name} ({mode})" if self.objective == "accuracy" else f"{self.name} ({mode}, {self.objective})"
 
     def parent_accuracy(self) -> float:
         """The parent's test accuracy (the first finite one among the runs), NaN when none has it."""
         vals = [num(get_path(r, "parent.test_accuracy")) for r in self.runs]
         vals = [v for v in vals if math.isfinite(v)]
         return vals[0] if vals else math.nan
+
+
+def accuracy_objective(run: dict) -> str:
+    """What a run's first objective measured: 'accuracy' (the labels) or 'fidelity' (the
+    parent's top-1 predictions); files written before the setting existed are 'accuracy'."""
+    return str(get_path(run, "config.accuracy_objective", None) or "accuracy")
+
+
+def accuracy_axis_label(exps: Sequence[ExperimentResults]) -> str:
+    """The name of the first objective over ``exps``: 'accuracy', 'fidelity', or
+    'accuracy or fidelity' when they differ."""
+    found = sorted({accuracy_objective(r) for e in exps for r in e.runs})
+    return " or ".join(found) if found else "accuracy"
 
 
 def num(x: Any) -> float:
@@ -179,7 +201,11 @@ def logbook_series(run: dict, key: str, stat: str | None = "avg") -> tuple[np.nd
     """(generations, values) of one logbook measure; missing/null values are NaN.
 
     ``stat=None`` reads a plain number (``"hypervolume"``, ``"front_size"``).
+    ``"accuracy"`` reads the first objective under the run's name for it
+    (:func:`accuracy_objective`: a run without labels logs ``"fidelity"``).
     """
+    if key == "accuracy":
+        key = accuracy_objective(run)
     gens, vals = [], []
     for i, entry in enumerate(run.get("logbook") or []):
         if not isinstance(entry, dict):

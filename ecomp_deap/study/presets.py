@@ -19,6 +19,17 @@ parent by closed-form least squares on 1000 images (:mod:`ecomp_deap.nets.refit`
 Lamarckian: selection compares masks at their refitted accuracy), and the most
 accurate network on validation as the run's result (``run_K.pt``, which
 ``experiments/finetune.py`` fine-tunes). They make the size table: ``make quality``.
+
+``cnn_quality50`` and ``cnn_quality50_nosim`` are the CNN quality search within half
+of the default CNN's channels and units, over accuracy and similarity (``_nosim``:
+accuracy alone), compression not an objective, as the MLP budget presets.
+
+``unlabeled121``, ``unlabeled101``, ``unlabeled25``, ``unlabeled25_nosim``,
+``cnn_unlabeled50`` and ``cnn_unlabeled50_nosim`` are ``quality121``, ``quality101``,
+``quality25``, ``quality25_nosim``, ``cnn_quality50`` and ``cnn_quality50_nosim``
+without labels: their first objective is the fidelity (agreement with the parent's top-1
+predictions; ``EcompConfig.accuracy_objective``), and no training or validation label
+is read. ``run.py --unlabeled`` does the same to any preset.
 """
 from __future__ import annotations
 
@@ -85,11 +96,20 @@ PRESETS: dict[str, dict] = {
     "cnn_pareto121": {**CNN_LAYERS, "selection": "nsga2", "weights": _weights("121")},
     "cnn_quality121": {**CNN_QUALITY, "weights": _weights("121")},
     "cnn_quality101": {**CNN_QUALITY, "weights": _weights("101")},
+    "cnn_quality50": {**CNN_QUALITY, "weights": _weights("120"), "max_size": 0.5},
+    "cnn_quality50_nosim": {**CNN_QUALITY, "weights": _weights("100"), "max_size": 0.5},
     "resnet_weighting121": {**CNN_LAYERS, "selection": "weighted", "weights": _weights("121")},
     "resnet_pareto121": {**CNN_LAYERS, "selection": "nsga2", "weights": _weights("121")},
     **{f"resnet_macs{b}": {**RESNET_BUDGET, "weights": _weights("120"), "max_macs": f} for b, f in MACS.items()},
     **{f"resnet_macs{b}_nosim": {**RESNET_BUDGET, "weights": _weights("100"), "max_macs": f} for b, f in MACS.items()},
 }
+
+# Without labels: the same searches with the parent's top-1 predictions as the targets
+# of the first objective (fidelity) in place of the labels.
+UNLABELED_TWINS = {"unlabeled121": "quality121", "unlabeled101": "quality101", "unlabeled25": "quality25",
+                   "unlabeled25_nosim": "quality25_nosim", "cnn_unlabeled50": "cnn_quality50",
+                   "cnn_unlabeled50_nosim": "cnn_quality50_nosim"}
+PRESETS.update({name: {**PRESETS[twin], "accuracy_objective": "fidelity"} for name, twin in UNLABELED_TWINS.items()})
 
 _QUALITY_TEXT = ("pop 200, 25 epochs of 11 batches of 5000 (similarity on 100), activation-ranked "
                  "initial prunings, unit-gain mutation 0.3")
@@ -113,6 +133,10 @@ DESCRIPTIONS = {
     "cnn_pareto121": "CNN parent; NSGA-II over accuracy, similarity, compression",
     "cnn_quality121": "CNN parent; NSGA-II over accuracy, similarity, compression; " + _CNN_QUALITY_TEXT,
     "cnn_quality101": "CNN parent; NSGA-II over accuracy, compression (no similarity); " + _CNN_QUALITY_TEXT,
+    "cnn_quality50": "CNN parent; at most 50 % of the channels and units (max_size 0.5); NSGA-II over accuracy, "
+                     "similarity; " + _CNN_QUALITY_TEXT,
+    "cnn_quality50_nosim": "CNN parent; at most 50 % of the channels and units (max_size 0.5); accuracy alone "
+                           "(no similarity); " + _CNN_QUALITY_TEXT,
     "quality121": "NSGA-II over accuracy, similarity, compression; " + _QUALITY_TEXT,
     "quality101": "NSGA-II over accuracy, compression (no similarity); " + _QUALITY_TEXT,
     **{f"quality{b}": f"at most {b} % of the hidden units (max_size {f}); NSGA-II over accuracy, similarity; "
@@ -127,6 +151,8 @@ DESCRIPTIONS = {
     **{f"pareto{c}": "NSGA-II over " + ", ".join(o for o, w in zip(("accuracy", "similarity", "compression"), c)
                                                  if w != "0") for c in PARETO},
 }
+DESCRIPTIONS.update({name: f"{twin} without labels: fidelity to the parent's predictions in place of accuracy"
+                     for name, twin in UNLABELED_TWINS.items()})
 
 
 def preset_arch(name: str) -> str | None:

@@ -68,9 +68,10 @@ def test_list_presets_and_help():
                      "weighting121", "ref-weighting001", "ref-weighting020", "ref-weighting021", "ref-weighting100",
                      "ref-weighting101", "ref-weighting120", "ref-weighting121", "pareto101", "pareto120", "pareto121", "quality121", "quality101",
                      "quality12.5", "quality25", "quality50", "quality12.5_nosim", "quality25_nosim", "quality50_nosim",
-                     "cnn_weighting121", "cnn_pareto121", "cnn_quality121", "cnn_quality101",
-                     "resnet_weighting121", "resnet_pareto121", "resnet_macs25", "resnet_macs50", "resnet_macs75",
-                     "resnet_macs25_nosim", "resnet_macs50_nosim", "resnet_macs75_nosim"]
+                     "cnn_weighting121", "cnn_pareto121", "cnn_quality121", "cnn_quality101", "cnn_quality50",
+                     "cnn_quality50_nosim", "resnet_weighting121", "resnet_pareto121", "resnet_macs25", "resnet_macs50",
+                     "resnet_macs75", "resnet_macs25_nosim", "resnet_macs50_nosim", "resnet_macs75_nosim", "unlabeled121", "unlabeled101", "unlabeled25", "unlabeled25_nosim",
+                     "cnn_unlabeled50", "cnn_unlabeled50_nosim"]
     h = run_script("experiments/run.py", "--help")
     assert h.returncode == 0 and "--runs 10 --name weighting121" in h.stdout and "--crossover" in h.stdout
 

@@ -253,3 +253,18 @@ def test_compare_errors(results, tmp_path, case):
     assert proc.stdout == ""
     assert not out.exists()
     assert not list(tmp_path.glob("comparison*"))
+
+
+def test_a_run_without_labels_is_chosen_at_a_size_by_its_validation_fidelity():
+    run = {"config": {"accuracy_objective": "fidelity"},
+           "front": [{"compression": 0.1, "val_fidelity": 0.7, "train_fidelity": 0.95, "test_accuracy": 0.85},
+                     {"compression": 0.2, "val_fidelity": 0.9, "train_fidelity": 0.80, "test_accuracy": 0.80},
+                     {"compression": 0.5, "val_fidelity": 0.99, "train_fidelity": 0.99, "test_accuracy": 0.90}]}
+    assert comparison.front_at_size(run, 0.25)["compression"] == 0.2  # val, not train, not the test set
+    for p in run["front"]:
+        del p["val_fidelity"]
+    assert comparison.front_at_size(run, 0.25)["compression"] == 0.1  # no validation split: train fidelity
+    labeled = fake_run(0.8)
+    row, other = comparison.summary_row("a", [labeled]), comparison.summary_row("b", [run, labeled])
+    assert (row["objective"], other["objective"]) == ("accuracy", "mixed") and row["fidelity_median"] is None
+    assert "objective" in comparison.summary_markdown([row]) and "fidelity" not in comparison.summary_markdown([row])

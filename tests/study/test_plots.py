@@ -149,3 +149,23 @@ def test_errors_one_line_exit_2_nothing_written(results, tmp_path, script):
 def test_debug_shows_traceback(tmp_path):
     proc = run_script("plots/boxplots.py", tmp_path / "nope", "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "ResultsError" in proc.stderr
+
+
+def test_plots_read_and_name_the_fidelity_of_runs_without_labels(tmp_path):
+    import json
+
+    from ecomp_deap.study.plotting import accuracy_axis_label, load_experiments, logbook_series
+
+    labeled = make_experiment(tmp_path, "quality25", "nsga2")
+    unlabeled = make_experiment(tmp_path, "unlabeled25", "nsga2", seed=1)
+    for path in unlabeled.glob("run_*.json"):  # as a run without labels writes it
+        r = json.loads(path.read_text())
+        r["config"]["accuracy_objective"] = "fidelity"
+        for row in r["logbook"]:
+            row["fidelity"] = row.pop("accuracy")
+        path.write_text(json.dumps(r))
+    exps = load_experiments([labeled, unlabeled])
+    assert [e.label for e in exps] == ["quality25 (NSGA-II)", "unlabeled25 (NSGA-II, fidelity)"]
+    assert accuracy_axis_label(exps) == "accuracy or fidelity" and accuracy_axis_label(exps[1:]) == "fidelity"
+    run = exps[1].runs[0]
+    assert list(logbook_series(run, "accuracy")[1]) == [row["fidelity"]["avg"] for row in run["logbook"]]
