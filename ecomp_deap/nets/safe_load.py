@@ -45,9 +45,7 @@ def _allowlisted():
     scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     if scoped is not None:
         return scoped(SAFE_GLOBALS)
-    add = getattr(torch.serialization, "add_safe_globals", None)  # torch 2.4: process-wide, same list
-    if add is not None:
-        add(SAFE_GLOBALS)
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)  # torch 2.4, the floor: process-wide, the same list
     return contextlib.nullcontext()
 
 
