@@ -392,11 +392,48 @@ def tls_security(scheduler: str):
     return Security(require_encryption=True)
 
 
+ENCRYPTED_SCHEMES = ("tls", "wss")  # Dask's transports that authenticate both ends by certificates
+LOCAL_SCHEMES = ("inproc",)  # within this process
+
+
+def check_scheduler(address: str, insecure: bool = False) -> None:
+    """Refuse (one ConfigError line) a scheduler reached over a plain transport (``tcp://``,
+    no scheme, ``ws://``, ``ucx://``) on another host, unless ``insecure``: Dask moves
+    tasks and results as pickles, so whoever reaches such a scheduler can run code on its
+    workers and on this machine. ``tls://`` and loopback addresses (``localhost``,
+    127.0.0.0/8, ``[::1]``) pass."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "tcp", address
+    scheme = scheme.lower()
+    if insecure or scheme in ENCRYPTED_SCHEMES or scheme in LOCAL_SCHEMES:
+        return
+    try:
+        host = urlsplit(f"{scheme}://{rest}").hostname or ""
+    except ValueError:
+        host = ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"--scheduler {address}: a plain {scheme}:// connection to another host; Dask moves tasks "
+                          "and results as pickles, so whoever reaches this scheduler can run code on its workers and "
+                          "on this machine: use tls:// (README: Dask over TLS), or --insecure-scheduler on a network "
+                          "only you can reach")
+
+
 @contextmanager
-def dask_client(executor: str, workers: int | None = None, scheduler: str | None = None) -> Iterator:
+def dask_client(executor: str, workers: int | None = None, scheduler: str | None = None,
+                insecure: bool = False) -> Iterator:
     """A ``distributed.Client``: on a new ``LocalCluster`` of ``workers`` one-thread
     worker processes (``local``) or connected to ``scheduler`` (``dask``; given up after
-    Dask's ``distributed.comm.timeouts.connect``, 30 s unless configured); closed on exit."""
+    Dask's ``distributed.comm.timeouts.connect``, 30 s unless configured); closed on exit.
+    A plain-transport scheduler on another host is refused unless ``insecure``
+    (:func:`check_scheduler`)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -408,6 +445,7 @@ def dask_client(executor: str, workers: int | None = None, scheduler: str | None
     elif executor == "dask":
         if not scheduler:
             raise ConfigError("--executor dask needs --scheduler ADDRESS (e.g. tcp://HOST:8786)")
+        check_scheduler(scheduler, insecure)
         kwargs = {"security": tls_security(scheduler)} if scheduler.startswith("tls://") else {}
         try:
             client = Client(scheduler, **kwargs)
