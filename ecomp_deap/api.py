@@ -18,13 +18,15 @@ Data are ``(inputs, labels)`` tensors (a CNN's inputs as images ``(N, C, H, W)``
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from .config import EcompConfig
 from .errors import ConfigError
+from .nets.parent_accuracy import check_parent_accuracy
 from .nets.reader import read_parent
 from .search.run import EcompRun, RunData, RunResult
 from .validation import validate_dataset
@@ -107,7 +109,8 @@ def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompCon
 
 
 def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, config: EcompConfig | None = None,
-             progress: bool = True, trust_pickle: bool = False, max_size: float | None = None) -> CompressionResult:
+             progress: bool = True, trust_pickle: bool = False, max_size: float | None = None,
+             allow_weak_parent: bool = False) -> CompressionResult:
     """Evolve compressed versions of ``model``; return the chosen one and the front.
 
     ``max_size=F`` asks for the most accurate network with at most the fraction F of the
@@ -119,7 +122,10 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
     without it, ``config.val_size`` images are held out of ``train``. Measures are
     reported on ``test`` (or ``val`` when there is no test set). Each data set must be
     non-empty, with finite inputs of the model's input size and whole-number labels in
-    ``[0, outputs)``; anything else is a one-line :class:`ConfigError`.
+    ``[0, outputs)``; anything else is a one-line :class:`ConfigError`. The model's accuracy
+    on ``val`` (else ``train``) is measured first and stored in ``result.run.parent``; at
+    chance level (wrongly scaled inputs, labels in another order, ...) it is a one-line
+    :class:`~ecomp_deap.errors.WeakParentError`, unless ``allow_weak_parent=True``.
 
     ``model`` may be a file path: it is loaded with ``torch.load(weights_only=True)``
     and an allowlist of the supported layer types; ``trust_pickle=True`` lifts that
@@ -148,7 +154,11 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
         raise ConfigError("give val or test data: compressed networks are measured on data not used for evolution")
     if max_size is not None:
         config = config.replace(max_size=max_size)
-    r = EcompRun(config, parent, RunData(x, y, *report, validation), progress=progress).run()
+    data = RunData(x, y, *report, validation)
+    measured = check_parent_accuracy(parent, *data.measured_on(), allow_weak_parent)  # before any work
+    if progress:
+        print(f"parent: {measured.describe()}", file=sys.stderr)
+    r = EcompRun(config, parent, replace(data, data_accuracy=measured), progress=progress).run()
 
     def wrap(measures: dict, module) -> Compressed:
         return Compressed(module, measures["test_accuracy"], measures["compression"], measures["similarity"],

@@ -19,6 +19,10 @@ class ParentError(UserError):
     """A parent network file or module that cannot be used."""
 
 
+class WeakParentError(ParentError):
+    """A parent at chance level on the data it is given (see :mod:`ecomp_deap.nets.parent_accuracy`)."""
+
+
 class UnsafeFileError(UserError):
     """A torch file that would need unpickling beyond tensors, plain data and the
     supported layer types (see :mod:`ecomp_deap.nets.safe_load`)."""

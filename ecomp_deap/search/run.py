@@ -26,6 +26,7 @@ from ..fitness.evaluator import PopulationEvaluator
 from ..fitness.measures import Measures
 from ..nets.chain import Chain
 from ..nets.export import export_individual
+from ..nets.parent_accuracy import DataAccuracy, check_parent_accuracy, measure_parent_accuracy
 from ..nets.reader import Parent, read_parent
 from ..rng import seed_everything
 from ..validation import validate_run_data
@@ -56,21 +57,37 @@ def versions() -> dict:
 class RunData:
     """A run's data, checked against its parent by :func:`check_data`: ``train_x``/``train_y``
     (the evolution subset and, unless ``validation`` (x, y) is given, the validation split
-    are drawn from them) and ``test_x``/``test_y`` (for reporting only)."""
+    are drawn from them) and ``test_x``/``test_y`` (for reporting only); ``data_accuracy``,
+    the parent's accuracy on the validation (else training) data, as measured there."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
     validation: tuple | None = None
+    data_accuracy: DataAccuracy | None = None
+
+    def measured_on(self) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """The data the parent's accuracy is measured on: the validation set if given, else the training set."""
+        if self.validation is not None:
+            return self.validation[0], self.validation[1], "val"
+        return self.train_x, self.train_y, "train"
 
 
-def check_data(parent: Parent, data, validation: tuple | None = None) -> RunData:
+def check_data(parent: Parent, data, validation: tuple | None = None, allow_weak_parent: bool = False,
+               opt_in: str = "allow_weak_parent=True", data_accuracy: DataAccuracy | None = None) -> RunData:
     """``data`` (anything with ``train_x, train_y, test_x, test_y``) and the optional
     ``validation`` (x, y) checked against ``parent`` (:func:`~ecomp_deap.validation.validate_run_data`:
-    one :class:`~ecomp_deap.errors.ConfigError` line naming the set and the problem)."""
+    one :class:`~ecomp_deap.errors.ConfigError` line naming the set and the problem), then the
+    parent's accuracy on the validation (else training) data measured: at chance level it is
+    one :class:`~ecomp_deap.errors.WeakParentError` line naming ``opt_in``, unless
+    ``allow_weak_parent`` (:func:`~ecomp_deap.nets.parent_accuracy.check_parent_accuracy`).
+    ``data_accuracy``: measured already (by the driver of a cluster run), kept as it is."""
     validate_run_data(data, parent.chain, validation)
-    return RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation)
+    checked = RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation)
+    if data_accuracy is None:
+        data_accuracy = check_parent_accuracy(parent, *checked.measured_on(), allow_weak_parent, opt_in)
+    return RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation, data_accuracy)
 
 
 @dataclass
@@ -235,8 +252,9 @@ class EcompRun:
             from ..nets.parents import accuracy
 
             self.parent_test_accuracy = accuracy(self.parent.model, self.data.test_x, self.data.test_y)
+        measured = self.data.data_accuracy or measure_parent_accuracy(self.parent, *self.data.measured_on())
         parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.chain.hidden_widths),
-                  "parameters": params, "macs": macs}
+                  "parameters": params, "macs": macs, **measured.to_json()}
         extremes = {k: row[i] for k, i in evo.extremes.items()}
         best_module = export_individual(pop[evo.best_index], self.chain)
         front_modules = [export_individual(pop[i], self.chain) for i in evo.front_indices]
@@ -247,11 +265,13 @@ class EcompRun:
 
 
 def run_ecomp(config: EcompConfig, model, data, progress: bool = True, parent_test_accuracy: float | None = None,
-              validation: tuple | None = None) -> RunResult:
+              validation: tuple | None = None, allow_weak_parent: bool = False) -> RunResult:
     """Run EComp once on ``model`` (an ``nn.Module`` chain, or a :class:`~ecomp_deap.nets.reader.Parent`
     already read) and ``data`` (``train_x, train_y, test_x, test_y``; ``validation`` (x, y)
     for the final choice instead of a split of the training data): read the parent, check
-    the data against it, evolve, choose, measure on the test set, export the chosen
+    the data against it (a parent at chance level on them is refused unless
+    ``allow_weak_parent``), evolve, choose, measure on the test set, export the chosen
     network(s)."""
     parent = read_parent(model, data.train_x)
-    return EcompRun(config, parent, check_data(parent, data, validation), progress, parent_test_accuracy).run()
+    checked = check_data(parent, data, validation, allow_weak_parent)
+    return EcompRun(config, parent, checked, progress, parent_test_accuracy).run()

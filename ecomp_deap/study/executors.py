@@ -168,12 +168,13 @@ def latest_checkpoint(variable, timeout: float = 0.5) -> bytes | None:
 
 
 def run_task(job: dict, parent: dict, data_spec, parent_test_accuracy: float | None, key: str,
-             initial: bytes | None = None) -> RunOutcome:
+             initial: bytes | None = None, data_accuracy=None) -> RunOutcome:
     """One run on a worker (:func:`~ecomp_deap.study.runner.execute_run`, checkpoints in a
     :class:`VariableStore`): a pure function of the job (its config holds the run's seed),
     the parent, the data and the job's torch threads (1 unless told: a one-thread worker
     is not oversubscribed). The worker reads the parent and checks its own data once per
-    task: it is a new process."""
+    task: it is a new process. ``data_accuracy``: the parent's accuracy on the data as the
+    driver measured it (:class:`~ecomp_deap.nets.parent_accuracy.DataAccuracy`), kept."""
     from ..config import EcompConfig
     from ..nets.reader import read_parent
     from ..search.run import RunData, check_data
@@ -183,7 +184,7 @@ def run_task(job: dict, parent: dict, data_spec, parent_test_accuracy: float | N
     model = parent_from_payload(parent)
     data = worker_data(data_spec)
     read = read_parent(model, data.train_x)
-    checked = data if isinstance(data, RunData) else check_data(read, data)
+    checked = data if isinstance(data, RunData) else check_data(read, data, data_accuracy=data_accuracy)
     return execute_run(job, read, checked, VariableStore(key, initial), progress=False, log=lambda s: None,
                        parent_test_accuracy=parent_test_accuracy)
 
@@ -257,8 +258,8 @@ class ClusterExecutor:
             path = exp.checkpoint_path(job.k)
             initial = path.read_bytes() if path.exists() else None  # checked by the driver already
             fut = self.client.submit(guarded, self.task, job_payload(job), payload, data_arg, parent_test_accuracy,
-                                     self.checkpoint_key(job), initial, key=f"ecomp-{job.name}-run{job.k}-{self.tag}",
-                                     pure=False)
+                                     self.checkpoint_key(job), initial, getattr(data, "data_accuracy", None),
+                                     key=f"ecomp-{job.name}-run{job.k}-{self.tag}", pure=False)
             futures[fut] = (exp, job)
         handled: set = set()
         pending = list(futures)
