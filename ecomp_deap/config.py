@@ -121,7 +121,9 @@ class EcompConfig:
     elitism: int = 0
     """Weighted mode: the best `elitism` individuals survive unchanged (0 = the reference)."""
     val_size: int = 5000
-    """Class-balanced validation images (disjoint from the evolution subset), for final selection."""
+    """Class-balanced validation images (disjoint from the evolution subset), for final
+    selection; all of them count (a split smaller than a batch is one batch, and the images
+    past the last whole batch count too: ``search.choice.validation_batches``)."""
     max_size: float | None = None
     """Size budget: at most this fraction of the parent's hidden groups (units, channels)
     in every individual (``ecomp_deap.search.budget``); None = no budget. The initial prunings
@@ -152,6 +154,17 @@ class EcompConfig:
     def similarity_size(self) -> int:
         """Images of each batch that enter the similarity: ``similarity_batch``, or the whole batch."""
         return self.similarity_batch or self.batch_size
+
+    @property
+    def similarity_min_rows(self) -> int:
+        """The fewest images a similarity is measured on: more than the perplexity."""
+        return int(math.floor(self.perplexity)) + 1
+
+    @property
+    def validation_similarity(self) -> bool:
+        """Whether the final choice compares similarities on the validation split: it does
+        in Pareto mode and with a size budget, when the similarity is an objective."""
+        return self.weights[1] != 0 and (self.selection == "nsga2" or self.max_size is not None)
 
     @property
     def subset_size(self) -> int:
@@ -228,8 +241,9 @@ class EcompConfig:
         need(isinstance(self.elitism, int) and 0 <= self.elitism < self.pop_size,
              f"elitism must be an integer in [0, pop_size), got {self.elitism}")
         need(isinstance(self.val_size, int) and self.val_size >= 0, f"val_size must be an integer >= 0, got {self.val_size}")
-        need(self.val_size == 0 or self.val_size >= self.batch_size,
-             f"val_size must be 0 (no validation) or at least one batch ({self.batch_size}), got {self.val_size}")
+        need(self.val_size == 0 or self.val_size >= self.similarity_min_rows or not self.validation_similarity,
+             f"val_size must be 0 (no validation) or more than the perplexity ({self.perplexity:g}): the final choice "
+             f"compares similarities on the validation split, got {self.val_size}")
         if self.max_size is not None:
             need(isinstance(self.max_size, (int, float)) and not isinstance(self.max_size, bool)
                  and math.isfinite(self.max_size) and 0.0 < self.max_size <= 1.0,
@@ -259,8 +273,14 @@ class EcompConfig:
                                   f"they are: {', '.join(chain.stage_names)}")
         return self
 
-    def validate_data(self, n_train: int) -> "EcompConfig":
-        """Check that the evolution subset and the validation split fit the training data."""
+    def validate_data(self, n_train: int, n_val: int | None = None) -> "EcompConfig":
+        """Check that the evolution subset and the validation split fit the training data,
+        and that ``n_val`` validation examples given apart (None: none) are enough for the
+        similarity the final choice compares on them."""
+        if n_val is not None and self.validation_similarity and n_val < self.similarity_min_rows:
+            raise ConfigError(f"val data: {n_val} examples are too few for the similarity the final choice compares "
+                              f"on them (more than the perplexity, {self.perplexity:g}, are needed); give more, or "
+                              "no val data")
         if self.norm_calibration > self.subset_size:
             raise ConfigError(f"norm_calibration ({self.norm_calibration} images) exceeds the evolution subset "
                               f"(generations x batch size = {self.subset_size})")

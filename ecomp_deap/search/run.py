@@ -30,7 +30,7 @@ from ..nets.parent_accuracy import DataAccuracy, check_parent_accuracy, measure_
 from ..nets.reader import Parent, read_parent
 from ..rng import seed_everything
 from ..validation import validate_run_data
-from .choice import EvolutionResult, choose
+from .choice import EvolutionResult, choose, validation_batches
 from .indicators import hypervolume_2d
 from .loops import HV_REFERENCE, LOOPS, EvolutionState, GenerationHooks, logbook_rows, make_statistics, settle
 from .scores import unit_scores
@@ -146,7 +146,7 @@ class EcompRun:
             config = config.replace(val_size=0)
         config.validate()
         config.validate_for(parent.chain)
-        config.validate_data(len(data.train_y))
+        config.validate_data(len(data.train_y), len(data.validation[1]) if data.validation is not None else None)
         self.config, self.parent, self.data, self.progress = config, parent, data, progress
         self.chain = parent.chain
         self.parent_test_accuracy = parent_test_accuracy
@@ -155,7 +155,7 @@ class EcompRun:
         self.stream = BatchStream(data.train_x, data.train_y, splits.subset, config.batch_size, config.seed)
         val_x, val_y = data.validation if data.validation is not None else (data.train_x[splits.validation],
                                                                             data.train_y[splits.validation])
-        self.val_batches = list(whole_batches(val_x, val_y, config.batch_size))
+        self.val_batches = validation_batches(val_x, val_y, config.batch_size, config.similarity_min_rows)
         self.evaluator = PopulationEvaluator(parent, config, config.resolved_device())
         calibration = self.subset_images(config.norm_calibration) if config.norm_calibration else None
         refit_x = self.subset_images(config.refit_images) if config.refit_images else None
