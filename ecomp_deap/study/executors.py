@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, WriteError
 from ..files import write_bytes
 from ..nets.chain import check_layers
 from ..nets.export import LOADABLE, module_spec
@@ -292,7 +292,10 @@ class ClusterExecutor:
                 self.client.cancel(unfinished)
             for fut, (exp, job) in futures.items():  # every run not written: its last checkpoint, for --resume
                 if fut in unfinished or not (exp.folder / f"run_{job.k}.json").exists():
-                    self._mirror(exp, job)
+                    try:
+                        self._mirror(exp, job)
+                    except WriteError as e:  # a full disk: the others are still tried; the file before is kept
+                        log(f"{job.label}: its last checkpoint was not saved ({e}); it resumes from the one before")
 
     def _mirror(self, exp, job) -> None:
         from distributed import Variable
