@@ -133,14 +133,17 @@ def save_torch(path, obj: Any) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def load_json(path) -> Any:
+def load_json(path, if_damaged: str = "") -> Any:
     """The JSON in ``path``; a one-line :class:`~ecomp_deap.errors.ResultsError` when the
-    file is missing or not valid JSON."""
+    file is missing, unreadable or not valid JSON (then ending with ``if_damaged``, what
+    to do about it)."""
     path = Path(path)
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: not valid JSON ({e}){if_damaged}") from None
+    except OSError as e:
+        raise ResultsError(f"{path}: cannot read it ({e.strerror or e})") from None

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import ParentError
+from ..errors import ParentError, UnsafeFileError
 from ..files import save_torch
 from .chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS, Chain
-from .safe_load import load_untrusted
+from .safe_load import archive_damage, load_untrusted
 
 FORMAT = "ecomp_deap.exported/2"
 # The module types a saved network may name: what a chain may hold, nothing else.
@@ -100,8 +101,24 @@ def save_exported(path, model: nn.Sequential, extra: dict | None = None) -> None
 
 
 def load_exported(path) -> nn.Sequential:
-    """Rebuild a module written by :func:`save_exported` (e.g. ``OUT/NAME/run_0.pt``)."""
-    blob = load_untrusted(Path(path), opt_in=None, what="exported network")  # tensors and plain data only
+    """Rebuild a module written by :func:`save_exported` (e.g. ``OUT/NAME/run_0.pt``); a file
+    cut short or with a flipped bit is one :class:`~ecomp_deap.errors.ParentError` line."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ParentError(f"{path}: cannot read it ({e.strerror or e})") from None
+    damaged = (f"{path}: damaged exported network ({{}}); if it is a run's network, delete it and the run's .json "
+               "to restart that run (run.py --resume)")
+    damage = archive_damage(data)
+    if damage is not None:
+        raise ParentError(damaged.format(damage))
+    try:
+        blob = load_untrusted(io.BytesIO(data), opt_in=None, what="exported network", name=str(path))
+    except UnsafeFileError:
+        raise
+    except Exception as e:  # not a torch file at all
+        raise ParentError(damaged.format(f"unreadable: {type(e).__name__}")) from None
     if isinstance(blob, dict) and blob.get("format") == "ecomp_deap.exported/1":
         return _load_v1(blob)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:

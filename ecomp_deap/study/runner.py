@@ -124,7 +124,8 @@ def execute_run(job: RunJob, parent, data, store: CheckpointStore, stop: StopReq
         saved = store.load()
         if saved is not None:
             _, ind_cls = make_types(fitness_weights(cfg.selection, cfg.weights))
-            state, elapsed_before = restore_state(read_checkpoint(saved, cfg, store.describe()), ind_cls, run.rng)
+            where = store.describe()
+            state, elapsed_before = restore_state(read_checkpoint(saved, cfg, where), ind_cls, run.rng, where)
             log(f"{job.label}: resuming from generation {state.t}/{run.total}")
         resumed_from = state.t if state is not None else None
         started = time.perf_counter()
