@@ -131,6 +131,10 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
     and an allowlist of the supported layer types; ``trust_pickle=True`` lifts that
     restriction for a file you trust (unpickling can run arbitrary code).
     """
+    if config is not None:
+        if not isinstance(config, EcompConfig):
+            raise ConfigError(f"config must be an EcompConfig, got {type(config).__name__}")
+        config.validate()  # the settings first: a mistake there needs no parent or data to see
     if isinstance(model, (str, os.PathLike)):
         from .nets.parents import load_parent_file
 

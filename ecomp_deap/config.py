@@ -6,6 +6,7 @@ an ``EcompConfig``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Sequence
 
@@ -18,6 +19,28 @@ DEVICES = ("auto", "cpu", "cuda")
 INIT_SCORES = ("l1", "activation")
 MUTATIONS = ("weights", "units")
 CROSSOVERS = ("layerwise", "reference")
+
+# The type of every setting, checked first by ``EcompConfig.validate`` (a string, None or a
+# bool where a number belongs is one ConfigError line, not a TypeError deep in the run).
+WHOLE_NUMBERS = ("pop_size", "generations", "epochs", "batch_size", "similarity_batch", "norm_calibration",
+                 "refit_images", "elitism", "val_size", "seed", "eval_chunk")
+NUMBERS = ("mutation_rate", "mutation_low", "mutation_high", "mask_flip_prob", "cx_prob", "perplexity",
+           "init_prune_low", "init_prune_high", "refit_ridge", "selection_temperature")
+FLAGS = ("refit_children",)
+CHOICES = {"selection": SELECTIONS, "mutation": MUTATIONS, "crossover": CROSSOVERS, "kernel": KERNELS,
+           "similarity_dtype": ("float32", "float64"), "init_scores": INIT_SCORES, "device": DEVICES}
+LAYER_LISTS = ("embedding_layers", "recombination_layers")
+SEED_LIMIT = 2**63  # torch's generators take seeds below it
+
+
+def is_number(v) -> bool:
+    """A real number (int, float, numpy scalar), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def is_whole_number(v) -> bool:
+    """An integer (int, numpy integer), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 # ------------------------------------------------------------------ size budget
@@ -136,12 +159,23 @@ class EcompConfig:
     """Individuals evaluated per batched forward; 0 = automatic (bounded memory)."""
 
     def __post_init__(self):
-        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
-        if isinstance(self.max_size, int) and not isinstance(self.max_size, bool):
+        w = self.weights
+        if isinstance(w, (str, bytes)) or not isinstance(w, (tuple, list)) or not all(is_number(v) for v in w):
+            raise ConfigError(f"weights must be 3 numbers (accuracy, similarity, compression), got {w!r}")
+        object.__setattr__(self, "weights", tuple(float(v) for v in w))
+        if is_number(self.max_size):
             object.__setattr__(self, "max_size", float(self.max_size))
-        for name in ("embedding_layers", "recombination_layers"):
+        for name in WHOLE_NUMBERS:  # numpy integers and floats as Python's (they go into JSON)
+            if is_whole_number(getattr(self, name)):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        for name in NUMBERS:
+            if is_number(getattr(self, name)):
+                object.__setattr__(self, name, float(getattr(self, name)))
+        for name in LAYER_LISTS:
             v = getattr(self, name)
             if v is not None:
+                if not isinstance(v, (tuple, list)) or not all(isinstance(layer, str) for layer in v):
+                    raise ConfigError(f"{name} must be a list of layer names (or None: every layer), got {v!r}")
                 object.__setattr__(self, name, tuple(v))
 
     # ------------------------------------------------------------------ derived
@@ -199,11 +233,22 @@ class EcompConfig:
             if not ok:
                 raise ConfigError(msg)
 
+        for name in WHOLE_NUMBERS:
+            v = getattr(self, name)
+            need(is_whole_number(v), f"{name} must be a whole number, got {v!r}")
+        for name in NUMBERS:
+            v = getattr(self, name)
+            need(is_number(v), f"{name} must be a number, got {v!r}")
+        for name in FLAGS:
+            v = getattr(self, name)
+            need(isinstance(v, bool), f"{name} must be True or False, got {v!r}")
+        for name, allowed in CHOICES.items():
+            v = getattr(self, name)
+            need(isinstance(v, str) and v in allowed, f"{name} must be one of {', '.join(allowed)}, got {v!r}")
         need(len(self.weights) == 3, f"weights must be 3 numbers (accuracy, similarity, compression), got {len(self.weights)}")
         need(all(math.isfinite(w) for w in self.weights), f"weights must be finite, got {list(self.weights)}")
         need(all(w >= 0 for w in self.weights), f"weights must be non-negative, got {list(self.weights)}")
         need(any(w > 0 for w in self.weights), "weights are all zero: at least one objective needs a positive weight")
-        need(self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         need(isinstance(self.pop_size, int) and self.pop_size >= 2, f"pop_size must be an integer >= 2, got {self.pop_size}")
         if self.selection == "nsga2":
             need(self.pop_size % 4 == 0, f"pop_size must be a multiple of 4 for NSGA-II (its DCD tournament picks in fours), got {self.pop_size}")
@@ -213,11 +258,7 @@ class EcompConfig:
         for name in ("mutation_rate", "mask_flip_prob", "cx_prob"):
             v = getattr(self, name)
             need(math.isfinite(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
-        need(0 < self.mutation_low <= self.mutation_high, f"mutation factors need 0 < low <= high, got [{self.mutation_low}, {self.mutation_high}]")
-        need(self.mutation in MUTATIONS, f"mutation must be one of {', '.join(MUTATIONS)}, got {self.mutation!r}")
-        need(self.crossover in CROSSOVERS, f"crossover must be one of {', '.join(CROSSOVERS)}, got {self.crossover!r}")
-        need(self.similarity_dtype in ("float32", "float64"),
-             f"similarity_dtype must be float32 or float64, got {self.similarity_dtype!r}")
+        need(0 < self.mutation_low <= self.mutation_high < math.inf, f"mutation factors need finite 0 < low <= high, got [{self.mutation_low}, {self.mutation_high}]")
         need(isinstance(self.norm_calibration, int) and self.norm_calibration >= 0,
              f"norm_calibration must be an integer >= 0 (images), got {self.norm_calibration}")
         need(isinstance(self.refit_images, int) and not isinstance(self.refit_images, bool)
@@ -225,11 +266,8 @@ class EcompConfig:
              f"refit_images must be 0 (off) or an integer >= 2 (images), got {self.refit_images}")
         need(isinstance(self.refit_ridge, (int, float)) and math.isfinite(self.refit_ridge) and self.refit_ridge > 0,
              f"refit_ridge must be a finite number > 0, got {self.refit_ridge}")
-        need(self.init_scores in INIT_SCORES,
-             f"init_scores must be one of {', '.join(INIT_SCORES)}, got {self.init_scores!r}")
         need(0.0 <= self.init_prune_low < self.init_prune_high <= 1.0,
              f"initial pruning rates need 0 <= low < high <= 1, got [{self.init_prune_low}, {self.init_prune_high})")
-        need(self.kernel in KERNELS, f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         need(math.isfinite(self.perplexity) and self.perplexity > 0, f"perplexity must be > 0, got {self.perplexity}")
         need(isinstance(self.similarity_batch, int) and 0 <= self.similarity_batch <= self.batch_size,
              f"similarity_batch must be an integer in [0, batch_size], got {self.similarity_batch}")
@@ -248,8 +286,8 @@ class EcompConfig:
             need(isinstance(self.max_size, (int, float)) and not isinstance(self.max_size, bool)
                  and math.isfinite(self.max_size) and 0.0 < self.max_size <= 1.0,
                  f"max_size must be a fraction of the parent's hidden units in (0, 1], got {self.max_size}")
-        need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         need(isinstance(self.eval_chunk, int) and self.eval_chunk >= 0, f"eval_chunk must be an integer >= 0, got {self.eval_chunk}")
+        need(0 <= self.seed < SEED_LIMIT, f"seed must be a whole number in [0, 2**63), got {self.seed}")
         if self.device == "cuda":
             import torch
 
