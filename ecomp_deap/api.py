@@ -78,6 +78,12 @@ def as_tensors(data, what: str) -> tuple[torch.Tensor, torch.Tensor]:
             x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
         except RuntimeError as e:
             raise ConfigError(f"{what} data: batches do not fit together ({str(e).splitlines()[0]})") from None
+    for t, part in ((x, "inputs"), (y, "labels")):
+        if t.layout != torch.strided or t.is_meta:
+            raise ConfigError(f"{what} data: {part} must be dense tensors holding their values, got a "
+                              f"{'meta' if t.is_meta else t.layout} tensor")
+    if x.is_complex():
+        raise ConfigError(f"{what} data: inputs must be real numbers, got dtype {x.dtype}")
     if x.dim() == 0 or y.dim() == 0:
         raise ConfigError(f"{what} data: inputs and labels need one row per example, got shapes "
                           f"{tuple(x.shape)} and {tuple(y.shape)}")
