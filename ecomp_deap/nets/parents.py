@@ -19,7 +19,7 @@ from torch import nn
 from ..errors import ParentError, UnsafeFileError
 from ..files import save_torch
 from .chain import check_layers
-from .safe_load import load_untrusted
+from .safe_load import archive_damage, load_untrusted
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}
@@ -196,6 +196,12 @@ def load_parent_file(path, spec: ParentSpec | None = None, trust_pickle: bool = 
     path = Path(path)
     if not path.is_file():
         raise ParentError(f"{path}: parent weights file not found")
+    try:  # torch does not check its archives' checksums: a flipped bit would load as a wrong weight
+        damage = archive_damage(path.read_bytes())
+    except OSError as e:
+        raise ParentError(f"{path}: cannot read parent weights ({e.strerror})") from None
+    if damage:
+        raise ParentError(f"{path}: damaged parent weights file ({damage}); save the network again")
     try:
         obj = load_untrusted(path, trust_pickle=trust_pickle, what="parent file")
     except UnsafeFileError:
