@@ -13,8 +13,8 @@ from helpers import SMALL, run_script
 import ecomp_deap
 from ecomp_deap.config import EcompConfig
 from ecomp_deap.errors import WeakParentError
-from ecomp_deap.nets.parents import build_mlp
 from ecomp_deap.nets.parent_accuracy import weak_below
+from ecomp_deap.nets.parents import build_mlp
 from ecomp_deap.search import run as run_module
 from ecomp_deap.search.run import run_ecomp
 
