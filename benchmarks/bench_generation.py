@@ -495,7 +495,7 @@ def main(argv=None) -> int:
         log("")
         log("== whole run (weighted, settings above: generations + final all-batches pass + test pass) ==")
         t = time.perf_counter()
-        result = run_ecomp(cfg, parent, data, progress=False, parent_test_accuracy=parent_acc)
+        result = run_ecomp(cfg, parent, data, progress=False, parent_test_accuracy=parent_acc, allow_weak_parent=True)
         ours_run = time.perf_counter() - t
         evo = result.evolution
         n_gen = cfg.generations * cfg.epochs

@@ -26,13 +26,15 @@ predictions. Nothing is retrained by gradient.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from .config import EcompConfig
 from .errors import ConfigError
+from .nets.parent_accuracy import check_parent_accuracy
 from .nets.reader import read_parent
 from .search.run import EcompRun, RunData, RunResult
 from .validation import validate_dataset, validate_inputs
@@ -111,6 +113,12 @@ def as_tensors(data, what: str, labels: bool = True) -> tuple[torch.Tensor, torc
             y = None if batches[0][1] is None else torch.cat([b[1] for b in batches])
         except RuntimeError as e:
             raise ConfigError(f"{what} data: batches do not fit together ({str(e).splitlines()[0]})") from None
+    for t, part in ((x, "inputs"), (y, "labels")):
+        if t is not None and (t.layout != torch.strided or t.is_meta):
+            raise ConfigError(f"{what} data: {part} must be dense tensors holding their values, got a "
+                              f"{'meta' if t.is_meta else t.layout} tensor")
+    if x.is_complex():
+        raise ConfigError(f"{what} data: inputs must be real numbers, got dtype {x.dtype}")
     if y is not None and (x.dim() == 0 or y.dim() == 0):
         raise ConfigError(f"{what} data: inputs and labels need one row per example, got shapes "
                           f"{tuple(x.shape)} and {tuple(y.shape)}")
@@ -148,7 +156,8 @@ def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompCon
 
 def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, config: EcompConfig | None = None,
              progress: bool = True, trust_pickle: bool = False, max_size: float | None = None,
-             max_macs: float | None = None, labels: bool | None = None) -> CompressionResult:
+             max_macs: float | None = None, labels: bool | None = None,
+             allow_weak_parent: bool = False) -> CompressionResult:
     """Evolve compressed versions of ``model``; return the chosen one and the front.
 
     Data sets are ``(inputs, labels)`` or inputs alone (a tensor, or a ``DataLoader``
@@ -171,11 +180,19 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
     non-empty, with finite inputs of the model's input size and whole-number labels in
     ``[0, outputs)`` where it has labels; anything else (labels alone, labels missing
     from ``val`` or ``test`` of a run with labels) is a one-line :class:`ConfigError`.
+    With labels, the model's accuracy on ``val`` (else ``train``) is measured first and
+    stored in ``result.run.parent``; at chance level (wrongly scaled inputs, labels in
+    another order, ...) it is a one-line :class:`~ecomp_deap.errors.WeakParentError`,
+    unless ``allow_weak_parent=True``.
 
     ``model`` may be a file path: it is loaded with ``torch.load(weights_only=True)``
     and an allowlist of the supported layer types; ``trust_pickle=True`` lifts that
     restriction for a file you trust (unpickling can run arbitrary code).
     """
+    if config is not None:
+        if not isinstance(config, EcompConfig):
+            raise ConfigError(f"config must be an EcompConfig, got {type(config).__name__}")
+        config.validate()  # the settings first: a mistake there needs no parent or data to see
     if isinstance(model, (str, os.PathLike)):
         from .nets.parents import load_parent_file
 
@@ -219,7 +236,13 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
         config = config.replace(max_macs=max_macs)
     if not labeled:
         config = config.replace(accuracy_objective="fidelity")
-    r = EcompRun(config, parent, RunData(x, y, *report, validation), progress=progress).run()
+    data = RunData(x, y, *report, validation)
+    if labeled:  # without labels there is no accuracy to check (the model's fidelity is 1)
+        measured = check_parent_accuracy(parent, *data.measured_on(), allow_weak_parent)  # before any work
+        if progress:
+            print(f"parent: {measured.describe()}", file=sys.stderr)
+        data = replace(data, data_accuracy=measured)
+    r = EcompRun(config, parent, data, progress=progress).run()
 
     def wrap(measures: dict, module) -> Compressed:
         return Compressed(module, measures["test_accuracy"], measures["compression"], measures["similarity"],

@@ -6,6 +6,7 @@ an ``EcompConfig``.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Sequence
 
@@ -19,6 +20,29 @@ INIT_SCORES = ("l1", "activation")
 MUTATIONS = ("weights", "units")
 CROSSOVERS = ("layerwise", "reference")
 ACCURACY_OBJECTIVES = ("accuracy", "fidelity")
+
+# The type of every setting, checked first by ``EcompConfig.validate`` (a string, None or a
+# bool where a number belongs is one ConfigError line, not a TypeError deep in the run).
+WHOLE_NUMBERS = ("pop_size", "generations", "epochs", "batch_size", "similarity_batch", "norm_calibration",
+                 "refit_images", "elitism", "val_size", "seed", "eval_chunk")
+NUMBERS = ("mutation_rate", "mutation_low", "mutation_high", "mask_flip_prob", "cx_prob", "perplexity",
+           "init_prune_low", "init_prune_high", "refit_ridge", "selection_temperature")
+FLAGS = ("refit_children",)
+CHOICES = {"selection": SELECTIONS, "mutation": MUTATIONS, "crossover": CROSSOVERS, "kernel": KERNELS,
+           "similarity_dtype": ("float32", "float64"), "init_scores": INIT_SCORES, "device": DEVICES,
+           "accuracy_objective": ACCURACY_OBJECTIVES}
+LAYER_LISTS = ("embedding_layers", "recombination_layers")
+SEED_LIMIT = 2**63  # torch's generators take seeds below it
+
+
+def is_number(v) -> bool:
+    """A real number (int, float, numpy scalar), not a bool."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def is_whole_number(v) -> bool:
+    """An integer (int, numpy integer), not a bool."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 # ------------------------------------------------------------------ size budget
@@ -139,7 +163,9 @@ class EcompConfig:
     elitism: int = 0
     """Weighted mode: the best `elitism` individuals survive unchanged (0 = the reference)."""
     val_size: int = 5000
-    """Class-balanced validation images (disjoint from the evolution subset), for final selection."""
+    """Class-balanced validation images (disjoint from the evolution subset), for final
+    selection; all of them count (a split smaller than a batch is one batch, and the images
+    past the last whole batch count too: ``search.choice.validation_batches``)."""
     max_size: float | None = None
     """Size budget: at most this fraction of the parent's hidden groups (units, channels)
     in every individual (``ecomp_deap.search.budget``); None = no budget. The initial prunings
@@ -156,14 +182,24 @@ class EcompConfig:
     """Individuals evaluated per batched forward; 0 = automatic (bounded memory)."""
 
     def __post_init__(self):
-        object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        w = self.weights
+        if isinstance(w, (str, bytes)) or not isinstance(w, (tuple, list)) or not all(is_number(v) for v in w):
+            raise ConfigError(f"weights must be 3 numbers (accuracy, similarity, compression), got {w!r}")
+        object.__setattr__(self, "weights", tuple(float(v) for v in w))
         for name in ("max_size", "max_macs"):
-            v = getattr(self, name)
-            if isinstance(v, int) and not isinstance(v, bool):
-                object.__setattr__(self, name, float(v))
-        for name in ("embedding_layers", "recombination_layers"):
+            if is_number(getattr(self, name)):
+                object.__setattr__(self, name, float(getattr(self, name)))
+        for name in WHOLE_NUMBERS:  # numpy integers and floats as Python's (they go into JSON)
+            if is_whole_number(getattr(self, name)):
+                object.__setattr__(self, name, int(getattr(self, name)))
+        for name in NUMBERS:
+            if is_number(getattr(self, name)):
+                object.__setattr__(self, name, float(getattr(self, name)))
+        for name in LAYER_LISTS:
             v = getattr(self, name)
             if v is not None:
+                if not isinstance(v, (tuple, list)) or not all(isinstance(layer, str) for layer in v):
+                    raise ConfigError(f"{name} must be a list of layer names (or None: every layer), got {v!r}")
                 object.__setattr__(self, name, tuple(v))
 
     # ------------------------------------------------------------------ derived
@@ -193,6 +229,17 @@ class EcompConfig:
     def similarity_size(self) -> int:
         """Images of each batch that enter the similarity: ``similarity_batch``, or the whole batch."""
         return self.similarity_batch or self.batch_size
+
+    @property
+    def similarity_min_rows(self) -> int:
+        """The fewest images a similarity is measured on: more than the perplexity."""
+        return int(math.floor(self.perplexity)) + 1
+
+    @property
+    def validation_similarity(self) -> bool:
+        """Whether the final choice compares similarities on the validation split: it does
+        in Pareto mode and with a size budget, when the similarity is an objective."""
+        return self.weights[1] != 0 and (self.selection == "nsga2" or self.max_size is not None)
 
     @property
     def subset_size(self) -> int:
@@ -227,13 +274,22 @@ class EcompConfig:
             if not ok:
                 raise ConfigError(msg)
 
+        for name in WHOLE_NUMBERS:
+            v = getattr(self, name)
+            need(is_whole_number(v), f"{name} must be a whole number, got {v!r}")
+        for name in NUMBERS:
+            v = getattr(self, name)
+            need(is_number(v), f"{name} must be a number, got {v!r}")
+        for name in FLAGS:
+            v = getattr(self, name)
+            need(isinstance(v, bool), f"{name} must be True or False, got {v!r}")
+        for name, allowed in CHOICES.items():
+            v = getattr(self, name)
+            need(isinstance(v, str) and v in allowed, f"{name} must be one of {', '.join(allowed)}, got {v!r}")
         need(len(self.weights) == 3, f"weights must be 3 numbers (accuracy, similarity, compression), got {len(self.weights)}")
         need(all(math.isfinite(w) for w in self.weights), f"weights must be finite, got {list(self.weights)}")
         need(all(w >= 0 for w in self.weights), f"weights must be non-negative, got {list(self.weights)}")
         need(any(w > 0 for w in self.weights), "weights are all zero: at least one objective needs a positive weight")
-        need(self.accuracy_objective in ACCURACY_OBJECTIVES,
-             f"accuracy_objective must be one of {', '.join(ACCURACY_OBJECTIVES)}, got {self.accuracy_objective!r}")
-        need(self.selection in SELECTIONS, f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
         need(isinstance(self.pop_size, int) and self.pop_size >= 2, f"pop_size must be an integer >= 2, got {self.pop_size}")
         if self.selection == "nsga2":
             need(self.pop_size % 4 == 0, f"pop_size must be a multiple of 4 for NSGA-II (its DCD tournament picks in fours), got {self.pop_size}")
@@ -243,11 +299,7 @@ class EcompConfig:
         for name in ("mutation_rate", "mask_flip_prob", "cx_prob"):
             v = getattr(self, name)
             need(math.isfinite(v) and 0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
-        need(0 < self.mutation_low <= self.mutation_high, f"mutation factors need 0 < low <= high, got [{self.mutation_low}, {self.mutation_high}]")
-        need(self.mutation in MUTATIONS, f"mutation must be one of {', '.join(MUTATIONS)}, got {self.mutation!r}")
-        need(self.crossover in CROSSOVERS, f"crossover must be one of {', '.join(CROSSOVERS)}, got {self.crossover!r}")
-        need(self.similarity_dtype in ("float32", "float64"),
-             f"similarity_dtype must be float32 or float64, got {self.similarity_dtype!r}")
+        need(0 < self.mutation_low <= self.mutation_high < math.inf, f"mutation factors need finite 0 < low <= high, got [{self.mutation_low}, {self.mutation_high}]")
         need(isinstance(self.norm_calibration, int) and self.norm_calibration >= 0,
              f"norm_calibration must be an integer >= 0 (images), got {self.norm_calibration}")
         need(isinstance(self.refit_images, int) and not isinstance(self.refit_images, bool)
@@ -255,11 +307,8 @@ class EcompConfig:
              f"refit_images must be 0 (off) or an integer >= 2 (images), got {self.refit_images}")
         need(isinstance(self.refit_ridge, (int, float)) and math.isfinite(self.refit_ridge) and self.refit_ridge > 0,
              f"refit_ridge must be a finite number > 0, got {self.refit_ridge}")
-        need(self.init_scores in INIT_SCORES,
-             f"init_scores must be one of {', '.join(INIT_SCORES)}, got {self.init_scores!r}")
         need(0.0 <= self.init_prune_low < self.init_prune_high <= 1.0,
              f"initial pruning rates need 0 <= low < high <= 1, got [{self.init_prune_low}, {self.init_prune_high})")
-        need(self.kernel in KERNELS, f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
         need(math.isfinite(self.perplexity) and self.perplexity > 0, f"perplexity must be > 0, got {self.perplexity}")
         need(isinstance(self.similarity_batch, int) and 0 <= self.similarity_batch <= self.batch_size,
              f"similarity_batch must be an integer in [0, batch_size], got {self.similarity_batch}")
@@ -271,8 +320,9 @@ class EcompConfig:
         need(isinstance(self.elitism, int) and 0 <= self.elitism < self.pop_size,
              f"elitism must be an integer in [0, pop_size), got {self.elitism}")
         need(isinstance(self.val_size, int) and self.val_size >= 0, f"val_size must be an integer >= 0, got {self.val_size}")
-        need(self.val_size == 0 or self.val_size >= self.batch_size,
-             f"val_size must be 0 (no validation) or at least one batch ({self.batch_size}), got {self.val_size}")
+        need(self.val_size == 0 or self.val_size >= self.similarity_min_rows or not self.validation_similarity,
+             f"val_size must be 0 (no validation) or more than the perplexity ({self.perplexity:g}): the final choice "
+             f"compares similarities on the validation split, got {self.val_size}")
         if self.max_size is not None:
             need(isinstance(self.max_size, (int, float)) and not isinstance(self.max_size, bool)
                  and math.isfinite(self.max_size) and 0.0 < self.max_size <= 1.0,
@@ -281,8 +331,8 @@ class EcompConfig:
             need(isinstance(self.max_macs, (int, float)) and not isinstance(self.max_macs, bool)
                  and math.isfinite(self.max_macs) and 0.0 < self.max_macs <= 1.0,
                  f"max_macs must be a fraction of the parent's multiply-adds in (0, 1], got {self.max_macs}")
-        need(self.device in DEVICES, f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         need(isinstance(self.eval_chunk, int) and self.eval_chunk >= 0, f"eval_chunk must be an integer >= 0, got {self.eval_chunk}")
+        need(0 <= self.seed < SEED_LIMIT, f"seed must be a whole number in [0, 2**63), got {self.seed}")
         if self.device == "cuda":
             import torch
 
@@ -316,8 +366,14 @@ class EcompConfig:
                                   f"they are: {', '.join(chain.stage_names)}")
         return self
 
-    def validate_data(self, n_train: int) -> "EcompConfig":
-        """Check that the evolution subset and the validation split fit the training data."""
+    def validate_data(self, n_train: int, n_val: int | None = None) -> "EcompConfig":
+        """Check that the evolution subset and the validation split fit the training data,
+        and that ``n_val`` validation examples given apart (None: none) are enough for the
+        similarity the final choice compares on them."""
+        if n_val is not None and self.validation_similarity and n_val < self.similarity_min_rows:
+            raise ConfigError(f"val data: {n_val} examples are too few for the similarity the final choice compares "
+                              f"on them (more than the perplexity, {self.perplexity:g}, are needed); give more, or "
+                              "no val data")
         if self.norm_calibration > self.subset_size:
             raise ConfigError(f"norm_calibration ({self.norm_calibration} images) exceeds the evolution subset "
                               f"(generations x batch size = {self.subset_size})")

@@ -9,6 +9,7 @@ machine are readable by whoever the user's umask lets read them.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -17,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import ResultsError
+from .errors import ResultsError, WriteError
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:
@@ -35,21 +36,29 @@ def _create_temporary(path: Path) -> tuple[int, str]:
 
 def atomic_write(path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write ``path`` through ``write(f)`` atomically: temporary file in the same
-    folder (mode 0666 less the umask), fsync, rename over ``path``, fsync the folder."""
+    folder (mode 0666 less the umask), fsync, rename over ``path``, fsync the folder.
+    A failed write (a full disk, a quota, a read-only folder) is one
+    :class:`~ecomp_deap.errors.WriteError` line naming ``path`` and the system's error,
+    with ``path`` as it was before and no temporary file left."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _create_temporary(path)
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -59,6 +68,12 @@ def atomic_write(path, write: Callable[[io.BufferedWriter], None]) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _write_error(path: Path, e: OSError) -> WriteError:
+    reason = e.strerror or str(e)
+    code = f" [{errno.errorcode[e.errno]}]" if e.errno in errno.errorcode else ""
+    return WriteError(f"cannot write {path}: {reason}{code}", e.errno)
 
 
 def _json_default(obj: Any):
@@ -109,20 +124,26 @@ def save_csv(path, rows: list[dict], fieldnames: list[str] | None = None) -> Non
 
 
 def save_torch(path, obj: Any) -> None:
-    """Write ``obj`` with ``torch.save``, atomically."""
+    """Write ``obj`` with ``torch.save``, atomically (serialised in memory first, so that a
+    failed write is the file system's error, not torch's)."""
     import torch
 
-    atomic_write(Path(path), lambda f: torch.save(obj, f))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
-def load_json(path) -> Any:
+def load_json(path, if_damaged: str = "") -> Any:
     """The JSON in ``path``; a one-line :class:`~ecomp_deap.errors.ResultsError` when the
-    file is missing or not valid JSON."""
+    file is missing, unreadable or not valid JSON (then ending with ``if_damaged``, what
+    to do about it)."""
     path = Path(path)
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such file") from None
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}: not valid JSON ({e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultsError(f"{path}: not valid JSON ({e}){if_damaged}") from None
+    except OSError as e:
+        raise ResultsError(f"{path}: cannot read it ({e.strerror or e})") from None

@@ -5,7 +5,7 @@
     python experiments/run.py --name mine --weights 1 2 1 --selection nsga2 --pop-size 40
     python experiments/run.py --list-presets
     python experiments/run.py --runs 10 --name weighting121 pareto121 --executor local --workers 4
-    python experiments/run.py --runs 10 --name weighting121 --executor dask --scheduler tcp://HOST:8786
+    python experiments/run.py --runs 10 --name weighting121 --executor dask --scheduler tls://HOST:8786
     python experiments/run.py --runs 10 --name cnn_weighting121 cnn_pareto121     # the default CNN parent
     python experiments/run.py --runs 10 --name quality25 quality25_nosim          # the best network with <= 25 % of the units
     python experiments/run.py --name pareto121 --max-size 0.25                    # any preset within a size budget
@@ -63,7 +63,11 @@ def build_parser() -> OneLineParser:
     x.add_argument("--workers", type=positive_int,
                    help="local cluster: worker processes (default: one per 2 CPUs, at most one per run)")
     x.add_argument("--scheduler", metavar="ADDRESS",
-                   help="--executor dask: the scheduler to connect to, e.g. tcp://10.0.0.5:8786")
+                   help="--executor dask: the scheduler to connect to, e.g. tls://10.0.0.5:8786 (a plain tcp:// "
+                        "address on another host needs --insecure-scheduler)")
+    x.add_argument("--insecure-scheduler", action="store_true",
+                   help="--scheduler: accept a plain tcp:// scheduler on another host (whoever reaches it can run "
+                        "code on the workers and here: only on a network that only you can reach)")
     g = p.add_argument_group("evolution (override the preset)")
     g.add_argument("--weights", nargs=3, type=finite_float, metavar=("WA", "WS", "WC"),
                    help="objective weights: accuracy, similarity, compression (required for a non-preset name)")
@@ -180,6 +184,12 @@ def main(argv) -> int:
         raise ConfigError("--scheduler goes with --executor dask")
     if args.executor == "dask" and not args.scheduler:
         raise ConfigError("--executor dask needs --scheduler ADDRESS (e.g. tcp://HOST:8786)")
+    if args.insecure_scheduler and not args.scheduler:
+        raise ConfigError("--insecure-scheduler goes with --scheduler ADDRESS")
+    if args.scheduler:
+        from ecomp_deap.study.executors import check_scheduler
+
+        check_scheduler(args.scheduler, args.insecure_scheduler)  # before any work
     configs = experiment_configs(args)
 
     from ecomp_deap.study.experiment import Experiment, check_output_folder
@@ -198,7 +208,7 @@ def main(argv) -> int:
     if plan.executor == "serial":
         return run_all(args, argv, experiments, plan)
     # connect (or start the local cluster) before any work: an unreachable scheduler fails fast
-    with dask_client(plan.executor, plan.workers, args.scheduler) as client:
+    with dask_client(plan.executor, plan.workers, args.scheduler, args.insecure_scheduler) as client:
         return run_all(args, argv, experiments, plan, client)
 
 

@@ -13,6 +13,9 @@ import torch
 from ecomp_deap.nets.parents import ParentSpec, train_parent
 
 REPO = Path(__file__).resolve().parents[1]
+# The scripts the tests start (experiments/, benchmarks/, plots/) import this checkout's
+# package, not whichever checkout an editable install of a shared virtualenv points at.
+os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 @dataclass

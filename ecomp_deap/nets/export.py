@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..errors import ParentError
+from ..errors import ParentError, UnsafeFileError
 from ..files import save_torch
 from .chain import DROPOUTS, ELEMENTWISE, NORMS, POOLS
 from .graph import pruned_copy, replay
-from .safe_load import load_untrusted
+from .safe_load import archive_damage, load_untrusted
 
 FORMAT = "ecomp_deap.exported/2"
 COMPRESSED_FORMAT = "ecomp_deap.compressed/1"  # a pruned module of a user's own class
@@ -107,9 +108,32 @@ def save_exported(path, model: nn.Sequential, extra: dict | None = None) -> None
     save_torch(path, blob)
 
 
+def read_network_file(path, what: str):
+    """What a saved network file holds, read with ``weights_only=True`` after its archive's
+    checksums are checked: a file cut short, with a flipped bit or not a torch file at all
+    is one :class:`~ecomp_deap.errors.ParentError` line."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ParentError(f"{path}: cannot read it ({e.strerror or e})") from None
+    damaged = (f"{path}: damaged {what} ({{}}); if it is a run's network, delete it and the run's .json "
+               "to restart that run (run.py --resume)")
+    damage = archive_damage(data)
+    if damage is not None:
+        raise ParentError(damaged.format(damage))
+    try:
+        return load_untrusted(io.BytesIO(data), opt_in=None, what=what, name=str(path))
+    except UnsafeFileError:
+        raise
+    except Exception as e:  # not a torch file at all
+        raise ParentError(damaged.format(f"unreadable: {type(e).__name__}")) from None
+
+
 def load_exported(path) -> nn.Sequential:
-    """Rebuild a module written by :func:`save_exported` (e.g. ``OUT/NAME/run_0.pt``)."""
-    blob = load_untrusted(Path(path), opt_in=None, what="exported network")  # tensors and plain data only
+    """Rebuild a module written by :func:`save_exported` (e.g. ``OUT/NAME/run_0.pt``); a file
+    cut short or with a flipped bit is one :class:`~ecomp_deap.errors.ParentError` line."""
+    blob = read_network_file(path, "exported network")
     if isinstance(blob, dict) and blob.get("format") == COMPRESSED_FORMAT:
         raise ParentError(f"{path} holds a compressed {blob.get('class', 'network')} of your own class: load it "
                           "with ecomp_deap.load_compressed(build_model, path), build_model making the parent's "
@@ -160,7 +184,7 @@ def load_compressed(build_model, path) -> nn.Module:
     ``run_K.pt`` of a graph parent), rebuilt without unpickling code: ``build_model()``
     makes the parent's architecture (its weights do not matter), which is pruned as
     recorded, then given the saved weights."""
-    blob = load_untrusted(Path(path), opt_in=None, what="compressed network")
+    blob = read_network_file(path, "compressed network")
     if not isinstance(blob, dict) or blob.get("format") != COMPRESSED_FORMAT:
         raise ParentError(f"{path}: not a compressed network of ecomp_deap (an nn.Sequential export loads with "
                           "ecomp_deap.nets.export.load_exported)")

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import ParentError, UnsafeFileError
 from ..files import save_torch
-from .safe_load import load_untrusted
+from .safe_load import archive_damage, load_untrusted
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
                "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}
@@ -222,6 +222,12 @@ def read_weights_file(path: Path, what: str, **load) -> object:
     truncated or foreign file is one :class:`~ecomp_deap.errors.ParentError` line."""
     if not path.is_file():
         raise ParentError(f"{path}: parent weights file not found")
+    try:  # torch does not check its archives' checksums: a flipped bit would load as a wrong weight
+        damage = archive_damage(path.read_bytes())
+    except OSError as e:
+        raise ParentError(f"{path}: cannot read parent weights ({e.strerror})") from None
+    if damage:
+        raise ParentError(f"{path}: damaged parent weights file ({damage}); save the network again")
     try:
         return load_untrusted(path, what=what, **load)
     except UnsafeFileError:

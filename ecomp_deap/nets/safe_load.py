@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import os
 import pickle
 import re
+import zipfile
+import zlib
 from pathlib import Path
 
 import torch
@@ -46,10 +49,24 @@ def _allowlisted():
     scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     if scoped is not None:
         return scoped(SAFE_GLOBALS)
-    add = getattr(torch.serialization, "add_safe_globals", None)  # torch 2.4: process-wide, same list
-    if add is not None:
-        add(SAFE_GLOBALS)
+    torch.serialization.add_safe_globals(SAFE_GLOBALS)  # torch 2.4, the floor: process-wide, the same list
     return contextlib.nullcontext()
+
+
+def archive_damage(data: bytes) -> str | None:
+    """Why the bytes of a torch file are damaged, or None. Torch writes a zip archive with a
+    CRC-32 of every member but does not check them when loading (a flipped bit in a
+    tensor loads as a wrong number): here an archive cut short, or a member whose bytes
+    fail their checksum, is named. Bytes that are not a zip archive (torch's legacy
+    format, or no torch file at all) are left to the loader."""
+    if not data.startswith(b"PK\x03\x04"):
+        return None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error):
+        return "cut short: not a complete archive"
+    return f"{bad} fails its checksum" if bad else None
 
 
 def refused_global(error: BaseException) -> str | None:

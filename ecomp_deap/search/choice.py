@@ -2,8 +2,9 @@
 
 * Weighted mode: the best weighted fitness on all training batches.
 * Pareto mode: the non-dominated set on all training batches, measured again on the
-  validation split; what is non-dominated there is the front, and its knee (accuracy
-  against compression) is "best" (without validation data, the training front's knee).
+  validation split (every example of it: :func:`validation_batches`); what is
+  non-dominated there is the front, and its knee (accuracy against compression) is
+  "best" (without validation data, the training front's knee).
 * With a size budget (``max_size``, ``max_macs``), either mode: the whole final population (all of it
   within the budget) measured on the validation split; its non-dominated set is the
   front and its most accurate network "best".
@@ -22,6 +23,36 @@ from ..config import EcompConfig
 from ..fitness.measures import Measures, weighted_fitness
 from .indicators import knee_point, non_dominated_mask
 from .loops import assign, settle
+
+
+def validation_batches(x, y, batch_size: int, min_rows: int) -> list[tuple]:
+    """Every example of (x, y) (N, ...) in batches: consecutive batches of ``batch_size``;
+    the examples past the last whole batch make one more, smaller batch when there are at
+    least ``min_rows`` of them (the fewest a similarity is measured on), else they join
+    the last whole batch; a set smaller than one batch is one batch. Empty: no batches."""
+    n = len(x)
+    bounds = [(i, i + batch_size) for i in range(0, n - batch_size + 1, batch_size)]
+    rest = n - len(bounds) * batch_size
+    if rest and (rest >= min_rows or not bounds):
+        bounds.append((n - rest, n))
+    elif rest:
+        bounds[-1] = (bounds[-1][0], n)
+    return [(x[a:b], y[a:b]) for a, b in bounds]
+
+
+def measure_split(evaluator, population, batches) -> Measures:
+    """Measures of ``population`` on a split cut into ``batches`` (:func:`validation_batches`):
+    the accuracy over all their examples, the similarity (a per-batch quantity) the mean of
+    the batches'. Batches of one size are measured as the evaluator measures them
+    (:meth:`~ecomp_deap.fitness.evaluator.PopulationEvaluator.measure_batches`)."""
+    sizes = [len(x) for x, _ in batches]
+    if len(set(sizes)) == 1:
+        return evaluator.measure_batches(population, batches)
+    groups = {size: [b for b in batches if len(b[0]) == size] for size in dict.fromkeys(sizes)}
+    parts = [(size, len(group), evaluator.measure_batches(population, group)) for size, group in groups.items()]
+    accuracy = sum(m.accuracy * (count * size) for size, count, m in parts) / sum(sizes)
+    similarity = sum(m.similarity * count for _, count, m in parts) / len(batches)
+    return Measures(accuracy, parts[0][2].compression, similarity)
 
 
 @dataclass
@@ -61,7 +92,7 @@ def choose(population, logbook, toolbox, evaluator, config: EcompConfig, train_b
     selected_by = "knee (accuracy vs compression) of the training front"
     candidates = front
     if val_batches:
-        val = evaluator.measure_batches([population[i] for i in front], val_batches)
+        val = measure_split(evaluator, [population[i] for i in front], val_batches)
         vpts, _ = val.objectives(objectives)
         keep = non_dominated_mask(vpts, senses)
         candidates = [front[i] for i in np.flatnonzero(keep)]
@@ -83,7 +114,7 @@ def _within_budget(population, logbook, evaluator, config: EcompConfig, train: M
     "best" is the front's most accurate network (ties: the smaller). Without a validation
     split, the training measures."""
     where = "on the validation split" if val_batches else "on all training batches"
-    ref = evaluator.measure_batches(population, val_batches) if val_batches else train
+    ref = measure_split(evaluator, population, val_batches) if val_batches else train
     pts, senses = ref.objectives(config.active_objectives)
     front = np.flatnonzero(non_dominated_mask(pts, senses)).tolist()
     acc, comp = ref.accuracy[front], ref.compression[front]

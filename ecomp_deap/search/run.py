@@ -28,10 +28,11 @@ from ..fitness.measures import Measures
 from ..nets.chain import Chain
 from ..nets.export import export_individual
 from ..nets.graph import Graph
+from ..nets.parent_accuracy import DataAccuracy, check_parent_accuracy, measure_parent_accuracy
 from ..nets.reader import Parent, read_parent
 from ..rng import seed_everything
 from ..validation import validate_run_data
-from .choice import EvolutionResult, choose
+from .choice import EvolutionResult, choose, validation_batches
 from .indicators import hypervolume_2d
 from .loops import HV_REFERENCE, LOOPS, EvolutionState, GenerationHooks, logbook_rows, make_statistics, settle
 from .scores import unit_scores
@@ -61,22 +62,42 @@ class RunData:
     are drawn from them) and ``test_x``/``test_y`` (for reporting only). A label tensor may
     be None (inputs only): a run whose ``accuracy_objective`` is 'fidelity' needs none and
     reads none of ``train_y`` and the validation labels; without ``test_y`` it reports
-    no test accuracy."""
+    no test accuracy. ``data_accuracy``: the parent's accuracy on the validation (else
+    training) data, as measured there (None without labels)."""
 
     train_x: torch.Tensor
     train_y: torch.Tensor | None
     test_x: torch.Tensor
     test_y: torch.Tensor | None
     validation: tuple | None = None
+    data_accuracy: DataAccuracy | None = None
+
+    def measured_on(self) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+        """The data the parent's accuracy is measured on: the validation set if given, else
+        the training set (its labels None in a run without them)."""
+        if self.validation is not None:
+            return self.validation[0], self.validation[1], "val"
+        return self.train_x, self.train_y, "train"
 
 
-def check_data(parent: Parent, data, validation: tuple | None = None) -> RunData:
+def check_data(parent: Parent, data, validation: tuple | None = None, allow_weak_parent: bool = False,
+               opt_in: str = "allow_weak_parent=True", data_accuracy: DataAccuracy | None = None,
+               measure_accuracy: bool = True) -> RunData:
     """``data`` (anything with ``train_x, train_y, test_x, test_y``) and the optional
     ``validation`` (x, y) checked against ``parent`` (:func:`~ecomp_deap.validation.validate_run_data`:
     one :class:`~ecomp_deap.errors.ConfigError` line naming the set and the problem; labels
-    that are None are not checked)."""
+    that are None are not checked), then, where there are labels and ``measure_accuracy``,
+    the parent's accuracy on the validation (else training) data measured: at chance level
+    it is one :class:`~ecomp_deap.errors.WeakParentError` line naming ``opt_in``, unless
+    ``allow_weak_parent`` (:func:`~ecomp_deap.nets.parent_accuracy.check_parent_accuracy`).
+    ``data_accuracy``: measured already (by the driver of a cluster run), kept as it is.
+    A run without labels (fidelity) passes ``measure_accuracy=False``: it reads no label."""
     validate_run_data(data, parent.net, validation)
-    return RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation)
+    checked = RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation)
+    x, y, on = checked.measured_on()
+    if data_accuracy is None and measure_accuracy and y is not None:
+        data_accuracy = check_parent_accuracy(parent, x, y, on, allow_weak_parent, opt_in)
+    return RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation, data_accuracy)
 
 
 @dataclass
@@ -140,7 +161,7 @@ class EcompRun:
             config = config.replace(val_size=0)
         config.validate()
         config.validate_for(parent.net)
-        config.validate_data(len(data.train_x))
+        config.validate_data(len(data.train_x), len(data.validation[0]) if data.validation is not None else None)
         self.config, self.parent, self.data, self.progress = config, parent, data, progress
         self.net = parent.net
         self.parent_test_accuracy = parent_test_accuracy
@@ -152,7 +173,7 @@ class EcompRun:
         self.stream = BatchStream(data.train_x, train_targets, splits.subset, config.batch_size, config.seed)
         val_x, val_t = ((data.validation[0], self.targets("val", *data.validation)) if data.validation is not None
                         else (data.train_x[splits.validation], train_targets[splits.validation]))
-        self.val_batches = list(whole_batches(val_x, val_t, config.batch_size))
+        self.val_batches = validation_batches(val_x, val_t, config.batch_size, config.similarity_min_rows)
         calibration = self.subset_images(config.norm_calibration) if config.norm_calibration else None
         refit_x = self.subset_images(config.refit_images) if config.refit_images else None
         self.toolbox = build_toolbox(config, parent, self.rng, self.evaluator, self.stream, self.init_scores(),
@@ -282,8 +303,10 @@ class EcompRun:
             from ..nets.parents import accuracy
 
             self.parent_test_accuracy = accuracy(self.parent.model, self.data.test_x, self.data.test_y)
+        measured = None if fidelity else \
+            (self.data.data_accuracy or measure_parent_accuracy(self.parent, *self.data.measured_on()))
         parent = {"test_accuracy": self.parent_test_accuracy, "hidden_units": list(self.net.hidden_widths),
-                  "parameters": params, "macs": macs}
+                  "parameters": params, "macs": macs, **(measured.to_json() if measured is not None else {})}
         extremes = {(measure if k == "accuracy" else k): row[i] for k, i in evo.extremes.items()}
         best_module = export_individual(pop[evo.best_index], self.net)
         front_modules = [export_individual(pop[i], self.net) for i in evo.front_indices]
@@ -294,11 +317,14 @@ class EcompRun:
 
 
 def run_ecomp(config: EcompConfig, model, data, progress: bool = True, parent_test_accuracy: float | None = None,
-              validation: tuple | None = None) -> RunResult:
+              validation: tuple | None = None, allow_weak_parent: bool = False) -> RunResult:
     """Run EComp once on ``model`` (an ``nn.Module`` classifier, or a :class:`~ecomp_deap.nets.reader.Parent`
     already read) and ``data`` (``train_x, train_y, test_x, test_y``; ``validation`` (x, y)
     for the final choice instead of a split of the training data): read the parent, check
-    the data against it, evolve, choose, measure on the test set, export the chosen
+    the data against it (a parent at chance level on them is refused unless
+    ``allow_weak_parent``), evolve, choose, measure on the test set, export the chosen
     network(s)."""
     parent = read_parent(model, data.train_x)
-    return EcompRun(config, parent, check_data(parent, data, validation), progress, parent_test_accuracy).run()
+    checked = check_data(parent, data, validation, allow_weak_parent,
+                         measure_accuracy=config.accuracy_objective == "accuracy")
+    return EcompRun(config, parent, checked, progress, parent_test_accuracy).run()

@@ -24,7 +24,7 @@ from ..config import EcompConfig
 from ..errors import UnsafeFileError, UserError
 from ..files import write_bytes
 from ..fitness.measures import IndividualMeasures
-from ..nets.safe_load import load_untrusted
+from ..nets.safe_load import archive_damage, load_untrusted
 from ..rng import plain_rng, restore_rng
 from ..search.loops import EvolutionState, logbook_rows
 
@@ -95,6 +95,9 @@ def read_checkpoint(data: bytes, config: EcompConfig, where: str) -> dict:
     ``config`` (settings it lacks count as their defaults); else one
     :class:`~ecomp_deap.errors.UserError` line saying what to do."""
     restart = f"delete {where} to restart this run from generation 0 (finished runs are kept)"
+    damage = archive_damage(data)
+    if damage is not None:
+        raise UserError(f"{where}: damaged checkpoint ({damage}); {restart}")
     try:
         blob = load_untrusted(io.BytesIO(data), opt_in=None, what="checkpoint", name=where)
     except UnsafeFileError as e:
@@ -109,16 +112,60 @@ def read_checkpoint(data: bytes, config: EcompConfig, where: str) -> dict:
         found = blob.get("format") if isinstance(blob, dict) else None
         raise UserError(f"{where}: not an ecomp_deap checkpoint of format {FORMAT}"
                         + (f" (found {found!r})" if isinstance(found, str) else "") + f"; {restart}")
+    missing = _missing_field(blob)
+    if missing is not None:
+        raise UserError(f"{where}: damaged checkpoint ({missing}); {restart}")
     defaults = plain(EcompConfig().to_dict())  # a setting added after the checkpoint was written: its default
     if {**defaults, **blob["config"]} != plain(config.to_dict()):
         raise UserError(f"{where}: checkpoint was written with other settings; resume with the same options "
                         "or use --overwrite to start again")
+    if len(blob["population"]) != config.pop_size:
+        raise UserError(f"{where}: damaged checkpoint ({len(blob['population'])} individuals for a population of "
+                        f"{config.pop_size}); {restart}")
     return blob
 
 
-def restore_state(blob: dict, ind_cls, rng: torch.Generator) -> tuple[EvolutionState, float]:
+def _missing_field(blob: dict) -> str | None:
+    """What a checkpoint of this format lacks or holds of the wrong type (None: nothing)."""
+    top = {"t": (int,), "config": (dict,), "population": (list,), "logbook": (list,), "rng": (dict,),
+           "elapsed_s": (float, int)}
+    for name, kinds in top.items():
+        if name not in blob:
+            return f"no field {name!r}"
+        value = blob[name]
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            return f"field {name!r} is {type(value).__name__}, not {kinds[0].__name__}"
+    for i, item in enumerate(blob["population"]):
+        if not isinstance(item, dict):
+            return f"individual {i} is {type(item).__name__}, not dict"
+        for name in ("masks", "weights", "biases"):
+            value = item.get(name)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in value):
+                return f"individual {i} has no list of tensors {name!r}"
+        for name in ("fitness", "measures"):
+            if name not in item:
+                return f"individual {i} has no field {name!r}"
+    for name in ("random", "numpy", "torch", "gen"):
+        if name not in blob["rng"]:
+            return f"no random state {name!r}"
+    if not all(isinstance(row, dict) for row in blob["logbook"]):
+        return "a logbook row is not a dict"
+    return None
+
+
+def restore_state(blob: dict, ind_cls, rng: torch.Generator, where: str = "the checkpoint") -> tuple[EvolutionState, float]:
     """The state a checkpoint (:func:`read_checkpoint`) holds, with every random state
-    restored (``rng``: the run's generator); and the run's wall time before it."""
+    restored (``rng``: the run's generator); and the run's wall time before it. A value
+    that cannot be restored is one :class:`~ecomp_deap.errors.UserError` line naming
+    ``where`` and saying to delete it."""
+    try:
+        return _restore(blob, ind_cls, rng)
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise UserError(f"{where}: damaged checkpoint (cannot restore it: {type(e).__name__}); delete {where} to "
+                        "restart this run from generation 0 (finished runs are kept)") from None
+
+
+def _restore(blob: dict, ind_cls, rng: torch.Generator) -> tuple[EvolutionState, float]:
     population = []
     for item in blob["population"]:
         ind = ind_cls(item["masks"], item["weights"], item["biases"], item.get("norms"))
@@ -137,7 +184,7 @@ def load_checkpoint(path, config: EcompConfig, ind_cls, rng: torch.Generator) ->
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
-    return restore_state(read_checkpoint(data, config, str(path)), ind_cls, rng)
+    return restore_state(read_checkpoint(data, config, str(path)), ind_cls, rng, str(path))
 
 
 class CheckpointStore:

@@ -111,6 +111,9 @@ def add_parent_arguments(group) -> None:
     group.add_argument("--trust-parent-file", action="store_true",
                        help="--parent: unpickle the file fully (it can then run code: only for files you trust); "
                             "without it only tensors, plain data and the supported torch layers are loaded")
+    group.add_argument("--allow-weak-parent", action="store_true",
+                       help="go on with a parent whose accuracy on the training data is at chance level (refused "
+                            "by default: its inputs are likely scaled or ordered unlike its training data)")
 
 
 def parent_spec(args, preset_archs=()):
@@ -157,9 +160,10 @@ def load_parent(args, data, preset_archs=(), progress: bool = True, log=print):
     """The scripts' entry for a parent: ``--model FILE.py:FN`` (with ``--parent`` weights),
     ``--parent PATH`` (loaded safely) or the default parent trained once and cached
     (``--arch``, ``--hidden``, ...), read once (:func:`~ecomp_deap.nets.reader.read_parent`),
-    with ``data`` (FashionMNIST) checked against it once (:func:`~ecomp_deap.search.run.check_data`).
-    Returns (the :class:`~ecomp_deap.nets.reader.Parent`, the checked
-    :class:`~ecomp_deap.search.run.RunData`, the parent's test accuracy)."""
+    with ``data`` (FashionMNIST) checked against it once (:func:`~ecomp_deap.search.run.check_data`:
+    a parent at chance level on the training data is refused unless ``--allow-weak-parent``);
+    its accuracy there is logged. Returns (the :class:`~ecomp_deap.nets.reader.Parent`, the
+    checked :class:`~ecomp_deap.search.run.RunData`, the parent's test accuracy)."""
     from dataclasses import asdict
     from pathlib import Path
 
@@ -169,6 +173,7 @@ def load_parent(args, data, preset_archs=(), progress: bool = True, log=print):
     from ..search.run import check_data
 
     spec = parent_spec(args, preset_archs)
+    weak = dict(allow_weak_parent=getattr(args, "allow_weak_parent", False), opt_in="--allow-weak-parent")
     model_ref = getattr(args, "model", None)
     if model_ref or args.parent:
         if model_ref:
@@ -178,14 +183,15 @@ def load_parent(args, data, preset_archs=(), progress: bool = True, log=print):
             model = load_parent_file(args.parent, trust_pickle=args.trust_parent_file)
             source, what = None, str(args.parent)
         parent = read_parent(model, data.train_x, source)
-        checked = check_data(parent, data)  # before anything runs on the data: inputs, classes
+        checked = check_data(parent, data, **weak)  # before anything runs on the data: inputs, classes, accuracy
         test_accuracy = accuracy(parent.model, data.test_x, data.test_y)
         log(f"parent: loaded {what} (test accuracy {test_accuracy:.4f})")
     else:
         cache = Path(args.cache_dir) if getattr(args, "cache_dir", None) else default_cache_dir()
         info = load_or_train_parent(spec, data, cache, progress=progress, log=log)
         parent = read_parent(info.model, data.train_x, {"kind": "spec", "spec": asdict(spec)})
-        checked, test_accuracy = check_data(parent, data), info.test_accuracy
+        checked, test_accuracy = check_data(parent, data, **weak), info.test_accuracy
+    log(f"parent: {checked.data_accuracy.describe()}")
     return parent, checked, test_accuracy
 
 

@@ -27,7 +27,7 @@ from typing import Callable, Iterator
 
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, WriteError
 from ..files import write_bytes
 from ..nets.chain import check_layers
 from ..nets.export import LOADABLE, module_spec
@@ -189,12 +189,13 @@ def latest_checkpoint(variable, timeout: float = 0.5) -> bytes | None:
 
 
 def run_task(job: dict, parent: dict, data_spec, parent_test_accuracy: float | None, key: str,
-             initial: bytes | None = None) -> RunOutcome:
+             initial: bytes | None = None, data_accuracy=None) -> RunOutcome:
     """One run on a worker (:func:`~ecomp_deap.study.runner.execute_run`, checkpoints in a
     :class:`VariableStore`): a pure function of the job (its config holds the run's seed),
     the parent, the data and the job's torch threads (1 unless told: a one-thread worker
     is not oversubscribed). The worker reads the parent and checks its own data once per
-    task: it is a new process."""
+    task: it is a new process. ``data_accuracy``: the parent's accuracy on the data as the
+    driver measured it (:class:`~ecomp_deap.nets.parent_accuracy.DataAccuracy`), kept."""
     from ..config import EcompConfig
     from ..nets.reader import read_parent
     from ..search.run import RunData, check_data
@@ -204,7 +205,7 @@ def run_task(job: dict, parent: dict, data_spec, parent_test_accuracy: float | N
     model, source = parent_from_payload(parent)
     data = worker_data(data_spec)
     read = read_parent(model, data.train_x, source)
-    checked = data if isinstance(data, RunData) else check_data(read, data)
+    checked = data if isinstance(data, RunData) else check_data(read, data, data_accuracy=data_accuracy)
     return execute_run(job, read, checked, VariableStore(key, initial), progress=False, log=lambda s: None,
                        parent_test_accuracy=parent_test_accuracy)
 
@@ -284,8 +285,8 @@ class ClusterExecutor:
             path = exp.checkpoint_path(job.k)
             initial = path.read_bytes() if path.exists() else None  # checked by the driver already
             fut = self.client.submit(guarded, self.task, job_payload(job), payload, data_arg, parent_test_accuracy,
-                                     self.checkpoint_key(job), initial, key=f"ecomp-{job.name}-run{job.k}-{self.tag}",
-                                     pure=False)
+                                     self.checkpoint_key(job), initial, getattr(data, "data_accuracy", None),
+                                     key=f"ecomp-{job.name}-run{job.k}-{self.tag}", pure=False)
             futures[fut] = (exp, job)
         handled: set = set()
         pending = list(futures)
@@ -318,7 +319,10 @@ class ClusterExecutor:
                 self.client.cancel(unfinished)
             for fut, (exp, job) in futures.items():  # every run not written: its last checkpoint, for --resume
                 if fut in unfinished or not (exp.folder / f"run_{job.k}.json").exists():
-                    self._mirror(exp, job)
+                    try:
+                        self._mirror(exp, job)
+                    except WriteError as e:  # a full disk: the others are still tried; the file before is kept
+                        log(f"{job.label}: its last checkpoint was not saved ({e}); it resumes from the one before")
 
     def _mirror(self, exp, job) -> None:
         from distributed import Variable
@@ -419,11 +423,48 @@ def tls_security(scheduler: str):
     return Security(require_encryption=True)
 
 
+ENCRYPTED_SCHEMES = ("tls", "wss")  # Dask's transports that authenticate both ends by certificates
+LOCAL_SCHEMES = ("inproc",)  # within this process
+
+
+def check_scheduler(address: str, insecure: bool = False) -> None:
+    """Refuse (one ConfigError line) a scheduler reached over a plain transport (``tcp://``,
+    no scheme, ``ws://``, ``ucx://``) on another host, unless ``insecure``: Dask moves
+    tasks and results as pickles, so whoever reaches such a scheduler can run code on its
+    workers and on this machine. ``tls://`` and loopback addresses (``localhost``,
+    127.0.0.0/8, ``[::1]``) pass."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "tcp", address
+    scheme = scheme.lower()
+    if insecure or scheme in ENCRYPTED_SCHEMES or scheme in LOCAL_SCHEMES:
+        return
+    try:
+        host = urlsplit(f"{scheme}://{rest}").hostname or ""
+    except ValueError:
+        host = ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"--scheduler {address}: a plain {scheme}:// connection to another host; Dask moves tasks "
+                          "and results as pickles, so whoever reaches this scheduler can run code on its workers and "
+                          "on this machine: use tls:// (README: Dask over TLS), or --insecure-scheduler on a network "
+                          "only you can reach")
+
+
 @contextmanager
-def dask_client(executor: str, workers: int | None = None, scheduler: str | None = None) -> Iterator:
+def dask_client(executor: str, workers: int | None = None, scheduler: str | None = None,
+                insecure: bool = False) -> Iterator:
     """A ``distributed.Client``: on a new ``LocalCluster`` of ``workers`` one-thread
     worker processes (``local``) or connected to ``scheduler`` (``dask``; given up after
-    Dask's ``distributed.comm.timeouts.connect``, 30 s unless configured); closed on exit."""
+    Dask's ``distributed.comm.timeouts.connect``, 30 s unless configured); closed on exit.
+    A plain-transport scheduler on another host is refused unless ``insecure``
+    (:func:`check_scheduler`)."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:
@@ -435,6 +476,7 @@ def dask_client(executor: str, workers: int | None = None, scheduler: str | None
     elif executor == "dask":
         if not scheduler:
             raise ConfigError("--executor dask needs --scheduler ADDRESS (e.g. tcp://HOST:8786)")
+        check_scheduler(scheduler, insecure)
         kwargs = {"security": tls_security(scheduler)} if scheduler.startswith("tls://") else {}
         try:
             client = Client(scheduler, **kwargs)

@@ -19,6 +19,7 @@ from ..config import EcompConfig
 from ..errors import ConfigError
 from ..files import save_csv, save_json
 from ..nets.export import save_network
+from .lock import busy, folder_holder
 from .results import RUN_SCHEMA, SUMMARY_SCHEMA, load_run, run_files
 
 SUMMARY_FIELDS = ["run", "seed", "test_accuracy", "compression", "similarity", "parameters",
@@ -38,9 +39,13 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_output_folder(folder: Path, overwrite: bool, resume: bool = False) -> None:
+def check_output_folder(folder: Path, overwrite: bool, resume: bool = False, held: bool = False) -> None:
     """Refuse (ConfigError) an unwritable folder, or one holding results unless told
-    to overwrite or resume. Creates nothing."""
+    to overwrite or resume; refuse (:class:`~.lock.FolderBusy`) a folder another run
+    holds, unless ``held`` (this process holds its lock). Creates nothing."""
+    holder = None if held else folder_holder(folder)
+    if holder is not None:
+        raise busy(folder, holder)
     anchor = nearest_existing(folder)
     if not anchor.is_dir():
         raise ConfigError(f"output folder {folder}: {anchor} is not a folder")
@@ -164,8 +169,9 @@ class Experiment:
         return self.config.replace(seed=run_seed(self.seed, k))
 
     def prepare(self, overwrite: bool = False, resume: bool = False) -> None:
-        """Refuse a folder holding results (unless told otherwise); clear it on ``overwrite``."""
-        check_output_folder(self.folder, overwrite, resume)
+        """Refuse a folder holding results (unless told otherwise); clear it on ``overwrite``.
+        The caller holds the folder's lock (:class:`~.lock.FolderLock`)."""
+        check_output_folder(self.folder, overwrite, resume, held=True)
         if overwrite and self.folder.exists():
             clear_results(self.folder)
 

@@ -23,12 +23,39 @@ def run_files(folder) -> list[Path]:
     return sorted(files, key=lambda p: int(p.stem[4:]))
 
 
+RESTART = "delete it to restart this run (run.py --resume runs it again)"
+NUMBER = (int, float, type(None))  # JSON stores NaN and infinities as null
+RUN_FIELDS = {"run": (int,), "seed": (int,), "best": (dict,), "front": (list,), "parent": (dict,),
+              "test_hypervolume": NUMBER, "wall_time_s": NUMBER}
+"""Fields every run file has had since ``RUN_SCHEMA`` 1, and their JSON types (what the
+summaries, the comparison and a resume read without asking)."""
+BEST_FIELDS = {"test_accuracy": NUMBER, "compression": NUMBER, "similarity": NUMBER, "hidden_units": (list,),
+               "parameters": (int,)}
+
+
+def run_damage(data: dict) -> str | None:
+    """What a run result of ``RUN_SCHEMA`` lacks or holds of the wrong type (None: nothing)."""
+    for fields, where, prefix in ((RUN_FIELDS, data, ""), (BEST_FIELDS, data.get("best"), "best.")):
+        for name, kinds in fields.items():
+            if not isinstance(where, dict) or name not in where:
+                return f"no field {prefix + name!r}"
+            value = where[name]
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                return f"field {prefix + name!r} is {type(value).__name__}"
+    return None
+
+
 def load_run(path) -> dict:
     """A run's result file as a dict; a one-line :class:`~ecomp_deap.errors.ResultsError`
-    when it is missing, not JSON or not of ``RUN_SCHEMA``."""
-    data = load_json(path)
+    when it is missing, not JSON, not of ``RUN_SCHEMA`` or lacks a field of
+    :data:`RUN_FIELDS` (a damaged file: the message says to delete it, so that
+    ``run.py --resume`` runs that run again)."""
+    data = load_json(path, if_damaged=f"; if it is a damaged run result, {RESTART}")
     if not isinstance(data, dict) or data.get("schema") != RUN_SCHEMA:
         raise ResultsError(f"{path}: not an ecomp_deap run result (expected schema {RUN_SCHEMA!r})")
+    damage = run_damage(data)
+    if damage is not None:
+        raise ResultsError(f"{path}: damaged run result ({damage}); {RESTART}")
     return data
 
 

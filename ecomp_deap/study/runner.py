@@ -7,29 +7,33 @@
   checkpoints differs (a file here, the scheduler on a cluster, mirrored to the same
   file by the driver), so a run whose worker dies resumes from its last checkpoint on
   another worker.
-* :func:`run_experiments` is the driver: it checks the output folders and any
-  checkpoint it will resume from before any work, hands the runs left to an executor,
+* :func:`run_experiments` is the driver: it locks the output folders (one driver per
+  folder), checks them and any checkpoint it will resume from before any work, hands
+  the runs left to an executor,
   writes each result as it arrives (:func:`~ecomp_deap.study.experiment.write_run`),
   reports a failing run and goes on with the others, writes each experiment's summary
   once all its runs exist, and on SIGINT/SIGTERM stops at the end of the generation
-  with every unfinished run checkpointed (:class:`RunInterrupted`).
+  with every unfinished run checkpointed (:class:`RunInterrupted`). A failed write (a
+  full disk) stops every run at once: one line naming the file, nothing half-written.
 """
 from __future__ import annotations
 
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 
+from ..errors import WriteError
 from ..nets.reader import read_parent
 from ..rng import rng_snapshot
 from ..search.genome import fitness_weights, make_types
 from ..search.run import EcompRun, RunData, check_data
 from .checkpoint import CheckpointStore, FileStore, checkpoint_bytes, read_checkpoint, restore_state
 from .experiment import Experiment, RunJob, run_line, write_run
+from .lock import FolderLock
 
 
 @contextmanager
@@ -46,6 +50,19 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def closed_after(outcomes):
+    """``outcomes`` (an executor's iterator) inside; closed on any exit, here and now: a
+    cluster executor then cancels its work and mirrors the checkpoints before the error
+    that stopped the loop propagates (not whenever the generator is collected)."""
+    try:
+        yield outcomes
+    finally:
+        close = getattr(outcomes, "close", None)
+        if close is not None:
+            close()
 
 
 class RunInterrupted(Exception):
@@ -107,7 +124,8 @@ def execute_run(job: RunJob, parent, data, store: CheckpointStore, stop: StopReq
         saved = store.load()
         if saved is not None:
             _, ind_cls = make_types(fitness_weights(cfg.selection, cfg.weights))
-            state, elapsed_before = restore_state(read_checkpoint(saved, cfg, store.describe()), ind_cls, run.rng)
+            where = store.describe()
+            state, elapsed_before = restore_state(read_checkpoint(saved, cfg, where), ind_cls, run.rng, where)
             log(f"{job.label}: resuming from generation {state.t}/{run.total}")
         resumed_from = state.t if state is not None else None
         started = time.perf_counter()
@@ -181,7 +199,7 @@ class SerialExecutor:
             try:
                 outcome = execute_run(job, parent, data, FileStore(exp.checkpoint_path(job.k)), stop, self.progress,
                                       log, parent_test_accuracy)
-            except (RunInterrupted, KeyboardInterrupt):
+            except (RunInterrupted, KeyboardInterrupt, WriteError):  # a failed write stops every run
                 raise
             except Exception as e:  # the run's own error: reported, the others go on
                 outcome = e
@@ -196,16 +214,36 @@ def run_experiments(experiments: list[Experiment], parent, data, executor, paren
     reported (``log_error``; with ``details``, followed by the end of its traceback) and
     the others go on. ``parent`` and ``data``: read and checked once by the caller (a
     :class:`~ecomp_deap.nets.reader.Parent` and :class:`~ecomp_deap.search.run.RunData`),
-    or else here, before any folder is touched. Returns a :class:`Report`."""
-    import sys
-    import traceback
-
-    log_error = log_error or (lambda s: print(s, file=sys.stderr))
+    or else here, before any folder is touched. Each experiment folder is locked
+    (:class:`~.lock.FolderLock`) from before it is touched until this returns: a second
+    driver on the same folder stops with one line naming this one. A file that cannot be
+    written (a full disk) stops every run with one :class:`~ecomp_deap.errors.WriteError`
+    line; finished results and the last checkpoints stay as they were, for ``resume``.
+    Returns a :class:`Report`."""
     parent = read_parent(parent, data.train_x)  # a Parent is returned as it is
     if not isinstance(data, RunData):
         data = check_data(parent, data)
     if hasattr(executor, "check"):  # e.g. whether the workers can rebuild the parent
         executor.check(parent)
+    folders = {exp.folder.absolute(): exp.folder for exp in experiments}
+    with ExitStack() as held:
+        for folder in sorted(folders):  # held until every result is written (or the runs stop)
+            held.enter_context(FolderLock(folders[folder]))
+        try:
+            return _run_held(experiments, parent, data, executor, parent_test_accuracy, overwrite, resume, log,
+                             log_error, details)
+        except WriteError as e:
+            raise WriteError(f"{e}; the runs stopped, finished results and the last checkpoints are kept: once it "
+                             "can be written, run the same command with --resume", e.errno) from None
+
+
+def _run_held(experiments, parent, data, executor, parent_test_accuracy, overwrite, resume, log, log_error,
+              details) -> Report:
+    """:func:`run_experiments` once the folders are locked."""
+    import sys
+    import traceback
+
+    log_error = log_error or (lambda s: print(s, file=sys.stderr))
     for exp in experiments:
         exp.prepare(overwrite, resume)
     report = Report()
@@ -229,8 +267,8 @@ def run_experiments(experiments: list[Experiment], parent, data, executor, paren
     if not jobs:
         return report
     failed: set[str] = set()
-    with StopRequest() as stop:
-        for exp, job, outcome in executor.execute(jobs, parent, data, parent_test_accuracy, stop, log):
+    with StopRequest() as stop, closed_after(executor.execute(jobs, parent, data, parent_test_accuracy, stop, log)) as outcomes:
+        for exp, job, outcome in outcomes:
             n = len(report.written) + len(report.failures) + 1
             if isinstance(outcome, BaseException):
                 text = error_text(outcome)

@@ -175,8 +175,11 @@ def test_cnn_refit_changes_only_the_linear_stages_and_exports_the_same_function(
 
 
 def test_refit_settings_are_checked():
-    for bad in (1, -1, 2.5, True):
+    for bad in (1, -1):
         with pytest.raises(ConfigError, match="refit_images must be 0"):
+            EcompConfig(refit_images=bad).validate()
+    for bad in (2.5, True):
+        with pytest.raises(ConfigError, match="refit_images must be a whole number"):
             EcompConfig(refit_images=bad).validate()
     for bad in (0.0, -1e-3, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="refit_ridge must be a finite number > 0"):

@@ -191,13 +191,16 @@ def test_compress_with_max_size_and_its_errors():
     cfg = EcompConfig(selection="nsga2", pop_size=8, generations=4, batch_size=50, perplexity=5.0, val_size=0,
                       device="cpu", embedding_layers=None, recombination_layers=None, kernel="student_t")
     res = ecomp_deap.compress(model, train=(x[:600], y[:600]), val=(x[600:750], y[600:750]),
-                              test=(x[750:], y[750:]), config=cfg, progress=False, max_size=0.3)
+                              test=(x[750:], y[750:]), config=cfg, progress=False, max_size=0.3,
+                              allow_weak_parent=True)  # untrained: at chance
     assert res.run.config.max_size == 0.3
     assert sum(res.best.hidden_units) <= 12 and all(sum(c.hidden_units) <= 12 for c in res.front)
     with pytest.raises(ConfigError, match=r"in \(0, 1\]"):
-        ecomp_deap.compress(model, train=(x, y), test=(x, y), config=cfg, progress=False, max_size=1.5)
+        ecomp_deap.compress(model, train=(x, y), test=(x, y), config=cfg, progress=False, max_size=1.5,
+                            allow_weak_parent=True)
     with pytest.raises(ConfigError, match="fewer than one per hidden layer"):
-        ecomp_deap.compress(model, train=(x, y), test=(x, y), config=cfg, progress=False, max_size=0.01)
+        ecomp_deap.compress(model, train=(x, y), test=(x, y), config=cfg, progress=False, max_size=0.01,
+                            allow_weak_parent=True)
 
 
 @pytest.mark.parametrize("argv,expected", [

@@ -21,7 +21,7 @@ BAD = [
     (["--name", "weighting121", "--mutation-rate", "1.5"], "mutation_rate"),
     (["--name", "weighting121", "--mask-flip-prob", "-0.1"], "mask_flip_prob"),
     (["--name", "weighting121", "--perplexity", "60", "--batch-size", "50"], "smaller than the batch size"),
-    (["--name", "weighting121", "--val-size", "10"], "val_size"),
+    (["--name", "pareto121", "--val-size", "10"], "val_size"),
     (["--name", "weighting121", "--elitism", "100"], "elitism"),
     (["--name", "weighting121", "--temperature", "0"], "selection_temperature"),
     (["--name", "weighting121", "--out", "/proc/forbidden"], "not writable"),

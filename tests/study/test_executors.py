@@ -132,6 +132,39 @@ def test_unreachable_scheduler_and_misplaced_options_are_one_line_errors(tmp_pat
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("address", ["tcp://10.0.0.5:8786", "10.0.0.5:8786", "tcp://scheduler.example.org:8786",
+                                     "ws://10.0.0.5:8786", "ucx://10.0.0.5:13337", "tcp://[2001:db8::1]:8786",
+                                     "tcp://0.0.0.0:8786"])
+def test_a_plain_scheduler_on_another_host_is_refused_unless_insecure(address):
+    from ecomp_deap.errors import ConfigError
+    from ecomp_deap.study.executors import check_scheduler, dask_client
+
+    with pytest.raises(ConfigError, match="--insecure-scheduler") as e:
+        with dask_client("dask", scheduler=address):  # refused before any connection
+            pass
+    assert "pickles" in str(e.value) and "tls://" in str(e.value) and len(str(e.value).splitlines()) == 1
+    check_scheduler(address, insecure=True)
+
+
+@pytest.mark.parametrize("address", ["tcp://127.0.0.1:8786", "127.0.0.1:8786", "tcp://localhost:8786",
+                                     "tcp://127.0.1.1:8786", "tcp://[::1]:8786", "tls://10.0.0.5:8786",
+                                     "TLS://scheduler.example.org:8786", "wss://10.0.0.5:8786", "inproc://10.0.0.5/1/2"])
+def test_tls_and_loopback_schedulers_pass_the_check(address):
+    from ecomp_deap.study.executors import check_scheduler
+
+    check_scheduler(address)
+
+
+def test_cli_plain_remote_scheduler_is_one_line_exit_2_before_any_work(tmp_path):
+    p = run_script("experiments/run.py", "--name", "weighting121", "--out", tmp_path / "o", "--executor", "dask",
+                   "--scheduler", "tcp://10.0.0.5:8786", "--data-dir", tmp_path / "no-data", timeout=120)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "plain tcp:// connection to another host" in p.stderr and "--insecure-scheduler" in p.stderr
+    assert "data:" not in p.stdout and not (tmp_path / "o").exists()
+    p = run_script("experiments/run.py", "--name", "weighting121", "--out", tmp_path / "o", "--insecure-scheduler")
+    assert p.returncode == 2 and "--insecure-scheduler goes with --scheduler" in p.stderr, p.stderr
+
+
 # ----------------------------------------------------------- library level
 @pytest.fixture(scope="module")
 def tiny_serial(tmp_path_factory, tiny_data, tiny_parent):
