@@ -96,6 +96,7 @@ def out_of_range(rng, name: str) -> list:
         "embedding_layers": ["layer_1_act", [word(rng)], [1], 5, [None], {"layer_1_act": 1}],
         "recombination_layers": ["output", [word(rng)], [1.5], 5, [None], ("layer_1_linear", 2)],
         "max_size": [0.0, neg, above_one, rng.uniform(1e-9, 0.05), "0.5", True, [0.5], *non_finite],
+        "max_macs": [0.0, neg, above_one, "0.5", True, [0.5], *non_finite],
         "device": ["gpu", "CPU", "cuda:0", ""] + ([] if torch.cuda.is_available() else ["cuda"]),
     }.get(name, [])
 
@@ -109,7 +110,7 @@ def field_kind(name: str) -> str:
         return "flag"
     if name in C.CHOICES:
         return "choice"
-    return "other"  # weights, the layer lists, max_size: their own cases only
+    return "other"  # weights, the layer lists, max_size, max_macs: their own cases only
 
 
 # What a setting's message must name: its field, or the words a check across settings uses.
@@ -155,7 +156,7 @@ def bad_data(rng, tiny):
             "complex inputs": (x.to(torch.complex64), y), "sparse inputs": (x.to_sparse(), y),
             "meta inputs": (torch.empty(n, d, device="meta"), y),
             "numpy arrays": (x.numpy(), y.numpy()), "a string": word(rng), "a number": rng.randint(0, 9),
-            "a triple": (x, y, y), "a single tensor": (x,), "a dict": {"x": x, "y": y},
+            "a triple": (x, y, y), "labels alone": (y,), "a dict": {"x": x, "y": y},
             "an empty loader": [], "a loader of misfit batches": [(x[:10], y[:10]), (x[:10, :3], y[:10])],
             "a loader of non-tensors": [(x[:10].tolist(), y[:10].tolist())],
         }
@@ -256,6 +257,8 @@ def test_fuzz_the_api(tmp_path, monkeypatch, tiny_data, tiny_parent):
         cases.append((f"model: {label}", compress(model=model), named))
     for value in (0, -rng.uniform(0, 9), rng.uniform(1.01, 9), math.nan, math.inf, "0.25", True, [0.5], 1e-6):
         cases.append((f"max_size={value!r}", compress(max_size=value), "max_size"))
+    for value in (0, -rng.uniform(0, 9), rng.uniform(1.01, 9), math.nan, "0.25", True, [0.5]):
+        cases.append((f"max_macs={value!r}", compress(max_macs=value), "max_macs"))
     for value in ("nsga2", CFG.to_dict(), [CFG], rng.randint(0, 9)):
         cases.append((f"config={value!r}"[:80], compress(config=value), "config must be an EcompConfig"))
 
@@ -387,7 +390,7 @@ def test_fuzz_the_command_line(tmp_path, monkeypatch, tiny_parent):
         ([*preset, "--trust-parent-file"], "--trust-parent-file"),
         ([*preset, *small, "--arch", "cnn"], "cnn"), (["--name", "cnn_weighting121", *small, "--arch", "mlp"], "mlp"),
         ([*preset, *small, "--channels", "4"], "--channels"),
-        ([*preset, "--" + word(rng).lower()], "unrecognized arguments"),
+        ([*preset, "--" + word(rng).lower()], "unrecognized arguments|ambiguous option"),  # a prefix of two
     ]
     paths = [  # folders and files that are not what they should be
         ([*preset, "--out", str(inputs / "a-file")], "not a folder"),

@@ -244,7 +244,10 @@ def test_settings_saved_before_the_objective_existed_load_as_accuracy(tmp_path):
     del old["accuracy_objective"]
     assert EcompConfig.from_dict(old).accuracy_objective == "accuracy"
     exp = Experiment("weighting121", EcompConfig(), 1, 0, tmp_path)
-    save_json(exp.folder / "run_0.json", {"schema": "ecomp_deap.run/1", "config": old})
+    best = {"test_accuracy": 0.8, "compression": 0.5, "similarity": 0.1, "hidden_units": [4], "parameters": 10}
+    save_json(exp.folder / "run_0.json", {"schema": "ecomp_deap.run/1", "config": old, "run": 0, "seed": 0,
+                                          "best": best, "front": [best], "parent": {}, "test_hypervolume": 0.4,
+                                          "wall_time_s": 1.0})
     assert exp.finished(0)  # an old run resumes as a run with labels
     with pytest.raises(ConfigError, match="accuracy_objective"):
         Experiment("weighting121", EcompConfig(accuracy_objective="fidelity"), 1, 0, tmp_path).finished(0)

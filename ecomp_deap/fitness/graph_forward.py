@@ -1,15 +1,16 @@
 """The forward of a graph parent's population: each individual as the parent with its
 dropped channels' tensor slices zeroed (:func:`ecomp_deap.nets.graph.zeroed`), run on
-the parent's own module by ``torch.func.functional_call``, the chunk's individuals
-stacked and run as one program by ``torch.func.vmap``.
+the parent's own module by ``torch.func.functional_call``: on a GPU the chunk's
+individuals stacked and run as one program by ``torch.func.vmap``, on the CPU one call
+per individual (faster there: vmap turns each convolution into a grouped one over the
+chunk; measured in docs/benchmarks.md).
 
 A network computes what its physically pruned copy computes (the premise
 :func:`~ecomp_deap.nets.graph.read_graph` checks), and a dropped channel's hidden values
 are the same for every image, so the embeddings' pairwise distances are the pruned
-network's too. Each individual costs a full parent forward; vmapped, a chunk of them
-runs close to one dense forward of the parent on chunk x batch images. A model whose
-forward ``vmap`` cannot run (data-dependent control flow, an op without a batching
-rule) is run individual by individual instead, the same numbers more slowly.
+network's too. Each individual costs a full parent forward. A model whose forward
+``vmap`` cannot run (data-dependent control flow, an op without a batching rule) is run
+individual by individual on a GPU too, with a warning; the numbers are the same.
 """
 from __future__ import annotations
 
@@ -23,15 +24,17 @@ from .embeddings import Embeddings, block_rows, padded_distances
 
 
 class GraphForward:
-    """A graph parent's population through the masked functional forward, vmapped per chunk."""
+    """A graph parent's population through the masked functional forward (vmapped per
+    chunk when ``vmapped``: the default on a GPU)."""
 
     name = "graph"
-    holds_feature_maps = True  # a chunk's feature maps at once (vmapped)
+    holds_feature_maps = True  # a chunk's feature maps at once
 
     def __init__(self, graph: Graph, embeddings: Embeddings, device: torch.device):
         self.graph, self.embeddings, self.device = graph, embeddings, device
         self.model = graph.model if device.type == "cpu" else _copy_to(graph.model, device)
-        self.vmapped = True  # False once vmap has failed on this model: individual by individual
+        # one program per chunk on a GPU; on the CPU, and once vmap has failed on this model, one call each
+        self.vmapped = device.type != "cpu"
 
     def plan(self, population, x: torch.Tensor, rows: int, step: int) -> "GraphPlan":
         """Nothing to prepare: each chunk is stacked when it runs."""

@@ -201,8 +201,9 @@ def test_export_saves_plain_data_and_reloads_from_the_constructor(parents, tmp_p
         load_compressed(lambda: Residual(classes=7), tmp_path / "net.pt")
 
 
+@pytest.mark.parametrize("vmapped", [False, True], ids=["one-call-each", "vmapped"])
 @pytest.mark.parametrize("name", ["residual", "branches"])
-def test_batched_measures_equal_each_pruned_network_alone(parents, name):
+def test_batched_measures_equal_each_pruned_network_alone(parents, name, vmapped):
     parent, x = parents[name]
     graph = parent.net
     _, ind_cls = make_types(fitness_weights("nsga2", (1, 1, 1)))
@@ -213,7 +214,8 @@ def test_batched_measures_equal_each_pruned_network_alone(parents, name):
     y = torch.randint(0, graph.n_classes, (40,), generator=g)
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=40)
     ev = PopulationEvaluator(parent, cfg)
-    assert ev.forward.name == "graph"
+    assert ev.forward.name == "graph" and not ev.forward.vmapped  # on the CPU: one call per individual
+    ev.forward.vmapped = vmapped
     m = ev.measure(pop, xs, y)
     names = graph.default_embeddings()
     assert names
@@ -253,8 +255,8 @@ def test_a_forward_vmap_cannot_run_falls_back_to_one_individual_at_a_time(parent
     cfg = EcompConfig(embedding_layers=None, recombination_layers=None, perplexity=5.0, batch_size=30)
     pop = [ind_cls(random_masks(parent.net, s), parent.weights, (), ()) for s in range(5)]
     vmapped = PopulationEvaluator(parent, cfg)
+    vmapped.forward.vmapped = True  # as on a GPU
     one_by_one = PopulationEvaluator(parent, cfg)
-    one_by_one.forward.vmapped = False
     a, b = vmapped.measure(pop, xs, y), one_by_one.measure(pop, xs, y)
     assert vmapped.forward.vmapped
     np.testing.assert_array_equal(a.accuracy, b.accuracy)
@@ -264,6 +266,7 @@ def test_a_forward_vmap_cannot_run_falls_back_to_one_individual_at_a_time(parent
     model.load_state_dict(parent.model.state_dict())
     other = read_parent(model.eval(), x)
     ev = PopulationEvaluator(other, cfg)
+    ev.forward.vmapped = True
     with pytest.warns(RuntimeWarning, match="cannot be vmapped"):
         c = ev.measure([ind_cls(i.masks, other.weights, (), ()) for i in pop], xs, y)
     assert not ev.forward.vmapped
