@@ -5,6 +5,7 @@ torchvision ResNet-18s.
     .venv/bin/python benchmarks/bench_resnet.py --reps 3            # pop 100, batch 100, the ResNet parent
     .venv/bin/python benchmarks/bench_resnet.py --tiny --reps 1     # seconds; what the test runs
     .venv/bin/python benchmarks/bench_resnet.py --memory            # also: pop 100 of ResNet-18 (minutes)
+    .venv/bin/python benchmarks/bench_resnet.py --chain-vs-graph    # also: the default CNN as a chain and as a graph
 
 * ours: one generation of the run's loop (``ea_weighted`` until t + 1) of the
   ``resnet_weighting121`` preset at pop 100, batch 100: the graph forward in the
@@ -51,6 +52,7 @@ from common import (
     time_steps,
 )
 from reference import ReferenceEvaluator, reference_toolbox
+from torch import nn
 
 REF = SimpleNamespace(pop=100, batch=100, generations=100, val_size=5000, perplexity=30.0)
 TINY = SimpleNamespace(pop=8, batch=40, generations=4, val_size=40, perplexity=5.0)
@@ -165,6 +167,38 @@ def resnet_section(reps: int, device: str, tiny: bool, log) -> dict:
             "pruning": pruning, "bound": b, "agreement": check, "ratios": ratios, "kept_fraction": kept}
 
 
+class Wrapped(nn.Module):
+    """A chain inside a class of its own: read as a graph."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def chain_vs_graph_section(reps: int, device: str, log) -> dict:
+    """One ``cnn_weighting121`` generation at pop 100, batch 100 on the default CNN read as a
+    chain (its ``nn.Sequential``) and as a graph (the same layers in a class of its own),
+    rounds interleaved; medians."""
+    from common import load_cnn_inputs
+
+    data, model, _ = load_cnn_inputs(False, lambda m: log("  " + m))
+    runs = {}
+    for name, m in (("chain", model), ("graph", Wrapped(model))):
+        _, _, run, pop, t0, _, _ = prepared_section("cnn_weighting121", REF, m, data, device)
+        runs[name] = (run, pop, t0)
+    times = {k: [] for k in runs}
+    for _ in range(reps):
+        for k, (run, pop, t0) in runs.items():
+            times[k] += time_steps(run, pop, t0, 1, device)
+    med = {k: summary(v) for k, v in times.items()}
+    log(f"default CNN, one generation: read as a chain {spread(med['chain'])}; as a graph {spread(med['graph'])}; "
+        f"graph / chain {med['graph']['median_s'] / med['chain']['median_s']:.2f}x")
+    return med
+
+
 def memory_child(pop: int, batch: int) -> None:
     """In this (fresh) process: one generation of a pop-``pop`` run on torchvision's
     ResNet-18; prints the peak resident memory as JSON."""
@@ -224,6 +258,8 @@ def main(argv=None) -> int:
     p.add_argument("--memory-pop", type=int, default=100, help="population of the memory run")
     p.add_argument("--memory-batch", type=int, default=20, help="batch of the memory run")
     p.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
+    p.add_argument("--chain-vs-graph", action="store_true",
+                   help="also the default CNN's generation read as a chain and as a graph")
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     args = p.parse_args(argv)
     if args.memory_child:
@@ -235,6 +271,8 @@ def main(argv=None) -> int:
     print(f"EComp graph-parent generation benchmark: torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"device {device}, load average {os.getloadavg()[0]:.2f}", flush=True)
     report = resnet_section(args.reps, device, args.tiny, lambda m: print(m, flush=True))
+    if args.chain_vs_graph:
+        report["chain_vs_graph"] = chain_vs_graph_section(args.reps, device, lambda m: print(m, flush=True))
     if args.memory:
         report["memory"] = memory_section(args.memory_pop, args.memory_batch, lambda m: print(m, flush=True))
     if args.json:
