@@ -49,7 +49,7 @@ def issue_children(W1, W2, b1, b2, c):
 @pytest.mark.parametrize("seed", range(12))
 def test_children_are_the_issue_formula_on_compacted_parents(seed):
     a, b = hand_made(1.0, MASKS_A), hand_made(-1.0, MASKS_B)
-    b0 = b.clone()
+    a0, b0 = a.clone(), b.clone()
     snapshot = [t.clone() for t in a0.weights + b0.weights + a0.biases + b0.biases]
     layers = [0, 1, 2]
     cx_reference(a, b, layers, torch.Generator().manual_seed(seed))
@@ -96,7 +96,7 @@ def test_the_cut_block_lands_in_the_kept_positions_and_nothing_else_moves():
 
 def test_layers_not_recombined_come_whole_from_the_shape_parent():
     a, b = hand_made(1.0, MASKS_A), hand_made(-1.0, MASKS_B)
-    b0 = b.clone()
+    a0, b0 = a.clone(), b.clone()
     cx_reference(a, b, [1], torch.Generator().manual_seed(1))
     for k in (0, 2):
         assert a.weights[k] is b0.weights[k] and b.weights[k] is a0.weights[k]
