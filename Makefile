@@ -149,7 +149,7 @@ cnn-quality: $(STAMP) data
 resnet: $(STAMP) data
 	$(BIN)/python experiments/run.py --name $(RESNET) --runs $(RUNS) --out $(OUT) --resume --quiet
 	$(BIN)/python experiments/baselines.py --arch resnet --name resnet_baselines --out $(OUT) --overwrite \
-	    --sizes 0.25 0.75 0.25
+	    --sizes 0.25 0.75 0.25 --norm-calibration 500
 	$(BIN)/python experiments/compare.py $(RESNET_DIRS) --baselines $(OUT)/resnet_baselines --out $(OUT)
 	$(BIN)/python plots/pareto.py $(RESNET_DIRS) $(OUT)/resnet_baselines
 	@echo "comparison: $(OUT)/comparison.md; plots: $(OUT)/resnet_macs*/plots/"

@@ -80,9 +80,12 @@ BUDGET_SEARCH = {**QUALITY, "epochs": 5, "refit_images": 1000, "refit_children":
 # recombined and each stage's output in the similarity; the budget presets keep every
 # network within a fraction of the parent's multiply-adds (what users of CNN pruning
 # budget), with the CNN quality search's settings scaled to a parent with ~5x the
-# multiply-adds of the default CNN: pop 24, 2 epochs of 10 batches of 500.
+# multiply-adds of the default CNN: pop 24, 2 epochs of 10 batches of 500; every new
+# individual's BatchNorm statistics re-estimated on 500 images (without it a pruned
+# ResNet is near chance: docs/results.md).
 MACS = {"25": 0.25, "50": 0.5, "75": 0.75}
-RESNET_BUDGET = {**CNN_QUALITY, "pop_size": 24, "batch_size": 500, "generations": 10, "epochs": 2}
+RESNET_BUDGET = {**CNN_QUALITY, "pop_size": 24, "batch_size": 500, "generations": 10, "epochs": 2,
+                 "norm_calibration": 500}
 
 PRESETS: dict[str, dict] = {
     **{f"weighting{c}": {"selection": "weighted", "weights": _weights(c)} for c in WEIGHTINGS},
@@ -122,7 +125,7 @@ _CNN_QUALITY_TEXT = ("pop 40, 3 epochs of 10 batches of 1000 (similarity on 100)
 
 _RESNET_TEXT = ("ResNet parent; within {b} % of its multiply-adds (max_macs {f}); NSGA-II over accuracy{sim}; "
                 "pop 24, 2 epochs of 10 batches of 500 (similarity on 100), activation-ranked initial prunings, "
-                "channel-gain mutation 0.3")
+                "channel-gain mutation 0.3, BatchNorm statistics re-estimated on 500 images")
 
 DESCRIPTIONS = {
     "resnet_weighting121": "ResNet parent; weighted selection, weights 1 2 1 (the reference settings otherwise)",
