@@ -135,6 +135,10 @@ def as_tensors(data, what: str, labels: bool = True) -> tuple[torch.Tensor, torc
 DEFAULT_REFIT_IMAGES = 5000
 
 
+DEFAULT_NORM_CALIBRATION = 500
+"""Images a graph parent's new individuals re-estimate their BatchNorm statistics on, by default."""
+
+
 def default_config(n_train: int, batch_size: int = 100, **overrides) -> EcompConfig:
     """NSGA-II over accuracy, similarity and compression, similarity on every hidden
     activation, every Linear layer recombined, as many generations as the training
@@ -226,8 +230,11 @@ def compress(model: nn.Module | str | os.PathLike, train, val=None, test=None, c
     report = sets.get("test", validation)
     if config is None:
         config = default_config(len(x), val_size=0 if validation is not None else min(1000, len(x) // 5 // 100 * 100))
-        if parent.is_graph:  # the closed-form refit solves a chain's Linear layers only
-            config = config.replace(refit_images=0)
+        if parent.is_graph:  # the closed-form refit solves a chain's Linear layers only; a pruned
+            # residual network needs its BatchNorm statistics re-estimated (docs/results.md)
+            has_norms = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+            config = config.replace(refit_images=0,
+                                    norm_calibration=min(DEFAULT_NORM_CALIBRATION, config.subset_size) if has_norms else 0)
     if report is None:
         raise ConfigError("give val or test data: compressed networks are measured on data not used for evolution")
     if max_size is not None:

@@ -494,3 +494,25 @@ def test_adaptive_batchnorm_on_the_masked_network_is_that_of_the_pruned_copy(par
                 assert torch.equal(tensors[s.tensor][dropped], parent.weights[s.tensor][dropped])
                 assert not torch.equal(tensors[s.tensor][s.index[mask[s.root]]],
                                        parent.weights[s.tensor][s.index[mask[s.root]]])
+
+
+def test_compress_defaults_recalibrate_batchnorm_and_skip_the_refit_on_a_graph_parent(monkeypatch):
+    import ecomp_deap
+    from ecomp_deap import api
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def stop(self, config, *a, **k):
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.setattr(api.EcompRun, "__init__", stop)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(900, 1, 12, 12, generator=g), torch.arange(900) % 4
+    with pytest.raises(Stop):
+        ecomp_deap.compress(randomise(Residual(), 1), train=(x[:800], y[:800]), test=(x[800:], y[800:]),
+                            progress=False, allow_weak_parent=True)
+    assert seen["config"].norm_calibration == api.DEFAULT_NORM_CALIBRATION and seen["config"].refit_images == 0
