@@ -24,23 +24,17 @@ Exit status 1 if the agreement check fails.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
 
 import torch
-from common import cnn_section, resolve_device
+from common import cnn_section, resolve_device, section_parser
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="bench_cnn.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reps", type=int, default=3, help="rounds (medians are reported)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--tiny", action="store_true", help="synthetic images and a tiny CNN: seconds")
-    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p = section_parser("bench_cnn.py", __doc__, "synthetic images and a tiny CNN")
     args = p.parse_args(argv)
     if args.reps < 1:
         p.error("--reps must be >= 1")

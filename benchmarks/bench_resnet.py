@@ -46,6 +46,7 @@ from common import (
     prepared_section,
     read_inputs,
     resolve_device,
+    section_parser,
     spread,
     summary,
     synthetic_images,
@@ -249,18 +250,13 @@ def memory_section(pop: int, batch: int, log) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="bench_resnet.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--reps", type=int, default=3, help="rounds (medians are reported)")
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    p.add_argument("--tiny", action="store_true", help="synthetic images and a tiny ResNet: seconds")
+    p = section_parser("bench_resnet.py", __doc__, "synthetic images and a tiny ResNet")
     p.add_argument("--memory", action="store_true", help="also the ResNet-18 population's peak memory")
     p.add_argument("--memory-pop", type=int, default=100, help="population of the memory run")
     p.add_argument("--memory-batch", type=int, default=20, help="batch of the memory run")
     p.add_argument("--memory-child", nargs=2, type=int, help=argparse.SUPPRESS)
     p.add_argument("--chain-vs-graph", action="store_true",
                    help="also the default CNN's generation read as a chain and as a graph")
-    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
     args = p.parse_args(argv)
     if args.memory_child:
         memory_child(*args.memory_child)

@@ -20,6 +20,7 @@ script imports another script, and ``reference.py`` imports nothing from ``bench
 """
 from __future__ import annotations
 
+import argparse
 import resource
 import statistics
 import sys
@@ -78,6 +79,17 @@ def ms(s: float) -> str:
 
 def spread(d: dict) -> str:
     return f"{ms(d['median_s'])}  (min {1e3 * d['min_s']:.1f}, max {1e3 * d['max_s']:.1f}, n={d['n']})"
+
+
+def section_parser(prog: str, doc: str, tiny: str) -> argparse.ArgumentParser:
+    """The options every generation benchmark takes: ``--reps``, ``--device``, ``--tiny``
+    (``tiny``: what it runs on then) and ``--json``."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=3, help="rounds (medians are reported)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
+    p.add_argument("--tiny", action="store_true", help=f"{tiny}: seconds")
+    p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    return p
 
 
 def resolve_device(arg: str) -> str:

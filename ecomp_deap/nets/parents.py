@@ -6,6 +6,7 @@ data fingerprint, so a second run with the same settings loads instead of traini
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 from collections import OrderedDict
@@ -216,20 +217,31 @@ class ParentInfo:
     notes: dict = field(default_factory=dict)
 
 
+def fitted(model: nn.Module, state: dict, misfit: str) -> nn.Module:
+    """``model`` with ``state`` loaded, in eval mode; a state dict that does not fit is one
+    :class:`~ecomp_deap.errors.ParentError` line: ``misfit`` and torch's first line."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ParentError(f"{misfit} ({str(e).splitlines()[0]})") from None
+    return model.eval()
+
+
 def read_weights_file(path: Path, what: str, **load) -> object:
     """What the torch file at ``path`` holds, read by
     :func:`~ecomp_deap.nets.safe_load.load_untrusted` (``load``: its options); a missing,
     truncated or foreign file is one :class:`~ecomp_deap.errors.ParentError` line."""
     if not path.is_file():
         raise ParentError(f"{path}: parent weights file not found")
-    try:  # torch does not check its archives' checksums: a flipped bit would load as a wrong weight
-        damage = archive_damage(path.read_bytes())
+    try:
+        data = path.read_bytes()
     except OSError as e:
         raise ParentError(f"{path}: cannot read parent weights ({e.strerror})") from None
+    damage = archive_damage(data)  # torch does not check its archives' checksums: a flipped bit loads as a wrong weight
     if damage:
         raise ParentError(f"{path}: damaged parent weights file ({damage}); save the network again")
-    try:
-        return load_untrusted(path, what=what, **load)
+    try:  # from the bytes read: the file is read once
+        return load_untrusted(io.BytesIO(data), what=what, name=str(path), **load)
     except UnsafeFileError:
         raise
     except (ImportError, AttributeError) as e:  # trust_pickle: a class the file names cannot be found
@@ -281,13 +293,8 @@ def model_from_state_dict(state: dict, spec: ParentSpec | None = None, source: s
     if spec is not None and (tuple(hidden) != spec.hidden or weight0.shape[1] != spec.in_features):
         raise ParentError(f"{source}: parent has hidden widths {hidden} and {weight0.shape[1]} inputs, "
                           f"expected {list(spec.hidden)} and {spec.in_features}")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise ParentError(f"{source}: state dict does not fit a {'-'.join(map(str, [weight0.shape[1], *hidden]))} "
-                          f"MLP with layers {', '.join(names)} ({first})") from None
-    return model.eval()
+    return fitted(model, state, f"{source}: state dict does not fit a {'-'.join(map(str, [weight0.shape[1], *hidden]))} "
+                                f"MLP with layers {', '.join(names)}")
 
 
 def cnn_from_state_dict(state: dict, spec: ParentSpec | None = None, source: str = "state dict") -> nn.Sequential:
@@ -301,12 +308,7 @@ def cnn_from_state_dict(state: dict, spec: ParentSpec | None = None, source: str
                           f"output); save the nn.Sequential itself for other CNNs")
     side = int(round(spec.in_features ** 0.5)) if spec else 28
     model = build_cnn(channels, hidden, (conv0.shape[1], side, side), out.shape[0], spec.activation if spec else "relu")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ParentError(f"{source}: state dict does not fit the CNN conv {channels} linear {hidden} "
-                          f"({str(e).splitlines()[0]})") from None
-    return model.eval()
+    return fitted(model, state, f"{source}: state dict does not fit the CNN conv {channels} linear {hidden}")
 
 
 def load_or_train_parent(spec: ParentSpec, data, cache_dir, progress: bool = True, log=print) -> ParentInfo:
@@ -346,12 +348,8 @@ def resnet_from_state_dict(state: dict, source: str = "state dict") -> nn.Module
     blocks = len({k.split(".")[1] for k in state if k.startswith("stage1.")})
     stem = state["stem.0.weight"]
     model = ResNet(channels, blocks, stem.shape[1], state["fc.weight"].shape[0], stem_stride=RESNET_STEM_STRIDE)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ParentError(f"{source}: state dict does not fit a ResNet of {channels} channels and {blocks} blocks "
-                          f"per stage ({str(e).splitlines()[0]})") from None
-    return model.eval()
+    return fitted(model, state, f"{source}: state dict does not fit a ResNet of {channels} channels and {blocks} "
+                                "blocks per stage")
 
 
 def import_builder(ref: str):
@@ -412,9 +410,5 @@ def model_from_builder(ref: str, weights=None) -> nn.Module:
             state = state["state_dict"]
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise ParentError(f"{path}: not a state dict (found {type(state).__name__})")
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise ParentError(f"{path}: these weights do not fit the model {ref} builds "
-                              f"({str(e).splitlines()[0]})") from None
+        fitted(model, state, f"{path}: these weights do not fit the model {ref} builds")
     return model.eval()
