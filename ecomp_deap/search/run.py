@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -97,7 +97,7 @@ def check_data(parent: Parent, data, validation: tuple | None = None, allow_weak
     x, y, on = checked.measured_on()
     if data_accuracy is None and measure_accuracy and y is not None:
         data_accuracy = check_parent_accuracy(parent, x, y, on, allow_weak_parent, opt_in)
-    return RunData(data.train_x, data.train_y, data.test_x, data.test_y, validation, data_accuracy)
+    return replace(checked, data_accuracy=data_accuracy)
 
 
 @dataclass
